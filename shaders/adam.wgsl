@@ -1,0 +1,100 @@
+// adam.wgsl — AdamW over one flat parameter buffer, with global gradient-norm clipping
+// and an optional EMA of the weights fused into the same pass.
+//   grad_sq_partial: each workgroup sums the squares of its slice of the gradient.
+//   adam_update:     every workgroup first reduces all partial sums (same order in every
+//                    workgroup, so the clip factor is identical and deterministic), then
+//                    updates its elements: decoupled weight decay (PyTorch AdamW), Adam
+//                    moments with bias correction, then EMA.
+// Host wrapper: src/kernels/adam.rs.
+
+struct AdamParams {
+    n: u32,             // parameters
+    n_partials: u32,    // workgroups of grad_sq_partial
+    use_ema: u32,
+    step: u32,          // 1-based step (informative; bias corrections come precomputed)
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    bias_corr1: f32,    // 1 − β1^step
+    bias_corr2: f32,    // 1 − β2^step
+    clip_norm: f32,     // ≤ 0: no clipping
+    ema_decay: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: AdamParams;
+@group(0) @binding(1) var<storage, read> grads: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(3) var<storage, read_write> params: array<f32>;
+@group(0) @binding(4) var<storage, read_write> moments: array<f32>; // m in [0, n), v in [n, 2n)
+@group(0) @binding(5) var<storage, read_write> ema: array<f32>;
+
+const ITEMS: u32 = 16u; // gradient elements per thread in grad_sq_partial
+
+var<workgroup> red: array<f32, WG1>;
+
+fn reduce_workgroup(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var w = WG1 / 2u; w > 0u; w >>= 1u) {
+        if (lid < w) {
+            red[lid] += red[lid + w];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn grad_sq_partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let wg = wid.x + wid.y * nwg.x;
+    let base = wg * WG1 * ITEMS;
+    var s = 0.0;
+    for (var k = 0u; k < ITEMS; k++) {
+        let e = base + k * WG1 + lid.x;
+        if (e < p.n) {
+            let g = grads[e];
+            s += g * g;
+        }
+    }
+    let total = reduce_workgroup(lid.x, s);
+    if (lid.x == 0u && wg < p.n_partials) {
+        partials[wg] = total;
+    }
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    var s = 0.0;
+    for (var i = lid.x; i < p.n_partials; i += WG1) {
+        s += partials[i];
+    }
+    let norm = sqrt(reduce_workgroup(lid.x, s));
+    var scale = 1.0;
+    if (p.clip_norm > 0.0 && norm > p.clip_norm) {
+        scale = p.clip_norm / (norm + 1e-6);
+    }
+    let e = flat_index(gid, nwg);
+    if (e >= p.n) {
+        return;
+    }
+    let g = grads[e] * scale;
+    var w = params[e] * (1.0 - p.lr * p.weight_decay);
+    let m = p.beta1 * moments[e] + (1.0 - p.beta1) * g;
+    let v = p.beta2 * moments[p.n + e] + (1.0 - p.beta2) * g * g;
+    moments[e] = m;
+    moments[p.n + e] = v;
+    let m_hat = m / p.bias_corr1;
+    let v_hat = v / p.bias_corr2;
+    w -= p.lr * m_hat / (sqrt(v_hat) + p.eps);
+    params[e] = w;
+    if (p.use_ema != 0u) {
+        ema[e] = p.ema_decay * ema[e] + (1.0 - p.ema_decay) * w;
+    }
+}

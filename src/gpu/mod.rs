@@ -1,0 +1,340 @@
+//! GPU context: adapter choice, device, buffers, error capture and readback.
+//!
+//! Every GPU command takes an [`AdapterChoice`]; the default prefers a hardware adapter
+//! and falls back to a software one (lavapipe over Vulkan first, llvmpipe over GL next).
+//! wgpu errors never panic: they are captured by an uncaptured-error handler and a
+//! device-lost callback and surface as [`Error::Gpu`] at the next [`GpuContext::check`].
+
+pub mod arena;
+
+pub use arena::UniformArena;
+
+use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// Which backend to restrict the adapter search to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// How to pick an adapter: an optional case-insensitive name substring and backend.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    pub name: Option<String>,
+    pub backend: Option<BackendChoice>,
+}
+
+/// Broad class of an adapter; kernels choose their tile shapes by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterClass {
+    /// A software rasterizer on the CPU (lavapipe, llvmpipe, WARP, SwiftShader).
+    Software,
+    /// Discrete, integrated or virtual GPU.
+    Hardware,
+}
+
+/// What `flowgpu adapters` prints about one adapter.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub subgroup_sizes: (u32, u32),
+}
+
+fn backend_name(b: wgpu::Backend) -> String {
+    match b {
+        wgpu::Backend::Vulkan => "vulkan",
+        wgpu::Backend::Metal => "metal",
+        wgpu::Backend::Dx12 => "dx12",
+        wgpu::Backend::Gl => "gl",
+        wgpu::Backend::BrowserWebGpu => "webgpu",
+        _ => "other",
+    }
+    .to_string()
+}
+
+fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let l = adapter.limits();
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: backend_name(info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: info.driver.clone(),
+        driver_info: info.driver_info.clone(),
+        max_buffer_size: l.max_buffer_size,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+        max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+        subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+    }
+}
+
+fn instance(backend: Option<BackendChoice>) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = match backend {
+        Some(b) => b.backends(),
+        None => wgpu::Backends::VULKAN
+            | wgpu::Backends::METAL
+            | wgpu::Backends::DX12
+            | wgpu::Backends::GL,
+    };
+    wgpu::Instance::new(desc)
+}
+
+/// Preference order: hardware before software, Vulkan/Metal/DX12 before GL.
+fn preference(info: &wgpu::AdapterInfo) -> (u32, u32) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let be = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (ty, be)
+}
+
+const NO_ADAPTER_HELP: &str = "no GPU adapter found. To run on the CPU, install a software adapter: \
+on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` (Mesa lavapipe, Vulkan) or \
+`libegl-mesa0 libgl1-mesa-dri` (llvmpipe, GL); see `flowgpu adapters`";
+
+/// Every adapter wgpu can see, in preference order.
+pub fn list_adapters(backend: Option<BackendChoice>) -> Vec<AdapterSummary> {
+    let inst = instance(backend);
+    let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend)));
+    adapters.sort_by_key(|a| preference(&a.get_info()));
+    adapters.iter().map(summarize).collect()
+}
+
+fn inst_backends(backend: Option<BackendChoice>) -> wgpu::Backends {
+    backend.map(|b| b.backends()).unwrap_or(wgpu::Backends::all())
+}
+
+/// Errors reported asynchronously by wgpu, kept until the next check.
+type ErrorSlot = Arc<Mutex<Option<String>>>;
+
+/// A device and queue on the chosen adapter, plus what kernels need to know about it.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub class: AdapterClass,
+    errors: ErrorSlot,
+    pub(crate) pipelines: crate::kernels::PipelineCache,
+}
+
+impl GpuContext {
+    /// Pick an adapter as `choice` says and open a device with the adapter's own limits.
+    pub fn new(choice: &AdapterChoice) -> Result<Self> {
+        let inst = instance(choice.backend);
+        let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(choice.backend)));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
+        }
+        if let Some(name) = &choice.name {
+            let needle = name.to_lowercase();
+            let all: Vec<String> = adapters
+                .iter()
+                .map(|a| {
+                    let i = a.get_info();
+                    format!("{} ({})", i.name, backend_name(i.backend))
+                })
+                .collect();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&needle));
+            if adapters.is_empty() {
+                return Err(Error::NoAdapter(format!(
+                    "no adapter name contains '{name}'; available: {}",
+                    all.join(", ")
+                )));
+            }
+        }
+        adapters.sort_by_key(|a| preference(&a.get_info()));
+        let adapter = adapters.remove(0);
+        Self::from_adapter(adapter)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("flowgpu"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| Error::Gpu(format!("cannot open device on {}: {e}", info.name)))?;
+        let errors: ErrorSlot = Arc::new(Mutex::new(None));
+        let slot = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if s.is_none() {
+                *s = Some(e.to_string());
+            }
+        }));
+        let slot = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if s.is_none() && reason != wgpu::DeviceLostReason::Destroyed {
+                *s = Some(format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+        let class = if info.device_type == wgpu::DeviceType::Cpu {
+            AdapterClass::Software
+        } else {
+            AdapterClass::Hardware
+        };
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            class,
+            errors,
+            pipelines: Default::default(),
+        })
+    }
+
+    /// Adapter name and backend, as reported to users.
+    pub fn adapter_name(&self) -> &str {
+        &self.info.name
+    }
+    pub fn backend_name(&self) -> String {
+        backend_name(self.info.backend)
+    }
+
+    /// Turn any error wgpu reported since the last check into an `Err`.
+    pub fn check(&self) -> Result<()> {
+        let mut s = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        match s.take() {
+            Some(msg) => Err(Error::Gpu(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// A zero-initialized storage buffer of `len` f32 (at least one element).
+    pub fn storage(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
+        let size = (len.max(4) * 4) as u64;
+        if size > self.limits.max_storage_buffer_binding_size as u64 {
+            return Err(Error::invalid(format!(
+                "buffer '{label}' needs {size} bytes, more than this adapter's storage binding limit of {} bytes; use a smaller batch or width",
+                self.limits.max_storage_buffer_binding_size
+            )));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn storage_from(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        let buf = self.storage(label, data.len())?;
+        if !data.is_empty() {
+            self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(data));
+        }
+        Ok(buf)
+    }
+
+    /// A uniform buffer initialised with raw bytes.
+    pub fn uniform_from(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Submit an encoder's work.
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.queue.submit(Some(encoder.finish()));
+        self.check()
+    }
+
+    /// Copy `len` f32 starting at element `offset` of `buf` to the host (waits for the GPU).
+    pub fn read(&self, buf: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = (len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, (offset * 4) as u64, &staging, 0, bytes);
+        self.queue.submit(Some(enc.finish()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        self.check()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("readback callback never ran".into()))?
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let out = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("readback mapping failed: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Wait until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        self.check()
+    }
+}

@@ -1,0 +1,58 @@
+//! Wrapper of `shaders/adam.wgsl`: AdamW with global gradient-norm clipping and EMA.
+
+use super::{grid_1d, Access, Kernel, Shader, Tiles};
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use std::sync::Arc;
+
+/// Gradient elements per thread in `grad_sq_partial` (`ITEMS` in adam.wgsl).
+pub const ITEMS: usize = 16;
+
+/// Mirrors `AdamParams` in adam.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AdamParams {
+    pub n: u32,
+    pub n_partials: u32,
+    pub use_ema: u32,
+    pub step: u32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub bias_corr1: f32,
+    pub bias_corr2: f32,
+    pub clip_norm: f32,
+    pub ema_decay: f32,
+    pub _pad: [u32; 3],
+}
+
+/// grads, partials.
+const GRAD_SQ: &[(u32, Access)] = &[(1, Access::Read), (2, Access::ReadWrite)];
+/// grads, partials, params, moments, ema.
+const UPDATE: &[(u32, Access)] = &[
+    (1, Access::Read),
+    (2, Access::ReadWrite),
+    (3, Access::ReadWrite),
+    (4, Access::ReadWrite),
+    (5, Access::ReadWrite),
+];
+
+pub fn grad_sq_partial(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Adam, "grad_sq_partial", GRAD_SQ)
+}
+pub fn adam_update(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Adam, "adam_update", UPDATE)
+}
+
+/// Workgroups (= partial sums) of `grad_sq_partial` for `n` parameters.
+pub fn n_partials(n: usize, t: &Tiles) -> usize {
+    n.div_ceil(t.wg1 as usize * ITEMS).max(1)
+}
+pub fn grad_sq_groups(p: &AdamParams, _t: &Tiles) -> [u32; 3] {
+    grid_1d(p.n_partials as usize, 1)
+}
+pub fn update_groups(p: &AdamParams, t: &Tiles) -> [u32; 3] {
+    grid_1d(p.n as usize, t.wg1)
+}

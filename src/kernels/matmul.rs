@@ -1,0 +1,40 @@
+//! Wrapper of `shaders/matmul.wgsl`: the batched linear-layer forward.
+
+use super::{div_ceil, Access, Kernel, Shader, Tiles};
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use std::sync::Arc;
+
+/// Mirrors `LinearParams` in matmul.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LinearParams {
+    pub rows: u32,
+    pub out_features: u32,
+    pub in_vec4: u32,
+    pub y_stride: u32,
+    pub w_off4: u32,
+    pub b_off: u32,
+    pub activation: u32,
+    pub store_pre: u32,
+}
+
+/// Bindings after the uniform: x, params, z, h.
+const LINEAR_FORWARD: &[(u32, Access)] = &[
+    (1, Access::Read),
+    (2, Access::Read),
+    (3, Access::ReadWrite),
+    (4, Access::ReadWrite),
+];
+
+pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Matmul, "linear_forward", LINEAR_FORWARD)
+}
+
+pub fn linear_forward_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
+    [
+        div_ceil(p.out_features as usize, t.tn * t.wg_x),
+        div_ceil(p.rows as usize, t.tm * t.wg_y),
+        1,
+    ]
+}

@@ -1,0 +1,78 @@
+//! Wrapper of `shaders/mlp_backward.wgsl`: input and weight gradients of a linear layer.
+
+use super::{div_ceil, grid_1d, Access, Kernel, Shader, Tiles};
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use std::sync::Arc;
+
+/// Mirrors `BackwardParams` in mlp_backward.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BackwardParams {
+    pub rows: u32,
+    pub out_features: u32,
+    pub out_vec4: u32,
+    pub in_vec4: u32,
+    pub w_off4: u32,
+    pub activation: u32,
+    pub chunk_rows: u32,
+    pub n_chunks: u32,
+    pub layer_size: u32,
+    pub _pad: [u32; 3],
+}
+
+/// dz, params, z_below, dx.
+const BACKWARD_INPUT: &[(u32, Access)] = &[
+    (1, Access::Read),
+    (2, Access::Read),
+    (3, Access::Read),
+    (4, Access::ReadWrite),
+];
+/// dz, x_in, partial, grads.
+const BACKWARD_WEIGHT: &[(u32, Access)] = &[
+    (1, Access::Read),
+    (5, Access::Read),
+    (6, Access::ReadWrite),
+    (7, Access::ReadWrite),
+];
+/// partial, grads.
+const REDUCE_CHUNKS: &[(u32, Access)] = &[(6, Access::ReadWrite), (7, Access::ReadWrite)];
+
+pub fn backward_input(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::MlpBackward, "backward_input", BACKWARD_INPUT)
+}
+pub fn backward_weight(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::MlpBackward, "backward_weight", BACKWARD_WEIGHT)
+}
+pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::MlpBackward, "reduce_chunks", REDUCE_CHUNKS)
+}
+
+pub fn backward_input_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
+    [
+        div_ceil(p.in_vec4 as usize, t.tkv * t.wg_x),
+        div_ceil(p.rows as usize, t.tm * t.wg_y),
+        1,
+    ]
+}
+pub fn backward_weight_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
+    [
+        div_ceil(p.in_vec4 as usize, t.tkv * t.wg_x),
+        div_ceil(p.out_vec4 as usize, t.tnv * t.wg_y),
+        p.n_chunks,
+    ]
+}
+pub fn reduce_chunks_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
+    grid_1d(p.layer_size as usize, t.wg1)
+}
+
+/// Rows per weight-gradient chunk: enough chunks to occupy the adapter, few enough that
+/// the reduction stays cheap. One chunk (no reduction pass) for small batches.
+pub fn chunk_rows(rows: usize, t: &Tiles) -> usize {
+    let target = if t.tm >= 16 { 256 } else { 128 };
+    if rows <= target {
+        rows.max(1)
+    } else {
+        target
+    }
+}

@@ -1,0 +1,480 @@
+//! The vector field v_θ(x, t): an MLP description, its parameter layout on the GPU,
+//! initialization, and the checkpoint files (`model.safetensors` + `config.json`).
+
+use crate::error::{Error, Result};
+use crate::path::GaussianPath;
+use rand::Rng;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Version of the checkpoint format written in config.json.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Identity,
+    Relu,
+    Silu,
+    Tanh,
+    Softplus,
+    Selu,
+}
+
+impl Activation {
+    pub const NAMES: &'static str = "silu, tanh, softplus, selu, relu";
+
+    pub fn from_name(s: &str) -> Result<Self> {
+        Ok(match s {
+            "silu" => Activation::Silu,
+            "tanh" => Activation::Tanh,
+            "softplus" => Activation::Softplus,
+            "selu" => Activation::Selu,
+            "relu" => Activation::Relu,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown activation '{s}'; valid activations: {}",
+                    Self::NAMES
+                )))
+            }
+        })
+    }
+
+    /// Code of the activation in common.wgsl (ACT_*).
+    pub fn gpu_code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::Silu => 2,
+            Activation::Tanh => 3,
+            Activation::Softplus => 4,
+            Activation::Selu => 5,
+        }
+    }
+
+    pub fn apply(self, z: f64) -> f64 {
+        const L: f64 = 1.0507009873554805;
+        const A: f64 = 1.6732632423543772;
+        match self {
+            Activation::Identity => z,
+            Activation::Relu => z.max(0.0),
+            Activation::Silu => z / (1.0 + (-z).exp()),
+            Activation::Tanh => z.tanh(),
+            Activation::Softplus => {
+                if z > 20.0 {
+                    z
+                } else {
+                    z.max(0.0) + (-z.abs()).exp().ln_1p()
+                }
+            }
+            Activation::Selu => {
+                if z > 0.0 {
+                    L * z
+                } else {
+                    L * A * z.exp_m1()
+                }
+            }
+        }
+    }
+
+    pub fn grad(self, z: f64) -> f64 {
+        const L: f64 = 1.0507009873554805;
+        const A: f64 = 1.6732632423543772;
+        let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+        match self {
+            Activation::Identity => 1.0,
+            Activation::Relu => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Silu => {
+                let s = sig(z);
+                s * (1.0 + z * (1.0 - s))
+            }
+            Activation::Tanh => 1.0 - z.tanh().powi(2),
+            Activation::Softplus => {
+                if z > 20.0 {
+                    1.0
+                } else {
+                    sig(z)
+                }
+            }
+            Activation::Selu => {
+                if z > 0.0 {
+                    L
+                } else {
+                    L * A * z.exp()
+                }
+            }
+        }
+    }
+}
+
+/// Shape of the MLP: input [x (dim), t, Fourier features of t] → dim.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MlpConfig {
+    /// Data dimension (input and output).
+    pub dim: usize,
+    /// Hidden width.
+    pub width: usize,
+    /// Number of hidden layers (the MLP has depth + 1 linear layers).
+    pub depth: usize,
+    pub activation: Activation,
+    /// Number of Fourier frequencies of t added to the input (0: t only).
+    pub time_features: usize,
+}
+
+impl MlpConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, v: usize, lo: usize, hi: usize| {
+            Err(Error::invalid(format!(
+                "{what} must be between {lo} and {hi}, got {v}"
+            )))
+        };
+        if self.dim == 0 || self.dim > 4096 {
+            return bad("data dimension", self.dim, 1, 4096);
+        }
+        if self.width == 0 || self.width > 4096 {
+            return bad("--width", self.width, 1, 4096);
+        }
+        if self.depth == 0 || self.depth > 64 {
+            return bad("--depth", self.depth, 1, 64);
+        }
+        if self.time_features > 16 {
+            return bad("--time-features", self.time_features, 0, 16);
+        }
+        Ok(())
+    }
+
+    /// Time input columns: t, then sin/cos per frequency.
+    pub fn time_cols(&self) -> usize {
+        1 + 2 * self.time_features
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.dim + self.time_cols()
+    }
+
+    /// (in, out, activation) of each linear layer.
+    pub fn layers(&self) -> Vec<(usize, usize, Activation)> {
+        let mut v = vec![(self.in_features(), self.width, self.activation)];
+        for _ in 1..self.depth {
+            v.push((self.width, self.width, self.activation));
+        }
+        v.push((self.width, self.dim, Activation::Identity));
+        v
+    }
+
+    /// Matmul FLOPs of one forward pass per sample (2·in·out per layer).
+    pub fn flops_per_sample(&self) -> u64 {
+        self.layers()
+            .iter()
+            .map(|&(i, o, _)| 2 * (i * o) as u64)
+            .sum()
+    }
+}
+
+pub fn pad4(n: usize) -> usize {
+    n.div_ceil(4) * 4
+}
+
+/// Where one layer lives in the flat parameter buffer (floats). W is [out, in_pad]
+/// row-major with zero padding columns, b follows, padded to out_pad.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerLayout {
+    pub in_features: usize,
+    pub in_pad: usize,
+    pub out_features: usize,
+    pub out_pad: usize,
+    pub w_off: usize,
+    pub b_off: usize,
+    pub size: usize,
+    pub activation: Activation,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamLayout {
+    pub layers: Vec<LayerLayout>,
+    pub total: usize,
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &MlpConfig) -> Self {
+        let mut off = 0;
+        let layers = cfg
+            .layers()
+            .into_iter()
+            .map(|(i, o, activation)| {
+                let (in_pad, out_pad) = (pad4(i), pad4(o));
+                let l = LayerLayout {
+                    in_features: i,
+                    in_pad,
+                    out_features: o,
+                    out_pad,
+                    w_off: off,
+                    b_off: off + o * in_pad,
+                    size: o * in_pad + out_pad,
+                    activation,
+                };
+                off += l.size;
+                l
+            })
+            .collect();
+        ParamLayout { layers, total: off }
+    }
+}
+
+/// One linear layer on the host, PyTorch layout: w is [out, in] row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// All weights of an MLP on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    pub layers: Vec<Linear>,
+}
+
+impl Weights {
+    /// PyTorch's nn.Linear default: W and b uniform in ±1/√in.
+    pub fn init<R: Rng + ?Sized>(cfg: &MlpConfig, rng: &mut R) -> Self {
+        let layers = cfg
+            .layers()
+            .into_iter()
+            .map(|(i, o, _)| {
+                let bound = 1.0 / (i as f32).sqrt();
+                let mut u = || rng.random_range(-bound..bound);
+                Linear {
+                    in_features: i,
+                    out_features: o,
+                    w: (0..i * o).map(|_| u()).collect(),
+                    b: (0..o).map(|_| u()).collect(),
+                }
+            })
+            .collect();
+        Weights { layers }
+    }
+
+    /// Into the padded flat GPU layout.
+    pub fn pack(&self, layout: &ParamLayout) -> Vec<f32> {
+        let mut flat = vec![0.0f32; layout.total];
+        for (l, lin) in layout.layers.iter().zip(&self.layers) {
+            for o in 0..l.out_features {
+                let src = &lin.w[o * l.in_features..(o + 1) * l.in_features];
+                flat[l.w_off + o * l.in_pad..][..l.in_features].copy_from_slice(src);
+            }
+            flat[l.b_off..l.b_off + l.out_features].copy_from_slice(&lin.b);
+        }
+        flat
+    }
+
+    /// From the padded flat GPU layout.
+    pub fn unpack(flat: &[f32], layout: &ParamLayout) -> Self {
+        let layers = layout
+            .layers
+            .iter()
+            .map(|l| {
+                let mut w = Vec::with_capacity(l.in_features * l.out_features);
+                for o in 0..l.out_features {
+                    w.extend_from_slice(&flat[l.w_off + o * l.in_pad..][..l.in_features]);
+                }
+                Linear {
+                    in_features: l.in_features,
+                    out_features: l.out_features,
+                    w,
+                    b: flat[l.b_off..l.b_off + l.out_features].to_vec(),
+                }
+            })
+            .collect();
+        Weights { layers }
+    }
+
+    /// `layers.{i}.weight` / `layers.{i}.bias` as safetensors bytes (F32, PyTorch layout).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let mut views = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            views.push((
+                format!("layers.{i}.weight"),
+                TensorView::new(
+                    Dtype::F32,
+                    vec![l.out_features, l.in_features],
+                    bytemuck::cast_slice(&l.w),
+                )
+                .map_err(|e| Error::invalid(e.to_string()))?,
+            ));
+            views.push((
+                format!("layers.{i}.bias"),
+                TensorView::new(Dtype::F32, vec![l.out_features], bytemuck::cast_slice(&l.b))
+                    .map_err(|e| Error::invalid(e.to_string()))?,
+            ));
+        }
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "flowgpu".to_string());
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    /// Parse safetensors bytes, checking every tensor's name, dtype and shape against `cfg`.
+    pub fn from_safetensors(bytes: &[u8], cfg: &MlpConfig, path: &Path) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+        let expected = cfg.layers();
+        let n_expected = 2 * expected.len();
+        if st.len() != n_expected {
+            return Err(Error::format(
+                path,
+                format!(
+                    "expected {n_expected} tensors for a {}-layer MLP, found {}",
+                    expected.len(),
+                    st.len()
+                ),
+            ));
+        }
+        let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| Error::format(path, format!("missing tensor '{name}'")))?;
+            if t.dtype() != safetensors::Dtype::F32 {
+                return Err(Error::format(
+                    path,
+                    format!("tensor '{name}' has dtype {:?}, expected F32", t.dtype()),
+                ));
+            }
+            if t.shape() != shape {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "tensor '{name}' has shape {:?}, expected {:?}",
+                        t.shape(),
+                        shape
+                    ),
+                ));
+            }
+            let v: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(Error::format(
+                    path,
+                    format!("tensor '{name}' holds NaN or infinite values"),
+                ));
+            }
+            Ok(v)
+        };
+        let mut layers = Vec::new();
+        for (i, &(fi, fo, _)) in expected.iter().enumerate() {
+            layers.push(Linear {
+                in_features: fi,
+                out_features: fo,
+                w: read(&format!("layers.{i}.weight"), &[fo, fi])?,
+                b: read(&format!("layers.{i}.bias"), &[fo])?,
+            });
+        }
+        Ok(Weights { layers })
+    }
+}
+
+/// Per-column standardization of the data: the model sees (x − mean) / std.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Standardization {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Standardization {
+    pub fn apply(&self, data: &mut [f32]) {
+        let d = self.mean.len();
+        for row in data.chunks_mut(d) {
+            for j in 0..d {
+                row[j] = ((row[j] as f64 - self.mean[j]) / self.std[j]) as f32;
+            }
+        }
+    }
+    pub fn undo(&self, data: &mut [f32]) {
+        let d = self.mean.len();
+        for row in data.chunks_mut(d) {
+            for j in 0..d {
+                row[j] = (row[j] as f64 * self.std[j] + self.mean[j]) as f32;
+            }
+        }
+    }
+}
+
+/// Everything besides the weights needed to rebuild a model (config.json).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    pub format_version: u32,
+    pub mlp: MlpConfig,
+    pub path: GaussianPath,
+    /// Name of the training data (a toy name or a file path).
+    pub data: String,
+    /// Applied to data before training; undone on samples. None: data used as is.
+    pub standardization: Option<Standardization>,
+    pub seed: u64,
+    /// The training flags of the run, for the record.
+    #[serde(default)]
+    pub train: serde_json::Value,
+}
+
+/// A model on the host: configuration and weights.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+}
+
+impl Model {
+    /// Write `model.safetensors` and `config.json` into `dir`, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let st = dir.join("model.safetensors");
+        crate::io::atomic::write_atomic(&st, &self.weights.to_safetensors()?)
+            .map_err(|e| Error::io(&st, e))?;
+        let cj = dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&self.config)
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        crate::io::atomic::write_atomic(&cj, &json).map_err(|e| Error::io(&cj, e))
+    }
+
+    /// Read a model folder written by [`save`](Self::save), validating everything.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cj = dir.join("config.json");
+        let text = std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?;
+        let config: ModelConfig = serde_json::from_slice(&text)
+            .map_err(|e| Error::format(&cj, format!("invalid config: {e}")))?;
+        if config.format_version != FORMAT_VERSION {
+            return Err(Error::format(
+                &cj,
+                format!(
+                    "format_version {} is not supported (this flowgpu reads version {FORMAT_VERSION})",
+                    config.format_version
+                ),
+            ));
+        }
+        config
+            .mlp
+            .validate()
+            .map_err(|e| Error::format(&cj, e.to_string()))?;
+        if let Some(s) = &config.standardization {
+            if s.mean.len() != config.mlp.dim
+                || s.std.len() != config.mlp.dim
+                || s.std.iter().any(|v| !(*v > 0.0 && v.is_finite()))
+            {
+                return Err(Error::format(&cj, "invalid standardization"));
+            }
+        }
+        let st = dir.join("model.safetensors");
+        let bytes = std::fs::read(&st).map_err(|e| Error::io(&st, e))?;
+        let weights = Weights::from_safetensors(&bytes, &config.mlp, &st)?;
+        Ok(Model { config, weights })
+    }
+}

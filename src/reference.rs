@@ -1,0 +1,207 @@
+//! The same math as the WGSL kernels, in f64 on the CPU: the oracle of the kernel tests
+//! and executable documentation of what each kernel computes.
+
+use crate::model::{Activation, MlpConfig, Weights};
+use crate::path::GaussianPath;
+use crate::rng;
+
+/// Inputs, pre-activations and outputs of every layer for a batch (row-major).
+pub struct Activations {
+    /// h[0] is the input, h[l + 1] = act(z[l]); the last h is v.
+    pub h: Vec<Vec<f64>>,
+    pub z: Vec<Vec<f64>>,
+}
+
+/// Time input columns (time_feature in common.wgsl).
+pub fn time_feature(c: usize, t: f64) -> f64 {
+    if c == 0 {
+        return t;
+    }
+    let f = (c - 1) >> 1;
+    let w = std::f64::consts::PI * (1u64 << f) as f64 * t;
+    if (c - 1) & 1 == 1 {
+        w.cos()
+    } else {
+        w.sin()
+    }
+}
+
+/// One MLP input row [x, time features].
+pub fn input_row(cfg: &MlpConfig, x: &[f64], t: f64) -> Vec<f64> {
+    let mut row = x.to_vec();
+    row.extend((0..cfg.time_cols()).map(|c| time_feature(c, t)));
+    row
+}
+
+pub fn forward(cfg: &MlpConfig, w: &Weights, input: &[f64]) -> Activations {
+    let n = input.len() / cfg.in_features();
+    let acts: Vec<Activation> = cfg.layers().iter().map(|l| l.2).collect();
+    let mut h = vec![input.to_vec()];
+    let mut z = Vec::new();
+    for (lin, act) in w.layers.iter().zip(acts) {
+        let (fi, fo) = (lin.in_features, lin.out_features);
+        let x = h.last().unwrap();
+        let mut zl = vec![0.0; n * fo];
+        for m in 0..n {
+            for o in 0..fo {
+                let mut s = lin.b[o] as f64;
+                for k in 0..fi {
+                    s += x[m * fi + k] * lin.w[o * fi + k] as f64;
+                }
+                zl[m * fo + o] = s;
+            }
+        }
+        h.push(zl.iter().map(|&v| act.apply(v)).collect());
+        z.push(zl);
+    }
+    Activations { h, z }
+}
+
+/// v(x, t) for rows of inputs.
+pub fn eval(cfg: &MlpConfig, w: &Weights, input: &[f64]) -> Vec<f64> {
+    forward(cfg, w, input).h.pop().unwrap()
+}
+
+/// Gradients of a scalar loss L given dL/dv.
+pub struct Gradients {
+    /// dL/dW per layer, [out, in] row-major.
+    pub w: Vec<Vec<f64>>,
+    pub b: Vec<Vec<f64>>,
+    /// dL/d input.
+    pub input: Vec<f64>,
+}
+
+pub fn backward(cfg: &MlpConfig, w: &Weights, acts: &Activations, dv: &[f64]) -> Gradients {
+    let layer_acts: Vec<Activation> = cfg.layers().iter().map(|l| l.2).collect();
+    let n = acts.h[0].len() / cfg.in_features();
+    let mut gw = vec![Vec::new(); w.layers.len()];
+    let mut gb = vec![Vec::new(); w.layers.len()];
+    // dz of the last layer: identity activation.
+    let mut dz = dv.to_vec();
+    for l in (0..w.layers.len()).rev() {
+        let lin = &w.layers[l];
+        let (fi, fo) = (lin.in_features, lin.out_features);
+        let x = &acts.h[l];
+        let mut dw = vec![0.0; fo * fi];
+        let mut db = vec![0.0; fo];
+        let mut dx = vec![0.0; n * fi];
+        for m in 0..n {
+            for o in 0..fo {
+                let g = dz[m * fo + o];
+                db[o] += g;
+                for k in 0..fi {
+                    dw[o * fi + k] += g * x[m * fi + k];
+                    dx[m * fi + k] += g * lin.w[o * fi + k] as f64;
+                }
+            }
+        }
+        if l > 0 {
+            let act = layer_acts[l - 1];
+            for (d, &zv) in dx.iter_mut().zip(&acts.z[l - 1]) {
+                *d *= act.grad(zv);
+            }
+        }
+        gw[l] = dw;
+        gb[l] = db;
+        dz = dx;
+    }
+    Gradients {
+        w: gw,
+        b: gb,
+        input: dz,
+    }
+}
+
+/// The CFM batch that `cfm_prepare` draws at `step`: MLP inputs and targets.
+pub fn cfm_batch(
+    cfg: &MlpConfig,
+    path: &GaussianPath,
+    data: &[f32],
+    seed: u32,
+    step: u32,
+    batch: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let d = cfg.dim;
+    let n_data = (data.len() / d) as u32;
+    let mut input = Vec::with_capacity(batch * cfg.in_features());
+    let mut target = Vec::with_capacity(batch * d);
+    for i in 0..batch as u32 {
+        let idx = (rng::rng_bits(seed, rng::STREAM_INDEX, step, i, 0) % n_data) as usize;
+        let t = rng::uniform_open(rng::rng_bits(seed, rng::STREAM_TIME, step, i, 0));
+        let [g, s, dg, ds] = path.schedule(t);
+        let mut x = Vec::with_capacity(d);
+        for j in 0..d {
+            let x1 = data[idx * d + j] as f64;
+            let eps = rng::normal_at(seed, rng::STREAM_NOISE, step, i, j as u32);
+            x.push(g * x1 + s * eps);
+            target.push(dg * x1 + ds * eps);
+        }
+        input.extend(input_row(cfg, &x, t));
+    }
+    (input, target)
+}
+
+/// L = mean over batch and dims of (v − u)², and dL/dv.
+pub fn cfm_loss(v: &[f64], target: &[f64]) -> (f64, Vec<f64>) {
+    let n = v.len() as f64;
+    let loss = v.iter().zip(target).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n;
+    let grad = v.iter().zip(target).map(|(a, b)| 2.0 * (a - b) / n).collect();
+    (loss, grad)
+}
+
+/// AdamW hyper-parameters of one step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// 1-based step.
+    pub step: u32,
+    pub clip_norm: f64,
+}
+
+/// One AdamW update with global-norm clipping, as `adam_update`.
+pub fn adam_step(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], h: &AdamStep) {
+    let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let scale = if h.clip_norm > 0.0 && norm > h.clip_norm {
+        h.clip_norm / (norm + 1e-6)
+    } else {
+        1.0
+    };
+    let bc1 = 1.0 - h.beta1.powi(h.step as i32);
+    let bc2 = 1.0 - h.beta2.powi(h.step as i32);
+    for e in 0..p.len() {
+        let gi = g[e] * scale;
+        let mut w = p[e] * (1.0 - h.lr * h.weight_decay);
+        m[e] = h.beta1 * m[e] + (1.0 - h.beta1) * gi;
+        v[e] = h.beta2 * v[e] + (1.0 - h.beta2) * gi * gi;
+        w -= h.lr * (m[e] / bc1) / ((v[e] / bc2).sqrt() + h.eps);
+        p[e] = w;
+    }
+}
+
+/// Base noise of sample `row` (as `base_noise` in ode.wgsl).
+pub fn base_noise(dim: usize, seed: u32, row: u32) -> Vec<f64> {
+    (0..dim as u32)
+        .map(|j| rng::normal_at(seed, rng::STREAM_BASE, row, 0, j))
+        .collect()
+}
+
+/// Fixed-step Euler from t = 0 to 1 for rows of x (row-major, in place).
+pub fn euler(cfg: &MlpConfig, w: &Weights, x: &mut [f64], steps: usize) {
+    let d = cfg.dim;
+    let h = 1.0 / steps as f64;
+    for s in 0..steps {
+        let t = s as f64 * h;
+        let input: Vec<f64> = x
+            .chunks(d)
+            .flat_map(|row| input_row(cfg, row, t))
+            .collect();
+        let v = eval(cfg, w, &input);
+        for (xi, vi) in x.iter_mut().zip(&v) {
+            *xi += h * vi;
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Conditional flow matching training on the GPU.
+//!
+//! One step, as recorded into the encoder: `cfm_prepare` draws x1, t and ε on the GPU and
+//! writes the MLP inputs and targets → `linear_forward` per layer → `cfm_loss` →
+//! backward per layer into the flat gradient buffer → `loss_reduce` → `grad_sq_partial`
+//! → `adam_update`. `steps_per_submit` steps share one encoder and one submit; the host
+//! writes their learning rates into uniform slots before the submit and reads the loss
+//! history back only every `log_every` steps.
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, UniformArena};
+use crate::kernels::{adam, cfm, Kernel, Tiles};
+use crate::mlp::{GpuMlp, MlpPass};
+use crate::model::{MlpConfig, Weights};
+use crate::path::GaussianPath;
+use std::sync::Arc;
+
+/// Optimizer and schedule settings of a run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Total optimizer steps of the run.
+    pub steps: u64,
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Linear warm-up steps, then cosine decay to 0 at `steps` (or constant if !cosine).
+    pub warmup: u64,
+    pub cosine: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip (≤ 0: off).
+    pub clip_norm: f64,
+    /// EMA decay of the weights (None: no EMA; sampling uses the raw weights).
+    pub ema: Option<f64>,
+    pub seed: u64,
+    /// Steps recorded per submit.
+    pub steps_per_submit: usize,
+    /// Steps between loss readbacks (a multiple of steps_per_submit).
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 5000,
+            batch: 256,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            warmup: 100,
+            cosine: true,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_norm: 1.0,
+            ema: None,
+            seed: 0,
+            steps_per_submit: 10,
+            log_every: 100,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!("{name} must be positive")))
+            }
+        };
+        pos("--steps", self.steps > 0)?;
+        pos("--batch", self.batch > 0)?;
+        pos("--lr", self.lr > 0.0 && self.lr.is_finite())?;
+        pos("--steps-per-submit", self.steps_per_submit > 0)?;
+        pos("--log-every", self.log_every > 0)?;
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(Error::invalid("--weight-decay must be ≥ 0"));
+        }
+        if let Some(d) = self.ema {
+            if !(0.0..1.0).contains(&d) {
+                return Err(Error::invalid("--ema must be in [0, 1)"));
+            }
+        }
+        if self.batch > u32::MAX as usize / 4 {
+            return Err(Error::invalid("--batch is too large"));
+        }
+        Ok(())
+    }
+
+    /// Learning rate at 0-based step `s`: linear warm-up, then cosine decay to 0.
+    pub fn lr_at(&self, s: u64) -> f64 {
+        if s < self.warmup {
+            return self.lr * (s + 1) as f64 / self.warmup as f64;
+        }
+        if !self.cosine {
+            return self.lr;
+        }
+        let span = (self.steps.saturating_sub(self.warmup)).max(1) as f64;
+        let progress = ((s - self.warmup) as f64 / span).min(1.0);
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// The GPU state of a training run.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub mlp: GpuMlp,
+    pub path: GaussianPath,
+    /// Steps done so far.
+    pub step: u64,
+    pass: MlpPass,
+    grads: wgpu::Buffer,
+    moments: wgpu::Buffer,
+    ema: wgpu::Buffer,
+    /// Per-step loss, `log_every` slots, read back every `log_every` steps.
+    loss_history: wgpu::Buffer,
+    /// Slots [0, K) hold each step's CfmParams, [K, 2K) its AdamParams.
+    arena: UniformArena,
+    cfm_base: cfm::CfmParams,
+    adam_base: adam::AdamParams,
+    prepare: Arc<Kernel>,
+    loss: Arc<Kernel>,
+    reduce: Arc<Kernel>,
+    grad_sq: Arc<Kernel>,
+    update: Arc<Kernel>,
+    g_prepare: wgpu::BindGroup,
+    g_loss: wgpu::BindGroup,
+    g_reduce: wgpu::BindGroup,
+    g_grad_sq: wgpu::BindGroup,
+    g_update: wgpu::BindGroup,
+    tiles: Tiles,
+    // Kept alive for the bind groups.
+    _data: wgpu::Buffer,
+    _target: wgpu::Buffer,
+    _sample_loss: wgpu::Buffer,
+    _partials: wgpu::Buffer,
+}
+
+impl Trainer {
+    /// Upload the (already standardized) data pool and the initial weights.
+    pub fn new(
+        ctx: &GpuContext,
+        mlp_cfg: &MlpConfig,
+        path: GaussianPath,
+        weights: &Weights,
+        data: &[f32],
+        cfg: &TrainConfig,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        mlp_cfg.validate()?;
+        let d = mlp_cfg.dim;
+        if data.is_empty() || data.len() % d != 0 {
+            return Err(Error::invalid(format!(
+                "training data must be a non-empty [n, {d}] array"
+            )));
+        }
+        let mut cfg = cfg.clone();
+        cfg.log_every = cfg.log_every.div_ceil(cfg.steps_per_submit) * cfg.steps_per_submit;
+        let tiles = Tiles::for_class(ctx.class);
+        let mlp = GpuMlp::new(ctx, mlp_cfg, weights)?;
+        let n = mlp.layout.total;
+        let grads = ctx.storage("grads", n)?;
+        let pass = MlpPass::new(ctx, &mlp, cfg.batch, Some(&grads), false)?;
+        let data_buf = ctx.storage_from("data pool", data)?;
+        let out_stride = MlpPass::out_stride(mlp_cfg);
+        let target = ctx.storage("cfm target", cfg.batch * out_stride)?;
+        let sample_loss = ctx.storage("per-sample loss", cfg.batch)?;
+        let loss_history = ctx.storage("loss history", cfg.log_every)?;
+        let n_partials = adam::n_partials(n, &tiles);
+        let partials = ctx.storage("grad norm partials", n_partials)?;
+        let moments = ctx.storage("adam moments", 2 * n)?;
+        let ema = ctx.storage_from("ema", &weights.pack(&mlp.layout))?;
+        let k = cfg.steps_per_submit;
+        let arena = UniformArena::new(ctx, "train step params", 2 * k);
+
+        let prepare = cfm::cfm_prepare(ctx)?;
+        let loss = cfm::cfm_loss(ctx)?;
+        let reduce = cfm::loss_reduce(ctx)?;
+        let grad_sq = adam::grad_sq_partial(ctx)?;
+        let update = adam::adam_update(ctx)?;
+        let g_prepare = prepare.bind(ctx, &arena, &[&data_buf, &pass.input, &target]);
+        let g_loss = loss.bind(
+            ctx,
+            &arena,
+            &[&target, pass.output(), pass.dz.last().unwrap(), &sample_loss],
+        );
+        let g_reduce = reduce.bind(ctx, &arena, &[&sample_loss, &loss_history]);
+        let g_grad_sq = grad_sq.bind(ctx, &arena, &[&grads, &partials]);
+        let g_update = update.bind(
+            ctx,
+            &arena,
+            &[&grads, &partials, &mlp.params, &moments, &ema],
+        );
+        let cfm_base = cfm::CfmParams {
+            batch: cfg.batch as u32,
+            dim: d as u32,
+            n_data: (data.len() / d) as u32,
+            in_stride: mlp.layout.layers[0].in_pad as u32,
+            out_stride: out_stride as u32,
+            time_cols: mlp_cfg.time_cols() as u32,
+            path: path.gpu_code(),
+            sigma_min: path.sigma_min() as f32,
+            seed: cfg.seed as u32,
+            ..Default::default()
+        };
+        let adam_base = adam::AdamParams {
+            n: n as u32,
+            n_partials: n_partials as u32,
+            use_ema: cfg.ema.is_some() as u32,
+            beta1: cfg.beta1 as f32,
+            beta2: cfg.beta2 as f32,
+            eps: cfg.eps as f32,
+            weight_decay: cfg.weight_decay as f32,
+            clip_norm: cfg.clip_norm as f32,
+            ema_decay: cfg.ema.unwrap_or(0.0) as f32,
+            ..Default::default()
+        };
+        Ok(Trainer {
+            cfg,
+            mlp,
+            path,
+            step: 0,
+            pass,
+            grads,
+            moments,
+            ema,
+            loss_history,
+            arena,
+            cfm_base,
+            adam_base,
+            prepare,
+            loss,
+            reduce,
+            grad_sq,
+            update,
+            g_prepare,
+            g_loss,
+            g_reduce,
+            g_grad_sq,
+            g_update,
+            tiles,
+            _data: data_buf,
+            _target: target,
+            _sample_loss: sample_loss,
+            _partials: partials,
+        })
+    }
+
+    /// Record and submit the next `n` (≤ steps_per_submit) steps: one encoder, one submit,
+    /// no readback.
+    pub fn run_steps(&mut self, ctx: &GpuContext, n: usize) -> Result<()> {
+        let k = self.cfg.steps_per_submit;
+        assert!(n <= k);
+        let total = self.cfg.steps;
+        for i in 0..n {
+            let s = self.step + i as u64; // 0-based
+            let cp = cfm::CfmParams {
+                step: s as u32,
+                loss_slot: (s % self.cfg.log_every as u64) as u32,
+                ..self.cfm_base
+            };
+            self.arena.set(i, &cp);
+            let t = (s + 1) as i32;
+            let ap = adam::AdamParams {
+                step: t as u32,
+                lr: self.cfg.lr_at(s.min(total.saturating_sub(1))) as f32,
+                bias_corr1: (1.0 - self.cfg.beta1.powi(t)) as f32,
+                bias_corr2: (1.0 - self.cfg.beta2.powi(t)) as f32,
+                ..self.adam_base
+            };
+            self.arena.set(k + i, &ap);
+        }
+        self.arena.upload(ctx, 0..2 * k);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let per_sample = cfm::per_sample_groups(&self.cfm_base, &self.tiles);
+            for i in 0..n {
+                self.prepare.dispatch(&mut pass, &self.g_prepare, i, per_sample);
+                self.pass.record_forward(&mut pass);
+                self.loss.dispatch(&mut pass, &self.g_loss, i, per_sample);
+                self.pass.record_backward(&mut pass);
+                self.reduce.dispatch(&mut pass, &self.g_reduce, i, [1, 1, 1]);
+                self.grad_sq.dispatch(
+                    &mut pass,
+                    &self.g_grad_sq,
+                    k + i,
+                    adam::grad_sq_groups(&self.adam_base, &self.tiles),
+                );
+                self.update.dispatch(
+                    &mut pass,
+                    &self.g_update,
+                    k + i,
+                    adam::update_groups(&self.adam_base, &self.tiles),
+                );
+            }
+        }
+        ctx.submit(enc)?;
+        self.step += n as u64;
+        Ok(())
+    }
+
+    /// Losses of the last `n` steps (n ≤ log_every, all within the current history window).
+    pub fn recent_losses(&self, ctx: &GpuContext, n: usize) -> Result<Vec<f32>> {
+        let h = self.cfg.log_every as u64;
+        let end = self.step;
+        let start = end - n as u64;
+        let all = ctx.read(&self.loss_history, 0, h as usize)?;
+        Ok((start..end).map(|s| all[(s % h) as usize]).collect())
+    }
+
+    /// Current weights (the raw ones, or the EMA if enabled and `ema` is true).
+    pub fn weights(&self, ctx: &GpuContext, ema: bool) -> Result<Weights> {
+        let buf = if ema && self.cfg.ema.is_some() {
+            &self.ema
+        } else {
+            &self.mlp.params
+        };
+        Ok(Weights::unpack(
+            &ctx.read(buf, 0, self.mlp.layout.total)?,
+            &self.mlp.layout,
+        ))
+    }
+
+    /// The flat gradient buffer of the last step (tests).
+    pub fn grads(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        ctx.read(&self.grads, 0, self.mlp.layout.total)
+    }
+
+    /// Adam's first and second moments, flat (tests, checkpoints).
+    pub fn moments(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        ctx.read(&self.moments, 0, 2 * self.mlp.layout.total)
+    }
+
+    /// Run `steps` more steps (to at most cfg.steps), calling `on_log(step, losses)` after
+    /// every loss readback.
+    pub fn train(
+        &mut self,
+        ctx: &GpuContext,
+        mut on_log: impl FnMut(u64, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let k = self.cfg.steps_per_submit as u64;
+        let h = self.cfg.log_every as u64;
+        while self.step < self.cfg.steps {
+            let window_end = ((self.step / h) + 1) * h;
+            let n = k.min(self.cfg.steps - self.step).min(window_end - self.step);
+            self.run_steps(ctx, n as usize)?;
+            if self.step % h == 0 || self.step == self.cfg.steps {
+                let since = self.step - (self.step - 1) / h * h;
+                let losses = self.recent_losses(ctx, since as usize)?;
+                if let Some((i, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+                    let at = self.step - since + i as u64 + 1;
+                    return Err(Error::invalid(format!(
+                        "loss became {l} at step {at}; try a lower --lr or gradient clipping (--clip-norm)"
+                    )));
+                }
+                on_log(self.step, &losses)?;
+            }
+        }
+        Ok(())
+    }
+}
