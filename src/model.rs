@@ -392,18 +392,16 @@ pub struct Standardization {
 
 impl Standardization {
     pub fn apply(&self, data: &mut [f32]) {
-        let d = self.mean.len();
-        for row in data.chunks_mut(d) {
-            for j in 0..d {
-                row[j] = ((row[j] as f64 - self.mean[j]) / self.std[j]) as f32;
+        for row in data.chunks_mut(self.mean.len()) {
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = ((*x as f64 - m) / s) as f32;
             }
         }
     }
     pub fn undo(&self, data: &mut [f32]) {
-        let d = self.mean.len();
-        for row in data.chunks_mut(d) {
-            for j in 0..d {
-                row[j] = (row[j] as f64 * self.std[j] + self.mean[j]) as f32;
+        for row in data.chunks_mut(self.mean.len()) {
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = (*x as f64 * s + m) as f32;
             }
         }
     }
@@ -440,8 +438,8 @@ impl Model {
         crate::io::atomic::write_atomic(&st, &self.weights.to_safetensors()?)
             .map_err(|e| Error::io(&st, e))?;
         let cj = dir.join("config.json");
-        let json = serde_json::to_vec_pretty(&self.config)
-            .map_err(|e| Error::invalid(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&self.config).map_err(|e| Error::invalid(e.to_string()))?;
         crate::io::atomic::write_atomic(&cj, &json).map_err(|e| Error::io(&cj, e))
     }
 

@@ -144,8 +144,17 @@ pub fn cfm_batch(
 /// L = mean over batch and dims of (v − u)², and dL/dv.
 pub fn cfm_loss(v: &[f64], target: &[f64]) -> (f64, Vec<f64>) {
     let n = v.len() as f64;
-    let loss = v.iter().zip(target).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n;
-    let grad = v.iter().zip(target).map(|(a, b)| 2.0 * (a - b) / n).collect();
+    let loss = v
+        .iter()
+        .zip(target)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        / n;
+    let grad = v
+        .iter()
+        .zip(target)
+        .map(|(a, b)| 2.0 * (a - b) / n)
+        .collect();
     (loss, grad)
 }
 
@@ -195,10 +204,7 @@ pub fn euler(cfg: &MlpConfig, w: &Weights, x: &mut [f64], steps: usize) {
     let h = 1.0 / steps as f64;
     for s in 0..steps {
         let t = s as f64 * h;
-        let input: Vec<f64> = x
-            .chunks(d)
-            .flat_map(|row| input_row(cfg, row, t))
-            .collect();
+        let input: Vec<f64> = x.chunks(d).flat_map(|row| input_row(cfg, row, t)).collect();
         let v = eval(cfg, w, &input);
         for (xi, vi) in x.iter_mut().zip(&v) {
             *xi += h * vi;

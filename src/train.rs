@@ -151,7 +151,7 @@ impl Trainer {
         cfg.validate()?;
         mlp_cfg.validate()?;
         let d = mlp_cfg.dim;
-        if data.is_empty() || data.len() % d != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(d) {
             return Err(Error::invalid(format!(
                 "training data must be a non-empty [n, {d}] array"
             )));
@@ -184,7 +184,12 @@ impl Trainer {
         let g_loss = loss.bind(
             ctx,
             &arena,
-            &[&target, pass.output(), pass.dz.last().unwrap(), &sample_loss],
+            &[
+                &target,
+                pass.output(),
+                pass.dz.last().unwrap(),
+                &sample_loss,
+            ],
         );
         let g_reduce = reduce.bind(ctx, &arena, &[&sample_loss, &loss_history]);
         let g_grad_sq = grad_sq.bind(ctx, &arena, &[&grads, &partials]);
@@ -278,11 +283,13 @@ impl Trainer {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let per_sample = cfm::per_sample_groups(&self.cfm_base, &self.tiles);
             for i in 0..n {
-                self.prepare.dispatch(&mut pass, &self.g_prepare, i, per_sample);
+                self.prepare
+                    .dispatch(&mut pass, &self.g_prepare, i, per_sample);
                 self.pass.record_forward(&mut pass);
                 self.loss.dispatch(&mut pass, &self.g_loss, i, per_sample);
                 self.pass.record_backward(&mut pass);
-                self.reduce.dispatch(&mut pass, &self.g_reduce, i, [1, 1, 1]);
+                self.reduce
+                    .dispatch(&mut pass, &self.g_reduce, i, [1, 1, 1]);
                 self.grad_sq.dispatch(
                     &mut pass,
                     &self.g_grad_sq,
@@ -345,9 +352,11 @@ impl Trainer {
         let h = self.cfg.log_every as u64;
         while self.step < self.cfg.steps {
             let window_end = ((self.step / h) + 1) * h;
-            let n = k.min(self.cfg.steps - self.step).min(window_end - self.step);
+            let n = k
+                .min(self.cfg.steps - self.step)
+                .min(window_end - self.step);
             self.run_steps(ctx, n as usize)?;
-            if self.step % h == 0 || self.step == self.cfg.steps {
+            if self.step.is_multiple_of(h) || self.step == self.cfg.steps {
                 let since = self.step - (self.step - 1) / h * h;
                 let losses = self.recent_losses(ctx, since as usize)?;
                 if let Some((i, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
@@ -361,4 +370,48 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Losses recorded by [`fit`]: one per step.
+pub type LossCurve = Vec<f32>;
+
+/// Train a fresh model on `data` (already in model units) and return it with its loss
+/// curve. `on_log(step, recent_losses)` runs after every loss readback (progress bars).
+pub fn fit(
+    ctx: &GpuContext,
+    data: &crate::data::Dataset,
+    mlp_cfg: &MlpConfig,
+    path: GaussianPath,
+    cfg: &TrainConfig,
+    mut on_log: impl FnMut(u64, &[f32]),
+) -> Result<(crate::model::Model, LossCurve)> {
+    use rand::SeedableRng;
+    if data.dim != mlp_cfg.dim {
+        return Err(Error::invalid(format!(
+            "data has dimension {}, the model {}",
+            data.dim, mlp_cfg.dim
+        )));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let weights = Weights::init(mlp_cfg, &mut rng);
+    let mut trainer = Trainer::new(ctx, mlp_cfg, path, &weights, &data.points, cfg)?;
+    let mut curve = Vec::with_capacity(cfg.steps as usize);
+    trainer.train(ctx, |step, losses| {
+        curve.extend_from_slice(losses);
+        on_log(step, losses);
+        Ok(())
+    })?;
+    let model = crate::model::Model {
+        config: crate::model::ModelConfig {
+            format_version: crate::model::FORMAT_VERSION,
+            mlp: mlp_cfg.clone(),
+            path,
+            data: data.name.clone(),
+            standardization: None,
+            seed: cfg.seed,
+            train: serde_json::to_value(&trainer.cfg).unwrap_or_default(),
+        },
+        weights: trainer.weights(ctx, true)?,
+    };
+    Ok((model, curve))
 }

@@ -66,7 +66,8 @@ fn linear_forward_matches_reference_for_every_activation() {
         let (x, xg) = random_inputs(&cfg, rows, 10 + a as u64);
         let mlp = GpuMlp::new(ctx, &cfg, &w).unwrap();
         let pass = MlpPass::new(ctx, &mlp, rows, None, false).unwrap();
-        ctx.queue.write_buffer(&pass.input, 0, bytemuck::cast_slice(&xg));
+        ctx.queue
+            .write_buffer(&pass.input, 0, bytemuck::cast_slice(&xg));
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
@@ -76,7 +77,13 @@ fn linear_forward_matches_reference_for_every_activation() {
         let out = ctx.read(pass.output(), 0, rows * 4).unwrap();
         let want = reference::eval(&cfg, &w, &x);
         // f32 sums of ≤ 38 products of O(1) terms.
-        assert_close(&format!("forward {act:?}"), &unpad(&out, rows, 3, 4), &want, 1e-4, 1e-4);
+        assert_close(
+            &format!("forward {act:?}"),
+            &unpad(&out, rows, 3, 4),
+            &want,
+            1e-4,
+            1e-4,
+        );
     }
 }
 
@@ -92,7 +99,8 @@ fn gpu_backward(
     let mlp = GpuMlp::new(ctx, cfg, w).unwrap();
     let grads = ctx.storage("grads", mlp.layout.total).unwrap();
     let pass = MlpPass::new(ctx, &mlp, rows, Some(&grads), true).unwrap();
-    ctx.queue.write_buffer(&pass.input, 0, bytemuck::cast_slice(xg));
+    ctx.queue
+        .write_buffer(&pass.input, 0, bytemuck::cast_slice(xg));
     let mut dvg = vec![0.0f32; rows * 4];
     for m in 0..rows {
         for j in 0..cfg.dim {
@@ -123,7 +131,8 @@ fn gpu_backward(
         l0.out_pad,
     );
     let dx = unpad(
-        &ctx.read(pass.input_grad.as_ref().unwrap(), 0, rows * l0.in_pad).unwrap(),
+        &ctx.read(pass.input_grad.as_ref().unwrap(), 0, rows * l0.in_pad)
+            .unwrap(),
         rows,
         l0.in_features,
         l0.in_pad,
@@ -138,24 +147,42 @@ fn max_abs(v: &[f64]) -> f64 {
 #[test]
 fn backward_matches_reference_single_and_multi_chunk() {
     // 50 rows: one chunk (direct write); 600 rows: several chunks + reduction pass.
-    for (a, (act, rows)) in [(Activation::Silu, 50), (Activation::Tanh, 600), (Activation::Selu, 601)]
-        .into_iter()
-        .enumerate()
+    for (a, (act, rows)) in [
+        (Activation::Silu, 50),
+        (Activation::Tanh, 600),
+        (Activation::Selu, 601),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let cfg = cfg(act);
         let w = Weights::init(&cfg, &mut rng(100 + a as u64));
         let (x, xg) = random_inputs(&cfg, rows, 200 + a as u64);
         let mut r = rng(300 + a as u64);
-        let dv: Vec<f64> = (0..rows * cfg.dim).map(|_| r.random_range(-1.0..1.0)).collect();
+        let dv: Vec<f64> = (0..rows * cfg.dim)
+            .map(|_| r.random_range(-1.0..1.0))
+            .collect();
         let acts = reference::forward(&cfg, &w, &x);
         let want = reference::backward(&cfg, &w, &acts, &dv);
         let (g, dz0, dx) = gpu_backward(&cfg, &w, &xg, &dv, rows);
         for l in 0..want.w.len() {
             // Sums over `rows` terms: tolerance relative to the largest entry.
             let atol = 1e-5 * max_abs(&want.w[l]).max(1.0) * (rows as f64).sqrt();
-            assert_close(&format!("{act:?} rows {rows} dW[{l}]"), &g.layers[l].w, &want.w[l], 1e-4, atol);
+            assert_close(
+                &format!("{act:?} rows {rows} dW[{l}]"),
+                &g.layers[l].w,
+                &want.w[l],
+                1e-4,
+                atol,
+            );
             let atol = 1e-5 * max_abs(&want.b[l]).max(1.0) * (rows as f64).sqrt();
-            assert_close(&format!("{act:?} rows {rows} db[{l}]"), &g.layers[l].b, &want.b[l], 1e-4, atol);
+            assert_close(
+                &format!("{act:?} rows {rows} db[{l}]"),
+                &g.layers[l].b,
+                &want.b[l],
+                1e-4,
+                atol,
+            );
         }
         // dz of layer 0 = dX of layer 1 ⊙ act'(z0): checks backward_input's epilogue.
         let acts_grad: Vec<f64> = {
@@ -224,9 +251,15 @@ fn reference_backward_matches_finite_differences() {
         let rows = 5;
         let (x, _) = random_inputs(&cfg, rows, 500 + a as u64);
         let mut r = rng(600 + a as u64);
-        let c: Vec<f64> = (0..rows * cfg.dim).map(|_| r.random_range(-1.0..1.0)).collect();
+        let c: Vec<f64> = (0..rows * cfg.dim)
+            .map(|_| r.random_range(-1.0..1.0))
+            .collect();
         let loss = |w: &Weights, x: &[f64]| -> f64 {
-            reference::eval(&cfg, w, x).iter().zip(&c).map(|(v, c)| v * c).sum()
+            reference::eval(&cfg, w, x)
+                .iter()
+                .zip(&c)
+                .map(|(v, c)| v * c)
+                .sum()
         };
         let acts = reference::forward(&cfg, &w, &x);
         let g = reference::backward(&cfg, &w, &acts, &c);
@@ -240,14 +273,20 @@ fn reference_backward_matches_finite_differences() {
                 let step = (wp.layers[l].w[idx] - wm.layers[l].w[idx]) as f64;
                 let fd = (loss(&wp, &x) - loss(&wm, &x)) / step;
                 let an = g.w[l][idx];
-                assert!((fd - an).abs() <= 1e-4 * (1.0 + an.abs()), "{act:?} dW[{l}][{idx}]: fd {fd} vs {an}");
+                assert!(
+                    (fd - an).abs() <= 1e-4 * (1.0 + an.abs()),
+                    "{act:?} dW[{l}][{idx}]: fd {fd} vs {an}"
+                );
             }
             let (mut wp, mut wm) = (w.clone(), w.clone());
             wp.layers[l].b[0] += h;
             wm.layers[l].b[0] -= h;
             let step = (wp.layers[l].b[0] - wm.layers[l].b[0]) as f64;
             let fd = (loss(&wp, &x) - loss(&wm, &x)) / step;
-            assert!((fd - g.b[l][0]).abs() <= 1e-4 * (1.0 + fd.abs()), "{act:?} db[{l}]");
+            assert!(
+                (fd - g.b[l][0]).abs() <= 1e-4 * (1.0 + fd.abs()),
+                "{act:?} db[{l}]"
+            );
         }
         for idx in [0, 7, x.len() - 1] {
             let h = 1e-5;
@@ -255,7 +294,11 @@ fn reference_backward_matches_finite_differences() {
             xp[idx] += h;
             xm[idx] -= h;
             let fd = (loss(&w, &xp) - loss(&w, &xm)) / (2.0 * h);
-            assert!((fd - g.input[idx]).abs() <= 1e-6 * (1.0 + fd.abs()), "{act:?} dX[{idx}]: fd {fd} vs {}", g.input[idx]);
+            assert!(
+                (fd - g.input[idx]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "{act:?} dX[{idx}]: fd {fd} vs {}",
+                g.input[idx]
+            );
         }
     }
 }
@@ -268,9 +311,13 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
     let (batch, n_data) = (300, 1000);
     let mut r = rng(7);
     let data: Vec<f32> = (0..n_data * 3).map(|_| r.random_range(-3.0..3.0)).collect();
-    for (pi, path) in [GaussianPath::Ot { sigma_min: 0.0 }, GaussianPath::Ot { sigma_min: 0.1 }, GaussianPath::Vp]
-        .into_iter()
-        .enumerate()
+    for (pi, path) in [
+        GaussianPath::Ot { sigma_min: 0.0 },
+        GaussianPath::Ot { sigma_min: 0.1 },
+        GaussianPath::Vp,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let data_buf = ctx.storage_from("data", &data).unwrap();
         let input = ctx.storage("input", batch * 8).unwrap();
@@ -297,7 +344,11 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
         };
         arena.set(0, &p);
         arena.upload(ctx, 0..1);
-        let (kp, kl, kr) = (cfm::cfm_prepare(ctx).unwrap(), cfm::cfm_loss(ctx).unwrap(), cfm::loss_reduce(ctx).unwrap());
+        let (kp, kl, kr) = (
+            cfm::cfm_prepare(ctx).unwrap(),
+            cfm::cfm_loss(ctx).unwrap(),
+            cfm::loss_reduce(ctx).unwrap(),
+        );
         let gp = kp.bind(ctx, &arena, &[&data_buf, &input, &target]);
         let gl = kl.bind(ctx, &arena, &[&target, &v, &grad, &sample_loss]);
         let gr = kr.bind(ctx, &arena, &[&sample_loss, &history]);
@@ -314,7 +365,13 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
         let got_in = unpad(&ctx.read(&input, 0, batch * 8).unwrap(), batch, 6, 8);
         let got_u = unpad(&ctx.read(&target, 0, batch * 4).unwrap(), batch, 3, 4);
         // Box–Muller and trig in f32: ~1e-6 relative.
-        assert_close(&format!("{} x_t", path.name()), &got_in, &want_in, 1e-5, 2e-5);
+        assert_close(
+            &format!("{} x_t", path.name()),
+            &got_in,
+            &want_in,
+            1e-5,
+            2e-5,
+        );
         assert_close(&format!("{} u_t", path.name()), &got_u, &want_u, 1e-5, 2e-5);
         let v64: Vec<f64> = unpad(&vg, batch, 3, 4).iter().map(|&x| x as f64).collect();
         let (want_loss, want_grad) = reference::cfm_loss(&v64, &want_u);
@@ -331,26 +388,49 @@ fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
     let tiles = Tiles::for_class(ctx.class);
     let n = 70_001; // several grad_sq workgroups, not a multiple of anything
     let mut r = rng(9);
-    let mut p: Vec<f64> = (0..n).map(|_| r.random_range(-1.0..1.0f32) as f64).collect();
+    let mut p: Vec<f64> = (0..n)
+        .map(|_| r.random_range(-1.0..1.0f32) as f64)
+        .collect();
     let mut m = vec![0.0; n];
     let mut v = vec![0.0; n];
-    let params = ctx.storage_from("p", &p.iter().map(|&x| x as f32).collect::<Vec<_>>()).unwrap();
-    let ema = ctx.storage_from("ema", &p.iter().map(|&x| x as f32).collect::<Vec<_>>()).unwrap();
+    let params = ctx
+        .storage_from("p", &p.iter().map(|&x| x as f32).collect::<Vec<_>>())
+        .unwrap();
+    let ema = ctx
+        .storage_from("ema", &p.iter().map(|&x| x as f32).collect::<Vec<_>>())
+        .unwrap();
     let mut ema_ref = p.clone();
     let moments = ctx.storage("m", 2 * n).unwrap();
     let n_partials = adam::n_partials(n, &tiles);
     let partials = ctx.storage("partials", n_partials).unwrap();
     let grads = ctx.storage("g", n).unwrap();
-    let (kq, ku) = (adam::grad_sq_partial(ctx).unwrap(), adam::adam_update(ctx).unwrap());
+    let (kq, ku) = (
+        adam::grad_sq_partial(ctx).unwrap(),
+        adam::adam_update(ctx).unwrap(),
+    );
     let mut arena = UniformArena::new(ctx, "p", 1);
     let gq = kq.bind(ctx, &arena, &[&grads, &partials]);
     let gu = ku.bind(ctx, &arena, &[&grads, &partials, &params, &moments, &ema]);
     for step in 1..=3u32 {
         // Step 1 and 3 are clipped (norm ≫ 1), step 2 is not.
         let scale = if step == 2 { 1e-3 } else { 1.0 };
-        let g: Vec<f64> = (0..n).map(|_| (r.random_range(-1.0..1.0f32) * scale) as f64).collect();
-        ctx.queue.write_buffer(&grads, 0, bytemuck::cast_slice(&g.iter().map(|&x| x as f32).collect::<Vec<_>>()));
-        let h = reference::AdamStep { lr: 1e-2, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, step, clip_norm: 1.0 };
+        let g: Vec<f64> = (0..n)
+            .map(|_| (r.random_range(-1.0..1.0f32) * scale) as f64)
+            .collect();
+        ctx.queue.write_buffer(
+            &grads,
+            0,
+            bytemuck::cast_slice(&g.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+        );
+        let h = reference::AdamStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+            clip_norm: 1.0,
+        };
         let ap = adam::AdamParams {
             n: n as u32,
             n_partials: n_partials as u32,

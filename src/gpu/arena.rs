@@ -29,7 +29,10 @@ impl UniformArena {
     /// Store `value` in slot `slot` (host side; call [`upload`](Self::upload) to send).
     pub fn set<T: bytemuck::Pod>(&mut self, slot: usize, value: &T) -> u32 {
         let bytes = bytemuck::bytes_of(value);
-        assert!(bytes.len() <= SLOT_BYTES, "uniform struct larger than a slot");
+        assert!(
+            bytes.len() <= SLOT_BYTES,
+            "uniform struct larger than a slot"
+        );
         let at = slot * SLOT_BYTES;
         self.host[at..at + bytes.len()].copy_from_slice(bytes);
         at as u32
@@ -43,6 +46,7 @@ impl UniformArena {
     /// Send slots `range` to the GPU.
     pub fn upload(&self, ctx: &GpuContext, range: std::ops::Range<usize>) {
         let (a, b) = (range.start * SLOT_BYTES, range.end * SLOT_BYTES);
-        ctx.queue.write_buffer(&self.buffer, a as u64, &self.host[a..b]);
+        ctx.queue
+            .write_buffer(&self.buffer, a as u64, &self.host[a..b]);
     }
 }

@@ -89,7 +89,7 @@ fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
         driver: info.driver.clone(),
         driver_info: info.driver_info.clone(),
         max_buffer_size: l.max_buffer_size,
-        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
         max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
         max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
         max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
@@ -102,10 +102,12 @@ fn instance(backend: Option<BackendChoice>) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = match backend {
         Some(b) => b.backends(),
-        None => wgpu::Backends::VULKAN
-            | wgpu::Backends::METAL
-            | wgpu::Backends::DX12
-            | wgpu::Backends::GL,
+        None => {
+            wgpu::Backends::VULKAN
+                | wgpu::Backends::METAL
+                | wgpu::Backends::DX12
+                | wgpu::Backends::GL
+        }
     };
     wgpu::Instance::new(desc)
 }
@@ -126,7 +128,8 @@ fn preference(info: &wgpu::AdapterInfo) -> (u32, u32) {
     (ty, be)
 }
 
-const NO_ADAPTER_HELP: &str = "no GPU adapter found. To run on the CPU, install a software adapter: \
+const NO_ADAPTER_HELP: &str =
+    "no GPU adapter found. To run on the CPU, install a software adapter: \
 on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` (Mesa lavapipe, Vulkan) or \
 `libegl-mesa0 libgl1-mesa-dri` (llvmpipe, GL); see `flowgpu adapters`";
 
@@ -139,7 +142,9 @@ pub fn list_adapters(backend: Option<BackendChoice>) -> Vec<AdapterSummary> {
 }
 
 fn inst_backends(backend: Option<BackendChoice>) -> wgpu::Backends {
-    backend.map(|b| b.backends()).unwrap_or(wgpu::Backends::all())
+    backend
+        .map(|b| b.backends())
+        .unwrap_or(wgpu::Backends::all())
 }
 
 /// Errors reported asynchronously by wgpu, kept until the next check.
@@ -160,7 +165,8 @@ impl GpuContext {
     /// Pick an adapter as `choice` says and open a device with the adapter's own limits.
     pub fn new(choice: &AdapterChoice) -> Result<Self> {
         let inst = instance(choice.backend);
-        let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(choice.backend)));
+        let mut adapters =
+            pollster::block_on(inst.enumerate_adapters(inst_backends(choice.backend)));
         if adapters.is_empty() {
             return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
         }
@@ -250,7 +256,7 @@ impl GpuContext {
     /// A zero-initialized storage buffer of `len` f32 (at least one element).
     pub fn storage(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
         let size = (len.max(4) * 4) as u64;
-        if size > self.limits.max_storage_buffer_binding_size as u64 {
+        if size > self.limits.max_storage_buffer_binding_size {
             return Err(Error::invalid(format!(
                 "buffer '{label}' needs {size} bytes, more than this adapter's storage binding limit of {} bytes; use a smaller batch or width",
                 self.limits.max_storage_buffer_binding_size
@@ -307,11 +313,9 @@ impl GpuContext {
         enc.copy_buffer_to_buffer(buf, (offset * 4) as u64, &staging, 0, bytes);
         self.queue.submit(Some(enc.finish()));
         let (tx, rx) = std::sync::mpsc::channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;

@@ -1,0 +1,243 @@
+//! Training and sampling end to end: one GPU training step equals the f64 reference step,
+//! Euler sampling equals the reference solver, chunking does not change samples, a
+//! checkpoint reproduces its vector field, and a seeded moons run learns the data.
+
+mod common;
+
+use common::{assert_close, ctx};
+use flowgpu::data::Dataset;
+use flowgpu::model::{Activation, MlpConfig, Model, ModelConfig, ParamLayout, Weights};
+use flowgpu::train::{fit, TrainConfig, Trainer};
+use flowgpu::{reference, GaussianPath, SampleConfig, Sampler};
+use rand::SeedableRng;
+
+fn small_cfg() -> MlpConfig {
+    MlpConfig {
+        dim: 2,
+        width: 33,
+        depth: 2,
+        activation: Activation::Silu,
+        time_features: 2,
+    }
+}
+
+fn model(cfg: &MlpConfig, seed: u64) -> Model {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    Model {
+        config: ModelConfig {
+            format_version: flowgpu::model::FORMAT_VERSION,
+            mlp: cfg.clone(),
+            path: GaussianPath::Ot { sigma_min: 0.0 },
+            data: "test".into(),
+            standardization: None,
+            seed,
+            train: serde_json::Value::Null,
+        },
+        weights: Weights::init(cfg, &mut rng),
+    }
+}
+
+#[test]
+fn one_training_step_matches_reference() {
+    let ctx = ctx();
+    let cfg = small_cfg();
+    let data = Dataset::toy("moons", 5000, 1).unwrap();
+    let w0 = model(&cfg, 3).weights;
+    for path in [GaussianPath::Ot { sigma_min: 0.05 }, GaussianPath::Vp] {
+        let tc = TrainConfig {
+            batch: 300, // > one weight-gradient chunk on software adapters
+            steps: 10,
+            warmup: 0,
+            seed: 77,
+            steps_per_submit: 1,
+            weight_decay: 0.01,
+            clip_norm: 0.5,
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(ctx, &cfg, path, &w0, &data.points, &tc).unwrap();
+        tr.run_steps(ctx, 1).unwrap();
+        // Reference: the same batch (same counter RNG), forward, loss, backward, AdamW.
+        let (input, target) = reference::cfm_batch(&cfg, &path, &data.points, 77, 0, tc.batch);
+        let acts = reference::forward(&cfg, &w0, &input);
+        let (loss, dv) = reference::cfm_loss(acts.h.last().unwrap(), &target);
+        let g = reference::backward(&cfg, &w0, &acts, &dv);
+        let got_loss = tr.recent_losses(ctx, 1).unwrap()[0];
+        assert_close("loss", &[got_loss], &[loss], 1e-4, 0.0);
+        let layout = ParamLayout::new(&cfg);
+        let got_g = Weights::unpack(&tr.grads(ctx).unwrap(), &layout);
+        for l in 0..g.w.len() {
+            let scale = g.w[l].iter().fold(0.0f64, |a, b| a.max(b.abs()));
+            assert_close(
+                &format!("{} dW[{l}]", path.name()),
+                &got_g.layers[l].w,
+                &g.w[l],
+                1e-3,
+                1e-4 * scale,
+            );
+        }
+        // Parameters after one clipped AdamW step.
+        let flat = |w: &Weights| -> Vec<f64> {
+            w.layers
+                .iter()
+                .flat_map(|l| l.w.iter().chain(&l.b).map(|&x| x as f64))
+                .collect()
+        };
+        let mut p = flat(&w0);
+        let grads: Vec<f64> =
+            g.w.iter()
+                .zip(&g.b)
+                .flat_map(|(w, b)| w.iter().chain(b).copied())
+                .collect();
+        let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+        let h = reference::AdamStep {
+            lr: tc.lr_at(0),
+            beta1: tc.beta1,
+            beta2: tc.beta2,
+            eps: tc.eps,
+            weight_decay: tc.weight_decay,
+            step: 1,
+            clip_norm: tc.clip_norm,
+        };
+        reference::adam_step(&mut p, &grads, &mut m, &mut v, &h);
+        let got_p: Vec<f32> = flat(&tr.weights(ctx, false).unwrap())
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        // The first Adam step moves each weight by ≈ lr·sign(g): tolerance 1% of lr.
+        assert_close(
+            &format!("{} params", path.name()),
+            &got_p,
+            &p,
+            1e-6,
+            1e-2 * tc.lr,
+        );
+    }
+}
+
+#[test]
+fn euler_sampling_matches_reference_and_chunking_is_invisible() {
+    let ctx = ctx();
+    let cfg = small_cfg();
+    let m = model(&cfg, 5);
+    let sampler = Sampler::new(ctx, &m).unwrap();
+    let sc = SampleConfig {
+        n: 300,
+        steps: 16,
+        seed: 9,
+        chunk: 300,
+    };
+    let whole = sampler.sample(&sc).unwrap();
+    let chunked = sampler
+        .sample(&SampleConfig {
+            chunk: 64,
+            ..sc.clone()
+        })
+        .unwrap();
+    assert_eq!(
+        whole, chunked,
+        "chunked sampling must give the same samples"
+    );
+    let mut x: Vec<f64> = (0..300u32)
+        .flat_map(|i| reference::base_noise(2, 9, i))
+        .collect();
+    reference::euler(&cfg, &m.weights, &mut x, 16);
+    // 16 steps of f32 MLP evaluations: errors accumulate to ~1e-5.
+    assert_close("euler samples", &whole, &x, 1e-4, 1e-4);
+}
+
+#[test]
+fn checkpoint_round_trip_reproduces_the_vector_field() {
+    let ctx = ctx();
+    let cfg = MlpConfig {
+        activation: Activation::Tanh,
+        ..small_cfg()
+    };
+    let mut m = model(&cfg, 11);
+    m.config.standardization = Some(flowgpu::model::Standardization {
+        mean: vec![0.5, -1.0],
+        std: vec![2.0, 0.25],
+    });
+    let dir = std::env::temp_dir().join(format!("flowgpu-ckpt-{}", std::process::id()));
+    m.save(&dir).unwrap();
+    let back = Model::load(&dir).unwrap();
+    assert_eq!(back.weights, m.weights);
+    assert_eq!(back.config, m.config);
+    let sc = SampleConfig {
+        n: 100,
+        steps: 5,
+        seed: 1,
+        chunk: 100,
+    };
+    let a = Sampler::new(ctx, &m).unwrap().sample(&sc).unwrap();
+    let b = Sampler::new(ctx, &back).unwrap().sample(&sc).unwrap();
+    assert_eq!(a, b);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Energy distance between two 2-D point sets: 2E|X−Y| − E|X−X'| − E|Y−Y'| (0 iff equal
+/// distributions).
+fn energy_distance(a: &[f32], b: &[f32]) -> f64 {
+    let mean_dist = |p: &[f32], q: &[f32]| -> f64 {
+        let mut s = 0.0;
+        for x in p.chunks(2) {
+            for y in q.chunks(2) {
+                s += (((x[0] - y[0]) as f64).powi(2) + ((x[1] - y[1]) as f64).powi(2)).sqrt();
+            }
+        }
+        s / ((p.len() / 2) * (q.len() / 2)) as f64
+    };
+    2.0 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b)
+}
+
+#[test]
+fn seeded_moons_run_learns_the_data() {
+    let ctx = ctx();
+    let data = Dataset::toy("moons", 50_000, 0).unwrap();
+    let cfg = MlpConfig {
+        dim: 2,
+        width: 64,
+        depth: 3,
+        activation: Activation::Selu,
+        time_features: 0,
+    };
+    let tc = TrainConfig {
+        steps: 1500,
+        batch: 256,
+        seed: 0,
+        ..TrainConfig::default()
+    };
+    let (m, curve) = fit(
+        ctx,
+        &data,
+        &cfg,
+        GaussianPath::Ot { sigma_min: 0.0 },
+        &tc,
+        |_, _| {},
+    )
+    .unwrap();
+    let first: f32 = curve[..100].iter().sum::<f32>() / 100.0;
+    let last: f32 = curve[curve.len() - 100..].iter().sum::<f32>() / 100.0;
+    assert!(last < 0.75 * first, "loss did not fall: {first} → {last}");
+    let n = 1500;
+    let samples = Sampler::new(ctx, &m)
+        .unwrap()
+        .sample(&SampleConfig {
+            n,
+            steps: 50,
+            seed: 3,
+            chunk: n,
+        })
+        .unwrap();
+    let fresh = Dataset::toy("moons", n, 12345).unwrap().points;
+    let noise: Vec<f32> = (0..n as u32)
+        .flat_map(|i| reference::base_noise(2, 3, i))
+        .map(|x| x as f32)
+        .collect();
+    let ed_model = energy_distance(&samples, &fresh);
+    let ed_noise = energy_distance(&noise, &fresh);
+    eprintln!("energy distance to fresh moons: model {ed_model:.4}, base noise {ed_noise:.4}");
+    assert!(
+        ed_model < 0.03,
+        "samples are far from moons: energy distance {ed_model}"
+    );
+}
