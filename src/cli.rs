@@ -297,8 +297,15 @@ fn train(a: TrainArgs) -> Result<()> {
     model.save(&out)?;
     write_loss_csv(&out.join("loss.csv"), &curve, &cfg)?;
     let png = out.join("loss.png");
-    plot::line_png(&png, &[(&curve, [30, 90, 200])], 800, 400, true)
-        .map_err(|e| Error::io(&png, e))?;
+    let smooth = moving_average(&curve, 100);
+    plot::line_png(
+        &png,
+        &[(&curve, [170, 195, 235]), (&smooth, [20, 60, 160])],
+        800,
+        400,
+        true,
+    )
+    .map_err(|e| Error::io(&png, e))?;
     let samples = Sampler::new(&ctx, &model)?.sample(&SampleConfig {
         n: a.plot_samples.max(1),
         steps: 100,
@@ -352,6 +359,20 @@ fn train(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Trailing moving average over `w` points (shorter at the start).
+fn moving_average(v: &[f32], w: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut s = 0.0f64;
+    for i in 0..v.len() {
+        s += v[i] as f64;
+        if i >= w {
+            s -= v[i - w] as f64;
+        }
+        out.push((s / (i + 1).min(w) as f64) as f32);
+    }
+    out
 }
 
 fn mean_tail(v: &[f32], n: usize) -> f64 {

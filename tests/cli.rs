@@ -1,0 +1,177 @@
+//! The binary: the default workflow writes a complete run folder, and bad input gives one
+//! clear line on stderr, a non-zero exit and no output file.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn flowgpu(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgpu"))
+        .args(args)
+        .output()
+        .expect("run flowgpu");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flowgpu-cli-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+/// Exit code 1, one `error:` line naming `needle`, nothing that looks like a panic.
+fn assert_clean_error(args: &[&str], needle: &str) {
+    let (code, _, err) = flowgpu(args);
+    assert_eq!(code, 1, "{args:?}: exit code {code}, stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = lines.last().copied().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains(needle),
+        "{args:?}: stderr {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{args:?}: {err}"
+    );
+}
+
+#[test]
+fn train_writes_a_run_folder_and_sample_reads_it() {
+    let run = tmp("run");
+    let r = run.to_str().unwrap();
+    let (code, out, err) = flowgpu(&[
+        "train",
+        "--steps",
+        "200",
+        "--width",
+        "16",
+        "--plot-samples",
+        "300",
+        "--out",
+        r,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "loss.csv",
+        "loss.png",
+        "samples.png",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(json["steps"], 200);
+    assert!(json["final_loss"].as_f64().unwrap().is_finite());
+    assert!(json["steps_per_s"].as_f64().unwrap() > 0.0);
+    assert!(json["adapter"].as_str().is_some() && json["backend"].as_str().is_some());
+    let loss_rows = std::fs::read_to_string(run.join("loss.csv"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(loss_rows, 201);
+
+    let npy = run.join("s.npy");
+    let (code, _, err) = flowgpu(&[
+        "sample",
+        "--model",
+        r,
+        "-n",
+        "123",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (data, shape) = flowgpu::io::npy::read_npy_f32(&std::fs::read(&npy).unwrap()).unwrap();
+    assert_eq!(shape, vec![123, 2]);
+    assert!(data.iter().all(|x| x.is_finite()));
+    let csv = run.join("s.csv");
+    let (code, _, _) = flowgpu(&[
+        "sample",
+        "--model",
+        r,
+        "-n",
+        "7",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    let (rows, cols) =
+        flowgpu::io::csv::parse_csv(&std::fs::read_to_string(&csv).unwrap()).unwrap();
+    assert_eq!((rows.len(), cols), (14, 2));
+
+    // Bad input for sample: no partial output.
+    let bad = run.join("bad.txt");
+    assert_clean_error(
+        &["sample", "--model", r, "--out", bad.to_str().unwrap()],
+        ".npy or .csv",
+    );
+    let out = run.join("never.npy");
+    assert_clean_error(
+        &[
+            "sample",
+            "--model",
+            "/nonexistent/model",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "config.json",
+    );
+    assert_clean_error(
+        &[
+            "sample",
+            "--model",
+            r,
+            "-n",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "positive",
+    );
+    assert!(!out.exists());
+    // A corrupted checkpoint is reported, not a panic.
+    std::fs::write(run.join("model.safetensors"), b"garbage").unwrap();
+    assert_clean_error(
+        &["sample", "--model", r, "--out", out.to_str().unwrap()],
+        "safetensors",
+    );
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&run).ok();
+}
+
+#[test]
+fn bad_training_flags_are_clear_errors() {
+    let out = tmp("never");
+    let o = out.to_str().unwrap();
+    assert_clean_error(
+        &["train", "--data", "nope", "--out", o],
+        "valid datasets: moons",
+    );
+    assert_clean_error(
+        &["train", "--activation", "gelu2", "--out", o],
+        "valid activations",
+    );
+    assert_clean_error(&["train", "--path", "xx", "--out", o], "valid paths");
+    assert_clean_error(&["train", "--steps", "0", "--out", o], "--steps");
+    assert_clean_error(&["train", "--batch", "0", "--out", o], "--batch");
+    assert_clean_error(&["train", "--width", "0", "--out", o], "--width");
+    assert_clean_error(&["train", "--lr=-1", "--out", o], "--lr");
+    assert_clean_error(
+        &["train", "--adapter", "no-such-gpu", "--out", o],
+        "no adapter name contains",
+    );
+    assert!(!out.exists(), "a failed run must not leave a folder");
+}
+
+#[test]
+fn adapters_lists_at_least_one() {
+    let (code, out, _) = flowgpu(&["adapters", "--json"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(!json["adapters"].as_array().unwrap().is_empty());
+}
