@@ -2,7 +2,7 @@
 //! cargo run --release --example train_and_sample
 
 use flowgpu::{data::Dataset, train::fit, AdapterChoice, GaussianPath, GpuContext};
-use flowgpu::{Activation, MlpConfig, SampleConfig, Sampler, TrainConfig};
+use flowgpu::{Activation, MlpConfig, Sampler, SolveConfig, TrainConfig};
 
 fn main() -> flowgpu::Result<()> {
     let ctx = GpuContext::new(&AdapterChoice::default())?;
@@ -20,10 +20,7 @@ fn main() -> flowgpu::Result<()> {
     };
     let path = GaussianPath::Ot { sigma_min: 0.0 };
     let (model, losses) = fit(&ctx, &data, &mlp, path, &cfg, |_, _| {})?;
-    let samples = Sampler::new(&ctx, &model)?.sample(&SampleConfig {
-        n: 5,
-        ..Default::default()
-    })?;
+    let (samples, _) = Sampler::new(&ctx, &model)?.sample(5, 0, &SolveConfig::default())?;
     println!(
         "final loss {:.3}; samples {:?}",
         losses.last().unwrap(),

@@ -1,10 +1,17 @@
-// ode.wgsl — fused solver stages for dx/dt = v(x, t): each kernel updates the state and
-// writes the next MLP input rows [x, time features] in the same pass, so a fixed-step
-// solve is MLP evaluations plus one small kernel per stage, with no readback.
-//   base_noise: x ~ N(0, I) keyed by the global row index (chunking does not change
-//               the samples), and the input rows at t.
-//   euler_step: x ← x + h·v(x, t), input rows at t + h.
-// Host wrapper: src/kernels/ode.rs.
+// ode.wgsl — fused explicit Runge–Kutta stages for dx/dt = v(x, t). After each MLP
+// evaluation one small kernel stores v as stage k_s and writes the next MLP input rows
+// [x + h·Σ_q c_q·k_q, time features], so a solve is MLP evaluations plus one kernel per
+// stage, with no readback. The Butcher tableaus live on the host (src/solve.rs) and
+// arrive as coefficients in the parameter slot of each stage.
+//   start:          input rows from the state at time t (and the adaptive clocks).
+//   base_noise:     state ~ N(0, I) keyed by the global row index, then as start.
+//   rk_stage:       fixed step: k_s = v; input = x + h·Σ coef_q·k_q at time t.
+//   rk_final:       fixed step: k_s = v; x ← x + h·Σ coef_q·k_q; input = x at time t.
+//   adaptive_stage: per-row t_i, h_i: k_s = v; input = x + h_i·Σ coef_q·k_q at t_i + c·h_i.
+//   adaptive_final: Dormand–Prince 5(4) with per-row step control: x_new, error estimate
+//                   and its norm, accept/reject, new h_i, FSAL, input of stage 1.
+//   snapshot:       copy the first snap_rows states into trajectory slot snap_slot.
+// Host wrapper: src/kernels/ode.rs; solvers: src/solve.rs.
 
 struct OdeParams {
     rows: u32,
@@ -14,22 +21,89 @@ struct OdeParams {
     time_cols: u32,
     row_offset: u32,    // global index of row 0 (RNG key of base_noise)
     seed: u32,
-    _pad: u32,
-    t: f32,             // time of the input rows written (after the update)
-    h: f32,             // step size
-    _pad1: u32,
-    _pad2: u32,
+    stage: u32,         // k slot that receives v
+    n_terms: u32,       // number of coefficients used
+    snap_rows: u32,
+    snap_slot: u32,
+    _pad0: u32,
+    t: f32,             // fixed step: time of the input rows written
+    h: f32,             // fixed step: step size; start: initial step of adaptive clocks
+    t_end: f32,         // adaptive: end of the integration interval
+    c_next: f32,        // adaptive_stage: c of the stage whose input is written
+    rtol: f32,
+    atol: f32,
+    safety: f32,
+    fac_min: f32,
+    fac_max: f32,
+    h_min: f32,         // adaptive: |h| below this is an underflow
+    a_first: f32,       // adaptive_final: a_{1,0}, to write the input of stage 1
+    c_first: f32,       // adaptive_final: c_1
+    coef: array<vec4<f32>, 2>,
+    err_coef: array<vec4<f32>, 2>,
 }
 
 @group(0) @binding(0) var<uniform> p: OdeParams;
 @group(0) @binding(1) var<storage, read_write> state: array<f32>;
 @group(0) @binding(2) var<storage, read_write> input: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> k: array<f32>;
+// Per row: t, h, accepted steps, rejected steps, status (0 running, 1 done, 2 step-size
+// underflow, 3 non-finite error estimate).
+@group(0) @binding(5) var<storage, read_write> clock: array<f32>;
+@group(0) @binding(6) var<storage, read_write> traj: array<f32>;
 
-fn write_time(i: u32) {
+const CLOCK: u32 = 8u;
+const RUNNING: f32 = 0.0;
+const DONE: f32 = 1.0;
+const UNDERFLOW: f32 = 2.0;
+const NONFINITE: f32 = 3.0;
+
+fn coef_at(q: u32) -> f32 {
+    return p.coef[q >> 2u][q & 3u];
+}
+fn err_coef_at(q: u32) -> f32 {
+    return p.err_coef[q >> 2u][q & 3u];
+}
+
+fn k_at(s: u32, i: u32, j: u32) -> f32 {
+    return k[(s * p.rows + i) * p.dim + j];
+}
+
+fn write_time(i: u32, t: f32) {
     for (var c = 0u; c < p.time_cols; c++) {
-        input[i * p.in_stride + p.dim + c] = time_feature(c, p.t);
+        input[i * p.in_stride + p.dim + c] = time_feature(c, t);
     }
+}
+
+// Σ_q coef_q·k_q for row i, component j, after storing v as k_s.
+fn store_and_combine(i: u32, j: u32) -> f32 {
+    k[(p.stage * p.rows + i) * p.dim + j] = v[i * p.out_stride + j];
+    var acc = 0.0;
+    for (var q = 0u; q < p.n_terms; q++) {
+        acc += coef_at(q) * k_at(q, i, j);
+    }
+    return acc;
+}
+
+fn init_clock(i: u32) {
+    clock[i * CLOCK] = p.t;
+    clock[i * CLOCK + 1u] = p.h;
+    clock[i * CLOCK + 2u] = 0.0;
+    clock[i * CLOCK + 3u] = 0.0;
+    clock[i * CLOCK + 4u] = RUNNING;
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    for (var j = 0u; j < p.dim; j++) {
+        input[i * p.in_stride + j] = state[i * p.dim + j];
+    }
+    write_time(i, p.t);
+    init_clock(i);
 }
 
 @compute @workgroup_size(WG1, 1, 1)
@@ -43,19 +117,138 @@ fn base_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         state[i * p.dim + j] = x;
         input[i * p.in_stride + j] = x;
     }
-    write_time(i);
+    write_time(i, p.t);
+    init_clock(i);
 }
 
 @compute @workgroup_size(WG1, 1, 1)
-fn euler_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn rk_stage(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.rows) {
         return;
     }
     for (var j = 0u; j < p.dim; j++) {
-        let x = state[i * p.dim + j] + p.h * v[i * p.out_stride + j];
+        input[i * p.in_stride + j] = state[i * p.dim + j] + p.h * store_and_combine(i, j);
+    }
+    write_time(i, p.t);
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn rk_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    for (var j = 0u; j < p.dim; j++) {
+        let x = state[i * p.dim + j] + p.h * store_and_combine(i, j);
         state[i * p.dim + j] = x;
         input[i * p.in_stride + j] = x;
     }
-    write_time(i);
+    write_time(i, p.t);
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn adaptive_stage(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    let t = clock[i * CLOCK];
+    let h = clock[i * CLOCK + 1u];
+    for (var j = 0u; j < p.dim; j++) {
+        input[i * p.in_stride + j] = state[i * p.dim + j] + h * store_and_combine(i, j);
+    }
+    write_time(i, t + p.c_next * h);
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    let c0 = i * CLOCK;
+    let t = clock[c0];
+    let h = clock[c0 + 1u];
+    let status = clock[c0 + 4u];
+    // Store the last stage (FSAL: it is v at the proposed point), then the 5th-order
+    // solution (coef = b, b_last = 0) and the embedded error (err_coef = b − b̂).
+    var err_sq = 0.0;
+    for (var j = 0u; j < p.dim; j++) {
+        k[(p.stage * p.rows + i) * p.dim + j] = v[i * p.out_stride + j];
+    }
+    for (var j = 0u; j < p.dim; j++) {
+        var acc = 0.0;
+        var err = 0.0;
+        for (var q = 0u; q < p.n_terms; q++) {
+            let kq = k_at(q, i, j);
+            acc += coef_at(q) * kq;
+            err += err_coef_at(q) * kq;
+        }
+        let x = state[i * p.dim + j];
+        let x_new = x + h * acc;
+        let scale = p.atol + p.rtol * max(abs(x), abs(x_new));
+        let e = h * err / scale;
+        err_sq += e * e;
+    }
+    let err_norm = sqrt(err_sq / f32(p.dim));
+    var t_new = t;
+    var h_new = h;
+    var st = status;
+    if (status == RUNNING && !(err_norm <= 1e30)) {
+        st = NONFINITE;
+        h_new = 0.0;
+    } else if (status == RUNNING) {
+        // Hairer's controller: fac = safety·err^(−1/5), clamped; no growth after a rejection.
+        let fac = p.safety * pow(max(err_norm, 1e-10), -0.2);
+        if (err_norm <= 1.0) {
+            for (var j = 0u; j < p.dim; j++) {
+                var acc = 0.0;
+                for (var q = 0u; q < p.n_terms; q++) {
+                    acc += coef_at(q) * k_at(q, i, j);
+                }
+                state[i * p.dim + j] += h * acc;
+                // FSAL: the last stage is the first stage of the next step.
+                k[i * p.dim + j] = k_at(p.stage, i, j);
+            }
+            t_new = t + h;
+            clock[c0 + 2u] += 1.0;
+            h_new = h * clamp(fac, p.fac_min, p.fac_max);
+        } else {
+            clock[c0 + 3u] += 1.0;
+            h_new = h * clamp(fac, p.fac_min, 1.0);
+        }
+        let remaining = p.t_end - t_new;
+        if (abs(remaining) <= 1e-6 * max(1.0, abs(p.t_end))) {
+            st = DONE;
+            h_new = 0.0;
+            t_new = p.t_end;
+        } else {
+            // Never step past the end.
+            if (abs(h_new) > abs(remaining)) {
+                h_new = remaining;
+            }
+            if (abs(h_new) < p.h_min) {
+                st = UNDERFLOW;
+                h_new = 0.0;
+            }
+        }
+    }
+    clock[c0] = t_new;
+    clock[c0 + 1u] = h_new;
+    clock[c0 + 4u] = st;
+    for (var j = 0u; j < p.dim; j++) {
+        input[i * p.in_stride + j] = state[i * p.dim + j] + h_new * p.a_first * k_at(0u, i, j);
+    }
+    write_time(i, t_new + p.c_first * h_new);
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn snapshot(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_index(gid, nwg);
+    let n = min(p.snap_rows, p.rows) * p.dim;
+    if (e >= n) {
+        return;
+    }
+    traj[p.snap_slot * p.snap_rows * p.dim + e] = state[e];
 }

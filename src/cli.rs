@@ -5,8 +5,9 @@ use clap::{Args, Parser, Subcommand};
 use flowgpu::data::Dataset;
 use flowgpu::error::{Error, Result};
 use flowgpu::model::{Activation, MlpConfig, Model};
+use flowgpu::solve::{Method, SolveConfig, SolveStats, TimeGrid, Tolerances};
 use flowgpu::{plot, AdapterChoice, BackendChoice, GaussianPath, GpuContext};
-use flowgpu::{SampleConfig, Sampler, TrainConfig};
+use flowgpu::{Sampler, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,8 +26,12 @@ struct Cli {
 enum Command {
     /// Train a vector field by conditional flow matching (default: two moons).
     Train(TrainArgs),
-    /// Draw samples from a trained model.
+    /// Draw samples from a trained model (noise at t = 0 → data at t = 1).
     Sample(SampleArgs),
+    /// Map data to latents: integrate the ODE from t = 1 back to t = 0.
+    Encode(MapArgs),
+    /// Map latents to data: integrate the ODE from t = 0 to t = 1.
+    Decode(MapArgs),
     /// List every adapter wgpu can see.
     Adapters(AdaptersArgs),
 }
@@ -118,6 +123,54 @@ struct TrainArgs {
     gpu: GpuArgs,
 }
 
+#[derive(Args, Clone)]
+struct SolverArgs {
+    /// euler, midpoint, rk4 (fixed steps) or dopri5 (adaptive, per-sample step size).
+    #[arg(long, default_value = "euler")]
+    solver: String,
+    /// Fixed-step solvers: number of steps from t = 0 to 1.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Fixed-step grid: uniform, start (dense near t=0), end (dense near t=1), ends.
+    #[arg(long, default_value = "uniform")]
+    time_grid: String,
+    /// dopri5: relative tolerance.
+    #[arg(long, default_value_t = 1e-5)]
+    rtol: f64,
+    /// dopri5: absolute tolerance.
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
+    /// dopri5: most attempted steps per sample.
+    #[arg(long, default_value_t = 10_000)]
+    max_steps: usize,
+    /// dopri5: first step size (default 5% of the interval).
+    #[arg(long)]
+    h0: Option<f64>,
+    /// Rows per GPU chunk (memory stays bounded for any N).
+    #[arg(long, default_value_t = 65536)]
+    chunk: usize,
+}
+
+impl SolverArgs {
+    fn config(&self) -> Result<SolveConfig> {
+        let cfg = SolveConfig {
+            method: Method::from_name(&self.solver)?,
+            steps: self.steps,
+            grid: TimeGrid::from_name(&self.time_grid)?,
+            tol: Tolerances {
+                rtol: self.rtol,
+                atol: self.atol,
+                max_steps: self.max_steps,
+                h0: self.h0,
+                ..Tolerances::default()
+            },
+            chunk: self.chunk,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 #[derive(Args)]
 struct SampleArgs {
     /// Run folder with model.safetensors and config.json.
@@ -129,17 +182,35 @@ struct SampleArgs {
     /// Output file: .npy or .csv.
     #[arg(long)]
     out: PathBuf,
-    /// Euler steps from t = 0 to 1.
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Rows per GPU chunk.
-    #[arg(long, default_value_t = 65536)]
-    chunk: usize,
+    #[command(flatten)]
+    solver: SolverArgs,
     /// Also plot the samples (2-D models) to this PNG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Also plot the trajectories of --particles samples to this PNG.
+    #[arg(long)]
+    trajectories: Option<PathBuf>,
+    #[arg(long, default_value_t = 300)]
+    particles: usize,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
+#[derive(Args)]
+struct MapArgs {
+    /// Run folder with model.safetensors and config.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// Input rows: .npy (f32/f64, [N, dim]) or .csv.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output file: .npy or .csv.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    solver: SolverArgs,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -161,6 +232,8 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Train(a) => train(a),
         Command::Sample(a) => sample(a),
+        Command::Encode(a) => map(a, true),
+        Command::Decode(a) => map(a, false),
         Command::Adapters(a) => adapters(a),
     }
 }
@@ -306,12 +379,11 @@ fn train(a: TrainArgs) -> Result<()> {
         true,
     )
     .map_err(|e| Error::io(&png, e))?;
-    let samples = Sampler::new(&ctx, &model)?.sample(&SampleConfig {
-        n: a.plot_samples.max(1),
-        steps: 100,
-        seed: a.seed,
-        ..Default::default()
-    })?;
+    let (samples, _) = Sampler::new(&ctx, &model)?.sample(
+        a.plot_samples.max(1),
+        a.seed,
+        &SolveConfig::default(),
+    )?;
     let png = out.join("samples.png");
     let shown = &data.points[..data.points.len().min(2 * a.plot_samples.max(1))];
     plot::scatter_png(
@@ -404,33 +476,153 @@ fn check_output_path(path: &Path) -> Result<&'static str> {
     }
 }
 
-fn sample(a: SampleArgs) -> Result<()> {
-    let fmt = check_output_path(&a.out)?;
-    if a.n == 0 || a.steps == 0 || a.chunk == 0 {
-        return Err(Error::invalid("-n, --steps and --chunk must be positive"));
+/// Write rows streamed by `produce` to an .npy or .csv file, atomically: on any error
+/// the file is not created.
+fn write_rows(
+    path: &Path,
+    n: usize,
+    dim: usize,
+    produce: &mut dyn FnMut(&mut dyn FnMut(&[f32]) -> Result<()>) -> Result<SolveStats>,
+) -> Result<SolveStats> {
+    use std::io::Write;
+    let fmt = check_output_path(path)?;
+    let mut failure: Option<Error> = None;
+    let mut stats = SolveStats::default();
+    let res = flowgpu::io::atomic::write_atomic_with(path, |w| {
+        if fmt == "npy" {
+            w.write_all(&flowgpu::io::npy::npy_header(&[n, dim]))?;
+        }
+        let mut sink = |rows: &[f32]| -> Result<()> {
+            let io = |e: std::io::Error| Error::io(path, e);
+            if fmt == "npy" {
+                w.write_all(bytemuck::cast_slice(rows)).map_err(io)?;
+            } else {
+                for r in rows.chunks(dim) {
+                    let line: Vec<String> = r.iter().map(|v| v.to_string()).collect();
+                    writeln!(w, "{}", line.join(",")).map_err(io)?;
+                }
+            }
+            Ok(())
+        };
+        match produce(&mut sink) {
+            Ok(s) => {
+                stats = s;
+                Ok(())
+            }
+            Err(e) => {
+                failure = Some(e);
+                Err(std::io::Error::other("aborted"))
+            }
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
     }
+    res.map_err(|e| Error::io(path, e))?;
+    Ok(stats)
+}
+
+/// Rows of an .npy or .csv file, checked against the model's dimension.
+fn read_rows(path: &Path, dim: usize) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (data, cols) = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => {
+            let (d, shape) =
+                flowgpu::io::npy::read_npy_f32(&bytes).map_err(|m| Error::format(path, m))?;
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            (d, cols)
+        }
+        Some("csv") => {
+            let text =
+                String::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))?;
+            flowgpu::io::csv::parse_csv(&text).map_err(|m| Error::format(path, m))?
+        }
+        _ => {
+            return Err(Error::invalid(format!(
+                "{}: input must end in .npy or .csv",
+                path.display()
+            )))
+        }
+    };
+    if cols != dim {
+        return Err(Error::format(
+            path,
+            format!("has {cols} columns, the model has dimension {dim}"),
+        ));
+    }
+    if data.is_empty() {
+        return Err(Error::format(path, "has no rows"));
+    }
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::format(
+            path,
+            format!("row {} holds a NaN or infinite value", i / dim + 1),
+        ));
+    }
+    Ok(data)
+}
+
+fn solve_json(cfg: &SolveConfig, stats: &SolveStats) -> serde_json::Value {
+    let mut j = serde_json::json!({
+        "solver": cfg.method.name(),
+        "nfe": stats.nfe,
+    });
+    if cfg.method.adaptive() {
+        j["rtol"] = cfg.tol.rtol.into();
+        j["atol"] = cfg.tol.atol.into();
+        j["nfe_needed_mean"] = stats.nfe_needed_mean.into();
+        j["accepted_mean"] = stats.accepted_mean.into();
+        j["rejected_mean"] = stats.rejected_mean.into();
+        j["accepted_max"] = stats.accepted_max.into();
+        j["rejected_max"] = stats.rejected_max.into();
+    } else {
+        j["steps"] = cfg.steps.into();
+        j["time_grid"] = serde_json::to_value(cfg.grid).unwrap_or_default();
+    }
+    j
+}
+
+/// Solver steps per sample: fixed steps, or mean accepted steps for dopri5.
+fn steps_per_sample(cfg: &SolveConfig, stats: &SolveStats) -> f64 {
+    if cfg.method.adaptive() {
+        stats.accepted_mean
+    } else {
+        cfg.steps as f64
+    }
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    check_output_path(&a.out)?;
+    if a.n == 0 {
+        return Err(Error::invalid("-n must be positive"));
+    }
+    let cfg = a.solver.config()?;
     let model = Model::load(&a.model)?;
     let ctx = a.gpu.context()?;
-    let t0 = Instant::now();
-    let samples = Sampler::new(&ctx, &model)?.sample(&SampleConfig {
-        n: a.n,
-        steps: a.steps,
-        seed: a.seed,
-        chunk: a.chunk,
-    })?;
-    let wall = t0.elapsed().as_secs_f64();
+    let sampler = Sampler::new(&ctx, &model)?;
     let d = model.config.mlp.dim;
-    match fmt {
-        "npy" => flowgpu::io::npy::write_npy_f32(&a.out, &samples, &[a.n, d]),
-        _ => flowgpu::io::csv::write_csv(&a.out, &samples, d, None),
-    }
-    .map_err(|e| Error::io(&a.out, e))?;
+    let t0 = Instant::now();
+    let pb = progress_bar(a.n as u64, false);
+    pb.set_message("samples");
+    // Keep up to 20 000 samples for the plot; the rest streams to the file.
+    let mut kept: Vec<f32> = Vec::new();
+    let stats = write_rows(&a.out, a.n, d, &mut |sink| {
+        sampler.sample_into(a.n, a.seed, &cfg, &mut |rows| {
+            if kept.len() < 20_000 * d {
+                kept.extend_from_slice(&rows[..rows.len().min(20_000 * d - kept.len())]);
+            }
+            pb.inc((rows.len() / d) as u64);
+            sink(rows)
+        })
+    })?;
+    pb.finish_and_clear();
+    let wall = t0.elapsed().as_secs_f64();
     if let Some(png) = &a.plot {
         if d >= 2 {
             plot::scatter_png(
                 png,
                 &[plot::Layer {
-                    points: &samples,
+                    points: &kept,
                     dim: d,
                     color: [220, 50, 30],
                     alpha: 0.6,
@@ -441,29 +633,90 @@ fn sample(a: SampleArgs) -> Result<()> {
             .map_err(|e| Error::io(png, e))?;
         }
     }
-    let rate = (a.n * a.steps) as f64 / wall;
+    if let Some(png) = &a.trajectories {
+        let traj = sampler.trajectories(a.particles, a.seed, &cfg)?;
+        plot_trajectories(png, &traj, d)?;
+    }
+    let rate = a.n as f64 * steps_per_sample(&cfg, &stats) / wall;
     eprintln!(
-        "sampled {} points with {} Euler steps in {wall:.2} s ({rate:.3e} samples·steps/s) → {}",
+        "sampled {} points with {} (nfe {}) in {wall:.2} s ({rate:.3e} samples·steps/s) → {}",
         a.n,
-        a.steps,
+        cfg.method.name(),
+        stats.nfe,
         a.out.display()
     );
     if a.gpu.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "command": "sample",
-                "n": a.n,
-                "solver": "euler",
-                "steps": a.steps,
-                "nfe": a.steps,
-                "wall_s": wall,
-                "sample_steps_per_s": rate,
-                "adapter": ctx.adapter_name(),
-                "backend": ctx.backend_name(),
-                "out": a.out,
-            })
-        );
+        let mut j = solve_json(&cfg, &stats);
+        j["command"] = "sample".into();
+        j["n"] = a.n.into();
+        j["wall_s"] = wall.into();
+        j["sample_steps_per_s"] = rate.into();
+        j["adapter"] = ctx.adapter_name().into();
+        j["backend"] = ctx.backend_name().into();
+        j["out"] = a.out.to_string_lossy().into();
+        println!("{j}");
+    }
+    Ok(())
+}
+
+/// Trajectories in (x, y): faint dots along each path (colour runs blue → red with t),
+/// starting points blue, end points red.
+fn plot_trajectories(png: &Path, traj: &[Vec<f32>], d: usize) -> Result<()> {
+    if d < 2 || traj.is_empty() {
+        return Ok(());
+    }
+    let n = traj.len();
+    let mut layers = Vec::new();
+    for (s, snap) in traj.iter().enumerate() {
+        let f = s as f32 / (n - 1).max(1) as f32;
+        let color = [(40.0 + 200.0 * f) as u8, 60, (230.0 - 200.0 * f) as u8];
+        let alpha = if s == 0 || s + 1 == n { 0.9 } else { 0.25 };
+        layers.push(plot::Layer {
+            points: snap,
+            dim: d,
+            color,
+            alpha,
+        });
+    }
+    plot::scatter_png(png, &layers, 700, None).map_err(|e| Error::io(png, e))
+}
+
+fn map(a: MapArgs, encode: bool) -> Result<()> {
+    check_output_path(&a.out)?;
+    let cfg = a.solver.config()?;
+    let model = Model::load(&a.model)?;
+    let d = model.config.mlp.dim;
+    let x = read_rows(&a.input, d)?;
+    let ctx = a.gpu.context()?;
+    let sampler = Sampler::new(&ctx, &model)?;
+    let t0 = Instant::now();
+    let (y, stats) = if encode {
+        sampler.encode(&x, &cfg)?
+    } else {
+        sampler.decode(&x, &cfg)?
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    let n = x.len() / d;
+    write_rows(&a.out, n, d, &mut |sink| {
+        sink(&y)?;
+        Ok(stats.clone())
+    })?;
+    let what = if encode { "encode" } else { "decode" };
+    eprintln!(
+        "{what}d {n} rows with {} (nfe {}) in {wall:.2} s → {}",
+        cfg.method.name(),
+        stats.nfe,
+        a.out.display()
+    );
+    if a.gpu.json {
+        let mut j = solve_json(&cfg, &stats);
+        j["command"] = what.into();
+        j["n"] = n.into();
+        j["wall_s"] = wall.into();
+        j["sample_steps_per_s"] = (n as f64 * steps_per_sample(&cfg, &stats) / wall).into();
+        j["adapter"] = ctx.adapter_name().into();
+        j["backend"] = ctx.backend_name().into();
+        println!("{j}");
     }
     Ok(())
 }

@@ -19,12 +19,12 @@ pub mod path;
 pub mod plot;
 pub mod reference;
 pub mod rng;
-pub mod sample;
+pub mod solve;
 pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::{AdapterChoice, BackendChoice, GpuContext};
 pub use model::{Activation, MlpConfig, Model, ModelConfig, Weights};
 pub use path::GaussianPath;
-pub use sample::{SampleConfig, Sampler};
+pub use solve::{Method, Sampler, SolveConfig, SolveStats, TimeGrid, Tolerances};
 pub use train::{TrainConfig, Trainer};

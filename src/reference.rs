@@ -211,3 +211,114 @@ pub fn euler(cfg: &MlpConfig, w: &Weights, x: &mut [f64], steps: usize) {
         }
     }
 }
+
+/// A vector field v(x, t) for one row.
+pub type Field<'a> = dyn Fn(&[f64], f64) -> Vec<f64> + 'a;
+
+/// The MLP as a per-row field.
+pub fn mlp_field<'a>(cfg: &'a MlpConfig, w: &'a Weights) -> impl Fn(&[f64], f64) -> Vec<f64> + 'a {
+    move |x, t| eval(cfg, w, &input_row(cfg, x, t))
+}
+
+/// Fixed-step explicit Runge–Kutta on the grid `times`, every row of x (row-major).
+pub fn rk_solve(f: &Field, x: &mut [f64], dim: usize, times: &[f64], tab: &crate::solve::Tableau) {
+    for row in x.chunks_mut(dim) {
+        for w in times.windows(2) {
+            let (t, h) = (w[0], w[1] - w[0]);
+            let mut k: Vec<Vec<f64>> = Vec::new();
+            for s in 0..tab.stages() {
+                let xs: Vec<f64> = (0..dim)
+                    .map(|j| {
+                        row[j]
+                            + h * tab.a[s]
+                                .iter()
+                                .zip(&k)
+                                .map(|(a, kq)| a * kq[j])
+                                .sum::<f64>()
+                    })
+                    .collect();
+                k.push(f(&xs, t + tab.c[s] * h));
+            }
+            for j in 0..dim {
+                row[j] += h * tab.b.iter().zip(&k).map(|(b, kq)| b * kq[j]).sum::<f64>();
+            }
+        }
+    }
+}
+
+/// Dormand–Prince 5(4) per row with the controller of `adaptive_final` in ode.wgsl.
+/// Returns (accepted, rejected) steps per row; None if a row fails (underflow, max steps).
+pub fn dopri5_solve(
+    f: &Field,
+    x: &mut [f64],
+    dim: usize,
+    t0: f64,
+    t1: f64,
+    tol: &crate::solve::Tolerances,
+) -> Option<Vec<(u32, u32)>> {
+    let tab = crate::solve::Tableau::dopri5();
+    let e = tab.e.clone().unwrap();
+    let mut counts = Vec::new();
+    for row in x.chunks_mut(dim) {
+        let (mut t, mut acc_n, mut rej_n) = (t0, 0u32, 0u32);
+        let mut h = tol
+            .h0
+            .unwrap_or(0.05 * (t1 - t0).abs())
+            .min((t1 - t0).abs())
+            * (t1 - t0).signum();
+        let mut k0 = f(row, t);
+        loop {
+            if (acc_n + rej_n) as usize >= tol.max_steps {
+                return None;
+            }
+            let mut k = vec![k0.clone()];
+            for s in 1..7 {
+                let xs: Vec<f64> = (0..dim)
+                    .map(|j| {
+                        row[j]
+                            + h * tab.a[s]
+                                .iter()
+                                .zip(&k)
+                                .map(|(a, kq)| a * kq[j])
+                                .sum::<f64>()
+                    })
+                    .collect();
+                k.push(f(&xs, t + tab.c[s] * h));
+            }
+            let mut err_sq = 0.0;
+            let mut x_new = vec![0.0; dim];
+            for j in 0..dim {
+                x_new[j] = row[j] + h * tab.b.iter().zip(&k).map(|(b, kq)| b * kq[j]).sum::<f64>();
+                let err = h * e.iter().zip(&k).map(|(e, kq)| e * kq[j]).sum::<f64>();
+                let sc = tol.atol + tol.rtol * row[j].abs().max(x_new[j].abs());
+                err_sq += (err / sc).powi(2);
+            }
+            let err = (err_sq / dim as f64).sqrt();
+            let fac = tol.safety * err.max(1e-10).powf(-0.2);
+            let mut h_new;
+            if err <= 1.0 {
+                row.copy_from_slice(&x_new);
+                t += h;
+                k0 = k[6].clone();
+                acc_n += 1;
+                h_new = h * fac.clamp(tol.fac_min, tol.fac_max);
+            } else {
+                rej_n += 1;
+                h_new = h * fac.clamp(tol.fac_min, 1.0);
+            }
+            let remaining = t1 - t;
+            if remaining.abs() <= 1e-6 * t1.abs().max(1.0) {
+                break;
+            }
+            if h_new.abs() > remaining.abs() {
+                h_new = remaining;
+            }
+            if h_new.abs() < tol.h_min {
+                return None;
+            }
+            h = h_new;
+        }
+        counts.push((acc_n, rej_n));
+    }
+    Some(counts)
+}

@@ -6,7 +6,7 @@ mod common;
 use flowgpu::data::Dataset;
 use flowgpu::model::{Activation, MlpConfig};
 use flowgpu::train::{fit, TrainConfig};
-use flowgpu::{GaussianPath, SampleConfig, Sampler};
+use flowgpu::{GaussianPath, Sampler, SolveConfig};
 
 #[test]
 fn train_and_sample_smoke() {
@@ -39,13 +39,17 @@ fn train_and_sample_smoke() {
     assert!(last < first, "loss did not fall: {first} → {last}");
     let s = Sampler::new(ctx, &m)
         .unwrap()
-        .sample(&SampleConfig {
-            n: 500,
-            steps: 20,
-            seed: 0,
-            chunk: 200,
-        })
-        .unwrap();
+        .sample(
+            500,
+            0,
+            &SolveConfig {
+                steps: 20,
+                chunk: 200,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .0;
     assert_eq!(s.len(), 1000);
     assert!(s.iter().all(|x| x.is_finite()));
 }

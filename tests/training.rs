@@ -8,7 +8,7 @@ use common::{assert_close, ctx};
 use flowgpu::data::Dataset;
 use flowgpu::model::{Activation, MlpConfig, Model, ModelConfig, ParamLayout, Weights};
 use flowgpu::train::{fit, TrainConfig, Trainer};
-use flowgpu::{reference, GaussianPath, SampleConfig, Sampler};
+use flowgpu::{reference, GaussianPath, Sampler, SolveConfig};
 use rand::SeedableRng;
 
 fn small_cfg() -> MlpConfig {
@@ -120,19 +120,23 @@ fn euler_sampling_matches_reference_and_chunking_is_invisible() {
     let cfg = small_cfg();
     let m = model(&cfg, 5);
     let sampler = Sampler::new(ctx, &m).unwrap();
-    let sc = SampleConfig {
-        n: 300,
+    let sc = SolveConfig {
         steps: 16,
-        seed: 9,
         chunk: 300,
+        ..Default::default()
     };
-    let whole = sampler.sample(&sc).unwrap();
+    let whole = sampler.sample(300, 9, &sc).unwrap().0;
     let chunked = sampler
-        .sample(&SampleConfig {
-            chunk: 64,
-            ..sc.clone()
-        })
-        .unwrap();
+        .sample(
+            300,
+            9,
+            &SolveConfig {
+                chunk: 64,
+                ..sc.clone()
+            },
+        )
+        .unwrap()
+        .0;
     assert_eq!(
         whole, chunked,
         "chunked sampling must give the same samples"
@@ -162,14 +166,20 @@ fn checkpoint_round_trip_reproduces_the_vector_field() {
     let back = Model::load(&dir).unwrap();
     assert_eq!(back.weights, m.weights);
     assert_eq!(back.config, m.config);
-    let sc = SampleConfig {
-        n: 100,
+    let sc = SolveConfig {
         steps: 5,
-        seed: 1,
-        chunk: 100,
+        ..Default::default()
     };
-    let a = Sampler::new(ctx, &m).unwrap().sample(&sc).unwrap();
-    let b = Sampler::new(ctx, &back).unwrap().sample(&sc).unwrap();
+    let a = Sampler::new(ctx, &m)
+        .unwrap()
+        .sample(100, 1, &sc)
+        .unwrap()
+        .0;
+    let b = Sampler::new(ctx, &back)
+        .unwrap()
+        .sample(100, 1, &sc)
+        .unwrap()
+        .0;
     assert_eq!(a, b);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -221,13 +231,16 @@ fn seeded_moons_run_learns_the_data() {
     let n = 1500;
     let samples = Sampler::new(ctx, &m)
         .unwrap()
-        .sample(&SampleConfig {
+        .sample(
             n,
-            steps: 50,
-            seed: 3,
-            chunk: n,
-        })
-        .unwrap();
+            3,
+            &SolveConfig {
+                steps: 50,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .0;
     let fresh = Dataset::toy("moons", n, 12345).unwrap().points;
     let noise: Vec<f32> = (0..n as u32)
         .flat_map(|i| reference::base_noise(2, 3, i))

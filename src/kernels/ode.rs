@@ -1,9 +1,19 @@
-//! Wrapper of `shaders/ode.wgsl`: fused solver stages.
+//! Wrapper of `shaders/ode.wgsl`: fused Runge–Kutta stages and adaptive step control.
 
 use super::{grid_1d, Access, Kernel, Shader, Tiles};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use std::sync::Arc;
+
+/// Floats per row of the adaptive clock buffer (`CLOCK` in ode.wgsl).
+pub const CLOCK: usize = 8;
+/// Clock status codes.
+pub const RUNNING: f32 = 0.0;
+pub const DONE: f32 = 1.0;
+pub const UNDERFLOW: f32 = 2.0;
+pub const NONFINITE: f32 = 3.0;
+/// Most stages a tableau may have (`coef` holds 8 values).
+pub const MAX_STAGES: usize = 8;
 
 /// Mirrors `OdeParams` in ode.wgsl.
 #[repr(C)]
@@ -16,28 +26,68 @@ pub struct OdeParams {
     pub time_cols: u32,
     pub row_offset: u32,
     pub seed: u32,
-    pub _pad: u32,
+    pub stage: u32,
+    pub n_terms: u32,
+    pub snap_rows: u32,
+    pub snap_slot: u32,
+    pub _pad0: u32,
     pub t: f32,
     pub h: f32,
-    pub _pad1: [u32; 2],
+    pub t_end: f32,
+    pub c_next: f32,
+    pub rtol: f32,
+    pub atol: f32,
+    pub safety: f32,
+    pub fac_min: f32,
+    pub fac_max: f32,
+    pub h_min: f32,
+    pub a_first: f32,
+    pub c_first: f32,
+    pub coef: [f32; 8],
+    pub err_coef: [f32; 8],
 }
 
-/// state, input, v.
-const STAGE: &[(u32, Access)] = &[
+/// Every ode kernel binds the same buffers: state, input, v, k, clock, traj.
+const ALL: &[(u32, Access)] = &[
     (1, Access::ReadWrite),
     (2, Access::ReadWrite),
     (3, Access::Read),
+    (4, Access::ReadWrite),
+    (5, Access::ReadWrite),
+    (6, Access::ReadWrite),
 ];
-/// state, input.
-const BASE: &[(u32, Access)] = &[(1, Access::ReadWrite), (2, Access::ReadWrite)];
+const START: &[(u32, Access)] = &[
+    (1, Access::ReadWrite),
+    (2, Access::ReadWrite),
+    (5, Access::ReadWrite),
+];
+const SNAPSHOT: &[(u32, Access)] = &[(1, Access::ReadWrite), (6, Access::ReadWrite)];
 
-pub fn base_noise(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Ode, "base_noise", BASE)
+pub fn start(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "start", START)
 }
-pub fn euler_step(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Ode, "euler_step", STAGE)
+pub fn base_noise(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "base_noise", START)
+}
+pub fn rk_stage(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "rk_stage", ALL)
+}
+pub fn rk_final(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "rk_final", ALL)
+}
+pub fn adaptive_stage(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "adaptive_stage", ALL)
+}
+pub fn adaptive_final(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "adaptive_final", ALL)
+}
+pub fn snapshot(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "snapshot", SNAPSHOT)
 }
 
 pub fn per_row_groups(p: &OdeParams, t: &Tiles) -> [u32; 3] {
     grid_1d(p.rows as usize, t.wg1)
+}
+pub fn snapshot_groups(p: &OdeParams, t: &Tiles) -> [u32; 3] {
+    grid_1d((p.snap_rows.min(p.rows) * p.dim) as usize, t.wg1)
 }

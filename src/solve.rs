@@ -1,0 +1,888 @@
+//! ODE solvers for dx/dt = v_θ(x, t), built from MLP evaluations and the fused stage
+//! kernels of `shaders/ode.wgsl`: fixed-step Euler, midpoint, RK4 on a time grid, and
+//! Dormand–Prince 5(4) with the step size controlled per sample.
+//!
+//! Sampling integrates from base noise at t = 0 to t = 1; encoding integrates data from
+//! t = 1 back to 0 with the same solver (negative steps), decoding from 0 to 1. Rows are
+//! processed in chunks that fit the adapter; each chunk is a handful of submits with no
+//! readback until its end (adaptive: a status read every few attempts).
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, UniformArena};
+use crate::kernels::{ode, Kernel, Tiles};
+use crate::mlp::{GpuMlp, MlpPass};
+use crate::model::Model;
+use std::sync::Arc;
+
+/// An explicit Runge–Kutta method: c, the strictly lower-triangular a, weights b and, for
+/// embedded pairs, the error weights e = b − b̂.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tableau {
+    pub c: Vec<f64>,
+    pub a: Vec<Vec<f64>>,
+    pub b: Vec<f64>,
+    pub e: Option<Vec<f64>>,
+    pub order: u32,
+}
+
+impl Tableau {
+    pub fn stages(&self) -> usize {
+        self.b.len()
+    }
+    pub fn euler() -> Self {
+        Tableau {
+            c: vec![0.0],
+            a: vec![vec![]],
+            b: vec![1.0],
+            e: None,
+            order: 1,
+        }
+    }
+    pub fn midpoint() -> Self {
+        Tableau {
+            c: vec![0.0, 0.5],
+            a: vec![vec![], vec![0.5]],
+            b: vec![0.0, 1.0],
+            e: None,
+            order: 2,
+        }
+    }
+    pub fn rk4() -> Self {
+        Tableau {
+            c: vec![0.0, 0.5, 0.5, 1.0],
+            a: vec![vec![], vec![0.5], vec![0.0, 0.5], vec![0.0, 0.0, 1.0]],
+            b: vec![1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
+            e: None,
+            order: 4,
+        }
+    }
+    /// Dormand & Prince (1980), 5th-order solution, 4th-order embedded estimate, FSAL.
+    pub fn dopri5() -> Self {
+        let b = vec![
+            35.0 / 384.0,
+            0.0,
+            500.0 / 1113.0,
+            125.0 / 192.0,
+            -2187.0 / 6784.0,
+            11.0 / 84.0,
+            0.0,
+        ];
+        let b_hat = [
+            5179.0 / 57600.0,
+            0.0,
+            7571.0 / 16695.0,
+            393.0 / 640.0,
+            -92097.0 / 339200.0,
+            187.0 / 2100.0,
+            1.0 / 40.0,
+        ];
+        let e = b.iter().zip(b_hat).map(|(b, bh)| b - bh).collect();
+        Tableau {
+            c: vec![0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0],
+            a: vec![
+                vec![],
+                vec![0.2],
+                vec![3.0 / 40.0, 9.0 / 40.0],
+                vec![44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
+                vec![
+                    19372.0 / 6561.0,
+                    -25360.0 / 2187.0,
+                    64448.0 / 6561.0,
+                    -212.0 / 729.0,
+                ],
+                vec![
+                    9017.0 / 3168.0,
+                    -355.0 / 33.0,
+                    46732.0 / 5247.0,
+                    49.0 / 176.0,
+                    -5103.0 / 18656.0,
+                ],
+                vec![
+                    35.0 / 384.0,
+                    0.0,
+                    500.0 / 1113.0,
+                    125.0 / 192.0,
+                    -2187.0 / 6784.0,
+                    11.0 / 84.0,
+                ],
+            ],
+            b,
+            e: Some(e),
+            order: 5,
+        }
+    }
+}
+
+/// The solver named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Euler,
+    Midpoint,
+    Rk4,
+    Dopri5,
+}
+
+impl Method {
+    pub const NAMES: &'static str = "euler, midpoint, rk4, dopri5";
+    pub fn from_name(s: &str) -> Result<Self> {
+        Ok(match s {
+            "euler" => Method::Euler,
+            "midpoint" => Method::Midpoint,
+            "rk4" => Method::Rk4,
+            "dopri5" => Method::Dopri5,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown solver '{s}'; valid solvers: {}",
+                    Self::NAMES
+                )))
+            }
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Euler => "euler",
+            Method::Midpoint => "midpoint",
+            Method::Rk4 => "rk4",
+            Method::Dopri5 => "dopri5",
+        }
+    }
+    pub fn tableau(self) -> Tableau {
+        match self {
+            Method::Euler => Tableau::euler(),
+            Method::Midpoint => Tableau::midpoint(),
+            Method::Rk4 => Tableau::rk4(),
+            Method::Dopri5 => Tableau::dopri5(),
+        }
+    }
+    pub fn adaptive(self) -> bool {
+        self == Method::Dopri5
+    }
+}
+
+/// Where fixed steps are placed on [0, 1] (mapped onto [t0, t1]): u_k = k/K, then
+/// uniform: u; start: u² (dense near t = 0); end: 1 − (1 − u)² (dense near t = 1);
+/// ends: (1 − cos πu)/2 (dense near both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeGrid {
+    Uniform,
+    Start,
+    End,
+    Ends,
+}
+
+impl TimeGrid {
+    pub const NAMES: &'static str = "uniform, start, end, ends";
+    pub fn from_name(s: &str) -> Result<Self> {
+        Ok(match s {
+            "uniform" => TimeGrid::Uniform,
+            "start" => TimeGrid::Start,
+            "end" => TimeGrid::End,
+            "ends" => TimeGrid::Ends,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown time grid '{s}'; valid grids: {}",
+                    Self::NAMES
+                )))
+            }
+        })
+    }
+    fn warp(self, u: f64) -> f64 {
+        match self {
+            TimeGrid::Uniform => u,
+            TimeGrid::Start => u * u,
+            TimeGrid::End => 1.0 - (1.0 - u) * (1.0 - u),
+            TimeGrid::Ends => 0.5 * (1.0 - (std::f64::consts::PI * u).cos()),
+        }
+    }
+    /// K + 1 times from t0 to t1. The grid is defined in model time (0 = noise, 1 = data),
+    /// so "start" is dense near t = 0 whichever way the solve runs.
+    pub fn times(self, t0: f64, t1: f64, steps: usize) -> Vec<f64> {
+        (0..=steps)
+            .map(|k| {
+                let u = k as f64 / steps as f64;
+                if t1 >= t0 {
+                    t0 + (t1 - t0) * self.warp(u)
+                } else {
+                    // Backwards: reuse the forward grid on [t1, t0], traversed in reverse.
+                    t1 + (t0 - t1) * self.warp(1.0 - u)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Settings of the adaptive solver (Hairer & Wanner's standard controller).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Tolerances {
+    pub rtol: f64,
+    pub atol: f64,
+    pub safety: f64,
+    pub fac_min: f64,
+    pub fac_max: f64,
+    /// Attempted steps per sample before giving up.
+    pub max_steps: usize,
+    /// First step size (absolute); None: 5% of the interval.
+    pub h0: Option<f64>,
+    /// |h| below this is a step-size underflow (an error).
+    pub h_min: f64,
+}
+
+impl Default for Tolerances {
+    fn default() -> Self {
+        Tolerances {
+            rtol: 1e-5,
+            atol: 1e-5,
+            safety: 0.9,
+            fac_min: 0.2,
+            fac_max: 10.0,
+            max_steps: 10_000,
+            h0: None,
+            h_min: 1e-7,
+        }
+    }
+}
+
+/// How to solve.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SolveConfig {
+    pub method: Method,
+    /// Fixed-step solvers: number of steps.
+    pub steps: usize,
+    pub grid: TimeGrid,
+    pub tol: Tolerances,
+    /// Rows per GPU chunk.
+    pub chunk: usize,
+}
+
+impl Default for SolveConfig {
+    fn default() -> Self {
+        SolveConfig {
+            method: Method::Euler,
+            steps: 100,
+            grid: TimeGrid::Uniform,
+            tol: Tolerances::default(),
+            chunk: 65536,
+        }
+    }
+}
+
+impl SolveConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::invalid("--steps must be positive"));
+        }
+        if self.chunk == 0 {
+            return Err(Error::invalid("--chunk must be positive"));
+        }
+        let t = &self.tol;
+        for (name, v) in [("--rtol", t.rtol), ("--atol", t.atol)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::invalid(format!("{name} must be positive, got {v}")));
+            }
+        }
+        if !(t.safety > 0.0 && t.safety <= 1.0)
+            || !(t.fac_min > 0.0 && t.fac_min < 1.0)
+            || t.fac_max <= 1.0
+        {
+            return Err(Error::invalid("invalid step-size controller settings"));
+        }
+        if t.max_steps == 0 {
+            return Err(Error::invalid("--max-steps must be positive"));
+        }
+        if let Some(h0) = t.h0 {
+            if !(h0 > 0.0 && h0.is_finite()) {
+                return Err(Error::invalid("--h0 must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a solve cost, per sample.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SolveStats {
+    /// Vector-field evaluations per sample that the GPU ran (a chunk's samples are all
+    /// evaluated until its slowest one finishes).
+    pub nfe: u64,
+    /// Adaptive: evaluations a sample needed on its own, mean over samples (1 + 6 per
+    /// attempted step); fixed-step: equal to nfe.
+    pub nfe_needed_mean: f64,
+    /// Adaptive: mean and max accepted / rejected steps per sample.
+    pub accepted_mean: f64,
+    pub rejected_mean: f64,
+    pub accepted_max: u64,
+    pub rejected_max: u64,
+    pub rows: usize,
+}
+
+impl SolveStats {
+    fn merge(&mut self, o: &SolveStats) {
+        let n = (self.rows + o.rows).max(1) as f64;
+        self.accepted_mean =
+            (self.accepted_mean * self.rows as f64 + o.accepted_mean * o.rows as f64) / n;
+        self.rejected_mean =
+            (self.rejected_mean * self.rows as f64 + o.rejected_mean * o.rows as f64) / n;
+        self.accepted_max = self.accepted_max.max(o.accepted_max);
+        self.rejected_max = self.rejected_max.max(o.rejected_max);
+        self.nfe_needed_mean =
+            (self.nfe_needed_mean * self.rows as f64 + o.nfe_needed_mean * o.rows as f64) / n;
+        self.nfe = self.nfe.max(o.nfe);
+        self.rows += o.rows;
+    }
+}
+
+/// Fixed steps recorded per submit (bounds the uniform arena for any step count).
+const STEPS_PER_SUBMIT: usize = 128;
+/// Adaptive attempts recorded between two status reads.
+const ATTEMPTS_PER_SUBMIT: usize = 8;
+
+/// How a chunk's initial state is made.
+enum Init<'a> {
+    /// x ~ N(0, I) from the counter RNG, rows [offset, offset + rows).
+    Noise { seed: u64, offset: usize },
+    /// Given rows (model units).
+    Rows(&'a [f32]),
+}
+
+/// GPU buffers to solve up to `capacity` rows at a time.
+struct ChunkSolver {
+    capacity: usize,
+    pass: MlpPass,
+    state: wgpu::Buffer,
+    _k: wgpu::Buffer,
+    clock: wgpu::Buffer,
+    traj: wgpu::Buffer,
+    snap_rows: usize,
+    snap_slots: usize,
+    arena: UniformArena,
+    kernels: [Arc<Kernel>; 7],
+    groups: [wgpu::BindGroup; 7],
+    tiles: Tiles,
+}
+
+// Indices into ChunkSolver::kernels.
+const K_START: usize = 0;
+const K_NOISE: usize = 1;
+const K_STAGE: usize = 2;
+const K_FINAL: usize = 3;
+const K_ASTAGE: usize = 4;
+const K_AFINAL: usize = 5;
+const K_SNAP: usize = 6;
+
+impl ChunkSolver {
+    /// Record a snapshot of the first rows into trajectory slot `slot` (if recording).
+    fn snap(
+        &mut self,
+        cp: &mut wgpu::ComputePass<'_>,
+        base: &ode::OdeParams,
+        slot: usize,
+        arena_slot: usize,
+    ) {
+        if self.snap_rows == 0 || slot >= self.snap_slots {
+            return;
+        }
+        let p = ode::OdeParams {
+            snap_slot: slot as u32,
+            ..*base
+        };
+        self.arena.set(arena_slot, &p);
+        self.kernels[K_SNAP].dispatch(
+            cp,
+            &self.groups[K_SNAP],
+            arena_slot,
+            ode::snapshot_groups(&p, &self.tiles),
+        );
+    }
+
+    fn new(
+        ctx: &GpuContext,
+        mlp: &GpuMlp,
+        capacity: usize,
+        snap_rows: usize,
+        snap_slots: usize,
+    ) -> Result<Self> {
+        let d = mlp.cfg.dim;
+        let pass = MlpPass::new(ctx, mlp, capacity, None, false)?;
+        let state = ctx.storage("ode state", capacity * d)?;
+        let k = ctx.storage("ode stages", ode::MAX_STAGES * capacity * d)?;
+        let clock = ctx.storage("ode clocks", capacity * ode::CLOCK)?;
+        let traj = ctx.storage("trajectories", (snap_rows * d * snap_slots).max(1))?;
+        let slots = 2 + STEPS_PER_SUBMIT * (ode::MAX_STAGES + 1) + ATTEMPTS_PER_SUBMIT;
+        let arena = UniformArena::new(ctx, "ode params", slots);
+        let kernels = [
+            ode::start(ctx)?,
+            ode::base_noise(ctx)?,
+            ode::rk_stage(ctx)?,
+            ode::rk_final(ctx)?,
+            ode::adaptive_stage(ctx)?,
+            ode::adaptive_final(ctx)?,
+            ode::snapshot(ctx)?,
+        ];
+        let all = [&state, &pass.input, pass.output(), &k, &clock, &traj];
+        let groups = [
+            kernels[K_START].bind(ctx, &arena, &[&state, &pass.input, &clock]),
+            kernels[K_NOISE].bind(ctx, &arena, &[&state, &pass.input, &clock]),
+            kernels[K_STAGE].bind(ctx, &arena, &all),
+            kernels[K_FINAL].bind(ctx, &arena, &all),
+            kernels[K_ASTAGE].bind(ctx, &arena, &all),
+            kernels[K_AFINAL].bind(ctx, &arena, &all),
+            kernels[K_SNAP].bind(ctx, &arena, &[&state, &traj]),
+        ];
+        Ok(ChunkSolver {
+            capacity,
+            pass,
+            state,
+            _k: k,
+            clock,
+            traj,
+            snap_rows,
+            snap_slots,
+            arena,
+            kernels,
+            groups,
+            tiles: Tiles::for_class(ctx.class),
+        })
+    }
+}
+
+fn coefs(v: &[f64]) -> [f32; 8] {
+    let mut c = [0.0f32; 8];
+    for (d, s) in c.iter_mut().zip(v) {
+        *d = *s as f32;
+    }
+    c
+}
+
+/// Integrates a model's vector field on one context.
+pub struct Sampler<'a> {
+    ctx: &'a GpuContext,
+    model: &'a Model,
+    mlp: GpuMlp,
+}
+
+impl<'a> Sampler<'a> {
+    pub fn new(ctx: &'a GpuContext, model: &'a Model) -> Result<Self> {
+        let mlp = GpuMlp::new(ctx, &model.config.mlp, &model.weights)?;
+        Ok(Sampler { ctx, model, mlp })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.model.config.mlp.dim
+    }
+
+    /// Draw `n` samples (noise at t = 0 → t = 1), in data units, delivered chunk by chunk
+    /// to `sink` (so memory stays bounded for any n). Sample i depends only on (seed, i).
+    pub fn sample_into(
+        &self,
+        n: usize,
+        seed: u64,
+        cfg: &SolveConfig,
+        sink: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<SolveStats> {
+        cfg.validate()?;
+        if n == 0 {
+            return Err(Error::invalid("-n must be positive"));
+        }
+        if n > u32::MAX as usize {
+            return Err(Error::invalid("-n must be below 2^32"));
+        }
+        let capacity = self.capacity(cfg.chunk.min(n))?;
+        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0)?;
+        let mut stats = SolveStats::default();
+        let mut start = 0;
+        while start < n {
+            let rows = capacity.min(n - start);
+            let (mut x, s) = self.solve_chunk(
+                &mut cs,
+                rows,
+                Init::Noise {
+                    seed,
+                    offset: start,
+                },
+                0.0,
+                1.0,
+                cfg,
+            )?;
+            self.to_data_units(&mut x);
+            sink(&x)?;
+            stats.merge(&s);
+            start += rows;
+        }
+        Ok(stats)
+    }
+
+    /// `n` samples in memory (see [`sample_into`](Self::sample_into)).
+    pub fn sample(&self, n: usize, seed: u64, cfg: &SolveConfig) -> Result<(Vec<f32>, SolveStats)> {
+        let mut out = Vec::with_capacity(n * self.dim());
+        let stats = self.sample_into(n, seed, cfg, &mut |x| {
+            out.extend_from_slice(x);
+            Ok(())
+        })?;
+        Ok((out, stats))
+    }
+
+    /// Data → latent: integrate from t = 1 back to t = 0. Rows in data units.
+    pub fn encode(&self, x: &[f32], cfg: &SolveConfig) -> Result<(Vec<f32>, SolveStats)> {
+        let mut m = x.to_vec();
+        if let Some(s) = &self.model.config.standardization {
+            s.apply(&mut m);
+        }
+        self.integrate(&m, 1.0, 0.0, cfg)
+    }
+
+    /// Latent → data: integrate from t = 0 to t = 1. Returns rows in data units.
+    pub fn decode(&self, z: &[f32], cfg: &SolveConfig) -> Result<(Vec<f32>, SolveStats)> {
+        let (mut x, s) = self.integrate(z, 0.0, 1.0, cfg)?;
+        self.to_data_units(&mut x);
+        Ok((x, s))
+    }
+
+    /// Integrate rows (model units) from t0 to t1.
+    pub fn integrate(
+        &self,
+        x: &[f32],
+        t0: f64,
+        t1: f64,
+        cfg: &SolveConfig,
+    ) -> Result<(Vec<f32>, SolveStats)> {
+        cfg.validate()?;
+        let d = self.dim();
+        if x.is_empty() || x.len() % d != 0 {
+            return Err(Error::invalid(format!(
+                "input must be a non-empty [n, {d}] array"
+            )));
+        }
+        let n = x.len() / d;
+        let capacity = self.capacity(cfg.chunk.min(n))?;
+        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0)?;
+        let mut out = Vec::with_capacity(x.len());
+        let mut stats = SolveStats::default();
+        for rows in x.chunks(capacity * d) {
+            let (y, s) =
+                self.solve_chunk(&mut cs, rows.len() / d, Init::Rows(rows), t0, t1, cfg)?;
+            out.extend(y);
+            stats.merge(&s);
+        }
+        Ok((out, stats))
+    }
+
+    /// Positions of the first `particles` samples after every step (or accepted/rejected
+    /// attempt for dopri5), starting with the noise: [snapshots][particles·dim], data units.
+    pub fn trajectories(
+        &self,
+        particles: usize,
+        seed: u64,
+        cfg: &SolveConfig,
+    ) -> Result<Vec<Vec<f32>>> {
+        cfg.validate()?;
+        let d = self.dim();
+        let slots = if cfg.method.adaptive() {
+            cfg.tol.max_steps.min(4096) + 1
+        } else {
+            cfg.steps + 1
+        };
+        let mut cs = ChunkSolver::new(
+            self.ctx,
+            &self.mlp,
+            particles.max(1),
+            particles.max(1),
+            slots,
+        )?;
+        let (_, stats) = self.solve_chunk(
+            &mut cs,
+            particles.max(1),
+            Init::Noise { seed, offset: 0 },
+            0.0,
+            1.0,
+            cfg,
+        )?;
+        let taken = if cfg.method.adaptive() {
+            (stats.accepted_max + stats.rejected_max) as usize + 1
+        } else {
+            slots
+        };
+        let flat = self
+            .ctx
+            .read(&cs.traj, 0, taken.min(slots) * particles * d)?;
+        Ok(flat
+            .chunks(particles * d)
+            .map(|c| {
+                let mut v = c.to_vec();
+                self.to_data_units(&mut v);
+                v
+            })
+            .collect())
+    }
+
+    fn to_data_units(&self, x: &mut [f32]) {
+        if let Some(s) = &self.model.config.standardization {
+            s.undo(x);
+        }
+    }
+
+    /// Rows per chunk: as asked, but within the adapter's storage-binding limit.
+    fn capacity(&self, want: usize) -> Result<usize> {
+        let layers = &self.mlp.layout.layers;
+        let widest = layers
+            .iter()
+            .map(|l| l.out_pad.max(l.in_pad))
+            .max()
+            .unwrap_or(4);
+        let per_row = (widest.max(ode::MAX_STAGES * self.dim()) * 4) as u64;
+        let fit = (self.ctx.limits.max_storage_buffer_binding_size / per_row).max(1) as usize;
+        Ok(want.min(fit).max(1))
+    }
+
+    fn solve_chunk(
+        &self,
+        cs: &mut ChunkSolver,
+        rows: usize,
+        init: Init,
+        t0: f64,
+        t1: f64,
+        cfg: &SolveConfig,
+    ) -> Result<(Vec<f32>, SolveStats)> {
+        let ctx = self.ctx;
+        let mcfg = &self.model.config.mlp;
+        let d = mcfg.dim;
+        assert!(rows <= cs.capacity);
+        cs.pass.set_rows(ctx, &self.mlp, rows);
+        let tab = cfg.method.tableau();
+        let tol = &cfg.tol;
+        let h0 = tol
+            .h0
+            .unwrap_or(0.05 * (t1 - t0).abs())
+            .min((t1 - t0).abs())
+            * (t1 - t0).signum();
+        let base = ode::OdeParams {
+            rows: rows as u32,
+            dim: d as u32,
+            in_stride: self.mlp.layout.layers[0].in_pad as u32,
+            out_stride: MlpPass::out_stride(mcfg) as u32,
+            time_cols: mcfg.time_cols() as u32,
+            snap_rows: cs.snap_rows as u32,
+            t: t0 as f32,
+            h: h0 as f32,
+            t_end: t1 as f32,
+            rtol: tol.rtol as f32,
+            atol: tol.atol as f32,
+            safety: tol.safety as f32,
+            fac_min: tol.fac_min as f32,
+            fac_max: tol.fac_max as f32,
+            h_min: tol.h_min as f32,
+            ..Default::default()
+        };
+        let groups = ode::per_row_groups(&base, &cs.tiles);
+        // Initial state and first MLP input.
+        let init_kernel = match init {
+            Init::Noise { seed, offset } => {
+                cs.arena.set(
+                    0,
+                    &ode::OdeParams {
+                        seed: seed as u32,
+                        row_offset: offset as u32,
+                        ..base
+                    },
+                );
+                K_NOISE
+            }
+            Init::Rows(x) => {
+                ctx.queue
+                    .write_buffer(&cs.state, 0, bytemuck::cast_slice(x));
+                cs.arena.set(0, &base);
+                K_START
+            }
+        };
+        let stats = if cfg.method.adaptive() {
+            self.run_adaptive(cs, init_kernel, &tab, base, groups, cfg)?
+        } else {
+            self.run_fixed(cs, init_kernel, &tab, base, groups, t0, t1, cfg)?
+        };
+        let x = ctx.read(&cs.state, 0, rows * d)?;
+        Ok((x, stats))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_fixed(
+        &self,
+        cs: &mut ChunkSolver,
+        init_kernel: usize,
+        tab: &Tableau,
+        base: ode::OdeParams,
+        groups: [u32; 3],
+        t0: f64,
+        t1: f64,
+        cfg: &SolveConfig,
+    ) -> Result<SolveStats> {
+        let ctx = self.ctx;
+        let times = cfg.grid.times(t0, t1, cfg.steps);
+        let ns = tab.stages();
+        let mut step = 0;
+        let mut first = true;
+        while step < cfg.steps {
+            let seg = STEPS_PER_SUBMIT.min(cfg.steps - step);
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut cp = enc.begin_compute_pass(&Default::default());
+                let mut slot = 1;
+                if first {
+                    cs.kernels[init_kernel].dispatch(&mut cp, &cs.groups[init_kernel], 0, groups);
+                    cs.snap(&mut cp, &base, 0, slot);
+                    slot += 1;
+                    first = false;
+                }
+                for n in step..step + seg {
+                    let (ta, tb) = (times[n], times[n + 1]);
+                    let h = tb - ta;
+                    for s in 0..ns {
+                        cs.pass.record_forward(&mut cp);
+                        let last = s + 1 == ns;
+                        let (coef, t, kern) = if last {
+                            (&tab.b[..], tb, K_FINAL)
+                        } else {
+                            (&tab.a[s + 1][..], ta + tab.c[s + 1] * h, K_STAGE)
+                        };
+                        cs.arena.set(
+                            slot,
+                            &ode::OdeParams {
+                                stage: s as u32,
+                                n_terms: coef.len() as u32,
+                                t: t as f32,
+                                h: h as f32,
+                                coef: coefs(coef),
+                                ..base
+                            },
+                        );
+                        cs.kernels[kern].dispatch(&mut cp, &cs.groups[kern], slot, groups);
+                        slot += 1;
+                    }
+                    cs.snap(&mut cp, &base, n + 1, slot);
+                    slot += 1;
+                }
+                cs.arena.upload(ctx, 0..slot);
+            }
+            ctx.submit(enc)?;
+            step += seg;
+        }
+        let nfe = (cfg.steps * ns) as u64;
+        Ok(SolveStats {
+            nfe,
+            nfe_needed_mean: nfe as f64,
+            rows: base.rows as usize,
+            ..Default::default()
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_adaptive(
+        &self,
+        cs: &mut ChunkSolver,
+        init_kernel: usize,
+        tab: &Tableau,
+        base: ode::OdeParams,
+        groups: [u32; 3],
+        cfg: &SolveConfig,
+    ) -> Result<SolveStats> {
+        let ctx = self.ctx;
+        let ns = tab.stages(); // 7, FSAL: 6 new evaluations per attempt
+        let e = tab.e.as_ref().expect("adaptive tableau has error weights");
+        let rows = base.rows as usize;
+        // Slot layout: 0 init, 1..ns stage s (s = 0..ns-2), ns final, then snapshots.
+        for s in 0..ns - 1 {
+            let a = &tab.a[s + 1];
+            cs.arena.set(
+                1 + s,
+                &ode::OdeParams {
+                    stage: s as u32,
+                    n_terms: a.len() as u32,
+                    c_next: tab.c[s + 1] as f32,
+                    coef: coefs(a),
+                    ..base
+                },
+            );
+        }
+        cs.arena.set(
+            ns,
+            &ode::OdeParams {
+                stage: (ns - 1) as u32,
+                n_terms: ns as u32,
+                coef: coefs(&tab.b),
+                err_coef: coefs(e),
+                a_first: tab.a[1][0] as f32,
+                c_first: tab.c[1] as f32,
+                ..base
+            },
+        );
+        let snap_base = ns + 1;
+        let mut attempts = 0;
+        let mut first = true;
+        loop {
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut cp = enc.begin_compute_pass(&Default::default());
+                if first {
+                    cs.kernels[init_kernel].dispatch(&mut cp, &cs.groups[init_kernel], 0, groups);
+                    cs.snap(&mut cp, &base, 0, snap_base);
+                    cs.pass.record_forward(&mut cp);
+                    cs.kernels[K_ASTAGE].dispatch(&mut cp, &cs.groups[K_ASTAGE], 1, groups);
+                }
+                for a in 0..ATTEMPTS_PER_SUBMIT {
+                    for s in 1..ns - 1 {
+                        cs.pass.record_forward(&mut cp);
+                        cs.kernels[K_ASTAGE].dispatch(&mut cp, &cs.groups[K_ASTAGE], 1 + s, groups);
+                    }
+                    cs.pass.record_forward(&mut cp);
+                    cs.kernels[K_AFINAL].dispatch(&mut cp, &cs.groups[K_AFINAL], ns, groups);
+                    cs.snap(&mut cp, &base, attempts + a + 1, snap_base + 1 + a);
+                }
+            }
+            cs.arena.upload(ctx, 0..snap_base + 1 + ATTEMPTS_PER_SUBMIT);
+            ctx.submit(enc)?;
+            first = false;
+            attempts += ATTEMPTS_PER_SUBMIT;
+            let clock = ctx.read(&cs.clock, 0, rows * ode::CLOCK)?;
+            let mut running = 0;
+            for (i, c) in clock.chunks(ode::CLOCK).enumerate() {
+                match c[4] {
+                    ode::RUNNING => running += 1,
+                    ode::DONE => {}
+                    ode::UNDERFLOW => {
+                        return Err(Error::invalid(format!(
+                            "dopri5: step size underflow (|h| < {:e}) for sample {i} at t = {}; loosen --rtol/--atol",
+                            cfg.tol.h_min, c[0]
+                        )))
+                    }
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "dopri5: non-finite error estimate for sample {i} at t = {}; the vector field blows up there",
+                            c[0]
+                        )))
+                    }
+                }
+            }
+            if running == 0 {
+                let acc: Vec<f64> = clock.chunks(ode::CLOCK).map(|c| c[2] as f64).collect();
+                let rej: Vec<f64> = clock.chunks(ode::CLOCK).map(|c| c[3] as f64).collect();
+                let needed =
+                    1.0 + 6.0 * (acc.iter().sum::<f64>() + rej.iter().sum::<f64>()) / rows as f64;
+                return Ok(SolveStats {
+                    nfe: 1 + 6 * attempts as u64,
+                    nfe_needed_mean: needed,
+                    accepted_mean: acc.iter().sum::<f64>() / rows as f64,
+                    rejected_mean: rej.iter().sum::<f64>() / rows as f64,
+                    accepted_max: acc.iter().fold(0.0f64, |a, &b| a.max(b)) as u64,
+                    rejected_max: rej.iter().fold(0.0f64, |a, &b| a.max(b)) as u64,
+                    rows,
+                });
+            }
+            if attempts >= cfg.tol.max_steps {
+                return Err(Error::invalid(format!(
+                    "dopri5: {running} of {rows} samples did not reach the end within --max-steps {}; loosen --rtol/--atol or raise --max-steps",
+                    cfg.tol.max_steps
+                )));
+            }
+        }
+    }
+}
