@@ -30,7 +30,18 @@ fn main() {
     let ctx = GpuContext::new(&AdapterChoice::default()).expect("no adapter");
     println!("adapter: {} ({})", ctx.adapter_name(), ctx.backend_name());
     // (name, rows, width, depth, activation, calls per timed group)
-    let shapes: &[(&str, usize, usize, usize, Activation, usize)] = if quick {
+    let args: Vec<String> = std::env::args().collect();
+    // --shape ROWS,WIDTH,DEPTH: one custom shape (for tuning runs).
+    let custom: Option<Vec<usize>> = args
+        .iter()
+        .position(|a| a == "--shape")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect());
+    let custom_shape;
+    let shapes: &[(&str, usize, usize, usize, Activation, usize)] = if let Some(c) = custom {
+        custom_shape = [("custom", c[0], c[1], c[2], Activation::Silu, 4)];
+        &custom_shape
+    } else if quick {
         &[("W-small 256x64", 256, 64, 3, Activation::Selu, 50)]
     } else {
         &[

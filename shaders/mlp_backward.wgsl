@@ -32,57 +32,62 @@ struct BackwardParams {
 @group(0) @binding(6) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(7) var<storage, read_write> grads: array<f32>;
 
-// One thread: TM rows × TKV vec4 columns of dX.
-@compute @workgroup_size(WG_X, WG_Y, 1)
-fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let kv0 = gid.x * TKV;
-    let m0 = gid.y * TM;
-    if (kv0 >= p.in_vec4 || m0 >= p.rows) {
+// dX tile of one thread: 8 rows × 4 input features (one vec4), in eight vec4 variables.
+// dW tile: 8 output features (two vec4 of dZ) × 8 input features (two vec4 of X), in
+// sixteen vec4 variables, plus the two vec4 of the bias gradient. Explicit variables, no
+// arrays, for the reason given in matmul.wgsl. Mirrored in src/kernels/mlp_backward.rs.
+const DX_ROWS: u32 = 8u;
+const DW_OUT_VEC4: u32 = 2u;
+const DW_IN_VEC4: u32 = 2u;
+
+fn dx_store(m: u32, kv: u32, g: vec4<f32>) {
+    if (m >= p.rows) {
         return;
     }
-    let last_row = p.rows - 1u;
-    let last_n = p.out_features - 1u;
-    let last_kv = p.in_vec4 - 1u;
-    var acc: array<vec4<f32>, TM * TKV>;
-    for (var n4 = 0u; n4 < p.out_vec4; n4++) {
-        var a: array<vec4<f32>, TM>;
-        for (var i = 0u; i < TM; i++) {
-            a[i] = dz[min(m0 + i, last_row) * p.out_vec4 + n4];
-        }
+    let o = m * p.in_vec4 + kv;
+    if (p.activation != ACT_IDENTITY) {
+        dx[o] = g * activate_grad4(z_below[o], p.activation);
+    } else {
+        dx[o] = g;
+    }
+}
+
+// a.x·w0 + a.y·w1 + a.z·w2 + a.w·w3: one vec4 of dZ times four rows of W.
+fn mix4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
+    return a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
+}
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let kv = gid.x;
+    let m0 = gid.y * DX_ROWS;
+    if (kv >= p.in_vec4 || m0 >= p.rows) {
+        return;
+    }
+    let lr = p.rows - 1u;
+    let ln = p.out_features - 1u;
+    let nv = p.out_vec4;
+    let r0 = min(m0, lr) * nv; let r1 = min(m0 + 1u, lr) * nv; let r2 = min(m0 + 2u, lr) * nv; let r3 = min(m0 + 3u, lr) * nv;
+    let r4 = min(m0 + 4u, lr) * nv; let r5 = min(m0 + 5u, lr) * nv; let r6 = min(m0 + 6u, lr) * nv; let r7 = min(m0 + 7u, lr) * nv;
+    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
+    for (var n4 = 0u; n4 < nv; n4++) {
         // Rows of W past N are clamped: dZ's padding columns are zero, so they add 0.
-        let r0 = p.w_off4 + min(4u * n4, last_n) * p.in_vec4;
-        let r1 = p.w_off4 + min(4u * n4 + 1u, last_n) * p.in_vec4;
-        let r2 = p.w_off4 + min(4u * n4 + 2u, last_n) * p.in_vec4;
-        let r3 = p.w_off4 + min(4u * n4 + 3u, last_n) * p.in_vec4;
-        for (var j = 0u; j < TKV; j++) {
-            let kv = min(kv0 + j, last_kv);
-            let w0 = params[r0 + kv];
-            let w1 = params[r1 + kv];
-            let w2 = params[r2 + kv];
-            let w3 = params[r3 + kv];
-            for (var i = 0u; i < TM; i++) {
-                acc[i * TKV + j] += a[i].x * w0 + a[i].y * w1 + a[i].z * w2 + a[i].w * w3;
-            }
-        }
+        let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
+        let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
+        let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
+        let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
+        a0 += mix4(dz[r0 + n4], w0, w1, w2, w3);
+        a1 += mix4(dz[r1 + n4], w0, w1, w2, w3);
+        a2 += mix4(dz[r2 + n4], w0, w1, w2, w3);
+        a3 += mix4(dz[r3 + n4], w0, w1, w2, w3);
+        a4 += mix4(dz[r4 + n4], w0, w1, w2, w3);
+        a5 += mix4(dz[r5 + n4], w0, w1, w2, w3);
+        a6 += mix4(dz[r6 + n4], w0, w1, w2, w3);
+        a7 += mix4(dz[r7 + n4], w0, w1, w2, w3);
     }
-    for (var i = 0u; i < TM; i++) {
-        let m = m0 + i;
-        if (m >= p.rows) {
-            break;
-        }
-        for (var j = 0u; j < TKV; j++) {
-            let kv = kv0 + j;
-            if (kv >= p.in_vec4) {
-                break;
-            }
-            let o = m * p.in_vec4 + kv;
-            var g = acc[i * TKV + j];
-            if (p.activation != ACT_IDENTITY) {
-                g *= activate_grad4(z_below[o], p.activation);
-            }
-            dx[o] = g;
-        }
-    }
+    dx_store(m0, kv, a0); dx_store(m0 + 1u, kv, a1); dx_store(m0 + 2u, kv, a2); dx_store(m0 + 3u, kv, a3);
+    dx_store(m0 + 4u, kv, a4); dx_store(m0 + 5u, kv, a5); dx_store(m0 + 6u, kv, a6); dx_store(m0 + 7u, kv, a7);
 }
 
 fn store_weight_grad(chunk: u32, local: u32, v: f32) {
@@ -93,60 +98,76 @@ fn store_weight_grad(chunk: u32, local: u32, v: f32) {
     }
 }
 
-// One thread: 4·TNV output rows × TKV vec4 input columns of dW, over one chunk of rows.
+// Row n of dW (one output feature), input vec4 column kv, if both exist.
+fn dw_store(chunk: u32, n: u32, kv: u32, g: vec4<f32>) {
+    if (n >= p.out_features || kv >= p.in_vec4) {
+        return;
+    }
+    let local = n * 4u * p.in_vec4 + 4u * kv;
+    store_weight_grad(chunk, local, g.x);
+    store_weight_grad(chunk, local + 1u, g.y);
+    store_weight_grad(chunk, local + 2u, g.z);
+    store_weight_grad(chunk, local + 3u, g.w);
+}
+
+fn db_store(chunk: u32, nv: u32, g: vec4<f32>) {
+    let base = p.out_features * 4u * p.in_vec4;
+    for (var r = 0u; r < 4u; r++) {
+        let n = 4u * nv + r;
+        if (n < p.out_features) {
+            store_weight_grad(chunk, base + n, g[r]);
+        }
+    }
+}
+
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let kv0 = gid.x * TKV;
-    let nv0 = gid.y * TNV;
+    let kv0 = gid.x * DW_IN_VEC4;
+    let nv0 = gid.y * DW_OUT_VEC4;
     let chunk = gid.z;
     if (kv0 >= p.in_vec4 || nv0 >= p.out_vec4) {
         return;
     }
-    let last_kv = p.in_vec4 - 1u;
-    let last_nv = p.out_vec4 - 1u;
+    let ka = kv0;
+    let kb = min(kv0 + 1u, p.in_vec4 - 1u);
+    let na = nv0;
+    let nb = min(nv0 + 1u, p.out_vec4 - 1u);
     let m_begin = chunk * p.chunk_rows;
     let m_end = min(m_begin + p.chunk_rows, p.rows);
-    var acc: array<vec4<f32>, 4u * TNV * TKV>;
-    var bacc: array<vec4<f32>, TNV>;
+    // g{r}{a|b}{a|b}: dW rows 4·n-vec + r of n-vec a|b, input vec4 a|b.
+    var g0aa = vec4<f32>(0.0); var g1aa = vec4<f32>(0.0); var g2aa = vec4<f32>(0.0); var g3aa = vec4<f32>(0.0);
+    var g0ab = vec4<f32>(0.0); var g1ab = vec4<f32>(0.0); var g2ab = vec4<f32>(0.0); var g3ab = vec4<f32>(0.0);
+    var g0ba = vec4<f32>(0.0); var g1ba = vec4<f32>(0.0); var g2ba = vec4<f32>(0.0); var g3ba = vec4<f32>(0.0);
+    var g0bb = vec4<f32>(0.0); var g1bb = vec4<f32>(0.0); var g2bb = vec4<f32>(0.0); var g3bb = vec4<f32>(0.0);
+    var ba = vec4<f32>(0.0);
+    var bb = vec4<f32>(0.0);
     for (var m = m_begin; m < m_end; m++) {
-        var d: array<vec4<f32>, TNV>;
-        for (var a = 0u; a < TNV; a++) {
-            d[a] = dz[m * p.out_vec4 + min(nv0 + a, last_nv)];
-            bacc[a] += d[a];
-        }
-        for (var j = 0u; j < TKV; j++) {
-            let xv = x_in[m * p.in_vec4 + min(kv0 + j, last_kv)];
-            for (var a = 0u; a < TNV; a++) {
-                let base = (4u * a) * TKV + j;
-                acc[base] += d[a].x * xv;
-                acc[base + TKV] += d[a].y * xv;
-                acc[base + 2u * TKV] += d[a].z * xv;
-                acc[base + 3u * TKV] += d[a].w * xv;
-            }
-        }
+        let da = dz[m * p.out_vec4 + na];
+        let db = dz[m * p.out_vec4 + nb];
+        let xa = x_in[m * p.in_vec4 + ka];
+        let xb = x_in[m * p.in_vec4 + kb];
+        ba += da;
+        bb += db;
+        g0aa += da.x * xa; g1aa += da.y * xa; g2aa += da.z * xa; g3aa += da.w * xa;
+        g0ab += da.x * xb; g1ab += da.y * xb; g2ab += da.z * xb; g3ab += da.w * xb;
+        g0ba += db.x * xa; g1ba += db.y * xa; g2ba += db.z * xa; g3ba += db.w * xa;
+        g0bb += db.x * xb; g1bb += db.y * xb; g2bb += db.z * xb; g3bb += db.w * xb;
     }
-    let in_floats = 4u * p.in_vec4;
-    for (var a = 0u; a < TNV; a++) {
-        for (var r = 0u; r < 4u; r++) {
-            let n = 4u * (nv0 + a) + r;
-            if (n >= p.out_features) {
-                break;
-            }
-            for (var j = 0u; j < TKV; j++) {
-                let kv = kv0 + j;
-                if (kv >= p.in_vec4) {
-                    break;
-                }
-                let g = acc[(4u * a + r) * TKV + j];
-                let local = n * in_floats + 4u * kv;
-                store_weight_grad(chunk, local, g.x);
-                store_weight_grad(chunk, local + 1u, g.y);
-                store_weight_grad(chunk, local + 2u, g.z);
-                store_weight_grad(chunk, local + 3u, g.w);
-            }
-            if (gid.x == 0u) {
-                store_weight_grad(chunk, p.out_features * in_floats + n, bacc[a][r]);
-            }
+    // Column and row blocks past the end were clamped above: store only real ones.
+    let kb_real = kv0 + 1u;
+    let nb_real = nv0 + 1u;
+    let n_a = 4u * na;
+    dw_store(chunk, n_a, ka, g0aa); dw_store(chunk, n_a + 1u, ka, g1aa); dw_store(chunk, n_a + 2u, ka, g2aa); dw_store(chunk, n_a + 3u, ka, g3aa);
+    dw_store(chunk, n_a, kb_real, g0ab); dw_store(chunk, n_a + 1u, kb_real, g1ab); dw_store(chunk, n_a + 2u, kb_real, g2ab); dw_store(chunk, n_a + 3u, kb_real, g3ab);
+    if (nb_real < p.out_vec4) {
+        let n_b = 4u * nb_real;
+        dw_store(chunk, n_b, ka, g0ba); dw_store(chunk, n_b + 1u, ka, g1ba); dw_store(chunk, n_b + 2u, ka, g2ba); dw_store(chunk, n_b + 3u, ka, g3ba);
+        dw_store(chunk, n_b, kb_real, g0bb); dw_store(chunk, n_b + 1u, kb_real, g1bb); dw_store(chunk, n_b + 2u, kb_real, g2bb); dw_store(chunk, n_b + 3u, kb_real, g3bb);
+    }
+    if (gid.x == 0u) {
+        db_store(chunk, na, ba);
+        if (nb_real < p.out_vec4) {
+            db_store(chunk, nb_real, bb);
         }
     }
 }

@@ -476,14 +476,12 @@ fn check_output_path(path: &Path) -> Result<&'static str> {
     }
 }
 
+/// Something that streams rows into a sink and reports solver statistics.
+type Producer<'a> = dyn FnMut(&mut dyn FnMut(&[f32]) -> Result<()>) -> Result<SolveStats> + 'a;
+
 /// Write rows streamed by `produce` to an .npy or .csv file, atomically: on any error
 /// the file is not created.
-fn write_rows(
-    path: &Path,
-    n: usize,
-    dim: usize,
-    produce: &mut dyn FnMut(&mut dyn FnMut(&[f32]) -> Result<()>) -> Result<SolveStats>,
-) -> Result<SolveStats> {
+fn write_rows(path: &Path, n: usize, dim: usize, produce: &mut Producer) -> Result<SolveStats> {
     use std::io::Write;
     let fmt = check_output_path(path)?;
     let mut failure: Option<Error> = None;

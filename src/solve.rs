@@ -282,10 +282,12 @@ impl SolveConfig {
                 return Err(Error::invalid(format!("{name} must be positive, got {v}")));
             }
         }
-        if !(t.safety > 0.0 && t.safety <= 1.0)
-            || !(t.fac_min > 0.0 && t.fac_min < 1.0)
-            || t.fac_max <= 1.0
-        {
+        let controller_ok = t.safety > 0.0
+            && t.safety <= 1.0
+            && t.fac_min > 0.0
+            && t.fac_min < 1.0
+            && t.fac_max > 1.0;
+        if !controller_ok {
             return Err(Error::invalid("invalid step-size controller settings"));
         }
         if t.max_steps == 0 {
@@ -549,7 +551,7 @@ impl<'a> Sampler<'a> {
     ) -> Result<(Vec<f32>, SolveStats)> {
         cfg.validate()?;
         let d = self.dim();
-        if x.is_empty() || x.len() % d != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(Error::invalid(format!(
                 "input must be a non-empty [n, {d}] array"
             )));

@@ -19,7 +19,7 @@ fn rng(seed: u64) -> rand::rngs::StdRng {
 fn cfg(act: Activation) -> MlpConfig {
     MlpConfig {
         dim: 3,
-        width: 37,
+        width: 41, // 11 vec4: odd, exercises the clamped tile edges
         depth: 2,
         activation: act,
         time_features: 1,

@@ -5,6 +5,10 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use std::sync::Arc;
 
+/// Outputs per thread (`TILE_ROWS`, `TILE_COLS` in matmul.wgsl).
+pub const TILE_ROWS: u32 = 8;
+pub const TILE_COLS: u32 = 4;
+
 /// Mirrors `LinearParams` in matmul.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -33,8 +37,8 @@ pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 
 pub fn linear_forward_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
     [
-        div_ceil(p.out_features as usize, t.tn * t.wg_x),
-        div_ceil(p.rows as usize, t.tm * t.wg_y),
+        div_ceil(p.out_features as usize, TILE_COLS * t.wg_x),
+        div_ceil(p.rows as usize, TILE_ROWS * t.wg_y),
         1,
     ]
 }

@@ -5,6 +5,11 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use std::sync::Arc;
 
+/// Per-thread tiles (`DX_ROWS`, `DW_OUT_VEC4`, `DW_IN_VEC4` in mlp_backward.wgsl).
+pub const DX_ROWS: u32 = 8;
+pub const DW_OUT_VEC4: u32 = 2;
+pub const DW_IN_VEC4: u32 = 2;
+
 /// Mirrors `BackwardParams` in mlp_backward.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -50,15 +55,15 @@ pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 
 pub fn backward_input_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
     [
-        div_ceil(p.in_vec4 as usize, t.tkv * t.wg_x),
-        div_ceil(p.rows as usize, t.tm * t.wg_y),
+        div_ceil(p.in_vec4 as usize, t.wg_x),
+        div_ceil(p.rows as usize, DX_ROWS * t.wg_y),
         1,
     ]
 }
 pub fn backward_weight_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
     [
-        div_ceil(p.in_vec4 as usize, t.tkv * t.wg_x),
-        div_ceil(p.out_vec4 as usize, t.tnv * t.wg_y),
+        div_ceil(p.in_vec4 as usize, DW_IN_VEC4 * t.wg_x),
+        div_ceil(p.out_vec4 as usize, DW_OUT_VEC4 * t.wg_y),
         p.n_chunks,
     ]
 }
@@ -69,7 +74,7 @@ pub fn reduce_chunks_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
 /// Rows per weight-gradient chunk: enough chunks to occupy the adapter, few enough that
 /// the reduction stays cheap. One chunk (no reduction pass) for small batches.
 pub fn chunk_rows(rows: usize, t: &Tiles) -> usize {
-    let target = if t.tm >= 16 { 256 } else { 128 };
+    let target = t.weight_chunk_rows as usize;
     if rows <= target {
         rows.max(1)
     } else {
