@@ -4,7 +4,7 @@
 //!
 //! cargo bench --bench matmul [-- --quick]
 
-use flowgpu::mlp::{GpuMlp, MlpPass};
+use flowgpu::mlp::{GpuMlp, MlpPass, PassOptions};
 use flowgpu::model::{Activation, MlpConfig, Weights};
 use flowgpu::{AdapterChoice, GpuContext};
 use rand::SeedableRng;
@@ -60,7 +60,16 @@ fn main() {
         let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(0));
         let mlp = GpuMlp::new(&ctx, &cfg, &w).unwrap();
         let grads = ctx.storage("grads", mlp.layout.total).unwrap();
-        let pass = MlpPass::new(&ctx, &mlp, rows, Some(&grads), false).unwrap();
+        let pass = MlpPass::new(
+            &ctx,
+            &mlp,
+            rows,
+            PassOptions {
+                grads: Some(&grads),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let flops = (cfg.flops_per_sample() * rows as u64) as f64;
         // One hidden layer alone: the SGEMM at this shape.
         let hidden = 2.0 * (rows * width * width) as f64;

@@ -1,5 +1,10 @@
 // matmul.wgsl — batched linear layer forward with a fused epilogue:
-//   Z = X·Wᵀ + b,  H = act(Z)
+//   Z = X·Wᵀ + b,  H = act(Z)                      (primal rows)
+// and, in tangent mode, forward-mode derivatives (JVPs) of the same layer:
+//   Ż = Ẋ·Wᵀ,  Ḣ = act'(Z) ⊙ Ż                      (tangent rows)
+// where Z is the primal pre-activation stored by the primal pass over the same layer.
+// Tangent rows are stacked direction-major: row r is direction r / primal_rows of primal
+// row r % primal_rows, so T directions are one matmul with T·N rows.
 // X is [rows, in] row-major, W is [out, in] (PyTorch nn.Linear layout), both padded
 // to a multiple of 4 along `in` so every load is a vec4 along the contraction.
 // Register blocking: each thread owns an 8×4 tile of outputs (8 batch rows, 4 output
@@ -17,7 +22,11 @@ struct LinearParams {
     w_off4: u32,        // offset of W in the parameter buffer, in vec4s
     b_off: u32,         // offset of b in the parameter buffer, in floats
     activation: u32,    // ACT_* code
-    store_pre: u32,     // 1: also store Z (backward needs it), 0: inference
+    store_pre: u32,     // 1: also store Z (backward and tangents need it), 0: inference
+    tangent: u32,       // 1: tangent rows (no bias, act'(Z) of the primal row)
+    primal_rows: u32,   // N, for tangent rows
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // Outputs per thread (mirrored in src/kernels/matmul.rs).
@@ -29,6 +38,7 @@ const TILE_COLS: u32 = 4u;
 @group(0) @binding(2) var<storage, read> params: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
+@group(0) @binding(5) var<storage, read> z_primal: array<f32>;
 
 fn bias_at(n: u32) -> f32 {
     let i = p.b_off + n;
@@ -42,12 +52,17 @@ fn epilogue(m: u32, n0: u32, acc: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         let n = n0 + j;
         if (n < p.out_features) {
-            let zv = acc[j] + bias_at(n);
             let o = m * p.y_stride + n;
-            if (p.store_pre != 0u) {
-                z[o] = zv;
+            if (p.tangent != 0u) {
+                let zp = z_primal[(m % p.primal_rows) * p.y_stride + n];
+                h[o] = acc[j] * activate_grad(zp, p.activation);
+            } else {
+                let zv = acc[j] + bias_at(n);
+                if (p.store_pre != 0u) {
+                    z[o] = zv;
+                }
+                h[o] = activate(zv, p.activation);
             }
-            h[o] = activate(zv, p.activation);
         }
     }
 }

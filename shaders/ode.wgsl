@@ -11,6 +11,8 @@
 //   adaptive_final: Dormand–Prince 5(4) with per-row step control: x_new, error estimate
 //                   and its norm, accept/reject, new h_i, FSAL, input of stage 1.
 //   snapshot:       copy the first snap_rows states into trajectory slot snap_slot.
+// With aug = 1 the state carries one more component per row, the log-density ℓ, whose
+// derivative is the divergence computed by trace.wgsl (binding div): dℓ/dt = Tr(∂v/∂x).
 // Host wrapper: src/kernels/ode.rs; solvers: src/solve.rs.
 
 struct OdeParams {
@@ -25,7 +27,7 @@ struct OdeParams {
     n_terms: u32,       // number of coefficients used
     snap_rows: u32,
     snap_slot: u32,
-    _pad0: u32,
+    aug: u32,           // 1: state rows carry ℓ after x (log-likelihood)
     t: f32,             // fixed step: time of the input rows written
     h: f32,             // fixed step: step size; start: initial step of adaptive clocks
     t_end: f32,         // adaptive: end of the integration interval
@@ -51,6 +53,7 @@ struct OdeParams {
 // underflow, 3 non-finite error estimate).
 @group(0) @binding(5) var<storage, read_write> clock: array<f32>;
 @group(0) @binding(6) var<storage, read_write> traj: array<f32>;
+@group(0) @binding(7) var<storage, read> div: array<f32>;
 
 const CLOCK: u32 = 8u;
 const RUNNING: f32 = 0.0;
@@ -65,8 +68,27 @@ fn err_coef_at(q: u32) -> f32 {
     return p.err_coef[q >> 2u][q & 3u];
 }
 
+// Components per state row: x, then ℓ when augmented.
+fn sdim() -> u32 {
+    return p.dim + p.aug;
+}
+
 fn k_at(s: u32, i: u32, j: u32) -> f32 {
-    return k[(s * p.rows + i) * p.dim + j];
+    return k[(s * p.rows + i) * sdim() + j];
+}
+
+// Derivative of state component j of row i from the last evaluation.
+fn deriv(i: u32, j: u32) -> f32 {
+    if (j < p.dim) {
+        return v[i * p.out_stride + j];
+    }
+    return div[i];
+}
+
+fn set_input(i: u32, j: u32, x: f32) {
+    if (j < p.dim) {
+        input[i * p.in_stride + j] = x;
+    }
 }
 
 fn write_time(i: u32, t: f32) {
@@ -77,7 +99,7 @@ fn write_time(i: u32, t: f32) {
 
 // Σ_q coef_q·k_q for row i, component j, after storing v as k_s.
 fn store_and_combine(i: u32, j: u32) -> f32 {
-    k[(p.stage * p.rows + i) * p.dim + j] = v[i * p.out_stride + j];
+    k[(p.stage * p.rows + i) * sdim() + j] = deriv(i, j);
     var acc = 0.0;
     for (var q = 0u; q < p.n_terms; q++) {
         acc += coef_at(q) * k_at(q, i, j);
@@ -100,7 +122,7 @@ fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     for (var j = 0u; j < p.dim; j++) {
-        input[i * p.in_stride + j] = state[i * p.dim + j];
+        input[i * p.in_stride + j] = state[i * sdim() + j];
     }
     write_time(i, p.t);
     init_clock(i);
@@ -114,8 +136,11 @@ fn base_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     for (var j = 0u; j < p.dim; j++) {
         let x = normal_at(p.seed, STREAM_BASE, p.row_offset + i, 0u, j);
-        state[i * p.dim + j] = x;
+        state[i * sdim() + j] = x;
         input[i * p.in_stride + j] = x;
+    }
+    if (p.aug != 0u) {
+        state[i * sdim() + p.dim] = 0.0;
     }
     write_time(i, p.t);
     init_clock(i);
@@ -127,8 +152,8 @@ fn rk_stage(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (i >= p.rows) {
         return;
     }
-    for (var j = 0u; j < p.dim; j++) {
-        input[i * p.in_stride + j] = state[i * p.dim + j] + p.h * store_and_combine(i, j);
+    for (var j = 0u; j < sdim(); j++) {
+        set_input(i, j, state[i * sdim() + j] + p.h * store_and_combine(i, j));
     }
     write_time(i, p.t);
 }
@@ -139,10 +164,10 @@ fn rk_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (i >= p.rows) {
         return;
     }
-    for (var j = 0u; j < p.dim; j++) {
-        let x = state[i * p.dim + j] + p.h * store_and_combine(i, j);
-        state[i * p.dim + j] = x;
-        input[i * p.in_stride + j] = x;
+    for (var j = 0u; j < sdim(); j++) {
+        let x = state[i * sdim() + j] + p.h * store_and_combine(i, j);
+        state[i * sdim() + j] = x;
+        set_input(i, j, x);
     }
     write_time(i, p.t);
 }
@@ -155,8 +180,8 @@ fn adaptive_stage(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let t = clock[i * CLOCK];
     let h = clock[i * CLOCK + 1u];
-    for (var j = 0u; j < p.dim; j++) {
-        input[i * p.in_stride + j] = state[i * p.dim + j] + h * store_and_combine(i, j);
+    for (var j = 0u; j < sdim(); j++) {
+        set_input(i, j, state[i * sdim() + j] + h * store_and_combine(i, j));
     }
     write_time(i, t + p.c_next * h);
 }
@@ -174,10 +199,11 @@ fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     // Store the last stage (FSAL: it is v at the proposed point), then the 5th-order
     // solution (coef = b, b_last = 0) and the embedded error (err_coef = b − b̂).
     var err_sq = 0.0;
-    for (var j = 0u; j < p.dim; j++) {
-        k[(p.stage * p.rows + i) * p.dim + j] = v[i * p.out_stride + j];
+    let sd = sdim();
+    for (var j = 0u; j < sd; j++) {
+        k[(p.stage * p.rows + i) * sd + j] = deriv(i, j);
     }
-    for (var j = 0u; j < p.dim; j++) {
+    for (var j = 0u; j < sd; j++) {
         var acc = 0.0;
         var err = 0.0;
         for (var q = 0u; q < p.n_terms; q++) {
@@ -185,13 +211,13 @@ fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
             acc += coef_at(q) * kq;
             err += err_coef_at(q) * kq;
         }
-        let x = state[i * p.dim + j];
+        let x = state[i * sd + j];
         let x_new = x + h * acc;
         let scale = p.atol + p.rtol * max(abs(x), abs(x_new));
         let e = h * err / scale;
         err_sq += e * e;
     }
-    let err_norm = sqrt(err_sq / f32(p.dim));
+    let err_norm = sqrt(err_sq / f32(sd));
     var t_new = t;
     var h_new = h;
     var st = status;
@@ -202,14 +228,14 @@ fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         // Hairer's controller: fac = safety·err^(−1/5), clamped; no growth after a rejection.
         let fac = p.safety * pow(max(err_norm, 1e-10), -0.2);
         if (err_norm <= 1.0) {
-            for (var j = 0u; j < p.dim; j++) {
+            for (var j = 0u; j < sd; j++) {
                 var acc = 0.0;
                 for (var q = 0u; q < p.n_terms; q++) {
                     acc += coef_at(q) * k_at(q, i, j);
                 }
-                state[i * p.dim + j] += h * acc;
+                state[i * sd + j] += h * acc;
                 // FSAL: the last stage is the first stage of the next step.
-                k[i * p.dim + j] = k_at(p.stage, i, j);
+                k[i * sd + j] = k_at(p.stage, i, j);
             }
             t_new = t + h;
             clock[c0 + 2u] += 1.0;
@@ -238,7 +264,7 @@ fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     clock[c0 + 1u] = h_new;
     clock[c0 + 4u] = st;
     for (var j = 0u; j < p.dim; j++) {
-        input[i * p.in_stride + j] = state[i * p.dim + j] + h_new * p.a_first * k_at(0u, i, j);
+        input[i * p.in_stride + j] = state[i * sd + j] + h_new * p.a_first * k_at(0u, i, j);
     }
     write_time(i, t_new + p.c_first * h_new);
 }
@@ -250,5 +276,6 @@ fn snapshot(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (e >= n) {
         return;
     }
-    traj[p.snap_slot * p.snap_rows * p.dim + e] = state[e];
+    let row = e / p.dim;
+    traj[p.snap_slot * p.snap_rows * p.dim + e] = state[row * sdim() + e % p.dim];
 }

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use flowgpu::data::Dataset;
 use flowgpu::error::{Error, Result};
 use flowgpu::model::{Activation, MlpConfig, Model};
-use flowgpu::solve::{Method, SolveConfig, SolveStats, TimeGrid, Tolerances};
+use flowgpu::solve::{Method, SolveConfig, SolveStats, TimeGrid, Tolerances, Trace};
 use flowgpu::{plot, AdapterChoice, BackendChoice, GaussianPath, GpuContext};
 use flowgpu::{Sampler, TrainConfig};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,10 @@ enum Command {
     Encode(MapArgs),
     /// Map latents to data: integrate the ODE from t = 0 to t = 1.
     Decode(MapArgs),
+    /// Log-likelihood of points: the instantaneous change of variables, t = 1 → 0.
+    Logprob(LogprobArgs),
+    /// Heat map of the model density on a 2-D grid, beside the training data.
+    Density(DensityArgs),
     /// List every adapter wgpu can see.
     Adapters(AdaptersArgs),
 }
@@ -77,8 +81,8 @@ struct TrainArgs {
     /// Hidden layers.
     #[arg(long, default_value_t = 3)]
     depth: usize,
-    /// silu, tanh, softplus, selu, relu.
-    #[arg(long, default_value = "selu")]
+    /// silu, tanh, softplus, selu, relu (SiLU: a smooth field, cheap for adaptive solvers).
+    #[arg(long, default_value = "silu")]
     activation: String,
     /// Fourier frequencies of t added to the input (0: t only).
     #[arg(long, default_value_t = 0)]
@@ -119,6 +123,9 @@ struct TrainArgs {
     /// Samples drawn for samples.png.
     #[arg(long, default_value_t = 4000)]
     plot_samples: usize,
+    /// Held-out points (fresh draws of the toy) for the final NLL; 0 skips it.
+    #[arg(long, default_value_t = 2000)]
+    eval_n: usize,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -215,6 +222,96 @@ struct MapArgs {
     gpu: GpuArgs,
 }
 
+#[derive(Args, Clone)]
+struct TraceArgs {
+    /// Divergence: exact (dim tangents per evaluation) or hutchinson (--probes tangents).
+    #[arg(long, default_value = "exact")]
+    trace: String,
+    /// Hutchinson probes per point (fixed over the solve).
+    #[arg(long, default_value_t = 1)]
+    probes: usize,
+    /// Hutchinson probe distribution: rademacher or gaussian.
+    #[arg(long, default_value = "rademacher")]
+    probe: String,
+    /// Seed of the Hutchinson probes.
+    #[arg(long, default_value_t = 0)]
+    probe_seed: u64,
+}
+
+impl TraceArgs {
+    fn trace(&self) -> Result<Trace> {
+        let rademacher = match self.probe.as_str() {
+            "rademacher" => true,
+            "gaussian" => false,
+            p => {
+                return Err(Error::invalid(format!(
+                    "unknown probe '{p}'; valid probes: rademacher, gaussian"
+                )))
+            }
+        };
+        match self.trace.as_str() {
+            "exact" => Ok(Trace::Exact),
+            "hutchinson" => {
+                if self.probes == 0 {
+                    return Err(Error::invalid("--probes must be positive"));
+                }
+                Ok(Trace::Hutchinson {
+                    probes: self.probes,
+                    rademacher,
+                    seed: self.probe_seed,
+                })
+            }
+            t => Err(Error::invalid(format!(
+                "unknown trace '{t}'; valid traces: exact, hutchinson"
+            ))),
+        }
+    }
+}
+
+#[derive(Args)]
+struct LogprobArgs {
+    /// Run folder with model.safetensors and config.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// Points: .npy (f32/f64, [N, dim]) or .csv.
+    #[arg(long)]
+    input: PathBuf,
+    /// log p(x) per point, nats: .npy or .csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the latents z (model units): .npy or .csv.
+    #[arg(long)]
+    latent: Option<PathBuf>,
+    #[command(flatten)]
+    trace: TraceArgs,
+    #[command(flatten)]
+    solver: SolverArgs,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
+#[derive(Args)]
+struct DensityArgs {
+    /// Run folder with model.safetensors and config.json (a 2-D model).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output PNG: model density (left) beside a histogram of the data (right).
+    #[arg(long)]
+    plot: PathBuf,
+    /// Grid points per axis.
+    #[arg(long, default_value_t = 200)]
+    grid: usize,
+    /// Plot range "lo,hi" on both axes.
+    #[arg(long, default_value = "-5,5", allow_hyphen_values = true)]
+    range: String,
+    #[command(flatten)]
+    trace: TraceArgs,
+    #[command(flatten)]
+    solver: SolverArgs,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
 #[derive(Args)]
 struct AdaptersArgs {
     #[command(flatten)]
@@ -234,6 +331,8 @@ pub fn run() -> Result<()> {
         Command::Sample(a) => sample(a),
         Command::Encode(a) => map(a, true),
         Command::Decode(a) => map(a, false),
+        Command::Logprob(a) => logprob(a),
+        Command::Density(a) => density(a),
         Command::Adapters(a) => adapters(a),
     }
 }
@@ -408,8 +507,25 @@ fn train(a: TrainArgs) -> Result<()> {
     .map_err(|e| Error::io(&png, e))?;
     let final_loss = mean_tail(&curve, 100);
     let steps_per_s = cfg.steps as f64 / wall;
+    // Held-out NLL: exact trace, RK4 with 50 steps (a fixed, predictable cost).
+    let held_out_nll = if a.eval_n > 0 {
+        let held = Dataset::toy(&a.data, a.eval_n, a.seed.wrapping_add(0x5eed))?;
+        let solve = SolveConfig {
+            method: Method::Rk4,
+            steps: 50,
+            ..SolveConfig::default()
+        };
+        let (logp, _, _) =
+            Sampler::new(&ctx, &model)?.log_prob(&held.points, Trace::Exact, &solve)?;
+        Some(-logp.iter().sum::<f64>() / logp.len() as f64)
+    } else {
+        None
+    };
+    let nll_text = held_out_nll
+        .map(|v| format!(", held-out NLL {v:.4} nats ({} points)", a.eval_n))
+        .unwrap_or_default();
     eprintln!(
-        "done: {} steps in {wall:.1} s ({steps_per_s:.0} steps/s), final loss {final_loss:.4} (mean of last 100 steps); wrote {}/{{model.safetensors, config.json, loss.csv, loss.png, samples.png}}",
+        "done: {} steps in {wall:.1} s ({steps_per_s:.0} steps/s), final loss {final_loss:.4} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, loss.csv, loss.png, samples.png}}",
         cfg.steps,
         out.display()
     );
@@ -422,6 +538,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 "steps": cfg.steps,
                 "batch": cfg.batch,
                 "final_loss": final_loss,
+                "held_out_nll": held_out_nll,
                 "wall_s": wall,
                 "steps_per_s": steps_per_s,
                 "adapter": ctx.adapter_name(),
@@ -712,6 +829,140 @@ fn map(a: MapArgs, encode: bool) -> Result<()> {
         j["n"] = n.into();
         j["wall_s"] = wall.into();
         j["sample_steps_per_s"] = (n as f64 * steps_per_sample(&cfg, &stats) / wall).into();
+        j["adapter"] = ctx.adapter_name().into();
+        j["backend"] = ctx.backend_name().into();
+        println!("{j}");
+    }
+    Ok(())
+}
+
+fn logprob(a: LogprobArgs) -> Result<()> {
+    check_output_path(&a.out)?;
+    if let Some(l) = &a.latent {
+        check_output_path(l)?;
+    }
+    let cfg = a.solver.config()?;
+    let trace = a.trace.trace()?;
+    let model = Model::load(&a.model)?;
+    let d = model.config.mlp.dim;
+    let x = read_rows(&a.input, d)?;
+    let ctx = a.gpu.context()?;
+    let sampler = Sampler::new(&ctx, &model)?;
+    let t0 = Instant::now();
+    let (logp, z, stats) = sampler.log_prob(&x, trace, &cfg)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let n = logp.len();
+    let lp32: Vec<f32> = logp.iter().map(|&v| v as f32).collect();
+    write_rows(&a.out, n, 1, &mut |sink| {
+        sink(&lp32)?;
+        Ok(stats.clone())
+    })?;
+    if let Some(l) = &a.latent {
+        write_rows(l, n, d, &mut |sink| {
+            sink(&z)?;
+            Ok(stats.clone())
+        })?;
+    }
+    let nll = -logp.iter().sum::<f64>() / n as f64;
+    let bpd = nll / (d as f64 * std::f64::consts::LN_2);
+    eprintln!(
+        "{n} points: mean NLL {nll:.4} nats ({bpd:.4} bits/dim), {} trace, {} (nfe {}) in {wall:.2} s → {}",
+        a.trace.trace,
+        cfg.method.name(),
+        stats.nfe,
+        a.out.display()
+    );
+    if a.gpu.json {
+        let mut j = solve_json(&cfg, &stats);
+        j["command"] = "logprob".into();
+        j["n"] = n.into();
+        j["nll_nats"] = nll.into();
+        j["bits_per_dim"] = bpd.into();
+        j["trace"] = a.trace.trace.clone().into();
+        if let Trace::Hutchinson { probes, .. } = trace {
+            j["probes"] = probes.into();
+            j["probe"] = a.trace.probe.clone().into();
+        }
+        j["wall_s"] = wall.into();
+        j["adapter"] = ctx.adapter_name().into();
+        j["backend"] = ctx.backend_name().into();
+        println!("{j}");
+    }
+    Ok(())
+}
+
+fn density(a: DensityArgs) -> Result<()> {
+    let cfg = a.solver.config()?;
+    let trace = a.trace.trace()?;
+    let range: Vec<f64> = a
+        .range
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    if range.len() != 2 || range[0] >= range[1] || range.iter().any(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "--range must be 'lo,hi' with lo < hi, got '{}'",
+            a.range
+        )));
+    }
+    if a.grid < 2 || a.grid > 2000 {
+        return Err(Error::invalid("--grid must be between 2 and 2000"));
+    }
+    let model = Model::load(&a.model)?;
+    if model.config.mlp.dim != 2 {
+        return Err(Error::invalid(format!(
+            "density plots need a 2-D model; this one has dimension {}",
+            model.config.mlp.dim
+        )));
+    }
+    let ctx = a.gpu.context()?;
+    let sampler = Sampler::new(&ctx, &model)?;
+    let (g, lo, hi) = (a.grid, range[0], range[1]);
+    let cell = (hi - lo) / g as f64;
+    // Row 0 of the image is the top (largest y).
+    let mut pts = Vec::with_capacity(g * g * 2);
+    for iy in 0..g {
+        for ix in 0..g {
+            pts.push((lo + (ix as f64 + 0.5) * cell) as f32);
+            pts.push((hi - (iy as f64 + 0.5) * cell) as f32);
+        }
+    }
+    let t0 = Instant::now();
+    let (logp, _, stats) = sampler.log_prob(&pts, trace, &cfg)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let dens: Vec<f32> = logp.iter().map(|&v| v.exp() as f32).collect();
+    // Histogram of the training data on the same grid (toy data sets can be redrawn).
+    let mut hist = vec![0.0f32; g * g];
+    if let Ok(data) = Dataset::toy(&model.config.data, 200_000, 1) {
+        for p in data.points.chunks(2) {
+            let ix = ((p[0] as f64 - lo) / cell).floor();
+            let iy = ((hi - p[1] as f64) / cell).floor();
+            if ix >= 0.0 && iy >= 0.0 && (ix as usize) < g && (iy as usize) < g {
+                hist[iy as usize * g + ix as usize] += 1.0;
+            }
+        }
+        let scale = dens.iter().cloned().fold(0.0f32, f32::max)
+            / hist.iter().cloned().fold(1.0f32, f32::max);
+        hist.iter_mut().for_each(|h| *h *= scale);
+    }
+    // Side by side with a 4-cell gap.
+    let gap = 4;
+    let w = 2 * g + gap;
+    let mut img = vec![0.0f32; w * g];
+    for iy in 0..g {
+        img[iy * w..iy * w + g].copy_from_slice(&dens[iy * g..(iy + 1) * g]);
+        img[iy * w + g + gap..(iy + 1) * w].copy_from_slice(&hist[iy * g..(iy + 1) * g]);
+    }
+    let scale = (600 / g).max(1) as u32;
+    plot::heatmap_png(&a.plot, &img, w, g, scale).map_err(|e| Error::io(&a.plot, e))?;
+    let mass: f64 = dens.iter().map(|&v| v as f64).sum::<f64>() * cell * cell;
+    eprintln!("density on a {g}×{g} grid over [{lo}, {hi}]² in {wall:.1} s (nfe {}); mass in the window {mass:.4} → {}", stats.nfe, a.plot.display());
+    if a.gpu.json {
+        let mut j = solve_json(&cfg, &stats);
+        j["command"] = "density".into();
+        j["grid"] = g.into();
+        j["mass"] = mass.into();
+        j["wall_s"] = wall.into();
         j["adapter"] = ctx.adapter_name().into();
         j["backend"] = ctx.backend_name().into();
         println!("{j}");

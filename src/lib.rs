@@ -26,5 +26,5 @@ pub use error::{Error, Result};
 pub use gpu::{AdapterChoice, BackendChoice, GpuContext};
 pub use model::{Activation, MlpConfig, Model, ModelConfig, Weights};
 pub use path::GaussianPath;
-pub use solve::{Method, Sampler, SolveConfig, SolveStats, TimeGrid, Tolerances};
+pub use solve::{Method, Sampler, SolveConfig, SolveStats, TimeGrid, Tolerances, Trace};
 pub use train::{TrainConfig, Trainer};

@@ -34,7 +34,18 @@ impl GpuMlp {
     }
 }
 
-/// Buffers of a pass; `z` and `dz` only when training.
+/// What a pass can do besides the forward pass.
+#[derive(Clone, Copy, Default)]
+pub struct PassOptions<'a> {
+    /// The flat gradient buffer (same layout as the parameters): enables backward.
+    pub grads: Option<&'a wgpu::Buffer>,
+    /// Backward also computes dL/d input.
+    pub input_grad: bool,
+    /// Forward-mode tangent directions per row (JVPs), 0 for none.
+    pub tangents: usize,
+}
+
+/// Buffers of a pass; `z` only when training or with tangents, `dz` only when training.
 pub struct MlpPass {
     pub capacity: usize,
     pub rows: usize,
@@ -49,6 +60,14 @@ pub struct MlpPass {
     pub dz: Vec<wgpu::Buffer>,
     /// dL/d input [capacity, in_pad], when asked for (adjoints, tests).
     pub input_grad: Option<wgpu::Buffer>,
+    /// Tangent directions per row.
+    pub tangents: usize,
+    /// Tangent input rows [tangents·capacity, in_pad], direction-major.
+    pub tangent_input: Option<wgpu::Buffer>,
+    /// Tangent outputs of each layer [tangents·capacity, out_pad]; the last one is J·u.
+    pub tangent_h: Vec<wgpu::Buffer>,
+    tan_groups: Vec<wgpu::BindGroup>,
+    tan_params: Vec<matmul::LinearParams>,
     partial: Option<wgpu::Buffer>,
     arena: UniformArena,
     forward: Arc<Kernel>,
@@ -65,18 +84,16 @@ pub struct MlpPass {
 }
 
 impl MlpPass {
-    /// A pass over `capacity` rows. `grads` (the flat gradient buffer, same layout as the
-    /// parameters) makes it a training pass that can run backward; `input_grad` also
-    /// makes backward compute dL/d input.
-    pub fn new(
-        ctx: &GpuContext,
-        mlp: &GpuMlp,
-        capacity: usize,
-        grads: Option<&wgpu::Buffer>,
-        input_grad: bool,
-    ) -> Result<Self> {
+    /// A pass over up to `capacity` rows.
+    pub fn new(ctx: &GpuContext, mlp: &GpuMlp, capacity: usize, opts: PassOptions) -> Result<Self> {
+        let PassOptions {
+            grads,
+            input_grad,
+            tangents,
+        } = opts;
         let capacity = capacity.max(1);
         let train = grads.is_some();
+        let store_z = train || tangents > 0;
         let tiles = Tiles::for_class(ctx.class);
         let layers = &mlp.layout.layers;
         let n_layers = layers.len();
@@ -84,21 +101,46 @@ impl MlpPass {
         let mut h = Vec::new();
         let mut z = Vec::new();
         let mut dz = Vec::new();
+        let mut tangent_h = Vec::new();
         for l in layers {
             h.push(ctx.storage("mlp h", capacity * l.out_pad)?);
-            if train {
+            if store_z {
                 z.push(ctx.storage("mlp z", capacity * l.out_pad)?);
+            }
+            if train {
                 dz.push(ctx.storage("mlp dz", capacity * l.out_pad)?);
             }
+            if tangents > 0 {
+                tangent_h.push(ctx.storage("mlp tangent h", tangents * capacity * l.out_pad)?);
+            }
         }
-        let dummy = ctx.storage("unused", 4)?;
+        // Placeholders for bindings a dispatch does not use: one per access mode, since a
+        // buffer may not be both read-only and read-write in one dispatch.
+        let dummy = ctx.storage("unused (read-write)", 4)?;
+        let dummy_ro = ctx.storage("unused (read-only)", 4)?;
         let forward = matmul::linear_forward(ctx)?;
-        let arena = UniformArena::new(ctx, "mlp params", 2 * n_layers);
+        let arena = UniformArena::new(ctx, "mlp params", 3 * n_layers);
         let mut fwd_groups = Vec::new();
         for (i, _) in layers.iter().enumerate() {
             let x = if i == 0 { &input } else { &h[i - 1] };
-            let zb = if train { &z[i] } else { &dummy };
-            fwd_groups.push(forward.bind(ctx, &arena, &[x, &mlp.params, zb, &h[i]]));
+            let zb = if store_z { &z[i] } else { &dummy };
+            fwd_groups.push(forward.bind(ctx, &arena, &[x, &mlp.params, zb, &h[i], &dummy_ro]));
+        }
+        let tangent_input = if tangents > 0 {
+            Some(ctx.storage("mlp tangent input", tangents * capacity * layers[0].in_pad)?)
+        } else {
+            None
+        };
+        let mut tan_groups = Vec::new();
+        if let Some(ti) = &tangent_input {
+            for i in 0..n_layers {
+                let x = if i == 0 { ti } else { &tangent_h[i - 1] };
+                tan_groups.push(forward.bind(
+                    ctx,
+                    &arena,
+                    &[x, &mlp.params, &dummy, &tangent_h[i], &z[i]],
+                ));
+            }
         }
         let mut pass = MlpPass {
             capacity,
@@ -109,6 +151,11 @@ impl MlpPass {
             z,
             dz,
             input_grad: None,
+            tangents,
+            tangent_input,
+            tangent_h,
+            tan_groups,
+            tan_params: Vec::new(),
             partial: None,
             arena,
             forward,
@@ -154,8 +201,11 @@ impl MlpPass {
             if input_grad {
                 let ig = ctx.storage("mlp input grad", capacity * layers[0].in_pad)?;
                 // Layer 0 has no activation below it: the identity epilogue leaves dX.
-                pass.bin_groups[0] =
-                    Some(bi.bind(ctx, &pass.arena, &[&pass.dz[0], &mlp.params, &dummy, &ig]));
+                pass.bin_groups[0] = Some(bi.bind(
+                    ctx,
+                    &pass.arena,
+                    &[&pass.dz[0], &mlp.params, &dummy_ro, &ig],
+                ));
                 pass.input_grad = Some(ig);
             }
             pass.partial = Some(partial);
@@ -178,6 +228,7 @@ impl MlpPass {
         let n = layers.len();
         self.fwd_params.clear();
         self.bwd_params.clear();
+        self.tan_params.clear();
         let chunk = mlp_backward::chunk_rows(rows, &self.tiles);
         for (i, l) in layers.iter().enumerate() {
             let fp = matmul::LinearParams {
@@ -188,10 +239,23 @@ impl MlpPass {
                 w_off4: (l.w_off / 4) as u32,
                 b_off: l.b_off as u32,
                 activation: l.activation.gpu_code(),
-                store_pre: self.train as u32,
+                store_pre: (self.train || self.tangents > 0) as u32,
+                tangent: 0,
+                primal_rows: rows as u32,
+                _pad: [0; 2],
             };
             self.arena.set(i, &fp);
             self.fwd_params.push(fp);
+            if self.tangents > 0 {
+                let tp = matmul::LinearParams {
+                    rows: (self.tangents * rows) as u32,
+                    tangent: 1,
+                    store_pre: 0,
+                    ..fp
+                };
+                self.arena.set(2 * n + i, &tp);
+                self.tan_params.push(tp);
+            }
             let below = if i > 0 {
                 layers[i - 1].activation.gpu_code()
             } else {
@@ -212,7 +276,7 @@ impl MlpPass {
             self.arena.set(n + i, &bp);
             self.bwd_params.push(bp);
         }
-        self.arena.upload(ctx, 0..2 * n);
+        self.arena.upload(ctx, 0..3 * n);
     }
 
     /// Output buffer v(x, t): [capacity, pad4(dim)].
@@ -231,6 +295,20 @@ impl MlpPass {
                 pass,
                 &self.fwd_groups[i],
                 i,
+                matmul::linear_forward_groups(p, &self.tiles),
+            );
+        }
+    }
+
+    /// Tangents J·u of every direction u in `tangent_input`, after `record_forward` (which
+    /// stores the primal pre-activations they need).
+    pub fn record_tangents(&self, pass: &mut wgpu::ComputePass<'_>) {
+        let n = self.fwd_params.len();
+        for (i, p) in self.tan_params.iter().enumerate() {
+            self.forward.dispatch(
+                pass,
+                &self.tan_groups[i],
+                2 * n + i,
                 matmul::linear_forward_groups(p, &self.tiles),
             );
         }

@@ -322,3 +322,54 @@ pub fn dopri5_solve(
     }
     Some(counts)
 }
+
+/// J·u, the derivative of v(x, t) along u (time not perturbed), by forward mode in f64.
+pub fn jvp(cfg: &MlpConfig, w: &Weights, x: &[f64], t: f64, u: &[f64]) -> Vec<f64> {
+    let input = input_row(cfg, x, t);
+    let acts = forward(cfg, w, &input);
+    let layer_acts: Vec<Activation> = cfg.layers().iter().map(|l| l.2).collect();
+    let mut tan: Vec<f64> = u
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(0.0, cfg.time_cols()))
+        .collect();
+    for (l, lin) in w.layers.iter().enumerate() {
+        let (fi, fo) = (lin.in_features, lin.out_features);
+        tan = (0..fo)
+            .map(|o| {
+                let zt: f64 = (0..fi).map(|k| tan[k] * lin.w[o * fi + k] as f64).sum();
+                zt * layer_acts[l].grad(acts.z[l][o])
+            })
+            .collect();
+    }
+    tan
+}
+
+/// Tr(∂v/∂x) at (x, t), exactly: Σ_j (J·e_j)_j.
+pub fn trace_exact(cfg: &MlpConfig, w: &Weights, x: &[f64], t: f64) -> f64 {
+    (0..cfg.dim)
+        .map(|j| {
+            let mut e = vec![0.0; cfg.dim];
+            e[j] = 1.0;
+            jvp(cfg, w, x, t, &e)[j]
+        })
+        .sum()
+}
+
+/// log p(x) of one row by RK4 on the augmented ODE [x, ℓ], dℓ/dt = Tr(∂v/∂x), from t = 1 to
+/// 0 with `steps` uniform steps: log p(x) = log N(z) + ℓ(0). Returns (log p, z).
+pub fn log_prob_rk4(cfg: &MlpConfig, w: &Weights, x: &[f64], steps: usize) -> (f64, Vec<f64>) {
+    let d = cfg.dim;
+    let field = |s: &[f64], t: f64| -> Vec<f64> {
+        let mut v = eval(cfg, w, &input_row(cfg, &s[..d], t));
+        v.push(trace_exact(cfg, w, &s[..d], t));
+        v
+    };
+    let mut s: Vec<f64> = x.iter().copied().chain([0.0]).collect();
+    let times = crate::solve::TimeGrid::Uniform.times(1.0, 0.0, steps);
+    rk_solve(&field, &mut s, d + 1, &times, &crate::solve::Tableau::rk4());
+    let z = s[..d].to_vec();
+    let logn = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()
+        - 0.5 * z.iter().map(|v| v * v).sum::<f64>();
+    (logn + s[d], z)
+}

@@ -9,9 +9,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{ode, Kernel, Tiles};
-use crate::mlp::{GpuMlp, MlpPass};
-use crate::model::Model;
+use crate::kernels::{ode, trace, Kernel, Tiles};
+use crate::mlp::{GpuMlp, MlpPass, PassOptions};
+use crate::model::{pad4, Model};
 use std::sync::Arc;
 
 /// An explicit Runge–Kutta method: c, the strictly lower-triangular a, weights b and, for
@@ -340,12 +340,65 @@ const STEPS_PER_SUBMIT: usize = 128;
 /// Adaptive attempts recorded between two status reads.
 const ATTEMPTS_PER_SUBMIT: usize = 8;
 
+/// How the divergence is estimated when solving the augmented ODE [x, ℓ].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Trace {
+    /// Exact: dim tangents per row (J·e_j), cost grows linearly with dim.
+    Exact,
+    /// Hutchinson with `probes` Gaussian or Rademacher probes per row, fixed over a solve.
+    Hutchinson {
+        probes: usize,
+        rademacher: bool,
+        seed: u64,
+    },
+}
+
+impl Trace {
+    fn tangents(self, dim: usize) -> usize {
+        match self {
+            Trace::Exact => dim,
+            Trace::Hutchinson { probes, .. } => probes,
+        }
+    }
+    fn probe_code(self) -> u32 {
+        match self {
+            Trace::Exact => 0,
+            Trace::Hutchinson {
+                rademacher: false, ..
+            } => 1,
+            Trace::Hutchinson {
+                rademacher: true, ..
+            } => 2,
+        }
+    }
+    fn seed(self) -> u64 {
+        match self {
+            Trace::Exact => 0,
+            Trace::Hutchinson { seed, .. } => seed,
+        }
+    }
+}
+
+/// Buffers and kernels of the divergence (augmented solves only).
+struct TraceState {
+    spec: Trace,
+    _probes: wgpu::Buffer,
+    init: Arc<Kernel>,
+    divergence: Arc<Kernel>,
+    g_init: wgpu::BindGroup,
+    g_div: wgpu::BindGroup,
+}
+
+/// Arena slots of the trace kernels (after the solver's own).
+const SLOT_PROBE: usize = 0;
+const SLOT_DIV: usize = 1;
+
 /// How a chunk's initial state is made.
 enum Init<'a> {
     /// x ~ N(0, I) from the counter RNG, rows [offset, offset + rows).
     Noise { seed: u64, offset: usize },
-    /// Given rows (model units).
-    Rows(&'a [f32]),
+    /// Given rows (model units; with ℓ for augmented solves), global rows from `offset`.
+    Rows { rows: &'a [f32], offset: usize },
 }
 
 /// GPU buffers to solve up to `capacity` rows at a time.
@@ -362,6 +415,11 @@ struct ChunkSolver {
     kernels: [Arc<Kernel>; 7],
     groups: [wgpu::BindGroup; 7],
     tiles: Tiles,
+    /// Separate slots for the trace kernels' parameters.
+    trace_arena: UniformArena,
+    trace: Option<TraceState>,
+    /// Divergence per row (written by trace.wgsl, read by the stages as dℓ/dt).
+    div: wgpu::Buffer,
 }
 
 // Indices into ChunkSolver::kernels.
@@ -404,11 +462,22 @@ impl ChunkSolver {
         capacity: usize,
         snap_rows: usize,
         snap_slots: usize,
+        trace_spec: Option<Trace>,
     ) -> Result<Self> {
         let d = mlp.cfg.dim;
-        let pass = MlpPass::new(ctx, mlp, capacity, None, false)?;
-        let state = ctx.storage("ode state", capacity * d)?;
-        let k = ctx.storage("ode stages", ode::MAX_STAGES * capacity * d)?;
+        let sd = d + trace_spec.is_some() as usize;
+        let tangents = trace_spec.map(|t| t.tangents(d)).unwrap_or(0);
+        let pass = MlpPass::new(
+            ctx,
+            mlp,
+            capacity,
+            PassOptions {
+                tangents,
+                ..Default::default()
+            },
+        )?;
+        let state = ctx.storage("ode state", capacity * sd)?;
+        let k = ctx.storage("ode stages", ode::MAX_STAGES * capacity * sd)?;
         let clock = ctx.storage("ode clocks", capacity * ode::CLOCK)?;
         let traj = ctx.storage("trajectories", (snap_rows * d * snap_slots).max(1))?;
         let slots = 2 + STEPS_PER_SUBMIT * (ode::MAX_STAGES + 1) + ATTEMPTS_PER_SUBMIT;
@@ -422,7 +491,32 @@ impl ChunkSolver {
             ode::adaptive_final(ctx)?,
             ode::snapshot(ctx)?,
         ];
-        let all = [&state, &pass.input, pass.output(), &k, &clock, &traj];
+        let trace_arena = UniformArena::new(ctx, "trace params", 2);
+        let div = ctx.storage("divergence", capacity)?;
+        let trace = match trace_spec {
+            Some(spec) => {
+                let probes = ctx.storage("probes", tangents * capacity * d)?;
+                let init = trace::probe_init(ctx)?;
+                let divergence = trace::divergence(ctx)?;
+                let ti = pass.tangent_input.as_ref().expect("tangent pass");
+                let g_init = init.bind(ctx, &trace_arena, &[ti, &probes]);
+                let g_div = divergence.bind(
+                    ctx,
+                    &trace_arena,
+                    &[&probes, pass.tangent_h.last().unwrap(), &div],
+                );
+                Some(TraceState {
+                    spec,
+                    _probes: probes,
+                    init,
+                    divergence,
+                    g_init,
+                    g_div,
+                })
+            }
+            None => None,
+        };
+        let all = [&state, &pass.input, pass.output(), &k, &clock, &traj, &div];
         let groups = [
             kernels[K_START].bind(ctx, &arena, &[&state, &pass.input, &clock]),
             kernels[K_NOISE].bind(ctx, &arena, &[&state, &pass.input, &clock]),
@@ -445,7 +539,59 @@ impl ChunkSolver {
             kernels,
             groups,
             tiles: Tiles::for_class(ctx.class),
+            trace_arena,
+            trace,
+            div,
         })
+    }
+
+    /// One evaluation of the field at the current input rows: the MLP, and for augmented
+    /// solves its tangents and the divergence.
+    fn record_eval(&self, cp: &mut wgpu::ComputePass<'_>) {
+        self.pass.record_forward(cp);
+        if let Some(t) = &self.trace {
+            self.pass.record_tangents(cp);
+            let groups = trace::per_row_groups(
+                &trace::TraceParams {
+                    rows: self.pass.rows as u32,
+                    ..Default::default()
+                },
+                &self.tiles,
+            );
+            t.divergence.dispatch(cp, &t.g_div, SLOT_DIV, groups);
+        }
+    }
+
+    /// Set the trace parameters of a chunk and record the probe initialization.
+    fn record_probe_init(
+        &mut self,
+        ctx: &GpuContext,
+        cp: &mut wgpu::ComputePass<'_>,
+        mlp: &GpuMlp,
+        rows: usize,
+        offset: usize,
+    ) {
+        let Some(t) = &self.trace else { return };
+        let d = mlp.cfg.dim;
+        let p = trace::TraceParams {
+            rows: rows as u32,
+            dim: d as u32,
+            in_stride: mlp.layout.layers[0].in_pad as u32,
+            out_stride: pad4(d) as u32,
+            n_tangents: t.spec.tangents(d) as u32,
+            probe: t.spec.probe_code(),
+            seed: t.spec.seed() as u32,
+            row_offset: offset as u32,
+        };
+        self.trace_arena.set(SLOT_PROBE, &p);
+        self.trace_arena.set(SLOT_DIV, &p);
+        self.trace_arena.upload(ctx, 0..2);
+        t.init.dispatch(
+            cp,
+            &t.g_init,
+            SLOT_PROBE,
+            trace::per_row_groups(&p, &self.tiles),
+        );
     }
 }
 
@@ -491,7 +637,7 @@ impl<'a> Sampler<'a> {
             return Err(Error::invalid("-n must be below 2^32"));
         }
         let capacity = self.capacity(cfg.chunk.min(n))?;
-        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0)?;
+        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, None)?;
         let mut stats = SolveStats::default();
         let mut start = 0;
         while start < n {
@@ -549,21 +695,112 @@ impl<'a> Sampler<'a> {
         t1: f64,
         cfg: &SolveConfig,
     ) -> Result<(Vec<f32>, SolveStats)> {
-        cfg.validate()?;
+        self.integrate_rows(x, t0, t1, cfg, None)
+    }
+
+    /// Log-density of rows x (data units) under the model: the augmented ODE [x, ℓ] with
+    /// dℓ/dt = Tr(∂v/∂x) from t = 1 to 0, ℓ(1) = 0, gives z = x(0) and
+    /// log p(x) = log N(z; 0, I) + ℓ(0) (− Σ log std for standardized data).
+    /// Returns (log p per row, z per row in model units, cost).
+    pub fn log_prob(
+        &self,
+        x: &[f32],
+        trace: Trace,
+        cfg: &SolveConfig,
+    ) -> Result<(Vec<f64>, Vec<f32>, SolveStats)> {
         let d = self.dim();
         if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(Error::invalid(format!(
                 "input must be a non-empty [n, {d}] array"
             )));
         }
+        if let Trace::Hutchinson { probes, .. } = trace {
+            if probes == 0 {
+                return Err(Error::invalid("--probes must be positive"));
+            }
+        }
+        let mut m = x.to_vec();
+        let mut log_jac = 0.0;
+        if let Some(s) = &self.model.config.standardization {
+            s.apply(&mut m);
+            log_jac = -s.std.iter().map(|v| v.ln()).sum::<f64>();
+        }
+        let aug: Vec<f32> = m
+            .chunks(d)
+            .flat_map(|r| r.iter().copied().chain([0.0]))
+            .collect();
+        let (out, stats) = self.integrate_rows(&aug, 1.0, 0.0, cfg, Some(trace))?;
+        let log_norm = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+        let mut logp = Vec::with_capacity(out.len() / (d + 1));
+        let mut z = Vec::with_capacity(m.len());
+        for r in out.chunks(d + 1) {
+            let sq: f64 = r[..d].iter().map(|&v| (v as f64).powi(2)).sum();
+            logp.push(log_norm - 0.5 * sq + r[d] as f64 + log_jac);
+            z.extend_from_slice(&r[..d]);
+        }
+        Ok((logp, z, stats))
+    }
+
+    /// Per-row divergence estimate Tr(∂v/∂x) at (x, t), x in model units (tests, tools).
+    pub fn divergence(&self, x: &[f32], t: f64, trace: Trace) -> Result<Vec<f32>> {
+        let d = self.dim();
         let n = x.len() / d;
+        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, n, 0, 0, Some(trace))?;
+        cs.pass.set_rows(self.ctx, &self.mlp, n);
+        let mcfg = &self.model.config.mlp;
+        let in_pad = self.mlp.layout.layers[0].in_pad;
+        let mut input = vec![0.0f32; n * in_pad];
+        for (i, r) in x.chunks(d).enumerate() {
+            let row = crate::reference::input_row(
+                mcfg,
+                &r.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                t,
+            );
+            for (c, v) in row.iter().enumerate() {
+                input[i * in_pad + c] = *v as f32;
+            }
+        }
+        self.ctx
+            .queue
+            .write_buffer(&cs.pass.input, 0, bytemuck::cast_slice(&input));
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            cs.record_probe_init(self.ctx, &mut cp, &self.mlp, n, 0);
+            cs.record_eval(&mut cp);
+        }
+        self.ctx.submit(enc)?;
+        self.ctx.read(&cs.div, 0, n)
+    }
+
+    /// Integrate rows of d (+1 with a trace) components from t0 to t1, in chunks.
+    fn integrate_rows(
+        &self,
+        x: &[f32],
+        t0: f64,
+        t1: f64,
+        cfg: &SolveConfig,
+        trace: Option<Trace>,
+    ) -> Result<(Vec<f32>, SolveStats)> {
+        cfg.validate()?;
+        let sd = self.dim() + trace.is_some() as usize;
+        if x.is_empty() || !x.len().is_multiple_of(sd) {
+            return Err(Error::invalid(format!(
+                "input must be a non-empty [n, {}] array",
+                self.dim()
+            )));
+        }
+        let n = x.len() / sd;
         let capacity = self.capacity(cfg.chunk.min(n))?;
-        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0)?;
+        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, trace)?;
         let mut out = Vec::with_capacity(x.len());
         let mut stats = SolveStats::default();
-        for rows in x.chunks(capacity * d) {
-            let (y, s) =
-                self.solve_chunk(&mut cs, rows.len() / d, Init::Rows(rows), t0, t1, cfg)?;
+        for (c, rows) in x.chunks(capacity * sd).enumerate() {
+            let init = Init::Rows {
+                rows,
+                offset: c * capacity,
+            };
+            let (y, s) = self.solve_chunk(&mut cs, rows.len() / sd, init, t0, t1, cfg)?;
             out.extend(y);
             stats.merge(&s);
         }
@@ -591,6 +828,7 @@ impl<'a> Sampler<'a> {
             particles.max(1),
             particles.max(1),
             slots,
+            None,
         )?;
         let (_, stats) = self.solve_chunk(
             &mut cs,
@@ -665,6 +903,7 @@ impl<'a> Sampler<'a> {
             out_stride: MlpPass::out_stride(mcfg) as u32,
             time_cols: mcfg.time_cols() as u32,
             snap_rows: cs.snap_rows as u32,
+            aug: cs.trace.is_some() as u32,
             t: t0 as f32,
             h: h0 as f32,
             t_end: t1 as f32,
@@ -677,7 +916,9 @@ impl<'a> Sampler<'a> {
             ..Default::default()
         };
         let groups = ode::per_row_groups(&base, &cs.tiles);
+        let sd = d + base.aug as usize;
         // Initial state and first MLP input.
+        let mut probe_offset = 0;
         let init_kernel = match init {
             Init::Noise { seed, offset } => {
                 cs.arena.set(
@@ -690,19 +931,29 @@ impl<'a> Sampler<'a> {
                 );
                 K_NOISE
             }
-            Init::Rows(x) => {
+            Init::Rows { rows: x, offset } => {
                 ctx.queue
                     .write_buffer(&cs.state, 0, bytemuck::cast_slice(x));
                 cs.arena.set(0, &base);
+                probe_offset = offset;
                 K_START
             }
         };
+        // Probes are drawn once per chunk and stay fixed over the whole solve.
+        if cs.trace.is_some() {
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut cp = enc.begin_compute_pass(&Default::default());
+                cs.record_probe_init(ctx, &mut cp, &self.mlp, rows, probe_offset);
+            }
+            ctx.submit(enc)?;
+        }
         let stats = if cfg.method.adaptive() {
             self.run_adaptive(cs, init_kernel, &tab, base, groups, cfg)?
         } else {
             self.run_fixed(cs, init_kernel, &tab, base, groups, t0, t1, cfg)?
         };
-        let x = ctx.read(&cs.state, 0, rows * d)?;
+        let x = ctx.read(&cs.state, 0, rows * sd)?;
         Ok((x, stats))
     }
 
@@ -739,7 +990,7 @@ impl<'a> Sampler<'a> {
                     let (ta, tb) = (times[n], times[n + 1]);
                     let h = tb - ta;
                     for s in 0..ns {
-                        cs.pass.record_forward(&mut cp);
+                        cs.record_eval(&mut cp);
                         let last = s + 1 == ns;
                         let (coef, t, kern) = if last {
                             (&tab.b[..], tb, K_FINAL)
@@ -827,15 +1078,15 @@ impl<'a> Sampler<'a> {
                 if first {
                     cs.kernels[init_kernel].dispatch(&mut cp, &cs.groups[init_kernel], 0, groups);
                     cs.snap(&mut cp, &base, 0, snap_base);
-                    cs.pass.record_forward(&mut cp);
+                    cs.record_eval(&mut cp);
                     cs.kernels[K_ASTAGE].dispatch(&mut cp, &cs.groups[K_ASTAGE], 1, groups);
                 }
                 for a in 0..ATTEMPTS_PER_SUBMIT {
                     for s in 1..ns - 1 {
-                        cs.pass.record_forward(&mut cp);
+                        cs.record_eval(&mut cp);
                         cs.kernels[K_ASTAGE].dispatch(&mut cp, &cs.groups[K_ASTAGE], 1 + s, groups);
                     }
-                    cs.pass.record_forward(&mut cp);
+                    cs.record_eval(&mut cp);
                     cs.kernels[K_AFINAL].dispatch(&mut cp, &cs.groups[K_AFINAL], ns, groups);
                     cs.snap(&mut cp, &base, attempts + a + 1, snap_base + 1 + a);
                 }

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
 use crate::kernels::{adam, cfm, Kernel, Tiles};
-use crate::mlp::{GpuMlp, MlpPass};
+use crate::mlp::{GpuMlp, MlpPass, PassOptions};
 use crate::model::{MlpConfig, Weights};
 use crate::path::GaussianPath;
 use std::sync::Arc;
@@ -162,7 +162,15 @@ impl Trainer {
         let mlp = GpuMlp::new(ctx, mlp_cfg, weights)?;
         let n = mlp.layout.total;
         let grads = ctx.storage("grads", n)?;
-        let pass = MlpPass::new(ctx, &mlp, cfg.batch, Some(&grads), false)?;
+        let pass = MlpPass::new(
+            ctx,
+            &mlp,
+            cfg.batch,
+            PassOptions {
+                grads: Some(&grads),
+                ..Default::default()
+            },
+        )?;
         let data_buf = ctx.storage_from("data pool", data)?;
         let out_stride = MlpPass::out_stride(mlp_cfg);
         let target = ctx.storage("cfm target", cfg.batch * out_stride)?;

@@ -7,7 +7,7 @@ mod common;
 use common::{assert_close, ctx};
 use flowgpu::gpu::UniformArena;
 use flowgpu::kernels::{adam, cfm, Tiles};
-use flowgpu::mlp::{GpuMlp, MlpPass};
+use flowgpu::mlp::{GpuMlp, MlpPass, PassOptions};
 use flowgpu::model::{pad4, Activation, MlpConfig, Weights};
 use flowgpu::{reference, GaussianPath};
 use rand::{Rng, SeedableRng};
@@ -65,7 +65,7 @@ fn linear_forward_matches_reference_for_every_activation() {
         let rows = 77;
         let (x, xg) = random_inputs(&cfg, rows, 10 + a as u64);
         let mlp = GpuMlp::new(ctx, &cfg, &w).unwrap();
-        let pass = MlpPass::new(ctx, &mlp, rows, None, false).unwrap();
+        let pass = MlpPass::new(ctx, &mlp, rows, Default::default()).unwrap();
         ctx.queue
             .write_buffer(&pass.input, 0, bytemuck::cast_slice(&xg));
         let mut enc = ctx.device.create_command_encoder(&Default::default());
@@ -98,7 +98,17 @@ fn gpu_backward(
     let ctx = ctx();
     let mlp = GpuMlp::new(ctx, cfg, w).unwrap();
     let grads = ctx.storage("grads", mlp.layout.total).unwrap();
-    let pass = MlpPass::new(ctx, &mlp, rows, Some(&grads), true).unwrap();
+    let pass = MlpPass::new(
+        ctx,
+        &mlp,
+        rows,
+        PassOptions {
+            grads: Some(&grads),
+            input_grad: true,
+            tangents: 0,
+        },
+    )
+    .unwrap();
     ctx.queue
         .write_buffer(&pass.input, 0, bytemuck::cast_slice(xg));
     let mut dvg = vec![0.0f32; rows * 4];

@@ -21,14 +21,18 @@ pub struct LinearParams {
     pub b_off: u32,
     pub activation: u32,
     pub store_pre: u32,
+    pub tangent: u32,
+    pub primal_rows: u32,
+    pub _pad: [u32; 2],
 }
 
-/// Bindings after the uniform: x, params, z, h.
+/// Bindings after the uniform: x, params, z, h, z_primal.
 const LINEAR_FORWARD: &[(u32, Access)] = &[
     (1, Access::Read),
     (2, Access::Read),
     (3, Access::ReadWrite),
     (4, Access::ReadWrite),
+    (5, Access::Read),
 ];
 
 pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {

@@ -10,6 +10,7 @@ pub mod cfm;
 pub mod matmul;
 pub mod mlp_backward;
 pub mod ode;
+pub mod trace;
 
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, GpuContext, UniformArena};
@@ -24,17 +25,19 @@ pub enum Shader {
     Cfm,
     Adam,
     Ode,
+    Trace,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Shader {
-    pub const ALL: [Shader; 5] = [
+    pub const ALL: [Shader; 6] = [
         Shader::Matmul,
         Shader::MlpBackward,
         Shader::Cfm,
         Shader::Adam,
         Shader::Ode,
+        Shader::Trace,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Shader {
             Shader::Cfm => "cfm.wgsl",
             Shader::Adam => "adam.wgsl",
             Shader::Ode => "ode.wgsl",
+            Shader::Trace => "trace.wgsl",
         }
     }
 
@@ -54,6 +58,7 @@ impl Shader {
             Shader::Cfm => include_str!("../../shaders/cfm.wgsl"),
             Shader::Adam => include_str!("../../shaders/adam.wgsl"),
             Shader::Ode => include_str!("../../shaders/ode.wgsl"),
+            Shader::Trace => include_str!("../../shaders/trace.wgsl"),
         }
     }
 

@@ -30,7 +30,7 @@ pub struct OdeParams {
     pub n_terms: u32,
     pub snap_rows: u32,
     pub snap_slot: u32,
-    pub _pad0: u32,
+    pub aug: u32,
     pub t: f32,
     pub h: f32,
     pub t_end: f32,
@@ -47,7 +47,7 @@ pub struct OdeParams {
     pub err_coef: [f32; 8],
 }
 
-/// Every ode kernel binds the same buffers: state, input, v, k, clock, traj.
+/// The stage kernels bind: state, input, v, k, clock, traj, div.
 const ALL: &[(u32, Access)] = &[
     (1, Access::ReadWrite),
     (2, Access::ReadWrite),
@@ -55,6 +55,7 @@ const ALL: &[(u32, Access)] = &[
     (4, Access::ReadWrite),
     (5, Access::ReadWrite),
     (6, Access::ReadWrite),
+    (7, Access::Read),
 ];
 const START: &[(u32, Access)] = &[
     (1, Access::ReadWrite),
