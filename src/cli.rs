@@ -4,11 +4,14 @@
 use clap::{Args, Parser, Subcommand};
 use flowgpu::data::Dataset;
 use flowgpu::error::{Error, Result};
-use flowgpu::model::{Activation, MlpConfig, Model};
+use flowgpu::model::{Activation, MlpConfig, Model, ModelConfig, Standardization, Weights};
 use flowgpu::solve::{Method, SolveConfig, SolveStats, TimeGrid, Tolerances, Trace};
+use flowgpu::train::{TrainState, Trainer};
 use flowgpu::{plot, AdapterChoice, BackendChoice, GaussianPath, GpuContext};
 use flowgpu::{Sampler, TrainConfig};
+use rand::SeedableRng;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -64,9 +67,25 @@ impl GpuArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Built-in data set: moons, 8gaussians, checkerboard, circles, rings, pinwheel, swissroll, 2spirals.
+    /// Built-in data set (moons, 8gaussians, checkerboard, circles, rings, pinwheel,
+    /// swissroll, 2spirals) or a data file: .csv (header optional) or .npy ([N, dim]).
     #[arg(long, default_value = "moons")]
     data: String,
+    /// Hold out this fraction of a data file's rows; train reports their NLL at the end.
+    #[arg(long, default_value_t = 0.0)]
+    val_frac: f64,
+    /// Standardize columns: auto (files yes, built-in toys no), on, off.
+    #[arg(long, default_value = "auto")]
+    standardize: String,
+    /// Drop rows with NaN or infinite values instead of refusing the file.
+    #[arg(long)]
+    drop_nonfinite: bool,
+    /// Write a checkpoint every N steps (and always at the end and on Ctrl-C); 0: end only.
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_every: u64,
+    /// Continue the interrupted run in DIR (its stored plan; other training flags are ignored).
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Points drawn from the built-in data set (the training pool).
     #[arg(long, default_value_t = 100_000)]
     n_data: usize,
@@ -406,68 +425,286 @@ fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
     pb
 }
 
-fn train(a: TrainArgs) -> Result<()> {
-    let activation = Activation::from_name(&a.activation)?;
-    let path = GaussianPath::from_name(&a.path, a.sigma_min)?;
-    let cosine = match a.schedule.as_str() {
-        "cosine" => true,
-        "constant" => false,
-        s => {
-            return Err(Error::invalid(format!(
-                "unknown schedule '{s}'; valid schedules: cosine, constant"
-            )))
-        }
-    };
-    if a.n_data == 0 {
+/// What `train --resume` needs besides the optimizer settings (config.json "run").
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct RunPlan {
+    data: String,
+    n_data: usize,
+    val_frac: f64,
+    standardize: bool,
+    drop_nonfinite: bool,
+    checkpoint_every: u64,
+    plot_samples: usize,
+    eval_n: usize,
+}
+
+/// The data of a run, as its plan says: (training split in model units, held-out split in
+/// data units, standardization).
+fn run_data(
+    plan: &RunPlan,
+    seed: u64,
+) -> Result<(Dataset, Option<Dataset>, Option<Standardization>)> {
+    if plan.n_data == 0 {
         return Err(Error::invalid("--n-data must be positive"));
     }
-    let data = Dataset::toy(&a.data, a.n_data, a.seed)?;
-    let mlp = MlpConfig {
-        dim: data.dim,
-        width: a.width,
-        depth: a.depth,
-        activation,
-        time_features: a.time_features,
+    let all = Dataset::load(&plan.data, plan.n_data, seed, plan.drop_nonfinite)?;
+    let is_toy = flowgpu::data::toys::Toy::from_name(&plan.data).is_some();
+    let (mut train, mut held) = all.split(plan.val_frac, seed)?;
+    if held.is_none() && is_toy && plan.eval_n > 0 {
+        held = Some(Dataset::toy(
+            &plan.data,
+            plan.eval_n,
+            seed.wrapping_add(0x5eed),
+        )?);
+    }
+    let std = if plan.standardize {
+        let s = train.standardization();
+        s.apply(&mut train.points);
+        Some(s)
+    } else {
+        None
     };
-    mlp.validate()?;
-    let cfg = TrainConfig {
-        steps: a.steps,
-        batch: a.batch,
-        lr: a.lr,
-        weight_decay: a.weight_decay,
-        warmup: a.warmup,
-        cosine,
-        clip_norm: a.clip_norm,
-        ema: a.ema,
-        seed: a.seed,
-        steps_per_submit: a.steps_per_submit,
-        log_every: a.log_every,
-        ..TrainConfig::default()
+    Ok((train, held, std))
+}
+
+/// Files of a run folder.
+fn write_checkpoint(
+    out: &Path,
+    trainer: &Trainer,
+    ctx: &GpuContext,
+    config: &ModelConfig,
+    curve: &[f32],
+) -> Result<()> {
+    trainer
+        .state(ctx)?
+        .save(&out.join("checkpoint.safetensors"))?;
+    let model = Model {
+        config: config.clone(),
+        weights: trainer.weights(ctx, true)?,
     };
-    cfg.validate()?;
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", data.name, timestamp())));
+    model.save(out)?;
+    let tc: TrainConfig = serde_json::from_value(config.train.clone()).unwrap_or_default();
+    write_loss_csv(&out.join("loss.csv"), curve, &tc)
+}
+
+fn read_loss_csv(path: &Path, steps: u64) -> Result<Vec<f32>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: Vec<f32> = text
+        .lines()
+        .skip(1)
+        .take(steps as usize)
+        .map(|l| {
+            l.split(',')
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(f32::NAN)
+        })
+        .collect();
+    if v.len() as u64 != steps {
+        return Err(Error::format(
+            path,
+            format!(
+                "holds {} losses, the checkpoint is at step {steps}",
+                v.len()
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let resuming = a.resume.is_some();
+    // The run's configuration: from the flags, or from the folder being resumed.
+    let (config, plan, out) = if let Some(dir) = &a.resume {
+        let cj = dir.join("config.json");
+        let text = std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?;
+        let config: ModelConfig = serde_json::from_slice(&text)
+            .map_err(|e| Error::format(&cj, format!("invalid config: {e}")))?;
+        let plan: RunPlan = serde_json::from_value(config.run.clone()).map_err(|_| {
+            Error::format(
+                &cj,
+                "has no run plan to resume (written by an older flowgpu?)",
+            )
+        })?;
+        (config, plan, dir.clone())
+    } else {
+        let activation = Activation::from_name(&a.activation)?;
+        let path = GaussianPath::from_name(&a.path, a.sigma_min)?;
+        let cosine = match a.schedule.as_str() {
+            "cosine" => true,
+            "constant" => false,
+            s => {
+                return Err(Error::invalid(format!(
+                    "unknown schedule '{s}'; valid schedules: cosine, constant"
+                )))
+            }
+        };
+        let is_toy = flowgpu::data::toys::Toy::from_name(&a.data).is_some();
+        let standardize = match a.standardize.as_str() {
+            "auto" => !is_toy,
+            "on" => true,
+            "off" => false,
+            s => {
+                return Err(Error::invalid(format!(
+                    "unknown --standardize '{s}'; valid: auto, on, off"
+                )))
+            }
+        };
+        let plan = RunPlan {
+            data: a.data.clone(),
+            n_data: a.n_data,
+            val_frac: a.val_frac,
+            standardize,
+            drop_nonfinite: a.drop_nonfinite,
+            checkpoint_every: a.checkpoint_every,
+            plot_samples: a.plot_samples,
+            eval_n: a.eval_n,
+        };
+        let tc = TrainConfig {
+            steps: a.steps,
+            batch: a.batch,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            warmup: a.warmup,
+            cosine,
+            clip_norm: a.clip_norm,
+            ema: a.ema,
+            seed: a.seed,
+            steps_per_submit: a.steps_per_submit,
+            log_every: a.log_every,
+            ..TrainConfig::default()
+        };
+        tc.validate()?;
+        let config = ModelConfig {
+            format_version: flowgpu::model::FORMAT_VERSION,
+            mlp: MlpConfig {
+                dim: 0,
+                width: a.width,
+                depth: a.depth,
+                activation,
+                time_features: a.time_features,
+            },
+            path,
+            data: a.data.clone(),
+            standardization: None,
+            seed: a.seed,
+            train: serde_json::to_value(&tc).unwrap_or_default(),
+            run: serde_json::to_value(&plan).unwrap_or_default(),
+        };
+        let name = Path::new(&a.data)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("data")
+            .to_string();
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", timestamp())));
+        (config, plan, out)
+    };
+    let mut config = config;
+    let tc: TrainConfig = serde_json::from_value(config.train.clone())
+        .map_err(|e| Error::invalid(format!("invalid training settings: {e}")))?;
+    tc.validate()?;
+    let (train_set, held, std) = run_data(&plan, config.seed)?;
+    if train_set.len() < tc.batch {
+        return Err(Error::invalid(format!(
+            "the training data has {} rows, fewer than --batch {}; use a smaller batch",
+            train_set.len(),
+            tc.batch
+        )));
+    }
+    if resuming {
+        if config.mlp.dim != train_set.dim {
+            return Err(Error::invalid(format!(
+                "the data now has dimension {}, the run's model {}",
+                train_set.dim, config.mlp.dim
+            )));
+        }
+    } else {
+        config.mlp.dim = train_set.dim;
+        config.standardization = std;
+    }
+    config.mlp.validate()?;
     let ctx = a.gpu.context()?;
+    let weights = if resuming {
+        Model::load(&out)?.weights
+    } else {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(tc.seed);
+        Weights::init(&config.mlp, &mut rng)
+    };
+    let mut trainer = Trainer::new(
+        &ctx,
+        &config.mlp,
+        config.path,
+        &weights,
+        &train_set.points,
+        &tc,
+    )?;
+    let mut curve = Vec::with_capacity(tc.steps as usize);
+    if resuming {
+        let st = TrainState::load(&out.join("checkpoint.safetensors"))?;
+        curve = read_loss_csv(&out.join("loss.csv"), st.step)?;
+        trainer.restore(&ctx, &st)?;
+        eprintln!(
+            "resuming {} at step {} of {}",
+            out.display(),
+            st.step,
+            tc.steps
+        );
+    } else {
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        write_checkpoint(&out, &trainer, &ctx, &config, &curve)?;
+    }
     eprintln!(
         "training on {} ({}) → {}",
         ctx.adapter_name(),
         ctx.backend_name(),
         out.display()
     );
-    let pb = progress_bar(cfg.steps, false);
+    // Ctrl-C: finish the steps already submitted, write a checkpoint, exit.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let pb = progress_bar(tc.steps, false);
+    pb.set_position(trainer.step);
     let t0 = Instant::now();
-    let (model, curve) = flowgpu::train::fit(&ctx, &data, &mlp, path, &cfg, |step, losses| {
-        pb.set_position(step);
-        if let Some(l) = losses.last() {
-            pb.set_message(format!("{l:.4}"));
+    let first_step = trainer.step;
+    while trainer.step < tc.steps {
+        let every = if plan.checkpoint_every == 0 {
+            tc.steps
+        } else {
+            plan.checkpoint_every
+        };
+        let next = ((trainer.step / every) + 1) * every;
+        let stopped = trainer.run_until(&ctx, next.min(tc.steps), &stop, |step, losses| {
+            curve.extend_from_slice(losses);
+            pb.set_position(step);
+            if let Some(l) = losses.last() {
+                pb.set_message(format!("{l:.4}"));
+            }
+            Ok(())
+        })?;
+        write_checkpoint(&out, &trainer, &ctx, &config, &curve)?;
+        if stopped {
+            pb.finish_and_clear();
+            eprintln!(
+                "interrupted at step {} of {}; checkpoint written. Resume with: flowgpu train --resume {}",
+                trainer.step,
+                tc.steps,
+                out.display()
+            );
+            std::process::exit(130);
         }
-    })?;
+    }
     let wall = t0.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    model.save(&out)?;
-    write_loss_csv(&out.join("loss.csv"), &curve, &cfg)?;
+    let model = Model {
+        config: config.clone(),
+        weights: trainer.weights(&ctx, true)?,
+    };
     let png = out.join("loss.png");
     let smooth = moving_average(&curve, 100);
     plot::line_png(
@@ -478,55 +715,62 @@ fn train(a: TrainArgs) -> Result<()> {
         true,
     )
     .map_err(|e| Error::io(&png, e))?;
-    let (samples, _) = Sampler::new(&ctx, &model)?.sample(
-        a.plot_samples.max(1),
-        a.seed,
-        &SolveConfig::default(),
-    )?;
-    let png = out.join("samples.png");
-    let shown = &data.points[..data.points.len().min(2 * a.plot_samples.max(1))];
-    plot::scatter_png(
-        &png,
-        &[
-            plot::Layer {
-                points: shown,
-                dim: data.dim,
-                color: [160, 160, 160],
-                alpha: 0.5,
-            },
-            plot::Layer {
-                points: &samples,
-                dim: data.dim,
-                color: [220, 50, 30],
-                alpha: 0.6,
-            },
-        ],
-        600,
-        None,
-    )
-    .map_err(|e| Error::io(&png, e))?;
+    let sampler = Sampler::new(&ctx, &model)?;
+    if model.config.mlp.dim >= 2 && plan.plot_samples > 0 {
+        let (samples, _) =
+            sampler.sample(plan.plot_samples, config.seed, &SolveConfig::default())?;
+        let mut shown = train_set.points[..train_set
+            .points
+            .len()
+            .min(2 * plan.plot_samples * train_set.dim / 2)]
+            .to_vec();
+        if let Some(s) = &model.config.standardization {
+            s.undo(&mut shown);
+        }
+        let png = out.join("samples.png");
+        plot::scatter_png(
+            &png,
+            &[
+                plot::Layer {
+                    points: &shown,
+                    dim: train_set.dim,
+                    color: [160, 160, 160],
+                    alpha: 0.5,
+                },
+                plot::Layer {
+                    points: &samples,
+                    dim: train_set.dim,
+                    color: [220, 50, 30],
+                    alpha: 0.6,
+                },
+            ],
+            600,
+            None,
+        )
+        .map_err(|e| Error::io(&png, e))?;
+    }
     let final_loss = mean_tail(&curve, 100);
-    let steps_per_s = cfg.steps as f64 / wall;
-    // Held-out NLL: exact trace, RK4 with 50 steps (a fixed, predictable cost).
-    let held_out_nll = if a.eval_n > 0 {
-        let held = Dataset::toy(&a.data, a.eval_n, a.seed.wrapping_add(0x5eed))?;
-        let solve = SolveConfig {
-            method: Method::Rk4,
-            steps: 50,
-            ..SolveConfig::default()
-        };
-        let (logp, _, _) =
-            Sampler::new(&ctx, &model)?.log_prob(&held.points, Trace::Exact, &solve)?;
-        Some(-logp.iter().sum::<f64>() / logp.len() as f64)
-    } else {
-        None
+    let steps_per_s = (tc.steps - first_step) as f64 / wall;
+    // Held-out NLL in data units: exact trace, RK4 with 50 steps (a fixed, predictable cost).
+    let held_out_nll = match &held {
+        Some(h) => {
+            let solve = SolveConfig {
+                method: Method::Rk4,
+                steps: 50,
+                ..SolveConfig::default()
+            };
+            let (logp, _, _) = sampler.log_prob(&h.points, Trace::Exact, &solve)?;
+            Some(-logp.iter().sum::<f64>() / logp.len() as f64)
+        }
+        None => None,
     };
-    let nll_text = held_out_nll
-        .map(|v| format!(", held-out NLL {v:.4} nats ({} points)", a.eval_n))
-        .unwrap_or_default();
+    let nll_text = match (&held, held_out_nll) {
+        (Some(h), Some(v)) => format!(", held-out NLL {v:.4} nats ({} points)", h.len()),
+        _ => String::new(),
+    };
     eprintln!(
-        "done: {} steps in {wall:.1} s ({steps_per_s:.0} steps/s), final loss {final_loss:.4} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, loss.csv, loss.png, samples.png}}",
-        cfg.steps,
+        "done: {} steps in {wall:.1} s ({steps_per_s:.0} steps/s), final loss {final_loss:.4} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, checkpoint.safetensors, loss.csv, loss.png, samples.png}}",
+        tc.steps,
         out.display()
     );
     if a.gpu.json {
@@ -534,9 +778,9 @@ fn train(a: TrainArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "command": "train",
-                "data": data.name,
-                "steps": cfg.steps,
-                "batch": cfg.batch,
+                "data": plan.data,
+                "steps": tc.steps,
+                "batch": tc.batch,
                 "final_loss": final_loss,
                 "held_out_nll": held_out_nll,
                 "wall_s": wall,
@@ -639,42 +883,14 @@ fn write_rows(path: &Path, n: usize, dim: usize, produce: &mut Producer) -> Resu
 
 /// Rows of an .npy or .csv file, checked against the model's dimension.
 fn read_rows(path: &Path, dim: usize) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (data, cols) = match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => {
-            let (d, shape) =
-                flowgpu::io::npy::read_npy_f32(&bytes).map_err(|m| Error::format(path, m))?;
-            let cols = if shape.len() == 2 { shape[1] } else { 1 };
-            (d, cols)
-        }
-        Some("csv") => {
-            let text =
-                String::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))?;
-            flowgpu::io::csv::parse_csv(&text).map_err(|m| Error::format(path, m))?
-        }
-        _ => {
-            return Err(Error::invalid(format!(
-                "{}: input must end in .npy or .csv",
-                path.display()
-            )))
-        }
-    };
-    if cols != dim {
+    let ds = Dataset::from_file(path, false)?;
+    if ds.dim != dim {
         return Err(Error::format(
             path,
-            format!("has {cols} columns, the model has dimension {dim}"),
+            format!("has {} columns, the model has dimension {dim}", ds.dim),
         ));
     }
-    if data.is_empty() {
-        return Err(Error::format(path, "has no rows"));
-    }
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        return Err(Error::format(
-            path,
-            format!("row {} holds a NaN or infinite value", i / dim + 1),
-        ));
-    }
-    Ok(data)
+    Ok(ds.points)
 }
 
 fn solve_json(cfg: &SolveConfig, stats: &SolveStats) -> serde_json::Value {

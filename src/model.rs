@@ -418,9 +418,12 @@ pub struct ModelConfig {
     /// Applied to data before training; undone on samples. None: data used as is.
     pub standardization: Option<Standardization>,
     pub seed: u64,
-    /// The training flags of the run, for the record.
+    /// The optimizer settings of the run (train::TrainConfig).
     #[serde(default)]
     pub train: serde_json::Value,
+    /// The rest of the run's plan (data source, split, checkpoints), for `train --resume`.
+    #[serde(default)]
+    pub run: serde_json::Value,
 }
 
 /// A model on the host: configuration and weights.

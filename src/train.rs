@@ -13,6 +13,7 @@ use crate::kernels::{adam, cfm, Kernel, Tiles};
 use crate::mlp::{GpuMlp, MlpPass, PassOptions};
 use crate::model::{MlpConfig, Weights};
 use crate::path::GaussianPath;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Optimizer and schedule settings of a run.
@@ -110,6 +111,8 @@ pub struct Trainer {
     pub path: GaussianPath,
     /// Steps done so far.
     pub step: u64,
+    /// Step up to which losses were read back.
+    last_read: u64,
     pass: MlpPass,
     grads: wgpu::Buffer,
     moments: wgpu::Buffer,
@@ -235,6 +238,7 @@ impl Trainer {
             mlp,
             path,
             step: 0,
+            last_read: 0,
             pass,
             grads,
             moments,
@@ -349,34 +353,161 @@ impl Trainer {
         ctx.read(&self.moments, 0, 2 * self.mlp.layout.total)
     }
 
-    /// Run `steps` more steps (to at most cfg.steps), calling `on_log(step, losses)` after
-    /// every loss readback.
-    pub fn train(
+    /// Run until step `target` (≤ cfg.steps) or until `stop` is set (checked between
+    /// submits, so the steps already recorded finish). Losses are read back every
+    /// `log_every` steps and when the call returns, and passed to `on_log(step, losses)`.
+    /// A non-finite loss is an error naming its step. Returns true if stopped early.
+    pub fn run_until(
         &mut self,
         ctx: &GpuContext,
+        target: u64,
+        stop: &AtomicBool,
         mut on_log: impl FnMut(u64, &[f32]) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let target = target.min(self.cfg.steps);
         let k = self.cfg.steps_per_submit as u64;
         let h = self.cfg.log_every as u64;
-        while self.step < self.cfg.steps {
+        let mut stopped = false;
+        while self.step < target {
             let window_end = ((self.step / h) + 1) * h;
-            let n = k
-                .min(self.cfg.steps - self.step)
-                .min(window_end - self.step);
+            let n = k.min(target - self.step).min(window_end - self.step);
             self.run_steps(ctx, n as usize)?;
-            if self.step.is_multiple_of(h) || self.step == self.cfg.steps {
-                let since = self.step - (self.step - 1) / h * h;
-                let losses = self.recent_losses(ctx, since as usize)?;
-                if let Some((i, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
-                    let at = self.step - since + i as u64 + 1;
-                    return Err(Error::invalid(format!(
-                        "loss became {l} at step {at}; try a lower --lr or gradient clipping (--clip-norm)"
-                    )));
-                }
-                on_log(self.step, &losses)?;
+            stopped = stop.load(Ordering::SeqCst);
+            if self.step.is_multiple_of(h) || self.step == target || stopped {
+                self.read_losses(ctx, &mut on_log)?;
+            }
+            if stopped {
+                break;
             }
         }
-        Ok(())
+        Ok(stopped && self.step < self.cfg.steps)
+    }
+
+    fn read_losses(
+        &mut self,
+        ctx: &GpuContext,
+        on_log: &mut impl FnMut(u64, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let since = (self.step - self.last_read) as usize;
+        if since == 0 {
+            return Ok(());
+        }
+        let losses = self.recent_losses(ctx, since)?;
+        if let Some((i, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+            let at = self.last_read + i as u64 + 1;
+            return Err(Error::invalid(format!(
+                "the loss became {l} at step {at}; training stopped (the last checkpoint is kept). Try a lower --lr, gradient clipping (--clip-norm), or check the data for extreme values"
+            )));
+        }
+        self.last_read = self.step;
+        on_log(self.step, &losses)
+    }
+
+    /// Everything needed to continue this run exactly: step, weights, Adam moments, EMA.
+    pub fn state(&self, ctx: &GpuContext) -> Result<TrainState> {
+        let n = self.mlp.layout.total;
+        Ok(TrainState {
+            step: self.step,
+            params: ctx.read(&self.mlp.params, 0, n)?,
+            moments: ctx.read(&self.moments, 0, 2 * n)?,
+            ema: ctx.read(&self.ema, 0, n)?,
+        })
+    }
+
+    /// Continue from a saved state (same model shape and settings).
+    pub fn restore(&mut self, ctx: &GpuContext, st: &TrainState) -> Result<()> {
+        let n = self.mlp.layout.total;
+        if st.params.len() != n || st.moments.len() != 2 * n || st.ema.len() != n {
+            return Err(Error::invalid(
+                "the checkpoint does not match this model's shape",
+            ));
+        }
+        if st.step > self.cfg.steps {
+            return Err(Error::invalid(format!(
+                "the checkpoint is at step {}, past the run's {} steps",
+                st.step, self.cfg.steps
+            )));
+        }
+        ctx.queue
+            .write_buffer(&self.mlp.params, 0, bytemuck::cast_slice(&st.params));
+        ctx.queue
+            .write_buffer(&self.moments, 0, bytemuck::cast_slice(&st.moments));
+        ctx.queue
+            .write_buffer(&self.ema, 0, bytemuck::cast_slice(&st.ema));
+        self.step = st.step;
+        self.last_read = st.step;
+        ctx.wait()
+    }
+}
+
+/// The resumable state of a training run (`checkpoint.safetensors`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// Steps done.
+    pub step: u64,
+    /// Flat parameters in the GPU layout (model::ParamLayout).
+    pub params: Vec<f32>,
+    /// Adam's m then v, flat.
+    pub moments: Vec<f32>,
+    pub ema: Vec<f32>,
+}
+
+impl TrainState {
+    /// safetensors with tensors `params`, `adam_m`, `adam_v`, `ema` (F32, flat GPU layout)
+    /// and the step in the metadata, written atomically.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let n = self.params.len();
+        fn view(v: &[f32]) -> Result<TensorView<'_>> {
+            TensorView::new(Dtype::F32, vec![v.len()], bytemuck::cast_slice(v))
+                .map_err(|e| Error::invalid(e.to_string()))
+        }
+        let tensors = vec![
+            ("params".to_string(), view(&self.params)?),
+            ("adam_m".to_string(), view(&self.moments[..n])?),
+            ("adam_v".to_string(), view(&self.moments[n..])?),
+            ("ema".to_string(), view(&self.ema)?),
+        ];
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "flowgpu-checkpoint".to_string());
+        meta.insert("step".to_string(), self.step.to_string());
+        let bytes = safetensors::serialize(tensors, Some(meta))
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        crate::io::atomic::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::format(path, format!("not a valid checkpoint: {e}")))?;
+        let step = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("step"))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::format(path, "checkpoint has no step"))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::format(path, format!("not a valid checkpoint: {e}")))?;
+        let get = |name: &str| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| Error::format(path, format!("checkpoint has no tensor '{name}'")))?;
+            if t.dtype() != safetensors::Dtype::F32 {
+                return Err(Error::format(path, format!("tensor '{name}' is not F32")));
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        let mut moments = get("adam_m")?;
+        moments.extend(get("adam_v")?);
+        Ok(TrainState {
+            step,
+            params: get("params")?,
+            moments,
+            ema: get("ema")?,
+        })
     }
 }
 
@@ -404,7 +535,8 @@ pub fn fit(
     let weights = Weights::init(mlp_cfg, &mut rng);
     let mut trainer = Trainer::new(ctx, mlp_cfg, path, &weights, &data.points, cfg)?;
     let mut curve = Vec::with_capacity(cfg.steps as usize);
-    trainer.train(ctx, |step, losses| {
+    let never = AtomicBool::new(false);
+    trainer.run_until(ctx, cfg.steps, &never, |step, losses| {
         curve.extend_from_slice(losses);
         on_log(step, losses);
         Ok(())
@@ -418,6 +550,7 @@ pub fn fit(
             standardization: None,
             seed: cfg.seed,
             train: serde_json::to_value(&trainer.cfg).unwrap_or_default(),
+            run: serde_json::Value::Null,
         },
         weights: trainer.weights(ctx, true)?,
     };

@@ -21,6 +21,7 @@ fn model_of(cfg: MlpConfig, weights: Weights) -> Model {
             standardization: None,
             seed: 0,
             train: serde_json::Value::Null,
+            run: serde_json::Value::Null,
         },
         weights,
     }

@@ -32,6 +32,7 @@ fn model(cfg: &MlpConfig, seed: u64) -> Model {
             standardization: None,
             seed,
             train: serde_json::Value::Null,
+            run: serde_json::Value::Null,
         },
         weights: Weights::init(cfg, &mut rng),
     }

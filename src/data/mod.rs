@@ -1,13 +1,18 @@
-//! Training data: the built-in 2D toys and (later) user files, as flat row-major f32.
+//! Data sets: the built-in 2D toys and user files (CSV, NPY), as flat row-major f32, with
+//! per-column standardization and a held-out split.
 
 pub mod toys;
 
 use crate::error::{Error, Result};
+use crate::model::Standardization;
+use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use std::path::Path;
 
 /// A data set in memory, row-major [n, dim].
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// A toy name or the file path it came from.
     pub name: String,
     pub dim: usize,
     pub points: Vec<f32>,
@@ -25,7 +30,7 @@ impl Dataset {
     pub fn toy(name: &str, n: usize, seed: u64) -> Result<Self> {
         let toy = toys::Toy::from_name(name).ok_or_else(|| {
             Error::invalid(format!(
-                "unknown dataset '{name}'; valid datasets: {}",
+                "unknown dataset '{name}'; valid datasets: {}, or a .csv/.npy file",
                 toys::Toy::names()
             ))
         })?;
@@ -35,5 +40,156 @@ impl Dataset {
             dim: 2,
             points: toy.sample(n, &mut rng),
         })
+    }
+
+    /// A toy name, or a path ending in .csv or .npy.
+    pub fn load(spec: &str, n_toy: usize, seed: u64, drop_nonfinite: bool) -> Result<Self> {
+        let ext = Path::new(spec).extension().and_then(|e| e.to_str());
+        match ext {
+            Some("csv") | Some("npy") => Self::from_file(Path::new(spec), drop_nonfinite),
+            _ => Self::toy(spec, n_toy, seed),
+        }
+    }
+
+    /// Rows of a .csv (header row optional) or .npy (f32/f64, 1-D or 2-D, C or Fortran
+    /// order) file. Non-finite values are an error, or with `drop_nonfinite` their rows
+    /// are dropped.
+    pub fn from_file(path: &Path, drop_nonfinite: bool) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (points, dim) = match path.extension().and_then(|e| e.to_str()) {
+            Some("npy") => {
+                let (d, shape) =
+                    crate::io::npy::read_npy_f32(&bytes).map_err(|m| Error::format(path, m))?;
+                let dim = if shape.len() == 2 { shape[1] } else { 1 };
+                (d, dim)
+            }
+            Some("csv") => {
+                let text =
+                    String::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))?;
+                crate::io::csv::parse_csv(&text).map_err(|m| Error::format(path, m))?
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{}: data files must end in .csv or .npy",
+                    path.display()
+                )))
+            }
+        };
+        if dim == 0 || points.is_empty() {
+            return Err(Error::format(path, "has no data rows"));
+        }
+        let mut ds = Dataset {
+            name: path.display().to_string(),
+            dim,
+            points,
+        };
+        let bad: Vec<usize> = (0..ds.len())
+            .filter(|&i| ds.row(i).iter().any(|v| !v.is_finite()))
+            .collect();
+        if let Some(&first) = bad.first() {
+            if !drop_nonfinite {
+                let col = ds
+                    .row(first)
+                    .iter()
+                    .position(|v| !v.is_finite())
+                    .unwrap_or(0);
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "row {} column {} is {} ({} rows hold NaN or infinite values); clean the data or pass --drop-nonfinite",
+                        first + 1,
+                        col + 1,
+                        ds.row(first)[col],
+                        bad.len()
+                    ),
+                ));
+            }
+            let keep: Vec<f32> = (0..ds.len())
+                .filter(|i| bad.binary_search(i).is_err())
+                .flat_map(|i| ds.row(i).to_vec())
+                .collect();
+            if keep.is_empty() {
+                return Err(Error::format(
+                    path,
+                    "every row holds NaN or infinite values",
+                ));
+            }
+            log::warn!(
+                "{}: dropped {} rows with non-finite values",
+                path.display(),
+                bad.len()
+            );
+            ds.points = keep;
+        }
+        Ok(ds)
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.points[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Per-column mean and standard deviation. A constant column gets std 1 (it is only
+    /// centred), so nothing is divided by zero.
+    pub fn standardization(&self) -> Standardization {
+        let n = self.len() as f64;
+        let mut mean = vec![0.0; self.dim];
+        for r in self.points.chunks(self.dim) {
+            for (m, &v) in mean.iter_mut().zip(r) {
+                *m += v as f64 / n;
+            }
+        }
+        let mut var = vec![0.0; self.dim];
+        for r in self.points.chunks(self.dim) {
+            for ((s, &v), m) in var.iter_mut().zip(r).zip(&mean) {
+                *s += (v as f64 - m).powi(2) / n;
+            }
+        }
+        let std = var
+            .iter()
+            .map(|&v| {
+                let s = v.sqrt();
+                if s > 1e-12 * (1.0 + mean.iter().fold(0.0f64, |a, b| a.max(b.abs()))) {
+                    s
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Standardization { mean, std }
+    }
+
+    /// Shuffle rows (seeded) and hold out `val_frac` of them (at least one row when > 0).
+    pub fn split(self, val_frac: f64, seed: u64) -> Result<(Dataset, Option<Dataset>)> {
+        if !(0.0..1.0).contains(&val_frac) {
+            return Err(Error::invalid(format!(
+                "--val-frac must be in [0, 1), got {val_frac}"
+            )));
+        }
+        if val_frac == 0.0 {
+            return Ok((self, None));
+        }
+        let n = self.len();
+        let n_val = ((n as f64 * val_frac).round() as usize).max(1);
+        if n_val >= n {
+            return Err(Error::invalid(format!(
+                "--val-frac {val_frac} leaves no training rows out of {n}"
+            )));
+        }
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x51ed));
+        let take = |ids: &[usize]| -> Vec<f32> {
+            ids.iter().flat_map(|&i| self.row(i).to_vec()).collect()
+        };
+        let val = Dataset {
+            name: format!("{} (held out)", self.name),
+            dim: self.dim,
+            points: take(&idx[..n_val]),
+        };
+        let train = Dataset {
+            name: self.name.clone(),
+            dim: self.dim,
+            points: take(&idx[n_val..]),
+        };
+        Ok((train, Some(val)))
     }
 }
