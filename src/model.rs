@@ -450,11 +450,20 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Self> {
         let cj = dir.join("config.json");
         let text = std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?;
-        let config: ModelConfig = serde_json::from_slice(&text)
-            .map_err(|e| Error::format(&cj, format!("invalid config: {e}")))?;
+        let st = dir.join("model.safetensors");
+        let config = Self::parse_config(&text, &cj)?;
+        let bytes = std::fs::read(&st).map_err(|e| Error::io(&st, e))?;
+        let weights = Weights::from_safetensors(&bytes, &config.mlp, &st)?;
+        Ok(Model { config, weights })
+    }
+
+    /// Parse and validate config.json bytes (`path` names the file in errors).
+    pub fn parse_config(text: &[u8], path: &Path) -> Result<ModelConfig> {
+        let config: ModelConfig = serde_json::from_slice(text)
+            .map_err(|e| Error::format(path, format!("invalid config: {e}")))?;
         if config.format_version != FORMAT_VERSION {
             return Err(Error::format(
-                &cj,
+                path,
                 format!(
                     "format_version {} is not supported (this flowgpu reads version {FORMAT_VERSION})",
                     config.format_version
@@ -464,18 +473,16 @@ impl Model {
         config
             .mlp
             .validate()
-            .map_err(|e| Error::format(&cj, e.to_string()))?;
+            .map_err(|e| Error::format(path, e.to_string()))?;
         if let Some(s) = &config.standardization {
             if s.mean.len() != config.mlp.dim
                 || s.std.len() != config.mlp.dim
                 || s.std.iter().any(|v| !(*v > 0.0 && v.is_finite()))
+                || s.mean.iter().any(|v| !v.is_finite())
             {
-                return Err(Error::format(&cj, "invalid standardization"));
+                return Err(Error::format(path, "invalid standardization"));
             }
         }
-        let st = dir.join("model.safetensors");
-        let bytes = std::fs::read(&st).map_err(|e| Error::io(&st, e))?;
-        let weights = Weights::from_safetensors(&bytes, &config.mlp, &st)?;
-        Ok(Model { config, weights })
+        Ok(config)
     }
 }

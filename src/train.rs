@@ -478,7 +478,12 @@ impl TrainState {
 
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parse checkpoint bytes (`path` names the file in errors).
+    pub fn from_bytes(bytes: &[u8], path: &std::path::Path) -> Result<Self> {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| Error::format(path, format!("not a valid checkpoint: {e}")))?;
         let step = meta
             .metadata()
@@ -486,7 +491,7 @@ impl TrainState {
             .and_then(|m| m.get("step"))
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::format(path, "checkpoint has no step"))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| Error::format(path, format!("not a valid checkpoint: {e}")))?;
         let get = |name: &str| -> Result<Vec<f32>> {
             let t = st

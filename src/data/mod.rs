@@ -56,17 +56,22 @@ impl Dataset {
     /// are dropped.
     pub fn from_file(path: &Path, drop_nonfinite: bool) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, path, drop_nonfinite)
+    }
+
+    /// As [`from_file`](Self::from_file), for the bytes of a file named `path`.
+    pub fn from_bytes(bytes: &[u8], path: &Path, drop_nonfinite: bool) -> Result<Self> {
         let (points, dim) = match path.extension().and_then(|e| e.to_str()) {
             Some("npy") => {
                 let (d, shape) =
-                    crate::io::npy::read_npy_f32(&bytes).map_err(|m| Error::format(path, m))?;
+                    crate::io::npy::read_npy_f32(bytes).map_err(|m| Error::format(path, m))?;
                 let dim = if shape.len() == 2 { shape[1] } else { 1 };
                 (d, dim)
             }
             Some("csv") => {
                 let text =
-                    String::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))?;
-                crate::io::csv::parse_csv(&text).map_err(|m| Error::format(path, m))?
+                    std::str::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))?;
+                crate::io::csv::parse_csv(text).map_err(|m| Error::format(path, m))?
             }
             _ => {
                 return Err(Error::invalid(format!(
