@@ -41,6 +41,8 @@ enum Command {
     Density(DensityArgs),
     /// List every adapter wgpu can see.
     Adapters(AdaptersArgs),
+    /// Throughput of the standard workloads (names as in shared/baselines/torch_cfm_bench.py).
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -332,6 +334,30 @@ struct DensityArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Workloads to run, comma separated (default: all): G-sgemm, W-small, W-fm, S-euler, S-rk4, L-exact, L-hutch.
+    #[arg(long)]
+    only: Option<String>,
+    /// Smoke run: short timings, small n, 2 solver steps.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds of timed calls per measurement (default 3, 0.5 with --quick).
+    #[arg(long)]
+    min_time: Option<f64>,
+    /// Also append the JSON lines to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// "all" runs every adapter; otherwise as for other commands (a name substring).
+    #[arg(long)]
+    adapter: Option<String>,
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+    /// One JSON line per workload on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct AdaptersArgs {
     #[command(flatten)]
     gpu: GpuArgs,
@@ -353,6 +379,7 @@ pub fn run() -> Result<()> {
         Command::Logprob(a) => logprob(a),
         Command::Density(a) => density(a),
         Command::Adapters(a) => adapters(a),
+        Command::Bench(a) => bench(a),
     }
 }
 
@@ -1182,6 +1209,89 @@ fn density(a: DensityArgs) -> Result<()> {
         j["adapter"] = ctx.adapter_name().into();
         j["backend"] = ctx.backend_name().into();
         println!("{j}");
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use flowgpu::bench;
+    let mut cfg = bench::BenchConfig::new(a.quick);
+    if let Some(t) = a.min_time {
+        if !(t > 0.0 && t.is_finite()) {
+            return Err(Error::invalid("--min-time must be positive"));
+        }
+        cfg.min_time = t;
+    }
+    let names: Vec<String> = match &a.only {
+        Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => bench::WORKLOADS.iter().map(|s| s.to_string()).collect(),
+    };
+    for n in &names {
+        if !bench::WORKLOADS.contains(&n.as_str()) {
+            return Err(Error::invalid(format!("unknown workload '{n}'; valid workloads: {}", bench::WORKLOADS.join(", "))));
+        }
+    }
+    let choices: Vec<AdapterChoice> = if a.adapter.as_deref() == Some("all") {
+        flowgpu::gpu::list_adapters(a.backend)
+            .into_iter()
+            .map(|s| AdapterChoice {
+                name: Some(s.name),
+                backend: match s.backend.as_str() {
+                    "vulkan" => Some(BackendChoice::Vulkan),
+                    "gl" => Some(BackendChoice::Gl),
+                    "metal" => Some(BackendChoice::Metal),
+                    "dx12" => Some(BackendChoice::Dx12),
+                    _ => None,
+                },
+            })
+            .collect()
+    } else {
+        vec![AdapterChoice { name: a.adapter.clone(), backend: a.backend }]
+    };
+    let mut lines = Vec::new();
+    println!(
+        "{:<10} {:<34} {:>22} {:>9} {:>10} {:>8} {:>10}",
+        "workload", "adapter", "rate", "GFLOP/s", "SGEMM", "% SGEMM", "peak MiB"
+    );
+    for choice in &choices {
+        let ctx = GpuContext::new(choice)?;
+        for name in &names {
+            eprintln!("bench: {name} on {} ({})", ctx.adapter_name(), ctx.backend_name());
+            for r in bench::run(&ctx, name, &cfg)? {
+                let rate = if let Some(s) = r.steps_per_s {
+                    format!("{s:.1} steps/s")
+                } else if let Some(n) = r.nfe_per_s {
+                    format!("{n:.3} NFE/s")
+                } else {
+                    let s = r.shape.unwrap_or_default();
+                    format!("{}x{}x{}", s[0], s[1], s[2])
+                };
+                let adapter = format!("{} ({})", r.adapter, r.backend);
+                println!(
+                    "{:<10} {:<34} {:>22} {:>9.2} {:>10.2} {:>7.0}% {:>10.1}",
+                    r.workload,
+                    adapter.chars().take(34).collect::<String>(),
+                    rate,
+                    r.gflops,
+                    r.sgemm_gflops,
+                    r.sgemm_pct,
+                    r.peak_buffer_bytes as f64 / (1 << 20) as f64
+                );
+                lines.push(serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?);
+            }
+        }
+    }
+    if let Some(path) = &a.out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+        for l in &lines {
+            writeln!(f, "{l}").map_err(|e| Error::io(path, e))?;
+        }
+    }
+    if a.json {
+        for l in &lines {
+            println!("{l}");
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`sample`]: ODE sampling; [`reference`]: the f64 CPU oracle of every kernel;
 //! - [`data`], [`io`], [`plot`]: data sets, file formats, PNG figures.
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod gpu;

@@ -159,6 +159,8 @@ pub struct GpuContext {
     pub class: AdapterClass,
     errors: ErrorSlot,
     pub(crate) pipelines: crate::kernels::PipelineCache,
+    /// Bytes of storage buffers created so far (benchmarks report the growth).
+    allocated: std::sync::atomic::AtomicU64,
 }
 
 impl GpuContext {
@@ -233,7 +235,13 @@ impl GpuContext {
             class,
             errors,
             pipelines: Default::default(),
+            allocated: Default::default(),
         })
+    }
+
+    /// Bytes of storage buffers created on this context so far.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Adapter name and backend, as reported to users.
@@ -262,6 +270,8 @@ impl GpuContext {
                 self.limits.max_storage_buffer_binding_size
             )));
         }
+        self.allocated
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,

@@ -1,0 +1,301 @@
+//! `flowgpu bench`: the standard workloads of `shared/baselines/torch_cfm_bench.py`, with
+//! the same names, networks and sizes, so one run of each on the same machine gives a ratio.
+//! FLOPs are counted analytically as the baseline does (matmuls only: 2·in·out per linear
+//! layer per sample; a training step is 3× a forward; L-exact 3×, L-hutch 2× per evaluation),
+//! and each workload is also put against flowgpu's own matmul kernel at the same layer shape
+//! (`sgemm_gflops`), so "fast" is a ratio to what the adapter does on a plain SGEMM.
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, UniformArena};
+use crate::kernels::{matmul, Tiles};
+use crate::model::{Activation, MlpConfig, Model, ModelConfig, Weights, FORMAT_VERSION};
+use crate::path::GaussianPath;
+use crate::solve::{Method, Sampler, SolveConfig, Trace};
+use crate::train::{TrainConfig, Trainer};
+use rand::SeedableRng;
+use std::time::Instant;
+
+/// Workload names, in run order.
+pub const WORKLOADS: [&str; 7] = ["G-sgemm", "W-small", "W-fm", "S-euler", "S-rk4", "L-exact", "L-hutch"];
+
+/// Bench options.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Smoke run: short timings, small n, 2 solver steps.
+    pub quick: bool,
+    /// Seconds of timed calls per measurement.
+    pub min_time: f64,
+    /// S-* points, L-* points, solver steps.
+    pub n_sample: usize,
+    pub n_loglik: usize,
+    pub steps: usize,
+}
+
+impl BenchConfig {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            BenchConfig { quick, min_time: 0.5, n_sample: 8192, n_loglik: 1024, steps: 2 }
+        } else {
+            BenchConfig { quick, min_time: 3.0, n_sample: 65536, n_loglik: 8192, steps: 10 }
+        }
+    }
+}
+
+/// One result line (field names as in the PyTorch baseline's JSON).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BenchRecord {
+    pub workload: String,
+    pub adapter: String,
+    pub backend: String,
+    pub unit: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nfe_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_steps_per_s: Option<f64>,
+    pub gflops: f64,
+    pub ms_median: f64,
+    pub timed_calls: usize,
+    pub flops_per_call: f64,
+    /// flowgpu's matmul kernel at this workload's hidden-layer shape.
+    pub sgemm_gflops: f64,
+    pub sgemm_pct: f64,
+    pub peak_buffer_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<[usize; 3]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_first: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_last: Option<f32>,
+    pub quick: bool,
+}
+
+/// Time `call` in groups until `min_time` s have passed (at least `min_groups` groups);
+/// returns (calls, seconds, median ms per call).
+fn time_calls(min_time: f64, min_groups: usize, calls_per_group: usize, mut call: impl FnMut(usize) -> Result<()>) -> Result<(usize, f64, f64)> {
+    let mut per_call = Vec::new();
+    let (mut calls, mut total) = (0, 0.0);
+    while total < min_time || per_call.len() < min_groups {
+        let t0 = Instant::now();
+        call(calls_per_group)?;
+        let dt = t0.elapsed().as_secs_f64();
+        per_call.push(dt / calls_per_group as f64);
+        calls += calls_per_group;
+        total += dt;
+    }
+    per_call.sort_by(|a, b| a.total_cmp(b));
+    Ok((calls, total, 1e3 * per_call[per_call.len() / 2]))
+}
+
+fn net(name: &str) -> (MlpConfig, usize, &'static str) {
+    match name {
+        "W-small" => (MlpConfig { dim: 2, width: 64, depth: 3, activation: Activation::Selu, time_features: 0 }, 256, "moons"),
+        _ => (MlpConfig { dim: 2, width: 512, depth: 4, activation: Activation::Silu, time_features: 0 }, 4096, "checkerboard"),
+    }
+}
+
+fn random_model(cfg: &MlpConfig) -> Model {
+    let w = Weights::init(cfg, &mut rand::rngs::StdRng::seed_from_u64(0));
+    Model {
+        config: ModelConfig {
+            format_version: FORMAT_VERSION,
+            mlp: cfg.clone(),
+            path: GaussianPath::Ot { sigma_min: 0.0 },
+            data: "bench".into(),
+            standardization: None,
+            seed: 0,
+            train: serde_json::Value::Null,
+            run: serde_json::Value::Null,
+        },
+        weights: w,
+    }
+}
+
+/// GFLOP/s of flowgpu's `linear_forward` (identity epilogue) on an (M, K, N) problem.
+pub fn sgemm(ctx: &GpuContext, m: usize, k: usize, n: usize, min_time: f64) -> Result<f64> {
+    let tiles = Tiles::for_class(ctx.class);
+    let k4 = k.div_ceil(4);
+    let x = ctx.storage("sgemm x", m * 4 * k4)?;
+    let w = ctx.storage("sgemm w", n * 4 * k4 + n.div_ceil(4) * 4)?;
+    let y = ctx.storage("sgemm y", m * n.div_ceil(4) * 4)?;
+    let unused = ctx.storage("unused", 4)?;
+    let unused_ro = ctx.storage("unused ro", 4)?;
+    let kern = matmul::linear_forward(ctx)?;
+    let mut arena = UniformArena::new(ctx, "sgemm", 1);
+    let p = matmul::LinearParams {
+        rows: m as u32,
+        out_features: n as u32,
+        in_vec4: k4 as u32,
+        y_stride: (n.div_ceil(4) * 4) as u32,
+        w_off4: 0,
+        b_off: (n * 4 * k4) as u32,
+        activation: 0,
+        store_pre: 0,
+        tangent: 0,
+        primal_rows: m as u32,
+        _pad: [0; 2],
+    };
+    arena.set(0, &p);
+    arena.upload(ctx, 0..1);
+    let g = kern.bind(ctx, &arena, &[&x, &w, &unused, &y, &unused_ro]);
+    let flops = 2.0 * (m * k * n) as f64;
+    let per_group = ((0.02 / (flops / 10e9)).ceil() as usize).clamp(1, 200);
+    let (calls, secs, _) = time_calls(min_time, 3, per_group, |c| {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            for _ in 0..c {
+                kern.dispatch(&mut cp, &g, 0, matmul::linear_forward_groups(&p, &tiles));
+            }
+        }
+        ctx.submit(enc)?;
+        ctx.wait()
+    })?;
+    Ok(flops * calls as f64 / secs / 1e9)
+}
+
+/// Run one workload on a context.
+pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRecord>> {
+    let base = BenchRecord {
+        workload: name.to_string(),
+        adapter: ctx.adapter_name().to_string(),
+        backend: ctx.backend_name(),
+        quick: cfg.quick,
+        ..Default::default()
+    };
+    let mut sgemm_cache = std::collections::HashMap::new();
+    let mut sgemm_at = |m: usize, k: usize| -> Result<f64> {
+        if let Some(v) = sgemm_cache.get(&(m, k)) {
+            return Ok(*v);
+        }
+        let v = sgemm(ctx, m, k, k, cfg.min_time.min(1.0))?;
+        sgemm_cache.insert((m, k), v);
+        Ok(v)
+    };
+    let bytes0 = ctx.allocated_bytes();
+    match name {
+        "G-sgemm" => {
+            let mut out = Vec::new();
+            for (m, k, n) in [(4096, 512, 512), (65536, 512, 512), (256, 64, 64)] {
+                let m = if cfg.quick { m.min(8192) } else { m };
+                let before = ctx.allocated_bytes();
+                let g = sgemm(ctx, m, k, n, cfg.min_time)?;
+                let flops = 2.0 * (m * k * n) as f64;
+                out.push(BenchRecord {
+                    unit: "one matmul".into(),
+                    gflops: g,
+                    ms_median: 1e3 * flops / (g * 1e9),
+                    flops_per_call: flops,
+                    sgemm_gflops: g,
+                    sgemm_pct: 100.0,
+                    peak_buffer_bytes: ctx.allocated_bytes() - before,
+                    shape: Some([m, k, n]),
+                    ..base.clone()
+                });
+            }
+            Ok(out)
+        }
+        "W-small" | "W-fm" => {
+            let (mlp, batch, data) = net(name);
+            let pool = Dataset::toy(data, 1 << 20, 0)?;
+            let tc = TrainConfig { steps: u64::MAX / 4, batch, warmup: 0, cosine: false, clip_norm: 0.0, ..TrainConfig::default() };
+            let m = random_model(&mlp);
+            let mut tr = Trainer::new(ctx, &mlp, GaussianPath::Ot { sigma_min: 0.0 }, &m.weights, &pool.points, &tc)?;
+            let k = tc.steps_per_submit;
+            // Warm-up (pipelines, first submits) and the first loss.
+            tr.run_steps(ctx, k)?;
+            let loss_first = tr.recent_losses(ctx, k)?[0];
+            let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
+            let per_group = (((0.02 / (flops / 5e9)).ceil() as usize).div_ceil(k) * k).clamp(k, 200);
+            let (calls, secs, ms) = time_calls(cfg.min_time, 3, per_group, |c| {
+                let mut left = c;
+                while left > 0 {
+                    let n = left.min(k);
+                    tr.run_steps(ctx, n)?;
+                    left -= n;
+                }
+                ctx.wait()
+            })?;
+            let loss_last = tr.recent_losses(ctx, 1)?[0];
+            let rate = calls as f64 / secs;
+            let gflops = flops * rate / 1e9;
+            let sg = sgemm_at(batch, mlp.width)?;
+            Ok(vec![BenchRecord {
+                unit: "one training step".into(),
+                steps_per_s: Some(rate),
+                gflops,
+                ms_median: ms,
+                timed_calls: calls,
+                flops_per_call: flops,
+                sgemm_gflops: sg,
+                sgemm_pct: 100.0 * gflops / sg,
+                peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
+                loss_first: Some(loss_first),
+                loss_last: Some(loss_last),
+                n: Some(batch),
+                ..base
+            }])
+        }
+        "S-euler" | "S-rk4" | "L-exact" | "L-hutch" => {
+            let (mlp, _, _) = net("W-fm");
+            let m = random_model(&mlp);
+            let s = Sampler::new(ctx, &m)?;
+            let method = if name == "S-euler" { Method::Euler } else { Method::Rk4 };
+            let stages = if method == Method::Euler { 1 } else { 4 };
+            let solve = SolveConfig { method, steps: cfg.steps, chunk: 1 << 20, ..SolveConfig::default() };
+            let loglik = name.starts_with('L');
+            let n = if loglik { cfg.n_loglik } else { cfg.n_sample };
+            let (passes, trace) = match name {
+                "L-exact" => (3.0, Some(Trace::Exact)),
+                "L-hutch" => (2.0, Some(Trace::Hutchinson { probes: 1, rademacher: true, seed: 0 })),
+                _ => (1.0, None),
+            };
+            let points = Dataset::toy("8gaussians", n, 0)?.points;
+            let solve_n = |s: &Sampler, n: usize| -> Result<()> {
+                match trace {
+                    Some(t) => s.log_prob(&points[..2 * n], t, &solve).map(|_| ()),
+                    None => s.sample(n, 0, &solve).map(|_| ()),
+                }
+            };
+            let one = |s: &Sampler| solve_n(s, n);
+            // Warm-up on a few points: compiles the pipelines without a full-size solve.
+            solve_n(&s, n.min(256))?;
+            // Buffers scale with the chunk: the largest solve's allocation, measured.
+            let before = ctx.allocated_bytes();
+            let peak_of_full = |ctx: &GpuContext| ctx.allocated_bytes() - before;
+            let nfe = cfg.steps * stages;
+            let flops = passes * (mlp.flops_per_sample() * n as u64) as f64 * nfe as f64;
+            let min_groups = if cfg.quick { 2 } else { 1 };
+            let (calls, secs, ms) = time_calls(cfg.min_time, min_groups, 1, |_| one(&s))?;
+            let peak = peak_of_full(ctx) / calls as u64 + (before - bytes0);
+            let solves = calls as f64 / secs;
+            let gflops = flops * solves / 1e9;
+            let sg = sgemm_at(n.min(65536), mlp.width)?;
+            Ok(vec![BenchRecord {
+                unit: "one solve".into(),
+                nfe_per_s: Some(solves * nfe as f64),
+                sample_steps_per_s: Some(solves * cfg.steps as f64),
+                gflops,
+                ms_median: ms,
+                timed_calls: calls,
+                flops_per_call: flops,
+                sgemm_gflops: sg,
+                sgemm_pct: 100.0 * gflops / sg,
+                peak_buffer_bytes: peak,
+                n: Some(n),
+                steps: Some(cfg.steps),
+                ..base
+            }])
+        }
+        _ => Err(Error::invalid(format!(
+            "unknown workload '{name}'; valid workloads: {}",
+            WORKLOADS.join(", ")
+        ))),
+    }
+}
