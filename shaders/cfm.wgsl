@@ -1,7 +1,8 @@
-// cfm.wgsl — the per-sample conditional-flow-matching step for a Gaussian path
-//   x_t = γ_t·x1 + σ_t·ε,   target u_t = γ̇_t·x1 + σ̇_t·ε,
-// with x1 drawn from the data pool, ε ~ N(0, I) and t ~ U[0, 1] from the counter RNG
-// (no host work per step), then the squared error, its gradient and the batch loss.
+// cfm.wgsl — the per-sample conditional-flow-matching step for a conditional path
+//   x_t = a_t·x1 + b_t·x0 + c_t·ε,   target u_t = ȧ_t·x1 + ḃ_t·x0 + ċ_t·ε,
+// with x1 drawn from the data pool, x0 from the source (N(0, I), or a source pool),
+// ε ~ N(0, I) extra noise and t ~ U(0, 1), all from the counter RNG (no host work per
+// step), then the squared error, its gradient and the batch loss.
 //   cfm_prepare: builds the MLP input rows [x_t, time features] and the targets.
 //   cfm_loss:    per-sample MSE and dL/dv for L = mean over batch and dims.
 //   loss_reduce: one workgroup sums the per-sample losses in a fixed order into the
@@ -16,11 +17,11 @@ struct CfmParams {
     out_stride: u32,    // MLP output (and target, gradient) row stride in floats
     time_cols: u32,     // number of time input columns (1 + 2·Fourier features)
     path: u32,          // PATH_* code
-    sigma_min: f32,
+    path_param: f32,    // σ_min (ot), exponent (poly), σ (icfm, sb)
     seed: u32,
     step: u32,          // training step: keys the RNG, so each step draws fresh numbers
     loss_slot: u32,     // index into the loss history
-    _pad: u32,
+    n_source: u32,      // 0: x0 ~ N(0, I); else rows in the source pool
 }
 
 @group(0) @binding(0) var<uniform> p: CfmParams;
@@ -31,20 +32,51 @@ struct CfmParams {
 @group(0) @binding(5) var<storage, read_write> grad_v: array<f32>;
 @group(0) @binding(6) var<storage, read_write> sample_loss: array<f32>;
 @group(0) @binding(7) var<storage, read_write> loss_history: array<f32>;
+@group(0) @binding(8) var<storage, read> source: array<f32>;
 
 const PATH_OT: u32 = 0u;
 const PATH_VP: u32 = 1u;
+const PATH_POLY: u32 = 2u;
+const PATH_ICFM: u32 = 3u;
+const PATH_SB: u32 = 4u;
 const HALF_PI: f32 = 1.5707963267948966;
+const STREAM_EXTRA: u32 = 6u;
 
-// (γ_t, σ_t, γ̇_t, σ̇_t) of the path.
-fn schedule(t: f32) -> vec4<f32> {
-    if (p.path == PATH_VP) {
-        let c = cos(HALF_PI * t);
-        let s = sin(HALF_PI * t);
-        return vec4<f32>(s, c, HALF_PI * c, -HALF_PI * s);
+struct Coefs {
+    a: f32,
+    b: f32,
+    c: f32,
+    da: f32,
+    db: f32,
+    dc: f32,
+}
+
+// Path coefficients at t (mirrored by GaussianPath::schedule in src/path.rs).
+fn schedule(t: f32) -> Coefs {
+    let q = p.path_param;
+    switch p.path {
+        case 1u: {
+            let c = cos(HALF_PI * t);
+            let s = sin(HALF_PI * t);
+            return Coefs(s, c, 0.0, HALF_PI * c, -HALF_PI * s, 0.0);
+        }
+        case 2u: {
+            let tn = pow(t, q);
+            let d = q * pow(t, q - 1.0);
+            return Coefs(tn, 1.0 - tn, 0.0, d, -d, 0.0);
+        }
+        case 3u: {
+            return Coefs(t, 1.0 - t, q, 1.0, -1.0, 0.0);
+        }
+        case 4u: {
+            let r = sqrt(t * (1.0 - t));
+            return Coefs(t, 1.0 - t, q * r, 1.0, -1.0, q * (1.0 - 2.0 * t) / (2.0 * r));
+        }
+        default: {
+            let k = 1.0 - q;
+            return Coefs(t, 1.0 - k * t, 0.0, 1.0, -k, 0.0);
+        }
     }
-    let k = 1.0 - p.sigma_min;
-    return vec4<f32>(t, 1.0 - k * t, 1.0, -k);
 }
 
 @compute @workgroup_size(WG1, 1, 1)
@@ -56,13 +88,24 @@ fn cfm_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let idx = rng_bits(p.seed, STREAM_INDEX, p.step, i, 0u) % p.n_data;
     let t = uniform_open(rng_bits(p.seed, STREAM_TIME, p.step, i, 0u));
     let s = schedule(t);
+    // The source row (independent coupling: its own random index).
+    let src = rng_bits(p.seed, STREAM_INDEX, p.step, i, 1u) % max(p.n_source, 1u);
     let row_in = i * p.in_stride;
     let row_out = i * p.out_stride;
     for (var j = 0u; j < p.dim; j++) {
         let x1 = data[idx * p.dim + j];
-        let eps = normal_at(p.seed, STREAM_NOISE, p.step, i, j);
-        input[row_in + j] = s.x * x1 + s.y * eps;
-        target_u[row_out + j] = s.z * x1 + s.w * eps;
+        var x0 = 0.0;
+        if (p.n_source == 0u) {
+            x0 = normal_at(p.seed, STREAM_NOISE, p.step, i, j);
+        } else {
+            x0 = source[src * p.dim + j];
+        }
+        var eps = 0.0;
+        if (s.c != 0.0 || s.dc != 0.0) {
+            eps = normal_at(p.seed, STREAM_EXTRA, p.step, i, j);
+        }
+        input[row_in + j] = s.a * x1 + s.b * x0 + s.c * eps;
+        target_u[row_out + j] = s.da * x1 + s.db * x0 + s.dc * eps;
     }
     for (var c = 0u; c < p.time_cols; c++) {
         input[row_in + p.dim + c] = time_feature(c, t);

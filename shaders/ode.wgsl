@@ -40,6 +40,10 @@ struct OdeParams {
     h_min: f32,         // adaptive: |h| below this is an underflow
     a_first: f32,       // adaptive_final: a_{1,0}, to write the input of stage 1
     c_first: f32,       // adaptive_final: c_1
+    n_source: u32,      // base_noise: 0 draws N(0, I), else rows of the source pool
+    _pad_a: u32,
+    _pad_b: u32,
+    _pad_c: u32,
     coef: array<vec4<f32>, 2>,
     err_coef: array<vec4<f32>, 2>,
 }
@@ -54,6 +58,7 @@ struct OdeParams {
 @group(0) @binding(5) var<storage, read_write> clock: array<f32>;
 @group(0) @binding(6) var<storage, read_write> traj: array<f32>;
 @group(0) @binding(7) var<storage, read> div: array<f32>;
+@group(0) @binding(8) var<storage, read> source: array<f32>;
 
 const CLOCK: u32 = 8u;
 const RUNNING: f32 = 0.0;
@@ -134,8 +139,14 @@ fn base_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (i >= p.rows) {
         return;
     }
+    let src = rng_bits(p.seed, STREAM_BASE, p.row_offset + i, 1u, 0u) % max(p.n_source, 1u);
     for (var j = 0u; j < p.dim; j++) {
-        let x = normal_at(p.seed, STREAM_BASE, p.row_offset + i, 0u, j);
+        var x = 0.0;
+        if (p.n_source == 0u) {
+            x = normal_at(p.seed, STREAM_BASE, p.row_offset + i, 0u, j);
+        } else {
+            x = source[src * p.dim + j];
+        }
         state[i * sdim() + j] = x;
         input[i * p.in_stride + j] = x;
     }

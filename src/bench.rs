@@ -17,7 +17,9 @@ use rand::SeedableRng;
 use std::time::Instant;
 
 /// Workload names, in run order.
-pub const WORKLOADS: [&str; 7] = ["G-sgemm", "W-small", "W-fm", "S-euler", "S-rk4", "L-exact", "L-hutch"];
+pub const WORKLOADS: [&str; 7] = [
+    "G-sgemm", "W-small", "W-fm", "S-euler", "S-rk4", "L-exact", "L-hutch",
+];
 
 /// Bench options.
 #[derive(Clone, Debug)]
@@ -35,9 +37,21 @@ pub struct BenchConfig {
 impl BenchConfig {
     pub fn new(quick: bool) -> Self {
         if quick {
-            BenchConfig { quick, min_time: 0.5, n_sample: 8192, n_loglik: 1024, steps: 2 }
+            BenchConfig {
+                quick,
+                min_time: 0.5,
+                n_sample: 8192,
+                n_loglik: 1024,
+                steps: 2,
+            }
         } else {
-            BenchConfig { quick, min_time: 3.0, n_sample: 65536, n_loglik: 8192, steps: 10 }
+            BenchConfig {
+                quick,
+                min_time: 3.0,
+                n_sample: 65536,
+                n_loglik: 8192,
+                steps: 10,
+            }
         }
     }
 }
@@ -78,7 +92,12 @@ pub struct BenchRecord {
 
 /// Time `call` in groups until `min_time` s have passed (at least `min_groups` groups);
 /// returns (calls, seconds, median ms per call).
-fn time_calls(min_time: f64, min_groups: usize, calls_per_group: usize, mut call: impl FnMut(usize) -> Result<()>) -> Result<(usize, f64, f64)> {
+fn time_calls(
+    min_time: f64,
+    min_groups: usize,
+    calls_per_group: usize,
+    mut call: impl FnMut(usize) -> Result<()>,
+) -> Result<(usize, f64, f64)> {
     let mut per_call = Vec::new();
     let (mut calls, mut total) = (0, 0.0);
     while total < min_time || per_call.len() < min_groups {
@@ -95,8 +114,28 @@ fn time_calls(min_time: f64, min_groups: usize, calls_per_group: usize, mut call
 
 fn net(name: &str) -> (MlpConfig, usize, &'static str) {
     match name {
-        "W-small" => (MlpConfig { dim: 2, width: 64, depth: 3, activation: Activation::Selu, time_features: 0 }, 256, "moons"),
-        _ => (MlpConfig { dim: 2, width: 512, depth: 4, activation: Activation::Silu, time_features: 0 }, 4096, "checkerboard"),
+        "W-small" => (
+            MlpConfig {
+                dim: 2,
+                width: 64,
+                depth: 3,
+                activation: Activation::Selu,
+                time_features: 0,
+            },
+            256,
+            "moons",
+        ),
+        _ => (
+            MlpConfig {
+                dim: 2,
+                width: 512,
+                depth: 4,
+                activation: Activation::Silu,
+                time_features: 0,
+            },
+            4096,
+            "checkerboard",
+        ),
     }
 }
 
@@ -109,6 +148,7 @@ fn random_model(cfg: &MlpConfig) -> Model {
             path: GaussianPath::Ot { sigma_min: 0.0 },
             data: "bench".into(),
             standardization: None,
+            source: None,
             seed: 0,
             train: serde_json::Value::Null,
             run: serde_json::Value::Null,
@@ -204,15 +244,30 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
         "W-small" | "W-fm" => {
             let (mlp, batch, data) = net(name);
             let pool = Dataset::toy(data, 1 << 20, 0)?;
-            let tc = TrainConfig { steps: u64::MAX / 4, batch, warmup: 0, cosine: false, clip_norm: 0.0, ..TrainConfig::default() };
+            let tc = TrainConfig {
+                steps: u64::MAX / 4,
+                batch,
+                warmup: 0,
+                cosine: false,
+                clip_norm: 0.0,
+                ..TrainConfig::default()
+            };
             let m = random_model(&mlp);
-            let mut tr = Trainer::new(ctx, &mlp, GaussianPath::Ot { sigma_min: 0.0 }, &m.weights, &pool.points, &tc)?;
+            let mut tr = Trainer::new(
+                ctx,
+                &mlp,
+                GaussianPath::Ot { sigma_min: 0.0 },
+                &m.weights,
+                &pool.points,
+                &tc,
+            )?;
             let k = tc.steps_per_submit;
             // Warm-up (pipelines, first submits) and the first loss.
             tr.run_steps(ctx, k)?;
             let loss_first = tr.recent_losses(ctx, k)?[0];
             let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
-            let per_group = (((0.02 / (flops / 5e9)).ceil() as usize).div_ceil(k) * k).clamp(k, 200);
+            let per_group =
+                (((0.02 / (flops / 5e9)).ceil() as usize).div_ceil(k) * k).clamp(k, 200);
             let (calls, secs, ms) = time_calls(cfg.min_time, 3, per_group, |c| {
                 let mut left = c;
                 while left > 0 {
@@ -246,14 +301,30 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
             let (mlp, _, _) = net("W-fm");
             let m = random_model(&mlp);
             let s = Sampler::new(ctx, &m)?;
-            let method = if name == "S-euler" { Method::Euler } else { Method::Rk4 };
+            let method = if name == "S-euler" {
+                Method::Euler
+            } else {
+                Method::Rk4
+            };
             let stages = if method == Method::Euler { 1 } else { 4 };
-            let solve = SolveConfig { method, steps: cfg.steps, chunk: 1 << 20, ..SolveConfig::default() };
+            let solve = SolveConfig {
+                method,
+                steps: cfg.steps,
+                chunk: 1 << 20,
+                ..SolveConfig::default()
+            };
             let loglik = name.starts_with('L');
             let n = if loglik { cfg.n_loglik } else { cfg.n_sample };
             let (passes, trace) = match name {
                 "L-exact" => (3.0, Some(Trace::Exact)),
-                "L-hutch" => (2.0, Some(Trace::Hutchinson { probes: 1, rademacher: true, seed: 0 })),
+                "L-hutch" => (
+                    2.0,
+                    Some(Trace::Hutchinson {
+                        probes: 1,
+                        rademacher: true,
+                        seed: 0,
+                    }),
+                ),
                 _ => (1.0, None),
             };
             let points = Dataset::toy("8gaussians", n, 0)?.points;

@@ -73,6 +73,9 @@ struct TrainArgs {
     /// swissroll, 2spirals) or a data file: .csv (header optional) or .npy ([N, dim]).
     #[arg(long, default_value = "moons")]
     data: String,
+    /// Source distribution x0: gaussian, a built-in toy or a .csv/.npy file (e.g. 8gaussians → moons).
+    #[arg(long, default_value = "gaussian")]
+    source: String,
     /// Hold out this fraction of a data file's rows; train reports their NLL at the end.
     #[arg(long, default_value_t = 0.0)]
     val_frac: f64,
@@ -125,11 +128,17 @@ struct TrainArgs {
     /// EMA decay of the weights (e.g. 0.999); samples and the checkpoint use the EMA.
     #[arg(long)]
     ema: Option<f64>,
-    /// Conditional path: ot (γ=t, σ=1−(1−σmin)t) or vp (cosine).
+    /// Conditional path: ot (a=t, b=1−(1−σmin)t), vp (cosine), poly (a=tⁿ), icfm (+σ·ε), sb (Schrödinger bridge).
     #[arg(long, default_value = "ot")]
     path: String,
     #[arg(long, default_value_t = 0.0)]
     sigma_min: f64,
+    /// Noise level σ of the icfm and sb paths.
+    #[arg(long, default_value_t = 0.1)]
+    sigma: f64,
+    /// Exponent n of the poly path (a = tⁿ).
+    #[arg(long, default_value_t = 2.0)]
+    exponent: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Run folder (default runs/<data>-<UTC timestamp>).
@@ -456,6 +465,8 @@ fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct RunPlan {
     data: String,
+    #[serde(default)]
+    source: Option<String>,
     n_data: usize,
     val_frac: f64,
     standardize: bool,
@@ -463,6 +474,29 @@ struct RunPlan {
     checkpoint_every: u64,
     plot_samples: usize,
     eval_n: usize,
+}
+
+/// The source pool of a run (model units), if its source is not N(0, I).
+fn run_source(
+    plan: &RunPlan,
+    seed: u64,
+    dim: usize,
+    std: Option<&Standardization>,
+) -> Result<Option<Vec<f32>>> {
+    let Some(spec) = &plan.source else {
+        return Ok(None);
+    };
+    let mut ds = Dataset::load(spec, plan.n_data, seed.wrapping_add(1), plan.drop_nonfinite)?;
+    if ds.dim != dim {
+        return Err(Error::invalid(format!(
+            "the source '{spec}' has dimension {}, the data {dim}",
+            ds.dim
+        )));
+    }
+    if let Some(s) = std {
+        s.apply(&mut ds.points);
+    }
+    Ok(Some(ds.points))
 }
 
 /// The data of a run, as its plan says: (training split in model units, held-out split in
@@ -556,7 +590,7 @@ fn train(a: TrainArgs) -> Result<()> {
         (config, plan, dir.clone())
     } else {
         let activation = Activation::from_name(&a.activation)?;
-        let path = GaussianPath::from_name(&a.path, a.sigma_min)?;
+        let path = GaussianPath::from_name(&a.path, a.sigma_min, a.sigma, a.exponent)?;
         let cosine = match a.schedule.as_str() {
             "cosine" => true,
             "constant" => false,
@@ -579,6 +613,7 @@ fn train(a: TrainArgs) -> Result<()> {
         };
         let plan = RunPlan {
             data: a.data.clone(),
+            source: (a.source != "gaussian").then(|| a.source.clone()),
             n_data: a.n_data,
             val_frac: a.val_frac,
             standardize,
@@ -614,6 +649,7 @@ fn train(a: TrainArgs) -> Result<()> {
             path,
             data: a.data.clone(),
             standardization: None,
+            source: None,
             seed: a.seed,
             train: serde_json::to_value(&tc).unwrap_or_default(),
             run: serde_json::to_value(&plan).unwrap_or_default(),
@@ -660,12 +696,20 @@ fn train(a: TrainArgs) -> Result<()> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(tc.seed);
         Weights::init(&config.mlp, &mut rng)
     };
-    let mut trainer = Trainer::new(
+    config.source = plan.source.clone();
+    let source = run_source(
+        &plan,
+        config.seed,
+        train_set.dim,
+        config.standardization.as_ref(),
+    )?;
+    let mut trainer = Trainer::with_source(
         &ctx,
         &config.mlp,
         config.path,
         &weights,
         &train_set.points,
+        source.as_deref(),
         &tc,
     )?;
     let mut curve = Vec::with_capacity(tc.steps as usize);
@@ -780,7 +824,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let steps_per_s = (tc.steps - first_step) as f64 / wall;
     // Held-out NLL in data units: exact trace, RK4 with 50 steps (a fixed, predictable cost).
     let held_out_nll = match &held {
-        Some(h) => {
+        Some(h) if plan.source.is_none() => {
             let solve = SolveConfig {
                 method: Method::Rk4,
                 steps: 50,
@@ -789,7 +833,7 @@ fn train(a: TrainArgs) -> Result<()> {
             let (logp, _, _) = sampler.log_prob(&h.points, Trace::Exact, &solve)?;
             Some(-logp.iter().sum::<f64>() / logp.len() as f64)
         }
-        None => None,
+        _ => None,
     };
     let nll_text = match (&held, held_out_nll) {
         (Some(h), Some(v)) => format!(", held-out NLL {v:.4} nats ({} points)", h.len()),
@@ -1223,12 +1267,19 @@ fn bench(a: BenchArgs) -> Result<()> {
         cfg.min_time = t;
     }
     let names: Vec<String> = match &a.only {
-        Some(list) => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         None => bench::WORKLOADS.iter().map(|s| s.to_string()).collect(),
     };
     for n in &names {
         if !bench::WORKLOADS.contains(&n.as_str()) {
-            return Err(Error::invalid(format!("unknown workload '{n}'; valid workloads: {}", bench::WORKLOADS.join(", "))));
+            return Err(Error::invalid(format!(
+                "unknown workload '{n}'; valid workloads: {}",
+                bench::WORKLOADS.join(", ")
+            )));
         }
     }
     let choices: Vec<AdapterChoice> = if a.adapter.as_deref() == Some("all") {
@@ -1246,7 +1297,10 @@ fn bench(a: BenchArgs) -> Result<()> {
             })
             .collect()
     } else {
-        vec![AdapterChoice { name: a.adapter.clone(), backend: a.backend }]
+        vec![AdapterChoice {
+            name: a.adapter.clone(),
+            backend: a.backend,
+        }]
     };
     let mut lines = Vec::new();
     println!(
@@ -1256,7 +1310,11 @@ fn bench(a: BenchArgs) -> Result<()> {
     for choice in &choices {
         let ctx = GpuContext::new(choice)?;
         for name in &names {
-            eprintln!("bench: {name} on {} ({})", ctx.adapter_name(), ctx.backend_name());
+            eprintln!(
+                "bench: {name} on {} ({})",
+                ctx.adapter_name(),
+                ctx.backend_name()
+            );
             for r in bench::run(&ctx, name, &cfg)? {
                 let rate = if let Some(s) = r.steps_per_s {
                     format!("{s:.1} steps/s")
@@ -1283,7 +1341,11 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if let Some(path) = &a.out {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
         for l in &lines {
             writeln!(f, "{l}").map_err(|e| Error::io(path, e))?;
         }

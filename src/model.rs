@@ -417,6 +417,10 @@ pub struct ModelConfig {
     pub data: String,
     /// Applied to data before training; undone on samples. None: data used as is.
     pub standardization: Option<Standardization>,
+    /// Source distribution x0 of the flow: None for N(0, I), else a toy name or data file
+    /// (its points are standardized like the data).
+    #[serde(default)]
+    pub source: Option<String>,
     pub seed: u64,
     /// The optimizer settings of the run (train::TrainConfig).
     #[serde(default)]

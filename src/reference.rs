@@ -112,11 +112,13 @@ pub fn backward(cfg: &MlpConfig, w: &Weights, acts: &Activations, dv: &[f64]) ->
     }
 }
 
-/// The CFM batch that `cfm_prepare` draws at `step`: MLP inputs and targets.
+/// The CFM batch that `cfm_prepare` draws at `step`: MLP inputs and targets, with x0
+/// from N(0, I) or, given a source pool, from its rows.
 pub fn cfm_batch(
     cfg: &MlpConfig,
     path: &GaussianPath,
     data: &[f32],
+    source: Option<&[f32]>,
     seed: u32,
     step: u32,
     batch: usize,
@@ -128,13 +130,25 @@ pub fn cfm_batch(
     for i in 0..batch as u32 {
         let idx = (rng::rng_bits(seed, rng::STREAM_INDEX, step, i, 0) % n_data) as usize;
         let t = rng::uniform_open(rng::rng_bits(seed, rng::STREAM_TIME, step, i, 0));
-        let [g, s, dg, ds] = path.schedule(t);
+        let s = path.schedule(t);
         let mut x = Vec::with_capacity(d);
         for j in 0..d {
             let x1 = data[idx * d + j] as f64;
-            let eps = rng::normal_at(seed, rng::STREAM_NOISE, step, i, j as u32);
-            x.push(g * x1 + s * eps);
-            target.push(dg * x1 + ds * eps);
+            let x0 = match source {
+                None => rng::normal_at(seed, rng::STREAM_NOISE, step, i, j as u32),
+                Some(pool) => {
+                    let n = (pool.len() / d) as u32;
+                    let src = (rng::rng_bits(seed, rng::STREAM_INDEX, step, i, 1) % n) as usize;
+                    pool[src * d + j] as f64
+                }
+            };
+            let eps = if s.c != 0.0 || s.dc != 0.0 {
+                rng::normal_at(seed, rng::STREAM_EXTRA, step, i, j as u32)
+            } else {
+                0.0
+            };
+            x.push(s.a * x1 + s.b * x0 + s.c * eps);
+            target.push(s.da * x1 + s.db * x0 + s.dc * eps);
         }
         input.extend(input_row(cfg, &x, t));
     }

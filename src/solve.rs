@@ -463,6 +463,7 @@ impl ChunkSolver {
         snap_rows: usize,
         snap_slots: usize,
         trace_spec: Option<Trace>,
+        source: &wgpu::Buffer,
     ) -> Result<Self> {
         let d = mlp.cfg.dim;
         let sd = d + trace_spec.is_some() as usize;
@@ -519,7 +520,7 @@ impl ChunkSolver {
         let all = [&state, &pass.input, pass.output(), &k, &clock, &traj, &div];
         let groups = [
             kernels[K_START].bind(ctx, &arena, &[&state, &pass.input, &clock]),
-            kernels[K_NOISE].bind(ctx, &arena, &[&state, &pass.input, &clock]),
+            kernels[K_NOISE].bind(ctx, &arena, &[&state, &pass.input, &clock, source]),
             kernels[K_STAGE].bind(ctx, &arena, &all),
             kernels[K_FINAL].bind(ctx, &arena, &all),
             kernels[K_ASTAGE].bind(ctx, &arena, &all),
@@ -608,12 +609,37 @@ pub struct Sampler<'a> {
     ctx: &'a GpuContext,
     model: &'a Model,
     mlp: GpuMlp,
+    /// Source pool (model units) when the model's source is not N(0, I).
+    source: wgpu::Buffer,
+    n_source: usize,
 }
 
 impl<'a> Sampler<'a> {
     pub fn new(ctx: &'a GpuContext, model: &'a Model) -> Result<Self> {
         let mlp = GpuMlp::new(ctx, &model.config.mlp, &model.weights)?;
-        Ok(Sampler { ctx, model, mlp })
+        let mut pool = Vec::new();
+        if let Some(spec) = &model.config.source {
+            let ds = crate::data::Dataset::load(spec, 100_000, model.config.seed, false)?;
+            if ds.dim != model.config.mlp.dim {
+                return Err(Error::invalid(format!(
+                    "the source '{spec}' has dimension {}, the model {}",
+                    ds.dim, model.config.mlp.dim
+                )));
+            }
+            pool = ds.points;
+            if let Some(s) = &model.config.standardization {
+                s.apply(&mut pool);
+            }
+        }
+        let n_source = pool.len() / model.config.mlp.dim;
+        let source = ctx.storage_from("source pool", &pool)?;
+        Ok(Sampler {
+            ctx,
+            model,
+            mlp,
+            source,
+            n_source,
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -637,7 +663,7 @@ impl<'a> Sampler<'a> {
             return Err(Error::invalid("-n must be below 2^32"));
         }
         let capacity = self.capacity(cfg.chunk.min(n))?;
-        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, None)?;
+        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, None, &self.source)?;
         let mut stats = SolveStats::default();
         let mut start = 0;
         while start < n {
@@ -714,6 +740,11 @@ impl<'a> Sampler<'a> {
                 "input must be a non-empty [n, {d}] array"
             )));
         }
+        if let Some(src) = &self.model.config.source {
+            return Err(Error::invalid(format!(
+                "log-likelihood needs a source distribution with a density (the Gaussian); this model flows from '{src}'"
+            )));
+        }
         if let Trace::Hutchinson { probes, .. } = trace {
             if probes == 0 {
                 return Err(Error::invalid("--probes must be positive"));
@@ -745,7 +776,7 @@ impl<'a> Sampler<'a> {
     pub fn divergence(&self, x: &[f32], t: f64, trace: Trace) -> Result<Vec<f32>> {
         let d = self.dim();
         let n = x.len() / d;
-        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, n, 0, 0, Some(trace))?;
+        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, n, 0, 0, Some(trace), &self.source)?;
         cs.pass.set_rows(self.ctx, &self.mlp, n);
         let mcfg = &self.model.config.mlp;
         let in_pad = self.mlp.layout.layers[0].in_pad;
@@ -792,7 +823,7 @@ impl<'a> Sampler<'a> {
         }
         let n = x.len() / sd;
         let capacity = self.capacity(cfg.chunk.min(n))?;
-        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, trace)?;
+        let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, trace, &self.source)?;
         let mut out = Vec::with_capacity(x.len());
         let mut stats = SolveStats::default();
         for (c, rows) in x.chunks(capacity * sd).enumerate() {
@@ -829,6 +860,7 @@ impl<'a> Sampler<'a> {
             particles.max(1),
             slots,
             None,
+            &self.source,
         )?;
         let (_, stats) = self.solve_chunk(
             &mut cs,
@@ -926,6 +958,7 @@ impl<'a> Sampler<'a> {
                     &ode::OdeParams {
                         seed: seed as u32,
                         row_offset: offset as u32,
+                        n_source: self.n_source as u32,
                         ..base
                     },
                 );

@@ -139,16 +139,30 @@ pub struct Trainer {
     _target: wgpu::Buffer,
     _sample_loss: wgpu::Buffer,
     _partials: wgpu::Buffer,
+    _source: wgpu::Buffer,
 }
 
 impl Trainer {
-    /// Upload the (already standardized) data pool and the initial weights.
+    /// Upload the (already standardized) data pool and the initial weights; x0 ~ N(0, I).
     pub fn new(
         ctx: &GpuContext,
         mlp_cfg: &MlpConfig,
         path: GaussianPath,
         weights: &Weights,
         data: &[f32],
+        cfg: &TrainConfig,
+    ) -> Result<Self> {
+        Self::with_source(ctx, mlp_cfg, path, weights, data, None, cfg)
+    }
+
+    /// As [`new`](Self::new), with x0 drawn from a source pool (model units) if given.
+    pub fn with_source(
+        ctx: &GpuContext,
+        mlp_cfg: &MlpConfig,
+        path: GaussianPath,
+        weights: &Weights,
+        data: &[f32],
+        source: Option<&[f32]>,
         cfg: &TrainConfig,
     ) -> Result<Self> {
         cfg.validate()?;
@@ -175,6 +189,14 @@ impl Trainer {
             },
         )?;
         let data_buf = ctx.storage_from("data pool", data)?;
+        if let Some(s) = source {
+            if s.is_empty() || !s.len().is_multiple_of(d) {
+                return Err(Error::invalid(format!(
+                    "the source must be a non-empty [n, {d}] array"
+                )));
+            }
+        }
+        let source_buf = ctx.storage_from("source pool", source.unwrap_or(&[]))?;
         let out_stride = MlpPass::out_stride(mlp_cfg);
         let target = ctx.storage("cfm target", cfg.batch * out_stride)?;
         let sample_loss = ctx.storage("per-sample loss", cfg.batch)?;
@@ -191,7 +213,7 @@ impl Trainer {
         let reduce = cfm::loss_reduce(ctx)?;
         let grad_sq = adam::grad_sq_partial(ctx)?;
         let update = adam::adam_update(ctx)?;
-        let g_prepare = prepare.bind(ctx, &arena, &[&data_buf, &pass.input, &target]);
+        let g_prepare = prepare.bind(ctx, &arena, &[&data_buf, &pass.input, &target, &source_buf]);
         let g_loss = loss.bind(
             ctx,
             &arena,
@@ -217,7 +239,8 @@ impl Trainer {
             out_stride: out_stride as u32,
             time_cols: mlp_cfg.time_cols() as u32,
             path: path.gpu_code(),
-            sigma_min: path.sigma_min() as f32,
+            path_param: path.gpu_param() as f32,
+            n_source: source.map(|s| s.len() / d).unwrap_or(0) as u32,
             seed: cfg.seed as u32,
             ..Default::default()
         };
@@ -262,6 +285,7 @@ impl Trainer {
             _target: target,
             _sample_loss: sample_loss,
             _partials: partials,
+            _source: source_buf,
         })
     }
 
@@ -553,6 +577,7 @@ pub fn fit(
             path,
             data: data.name.clone(),
             standardization: None,
+            source: None,
             seed: cfg.seed,
             train: serde_json::to_value(&trainer.cfg).unwrap_or_default(),
             run: serde_json::Value::Null,

@@ -321,15 +321,20 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
     let (batch, n_data) = (300, 1000);
     let mut r = rng(7);
     let data: Vec<f32> = (0..n_data * 3).map(|_| r.random_range(-3.0..3.0)).collect();
-    for (pi, path) in [
-        GaussianPath::Ot { sigma_min: 0.0 },
-        GaussianPath::Ot { sigma_min: 0.1 },
-        GaussianPath::Vp,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    let pool: Vec<f32> = (0..77 * 3).map(|_| r.random_range(-1.0..1.0)).collect();
+    let cases = [
+        (GaussianPath::Ot { sigma_min: 0.0 }, false),
+        (GaussianPath::Ot { sigma_min: 0.1 }, false),
+        (GaussianPath::Vp, false),
+        (GaussianPath::Poly { exponent: 1.5 }, false),
+        (GaussianPath::Icfm { sigma: 0.2 }, false),
+        (GaussianPath::Sb { sigma: 0.5 }, false),
+        (GaussianPath::Icfm { sigma: 0.1 }, true),
+    ];
+    for (pi, (path, use_pool)) in cases.into_iter().enumerate() {
         let data_buf = ctx.storage_from("data", &data).unwrap();
+        let source = if use_pool { Some(&pool[..]) } else { None };
+        let source_buf = ctx.storage_from("source", source.unwrap_or(&[])).unwrap();
         let input = ctx.storage("input", batch * 8).unwrap();
         let target = ctx.storage("target", batch * 4).unwrap();
         let vg: Vec<f32> = (0..batch * 4).map(|_| r.random_range(-2.0..2.0)).collect();
@@ -346,11 +351,11 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             out_stride: 4,
             time_cols: 3,
             path: path.gpu_code(),
-            sigma_min: path.sigma_min() as f32,
+            path_param: path.gpu_param() as f32,
             seed: 42 + pi as u32,
             step: 12345,
             loss_slot: 5,
-            _pad: 0,
+            n_source: source.map(|s| s.len() / 3).unwrap_or(0) as u32,
         };
         arena.set(0, &p);
         arena.upload(ctx, 0..1);
@@ -359,7 +364,7 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             cfm::cfm_loss(ctx).unwrap(),
             cfm::loss_reduce(ctx).unwrap(),
         );
-        let gp = kp.bind(ctx, &arena, &[&data_buf, &input, &target]);
+        let gp = kp.bind(ctx, &arena, &[&data_buf, &input, &target, &source_buf]);
         let gl = kl.bind(ctx, &arena, &[&target, &v, &grad, &sample_loss]);
         let gr = kr.bind(ctx, &arena, &[&sample_loss, &history]);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
@@ -371,24 +376,27 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             kr.dispatch(&mut cp, &gr, 0, [1, 1, 1]);
         }
         ctx.submit(enc).unwrap();
-        let (want_in, want_u) = reference::cfm_batch(&cfg, &path, &data, p.seed, p.step, batch);
+        let (want_in, want_u) =
+            reference::cfm_batch(&cfg, &path, &data, source, p.seed, p.step, batch);
         let got_in = unpad(&ctx.read(&input, 0, batch * 8).unwrap(), batch, 6, 8);
         let got_u = unpad(&ctx.read(&target, 0, batch * 4).unwrap(), batch, 3, 4);
-        // Box–Muller and trig in f32: ~1e-6 relative.
+        // Box–Muller, powers and trig in f32: ~1e-6 relative (the SB target's 1/√(t(1−t))
+        // amplifies t's rounding near the ends: 1e-4 there).
+        let rtol = if path.name() == "sb" { 1e-4 } else { 1e-5 };
         assert_close(
             &format!("{} x_t", path.name()),
             &got_in,
             &want_in,
-            1e-5,
+            rtol,
             2e-5,
         );
-        assert_close(&format!("{} u_t", path.name()), &got_u, &want_u, 1e-5, 2e-5);
+        assert_close(&format!("{} u_t", path.name()), &got_u, &want_u, rtol, 2e-5);
         let v64: Vec<f64> = unpad(&vg, batch, 3, 4).iter().map(|&x| x as f64).collect();
         let (want_loss, want_grad) = reference::cfm_loss(&v64, &want_u);
         let got_grad = unpad(&ctx.read(&grad, 0, batch * 4).unwrap(), batch, 3, 4);
         assert_close("dL/dv", &got_grad, &want_grad, 1e-4, 1e-8);
         let got_loss = ctx.read(&history, 5, 1).unwrap()[0];
-        assert_close("loss", &[got_loss], &[want_loss], 1e-5, 0.0);
+        assert_close("loss", &[got_loss], &[want_loss], 1e-4, 0.0);
     }
 }
 

@@ -184,11 +184,7 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
 fn bad(args: &[&str], needle: &str, never: &Path) {
     let (code, _, err) = run(args);
     assert_eq!(code, 1, "{args:?}: exit {code}: {err}");
-    let last = err
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .next_back()
-        .unwrap_or("");
+    let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
     assert!(
         last.starts_with("error: ") && last.contains(needle),
         "{args:?}: expected '{needle}' in: {err}"

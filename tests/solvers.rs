@@ -22,6 +22,7 @@ fn model_of(cfg: MlpConfig, weights: Weights) -> Model {
             path: GaussianPath::Ot { sigma_min: 0.0 },
             data: "test".into(),
             standardization: None,
+            source: None,
             seed: 0,
             train: serde_json::Value::Null,
             run: serde_json::Value::Null,

@@ -30,6 +30,7 @@ fn model(cfg: &MlpConfig, seed: u64) -> Model {
             path: GaussianPath::Ot { sigma_min: 0.0 },
             data: "test".into(),
             standardization: None,
+            source: None,
             seed,
             train: serde_json::Value::Null,
             run: serde_json::Value::Null,
@@ -58,7 +59,8 @@ fn one_training_step_matches_reference() {
         let mut tr = Trainer::new(ctx, &cfg, path, &w0, &data.points, &tc).unwrap();
         tr.run_steps(ctx, 1).unwrap();
         // Reference: the same batch (same counter RNG), forward, loss, backward, AdamW.
-        let (input, target) = reference::cfm_batch(&cfg, &path, &data.points, 77, 0, tc.batch);
+        let (input, target) =
+            reference::cfm_batch(&cfg, &path, &data.points, None, 77, 0, tc.batch);
         let acts = reference::forward(&cfg, &w0, &input);
         let (loss, dv) = reference::cfm_loss(acts.h.last().unwrap(), &target);
         let g = reference::backward(&cfg, &w0, &acts, &dv);

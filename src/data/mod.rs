@@ -69,8 +69,8 @@ impl Dataset {
                 (d, dim)
             }
             Some("csv") => {
-                let text =
-                    std::str::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))?;
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| Error::format(path, "not UTF-8 text"))?;
                 crate::io::csv::parse_csv(text).map_err(|m| Error::format(path, m))?
             }
             _ => {

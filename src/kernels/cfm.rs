@@ -16,18 +16,19 @@ pub struct CfmParams {
     pub out_stride: u32,
     pub time_cols: u32,
     pub path: u32,
-    pub sigma_min: f32,
+    pub path_param: f32,
     pub seed: u32,
     pub step: u32,
     pub loss_slot: u32,
-    pub _pad: u32,
+    pub n_source: u32,
 }
 
-/// data, input, target.
+/// data, input, target, source.
 const PREPARE: &[(u32, Access)] = &[
     (1, Access::Read),
     (2, Access::ReadWrite),
     (3, Access::ReadWrite),
+    (8, Access::Read),
 ];
 /// target, v, grad_v, sample_loss.
 const LOSS: &[(u32, Access)] = &[

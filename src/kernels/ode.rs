@@ -43,6 +43,8 @@ pub struct OdeParams {
     pub h_min: f32,
     pub a_first: f32,
     pub c_first: f32,
+    pub n_source: u32,
+    pub _pad: [u32; 3],
     pub coef: [f32; 8],
     pub err_coef: [f32; 8],
 }
@@ -67,8 +69,16 @@ const SNAPSHOT: &[(u32, Access)] = &[(1, Access::ReadWrite), (6, Access::ReadWri
 pub fn start(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Ode, "start", START)
 }
+/// state, input, clock, source.
+const BASE_NOISE: &[(u32, Access)] = &[
+    (1, Access::ReadWrite),
+    (2, Access::ReadWrite),
+    (5, Access::ReadWrite),
+    (8, Access::Read),
+];
+
 pub fn base_noise(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Ode, "base_noise", START)
+    Kernel::get(ctx, Shader::Ode, "base_noise", BASE_NOISE)
 }
 pub fn rk_stage(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Ode, "rk_stage", ALL)
