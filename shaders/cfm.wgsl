@@ -22,6 +22,10 @@ struct CfmParams {
     step: u32,          // training step: keys the RNG, so each step draws fresh numbers
     loss_slot: u32,     // index into the loss history
     n_source: u32,      // 0: x0 ~ N(0, I); else rows in the source pool
+    paired: u32,        // 1: source row i is coupled with data row i (a given coupling)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: CfmParams;
@@ -88,8 +92,12 @@ fn cfm_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let idx = rng_bits(p.seed, STREAM_INDEX, p.step, i, 0u) % p.n_data;
     let t = uniform_open(rng_bits(p.seed, STREAM_TIME, p.step, i, 0u));
     let s = schedule(t);
-    // The source row (independent coupling: its own random index).
-    let src = rng_bits(p.seed, STREAM_INDEX, p.step, i, 1u) % max(p.n_source, 1u);
+    // The source row: its own random index (independent coupling), or the data row's
+    // (paired coupling).
+    var src = rng_bits(p.seed, STREAM_INDEX, p.step, i, 1u) % max(p.n_source, 1u);
+    if (p.paired != 0u) {
+        src = idx;
+    }
     let row_in = i * p.in_stride;
     let row_out = i * p.out_stride;
     for (var j = 0u; j < p.dim; j++) {

@@ -149,6 +149,8 @@ fn random_model(cfg: &MlpConfig) -> Model {
             data: "bench".into(),
             standardization: None,
             source: None,
+            augment: 0,
+            augment_fill: Default::default(),
             seed: 0,
             train: serde_json::Value::Null,
             run: serde_json::Value::Null,

@@ -73,6 +73,15 @@ struct TrainArgs {
     /// swissroll, 2spirals) or a data file: .csv (header optional) or .npy ([N, dim]).
     #[arg(long, default_value = "moons")]
     data: String,
+    /// ANODE: augment the data with K zero dimensions (and the source with K noise ones).
+    #[arg(long, default_value_t = 0)]
+    augment: usize,
+    /// What fills a --source's augmented dimensions: noise, or copy (its own coordinates).
+    #[arg(long, default_value = "noise")]
+    augment_fill: String,
+    /// Couple source row i with data row i (--source must have as many rows as the data).
+    #[arg(long)]
+    paired: bool,
     /// Source distribution x0: gaussian, a built-in toy or a .csv/.npy file (e.g. 8gaussians → moons).
     #[arg(long, default_value = "gaussian")]
     source: String,
@@ -634,9 +643,15 @@ fn train(a: TrainArgs) -> Result<()> {
             seed: a.seed,
             steps_per_submit: a.steps_per_submit,
             log_every: a.log_every,
+            paired: a.paired,
             ..TrainConfig::default()
         };
         tc.validate()?;
+        if a.paired && (a.val_frac > 0.0 || a.source == "gaussian") {
+            return Err(Error::invalid(
+                "--paired needs a --source file with one row per data row, and no --val-frac",
+            ));
+        }
         let config = ModelConfig {
             format_version: flowgpu::model::FORMAT_VERSION,
             mlp: MlpConfig {
@@ -650,6 +665,8 @@ fn train(a: TrainArgs) -> Result<()> {
             data: a.data.clone(),
             standardization: None,
             source: None,
+            augment: 0,
+            augment_fill: Default::default(),
             seed: a.seed,
             train: serde_json::to_value(&tc).unwrap_or_default(),
             run: serde_json::to_value(&plan).unwrap_or_default(),
@@ -678,14 +695,30 @@ fn train(a: TrainArgs) -> Result<()> {
         )));
     }
     if resuming {
-        if config.mlp.dim != train_set.dim {
+        if config.data_dim() != train_set.dim {
             return Err(Error::invalid(format!(
                 "the data now has dimension {}, the run's model {}",
-                train_set.dim, config.mlp.dim
+                train_set.dim,
+                config.data_dim()
             )));
         }
     } else {
-        config.mlp.dim = train_set.dim;
+        config.augment = a.augment;
+        config.augment_fill = match a.augment_fill.as_str() {
+            "noise" => flowgpu::data::AugmentFill::Noise,
+            "copy" if plan.source.is_some() => flowgpu::data::AugmentFill::Copy,
+            "copy" => {
+                return Err(Error::invalid(
+                    "--augment-fill copy needs a --source (the Gaussian source gets noise)",
+                ))
+            }
+            f => {
+                return Err(Error::invalid(format!(
+                    "unknown --augment-fill '{f}'; valid: noise, copy"
+                )))
+            }
+        };
+        config.mlp.dim = train_set.dim + a.augment;
         config.standardization = std;
     }
     config.mlp.validate()?;
@@ -702,13 +735,24 @@ fn train(a: TrainArgs) -> Result<()> {
         config.seed,
         train_set.dim,
         config.standardization.as_ref(),
-    )?;
+    )?
+    // ANODE: zeros in the augmented dimensions of the data, noise in the source's.
+    .map(|s| {
+        Dataset::augment_source(
+            &s,
+            train_set.dim,
+            config.augment,
+            config.augment_fill,
+            config.seed ^ 0xa0de,
+        )
+    });
+    let pool = Dataset::augment(&train_set.points, train_set.dim, config.augment, None);
     let mut trainer = Trainer::with_source(
         &ctx,
         &config.mlp,
         config.path,
         &weights,
-        &train_set.points,
+        &pool,
         source.as_deref(),
         &tc,
     )?;
@@ -787,7 +831,7 @@ fn train(a: TrainArgs) -> Result<()> {
     )
     .map_err(|e| Error::io(&png, e))?;
     let sampler = Sampler::new(&ctx, &model)?;
-    if model.config.mlp.dim >= 2 && plan.plot_samples > 0 {
+    if train_set.dim >= 2 && plan.plot_samples > 0 {
         let (samples, _) =
             sampler.sample(plan.plot_samples, config.seed, &SolveConfig::default())?;
         let mut shown = train_set.points[..train_set
@@ -824,7 +868,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let steps_per_s = (tc.steps - first_step) as f64 / wall;
     // Held-out NLL in data units: exact trace, RK4 with 50 steps (a fixed, predictable cost).
     let held_out_nll = match &held {
-        Some(h) if plan.source.is_none() => {
+        Some(h) if plan.source.is_none() && config.augment == 0 => {
             let solve = SolveConfig {
                 method: Method::Rk4,
                 steps: 50,
@@ -1002,7 +1046,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
     let ctx = a.gpu.context()?;
     let sampler = Sampler::new(&ctx, &model)?;
-    let d = model.config.mlp.dim;
+    let d = model.config.data_dim();
     let t0 = Instant::now();
     let pb = progress_bar(a.n as u64, false);
     pb.set_message("samples");
@@ -1087,8 +1131,13 @@ fn map(a: MapArgs, encode: bool) -> Result<()> {
     check_output_path(&a.out)?;
     let cfg = a.solver.config()?;
     let model = Model::load(&a.model)?;
-    let d = model.config.mlp.dim;
-    let x = read_rows(&a.input, d)?;
+    // Encoding reads data rows and writes latents of the model's (augmented) dimension.
+    let (d_in, d) = if encode {
+        (model.config.data_dim(), model.config.mlp.dim)
+    } else {
+        (model.config.mlp.dim, model.config.data_dim())
+    };
+    let x = read_rows(&a.input, d_in)?;
     let ctx = a.gpu.context()?;
     let sampler = Sampler::new(&ctx, &model)?;
     let t0 = Instant::now();
@@ -1098,7 +1147,7 @@ fn map(a: MapArgs, encode: bool) -> Result<()> {
         sampler.decode(&x, &cfg)?
     };
     let wall = t0.elapsed().as_secs_f64();
-    let n = x.len() / d;
+    let n = x.len() / d_in;
     write_rows(&a.out, n, d, &mut |sink| {
         sink(&y)?;
         Ok(stats.clone())
@@ -1131,12 +1180,13 @@ fn logprob(a: LogprobArgs) -> Result<()> {
     let cfg = a.solver.config()?;
     let trace = a.trace.trace()?;
     let model = Model::load(&a.model)?;
-    let d = model.config.mlp.dim;
+    let d = model.config.data_dim();
     let x = read_rows(&a.input, d)?;
     let ctx = a.gpu.context()?;
     let sampler = Sampler::new(&ctx, &model)?;
     let t0 = Instant::now();
     let (logp, z, stats) = sampler.log_prob(&x, trace, &cfg)?;
+    let d_latent = model.config.mlp.dim;
     let wall = t0.elapsed().as_secs_f64();
     let n = logp.len();
     let lp32: Vec<f32> = logp.iter().map(|&v| v as f32).collect();
@@ -1145,7 +1195,7 @@ fn logprob(a: LogprobArgs) -> Result<()> {
         Ok(stats.clone())
     })?;
     if let Some(l) = &a.latent {
-        write_rows(l, n, d, &mut |sink| {
+        write_rows(l, n, d_latent, &mut |sink| {
             sink(&z)?;
             Ok(stats.clone())
         })?;
@@ -1196,7 +1246,7 @@ fn density(a: DensityArgs) -> Result<()> {
         return Err(Error::invalid("--grid must be between 2 and 2000"));
     }
     let model = Model::load(&a.model)?;
-    if model.config.mlp.dim != 2 {
+    if model.config.data_dim() != 2 {
         return Err(Error::invalid(format!(
             "density plots need a 2-D model; this one has dimension {}",
             model.config.mlp.dim

@@ -421,6 +421,13 @@ pub struct ModelConfig {
     /// (its points are standardized like the data).
     #[serde(default)]
     pub source: Option<String>,
+    /// ANODE: extra dimensions K appended to the data (zeros) and the source (noise); the
+    /// MLP works in mlp.dim = data dimension + K and samples are projected back.
+    #[serde(default)]
+    pub augment: usize,
+    /// What fills the source's augmented dimensions.
+    #[serde(default)]
+    pub augment_fill: crate::data::AugmentFill,
     pub seed: u64,
     /// The optimizer settings of the run (train::TrainConfig).
     #[serde(default)]
@@ -435,6 +442,13 @@ pub struct ModelConfig {
 pub struct Model {
     pub config: ModelConfig,
     pub weights: Weights,
+}
+
+impl ModelConfig {
+    /// Dimension of the data (the model's, less the augmented dimensions).
+    pub fn data_dim(&self) -> usize {
+        self.mlp.dim - self.augment
+    }
 }
 
 impl Model {
@@ -478,9 +492,15 @@ impl Model {
             .mlp
             .validate()
             .map_err(|e| Error::format(path, e.to_string()))?;
+        if config.augment >= config.mlp.dim {
+            return Err(Error::format(
+                path,
+                "augment must be smaller than the model dimension",
+            ));
+        }
         if let Some(s) = &config.standardization {
-            if s.mean.len() != config.mlp.dim
-                || s.std.len() != config.mlp.dim
+            if s.mean.len() != config.mlp.dim - config.augment
+                || s.std.len() != config.mlp.dim - config.augment
                 || s.std.iter().any(|v| !(*v > 0.0 && v.is_finite()))
                 || s.mean.iter().any(|v| !v.is_finite())
             {

@@ -113,12 +113,14 @@ pub fn backward(cfg: &MlpConfig, w: &Weights, acts: &Activations, dv: &[f64]) ->
 }
 
 /// The CFM batch that `cfm_prepare` draws at `step`: MLP inputs and targets, with x0
-/// from N(0, I) or, given a source pool, from its rows.
+/// from N(0, I) or, given a source pool, from its rows (row i of the data's when paired).
+#[allow(clippy::too_many_arguments)] // mirrors the kernel's parameters one to one
 pub fn cfm_batch(
     cfg: &MlpConfig,
     path: &GaussianPath,
     data: &[f32],
     source: Option<&[f32]>,
+    paired: bool,
     seed: u32,
     step: u32,
     batch: usize,
@@ -138,7 +140,10 @@ pub fn cfm_batch(
                 None => rng::normal_at(seed, rng::STREAM_NOISE, step, i, j as u32),
                 Some(pool) => {
                     let n = (pool.len() / d) as u32;
-                    let src = (rng::rng_bits(seed, rng::STREAM_INDEX, step, i, 1) % n) as usize;
+                    let mut src = (rng::rng_bits(seed, rng::STREAM_INDEX, step, i, 1) % n) as usize;
+                    if paired {
+                        src = idx;
+                    }
                     pool[src * d + j] as f64
                 }
             };

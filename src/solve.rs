@@ -620,16 +620,25 @@ impl<'a> Sampler<'a> {
         let mut pool = Vec::new();
         if let Some(spec) = &model.config.source {
             let ds = crate::data::Dataset::load(spec, 100_000, model.config.seed, false)?;
-            if ds.dim != model.config.mlp.dim {
+            let dd = model.config.data_dim();
+            if ds.dim != dd {
                 return Err(Error::invalid(format!(
-                    "the source '{spec}' has dimension {}, the model {}",
-                    ds.dim, model.config.mlp.dim
+                    "the source '{spec}' has dimension {}, the data {dd}",
+                    ds.dim
                 )));
             }
             pool = ds.points;
             if let Some(s) = &model.config.standardization {
                 s.apply(&mut pool);
             }
+            // ANODE: the source gets noise in the augmented dimensions.
+            pool = crate::data::Dataset::augment_source(
+                &pool,
+                dd,
+                model.config.augment,
+                model.config.augment_fill,
+                model.config.seed ^ 0xa0de,
+            );
         }
         let n_source = pool.len() / model.config.mlp.dim;
         let source = ctx.storage_from("source pool", &pool)?;
@@ -642,8 +651,44 @@ impl<'a> Sampler<'a> {
         })
     }
 
+    /// Dimension the vector field works in (data + augmented dimensions).
     pub fn dim(&self) -> usize {
         self.model.config.mlp.dim
+    }
+
+    /// Dimension of the data.
+    pub fn data_dim(&self) -> usize {
+        self.model.config.data_dim()
+    }
+
+    /// Model-space rows → data rows: drop augmented dimensions, undo standardization.
+    fn to_data(&self, x: &[f32]) -> Vec<f32> {
+        let (d, dd) = (self.dim(), self.data_dim());
+        let mut out: Vec<f32> = x.chunks(d).flat_map(|r| r[..dd].to_vec()).collect();
+        if let Some(s) = &self.model.config.standardization {
+            s.undo(&mut out);
+        }
+        out
+    }
+
+    /// Data rows → model-space rows: standardize, append zeros for augmented dimensions.
+    fn to_model(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let dd = self.data_dim();
+        if x.is_empty() || !x.len().is_multiple_of(dd) {
+            return Err(Error::invalid(format!(
+                "input must be a non-empty [n, {dd}] array"
+            )));
+        }
+        let mut m = x.to_vec();
+        if let Some(s) = &self.model.config.standardization {
+            s.apply(&mut m);
+        }
+        Ok(crate::data::Dataset::augment(
+            &m,
+            dd,
+            self.model.config.augment,
+            None,
+        ))
     }
 
     /// Draw `n` samples (noise at t = 0 → t = 1), in data units, delivered chunk by chunk
@@ -668,7 +713,7 @@ impl<'a> Sampler<'a> {
         let mut start = 0;
         while start < n {
             let rows = capacity.min(n - start);
-            let (mut x, s) = self.solve_chunk(
+            let (x, s) = self.solve_chunk(
                 &mut cs,
                 rows,
                 Init::Noise {
@@ -679,8 +724,7 @@ impl<'a> Sampler<'a> {
                 1.0,
                 cfg,
             )?;
-            self.to_data_units(&mut x);
-            sink(&x)?;
+            sink(&self.to_data(&x))?;
             stats.merge(&s);
             start += rows;
         }
@@ -689,7 +733,7 @@ impl<'a> Sampler<'a> {
 
     /// `n` samples in memory (see [`sample_into`](Self::sample_into)).
     pub fn sample(&self, n: usize, seed: u64, cfg: &SolveConfig) -> Result<(Vec<f32>, SolveStats)> {
-        let mut out = Vec::with_capacity(n * self.dim());
+        let mut out = Vec::with_capacity(n * self.data_dim());
         let stats = self.sample_into(n, seed, cfg, &mut |x| {
             out.extend_from_slice(x);
             Ok(())
@@ -697,20 +741,16 @@ impl<'a> Sampler<'a> {
         Ok((out, stats))
     }
 
-    /// Data → latent: integrate from t = 1 back to t = 0. Rows in data units.
+    /// Data → latent: integrate from t = 1 back to t = 0. Rows in data units; latents have
+    /// the model's dimension (data + augmented).
     pub fn encode(&self, x: &[f32], cfg: &SolveConfig) -> Result<(Vec<f32>, SolveStats)> {
-        let mut m = x.to_vec();
-        if let Some(s) = &self.model.config.standardization {
-            s.apply(&mut m);
-        }
-        self.integrate(&m, 1.0, 0.0, cfg)
+        self.integrate(&self.to_model(x)?, 1.0, 0.0, cfg)
     }
 
     /// Latent → data: integrate from t = 0 to t = 1. Returns rows in data units.
     pub fn decode(&self, z: &[f32], cfg: &SolveConfig) -> Result<(Vec<f32>, SolveStats)> {
-        let (mut x, s) = self.integrate(z, 0.0, 1.0, cfg)?;
-        self.to_data_units(&mut x);
-        Ok((x, s))
+        let (x, s) = self.integrate(z, 0.0, 1.0, cfg)?;
+        Ok((self.to_data(&x), s))
     }
 
     /// Integrate rows (model units) from t0 to t1.
@@ -735,11 +775,6 @@ impl<'a> Sampler<'a> {
         cfg: &SolveConfig,
     ) -> Result<(Vec<f64>, Vec<f32>, SolveStats)> {
         let d = self.dim();
-        if x.is_empty() || !x.len().is_multiple_of(d) {
-            return Err(Error::invalid(format!(
-                "input must be a non-empty [n, {d}] array"
-            )));
-        }
         if let Some(src) = &self.model.config.source {
             return Err(Error::invalid(format!(
                 "log-likelihood needs a source distribution with a density (the Gaussian); this model flows from '{src}'"
@@ -750,12 +785,13 @@ impl<'a> Sampler<'a> {
                 return Err(Error::invalid("--probes must be positive"));
             }
         }
-        let mut m = x.to_vec();
-        let mut log_jac = 0.0;
-        if let Some(s) = &self.model.config.standardization {
-            s.apply(&mut m);
-            log_jac = -s.std.iter().map(|v| v.ln()).sum::<f64>();
-        }
+        // ANODE models: this is log p(x, 0), the density of the zero-padded point in the
+        // augmented space (see README), not log p(x).
+        let m = self.to_model(x)?;
+        let log_jac = match &self.model.config.standardization {
+            Some(s) => -s.std.iter().map(|v| v.ln()).sum::<f64>(),
+            None => 0.0,
+        };
         let aug: Vec<f32> = m
             .chunks(d)
             .flat_map(|r| r.iter().copied().chain([0.0]))
@@ -880,18 +916,8 @@ impl<'a> Sampler<'a> {
             .read(&cs.traj, 0, taken.min(slots) * particles * d)?;
         Ok(flat
             .chunks(particles * d)
-            .map(|c| {
-                let mut v = c.to_vec();
-                self.to_data_units(&mut v);
-                v
-            })
+            .map(|c| self.to_data(c))
             .collect())
-    }
-
-    fn to_data_units(&self, x: &mut [f32]) {
-        if let Some(s) = &self.model.config.standardization {
-            s.undo(x);
-        }
     }
 
     /// Rows per chunk: as asked, but within the adapter's storage-binding limit.

@@ -39,6 +39,10 @@ pub struct TrainConfig {
     pub steps_per_submit: usize,
     /// Steps between loss readbacks (a multiple of steps_per_submit).
     pub log_every: usize,
+    /// Paired coupling: source row i goes with data row i (needs a source pool of the same
+    /// length as the data), instead of independent draws.
+    #[serde(default)]
+    pub paired: bool,
 }
 
 impl Default for TrainConfig {
@@ -58,6 +62,7 @@ impl Default for TrainConfig {
             seed: 0,
             steps_per_submit: 10,
             log_every: 100,
+            paired: false,
         }
     }
 }
@@ -196,6 +201,11 @@ impl Trainer {
                 )));
             }
         }
+        if cfg.paired && source.map(|s| s.len()) != Some(data.len()) {
+            return Err(Error::invalid(
+                "a paired coupling needs a source with as many rows as the data",
+            ));
+        }
         let source_buf = ctx.storage_from("source pool", source.unwrap_or(&[]))?;
         let out_stride = MlpPass::out_stride(mlp_cfg);
         let target = ctx.storage("cfm target", cfg.batch * out_stride)?;
@@ -241,6 +251,7 @@ impl Trainer {
             path: path.gpu_code(),
             path_param: path.gpu_param() as f32,
             n_source: source.map(|s| s.len() / d).unwrap_or(0) as u32,
+            paired: cfg.paired as u32,
             seed: cfg.seed as u32,
             ..Default::default()
         };
@@ -578,6 +589,8 @@ pub fn fit(
             data: data.name.clone(),
             standardization: None,
             source: None,
+            augment: 0,
+            augment_fill: Default::default(),
             seed: cfg.seed,
             train: serde_json::to_value(&trainer.cfg).unwrap_or_default(),
             run: serde_json::Value::Null,

@@ -322,6 +322,8 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
     let mut r = rng(7);
     let data: Vec<f32> = (0..n_data * 3).map(|_| r.random_range(-3.0..3.0)).collect();
     let pool: Vec<f32> = (0..77 * 3).map(|_| r.random_range(-1.0..1.0)).collect();
+    // A paired source: one row per data row.
+    let paired_pool: Vec<f32> = (0..n_data * 3).map(|_| r.random_range(-1.0..1.0)).collect();
     let cases = [
         (GaussianPath::Ot { sigma_min: 0.0 }, false),
         (GaussianPath::Ot { sigma_min: 0.1 }, false),
@@ -330,10 +332,17 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
         (GaussianPath::Icfm { sigma: 0.2 }, false),
         (GaussianPath::Sb { sigma: 0.5 }, false),
         (GaussianPath::Icfm { sigma: 0.1 }, true),
+        (GaussianPath::Ot { sigma_min: 0.0 }, true),
     ];
     for (pi, (path, use_pool)) in cases.into_iter().enumerate() {
         let data_buf = ctx.storage_from("data", &data).unwrap();
-        let source = if use_pool { Some(&pool[..]) } else { None };
+        // The last case couples source row i with data row i.
+        let paired = pi + 1 == cases.len();
+        let source = match (use_pool, paired) {
+            (true, true) => Some(&paired_pool[..]),
+            (true, false) => Some(&pool[..]),
+            _ => None,
+        };
         let source_buf = ctx.storage_from("source", source.unwrap_or(&[])).unwrap();
         let input = ctx.storage("input", batch * 8).unwrap();
         let target = ctx.storage("target", batch * 4).unwrap();
@@ -356,6 +365,8 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             step: 12345,
             loss_slot: 5,
             n_source: source.map(|s| s.len() / 3).unwrap_or(0) as u32,
+            paired: paired as u32,
+            _pad: [0; 3],
         };
         arena.set(0, &p);
         arena.upload(ctx, 0..1);
@@ -377,7 +388,7 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
         }
         ctx.submit(enc).unwrap();
         let (want_in, want_u) =
-            reference::cfm_batch(&cfg, &path, &data, source, p.seed, p.step, batch);
+            reference::cfm_batch(&cfg, &path, &data, source, paired, p.seed, p.step, batch);
         let got_in = unpad(&ctx.read(&input, 0, batch * 8).unwrap(), batch, 6, 8);
         let got_u = unpad(&ctx.read(&target, 0, batch * 4).unwrap(), batch, 3, 4);
         // Box–Muller, powers and trig in f32: ~1e-6 relative (the SB target's 1/√(t(1−t))

@@ -224,6 +224,8 @@ fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
             data: "moons".into(),
             standardization: None,
             source: Some("8gaussians".into()),
+            augment: 0,
+            augment_fill: Default::default(),
             seed: 1,
             train: serde_json::Value::Null,
             run: serde_json::Value::Null,
@@ -270,4 +272,88 @@ fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
     let (end, start) = (ed(traj.last().unwrap(), &fresh), ed(&traj[0], &fresh));
     eprintln!("energy distance to moons: start {start:.4}, end {end:.4}");
     assert!(end < 0.05 && end < start / 5.0, "end {end}, start {start}");
+}
+
+/// Train a paired flow x0 → x1 = −x0 in 1-D (K = 0) or augmented (K = 1) and return the
+/// mean squared error of the transported test points.
+fn mirror_mse(k: usize, fill: flowgpu::data::AugmentFill) -> f64 {
+    use flowgpu::data::Dataset;
+    use flowgpu::solve::{Sampler, SolveConfig};
+    let ctx = Box::leak(Box::new(
+        flowgpu::GpuContext::new(&Default::default()).expect("adapter"),
+    ));
+    let mut r = rand::rngs::StdRng::seed_from_u64(0);
+    let s: Vec<f32> = (0..20_000)
+        .map(|_| r.sample::<f32, _>(StandardNormal))
+        .collect();
+    let x1: Vec<f32> = s.iter().map(|v| -v).collect();
+    let test: Vec<f32> = (0..1000)
+        .map(|_| r.sample::<f32, _>(StandardNormal))
+        .collect();
+    let data = Dataset::augment(&x1, 1, k, None);
+    let source = Dataset::augment_source(&s, 1, k, fill, 5);
+    let cfg = MlpConfig {
+        dim: 1 + k,
+        width: 64,
+        depth: 3,
+        activation: Activation::Silu,
+        time_features: 0,
+    };
+    let tc = flowgpu::TrainConfig {
+        steps: 2000,
+        paired: true,
+        ..Default::default()
+    };
+    let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(1));
+    let path = GaussianPath::Ot { sigma_min: 0.0 };
+    let mut tr =
+        flowgpu::Trainer::with_source(ctx, &cfg, path, &w, &data, Some(&source), &tc).unwrap();
+    tr.run_until(
+        ctx,
+        tc.steps,
+        &std::sync::atomic::AtomicBool::new(false),
+        |_, _| Ok(()),
+    )
+    .unwrap();
+    let model = flowgpu::Model {
+        config: flowgpu::ModelConfig {
+            format_version: flowgpu::model::FORMAT_VERSION,
+            mlp: cfg.clone(),
+            path,
+            data: "mirror".into(),
+            standardization: None,
+            source: None,
+            augment: 0,
+            augment_fill: Default::default(),
+            seed: 0,
+            train: serde_json::Value::Null,
+            run: serde_json::Value::Null,
+        },
+        weights: tr.weights(ctx, false).unwrap(),
+    };
+    let sm = Sampler::new(ctx, &model).unwrap();
+    let x0 = Dataset::augment_source(&test, 1, k, fill, 9);
+    let solve = SolveConfig {
+        method: flowgpu::Method::Rk4,
+        steps: 50,
+        ..Default::default()
+    };
+    let (y, _) = sm.integrate(&x0, 0.0, 1.0, &solve).unwrap();
+    y.chunks(1 + k)
+        .zip(&test)
+        .map(|(r, t)| ((r[0] + t) as f64).powi(2))
+        .sum::<f64>()
+        / test.len() as f64
+}
+
+#[test]
+fn augmentation_lets_a_flow_reverse_orientation() {
+    // x ↦ −x cannot be the time-one map of a 1-D ODE (flows preserve order); with one extra
+    // dimension carrying a copy of the source point, the straight conditional paths no
+    // longer collide at t = ½ and the map is learned.
+    let plain = mirror_mse(0, flowgpu::data::AugmentFill::Noise);
+    let copy = mirror_mse(1, flowgpu::data::AugmentFill::Copy);
+    eprintln!("x ↦ −x: MSE plain 1-D {plain:.4}, augmented (copy) {copy:.4}");
+    assert!(plain > 1.0, "a 1-D flow should fail at x ↦ −x: MSE {plain}");
+    assert!(copy < 0.05, "augmented flow MSE {copy}");
 }

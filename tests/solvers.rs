@@ -23,6 +23,8 @@ fn model_of(cfg: MlpConfig, weights: Weights) -> Model {
             data: "test".into(),
             standardization: None,
             source: None,
+            augment: 0,
+            augment_fill: Default::default(),
             seed: 0,
             train: serde_json::Value::Null,
             run: serde_json::Value::Null,

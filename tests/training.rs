@@ -31,6 +31,8 @@ fn model(cfg: &MlpConfig, seed: u64) -> Model {
             data: "test".into(),
             standardization: None,
             source: None,
+            augment: 0,
+            augment_fill: Default::default(),
             seed,
             train: serde_json::Value::Null,
             run: serde_json::Value::Null,
@@ -60,7 +62,7 @@ fn one_training_step_matches_reference() {
         tr.run_steps(ctx, 1).unwrap();
         // Reference: the same batch (same counter RNG), forward, loss, backward, AdamW.
         let (input, target) =
-            reference::cfm_batch(&cfg, &path, &data.points, None, 77, 0, tc.batch);
+            reference::cfm_batch(&cfg, &path, &data.points, None, false, 77, 0, tc.batch);
         let acts = reference::forward(&cfg, &w0, &input);
         let (loss, dv) = reference::cfm_loss(acts.h.last().unwrap(), &target);
         let g = reference::backward(&cfg, &w0, &acts, &dv);

@@ -9,6 +9,18 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::Path;
 
+/// What fills the augmented dimensions of the source (the data's are zeros).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AugmentFill {
+    /// Independent N(0, 1) noise, as in ANODE.
+    #[default]
+    Noise,
+    /// Copies of the source point's own coordinates (cyclically): straight conditional
+    /// paths then stay apart where, with independent noise, they would collide.
+    Copy,
+}
+
 /// A data set in memory, row-major [n, dim].
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -127,6 +139,41 @@ impl Dataset {
             ds.points = keep;
         }
         Ok(ds)
+    }
+
+    /// ANODE for a source pool: widen rows to dim + k with `fill` in the new columns.
+    pub fn augment_source(
+        points: &[f32],
+        dim: usize,
+        k: usize,
+        fill: AugmentFill,
+        seed: u64,
+    ) -> Vec<f32> {
+        match fill {
+            AugmentFill::Noise => Self::augment(points, dim, k, Some(seed)),
+            AugmentFill::Copy => points
+                .chunks(dim)
+                .flat_map(|r| r.iter().copied().chain((0..k).map(move |j| r[j % dim])))
+                .collect(),
+        }
+    }
+
+    /// ANODE: rows of `dim` values widened to dim + k, the new columns zero (data) or, with
+    /// a seed, N(0, 1) noise (a source).
+    pub fn augment(points: &[f32], dim: usize, k: usize, noise_seed: Option<u64>) -> Vec<f32> {
+        use rand_distr::Distribution;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(noise_seed.unwrap_or(0));
+        let mut out = Vec::with_capacity(points.len() / dim * (dim + k));
+        for r in points.chunks(dim) {
+            out.extend_from_slice(r);
+            for _ in 0..k {
+                out.push(match noise_seed {
+                    Some(_) => rand_distr::StandardNormal.sample(&mut rng),
+                    None => 0.0,
+                });
+            }
+        }
+        out
     }
 
     pub fn row(&self, i: usize) -> &[f32] {

@@ -21,6 +21,8 @@ pub struct CfmParams {
     pub step: u32,
     pub loss_slot: u32,
     pub n_source: u32,
+    pub paired: u32,
+    pub _pad: [u32; 3],
 }
 
 /// data, input, target, source.
