@@ -56,6 +56,7 @@ fn main() {
             depth,
             activation: act,
             time_features: 0,
+            classes: 0,
         };
         let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(0));
         let mlp = GpuMlp::new(&ctx, &cfg, &w).unwrap();

@@ -13,6 +13,7 @@ fn main() -> flowgpu::Result<()> {
         depth: 3,
         activation: Activation::Selu,
         time_features: 0,
+        classes: 0,
     };
     let cfg = TrainConfig {
         steps: 2000,

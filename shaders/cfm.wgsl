@@ -23,9 +23,9 @@ struct CfmParams {
     loss_slot: u32,     // index into the loss history
     n_source: u32,      // 0: x0 ~ N(0, I); else rows in the source pool
     paired: u32,        // 1: source row i is coupled with data row i (a given coupling)
+    n_classes: u32,     // class-conditional models: one-hot columns after the time features
+    label_dropout: f32, // probability of training a row unconditionally (all-zero one-hot)
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: CfmParams;
@@ -37,6 +37,7 @@ struct CfmParams {
 @group(0) @binding(6) var<storage, read_write> sample_loss: array<f32>;
 @group(0) @binding(7) var<storage, read_write> loss_history: array<f32>;
 @group(0) @binding(8) var<storage, read> source: array<f32>;
+@group(0) @binding(9) var<storage, read> labels: array<u32>;
 
 const PATH_OT: u32 = 0u;
 const PATH_VP: u32 = 1u;
@@ -45,6 +46,7 @@ const PATH_ICFM: u32 = 3u;
 const PATH_SB: u32 = 4u;
 const HALF_PI: f32 = 1.5707963267948966;
 const STREAM_EXTRA: u32 = 6u;
+const STREAM_LABEL: u32 = 7u;
 
 struct Coefs {
     a: f32,
@@ -117,6 +119,14 @@ fn cfm_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
     for (var c = 0u; c < p.time_cols; c++) {
         input[row_in + p.dim + c] = time_feature(c, t);
+    }
+    if (p.n_classes > 0u) {
+        // Label dropout trains the unconditional field too (classifier-free guidance).
+        let drop = uniform_open(rng_bits(p.seed, STREAM_LABEL, p.step, i, 0u)) < p.label_dropout;
+        let label = labels[idx];
+        for (var k = 0u; k < p.n_classes; k++) {
+            input[row_in + p.dim + p.time_cols + k] = select(0.0, 1.0, k == label && !drop);
+        }
     }
 }
 

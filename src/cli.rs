@@ -660,6 +660,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 depth: a.depth,
                 activation,
                 time_features: a.time_features,
+                classes: 0,
             },
             path,
             data: a.data.clone(),
@@ -754,6 +755,7 @@ fn train(a: TrainArgs) -> Result<()> {
         &weights,
         &pool,
         source.as_deref(),
+        None,
         &tc,
     )?;
     let mut curve = Vec::with_capacity(tc.steps as usize);

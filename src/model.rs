@@ -125,6 +125,10 @@ pub struct MlpConfig {
     pub activation: Activation,
     /// Number of Fourier frequencies of t added to the input (0: t only).
     pub time_features: usize,
+    /// Class-conditional models: number of classes, given to the MLP as a one-hot after
+    /// the time features (all zeros: unconditional). 0: unconditional model.
+    #[serde(default)]
+    pub classes: usize,
 }
 
 impl MlpConfig {
@@ -146,6 +150,9 @@ impl MlpConfig {
         if self.time_features > 16 {
             return bad("--time-features", self.time_features, 0, 16);
         }
+        if self.classes > 1024 {
+            return bad("the number of classes", self.classes, 0, 1024);
+        }
         Ok(())
     }
 
@@ -155,7 +162,7 @@ impl MlpConfig {
     }
 
     pub fn in_features(&self) -> usize {
-        self.dim + self.time_cols()
+        self.dim + self.time_cols() + self.classes
     }
 
     /// (in, out, activation) of each linear layer.

@@ -26,10 +26,16 @@ pub fn time_feature(c: usize, t: f64) -> f64 {
     }
 }
 
-/// One MLP input row [x, time features].
+/// One MLP input row [x, time features, class one-hot (all zeros)].
 pub fn input_row(cfg: &MlpConfig, x: &[f64], t: f64) -> Vec<f64> {
+    input_row_class(cfg, x, t, None)
+}
+
+/// One MLP input row [x, time features, one-hot of `class`] (no class: all zeros).
+pub fn input_row_class(cfg: &MlpConfig, x: &[f64], t: f64, class: Option<usize>) -> Vec<f64> {
     let mut row = x.to_vec();
     row.extend((0..cfg.time_cols()).map(|c| time_feature(c, t)));
+    row.extend((0..cfg.classes).map(|k| if Some(k) == class { 1.0 } else { 0.0 }));
     row
 }
 
@@ -112,20 +118,30 @@ pub fn backward(cfg: &MlpConfig, w: &Weights, acts: &Activations, dv: &[f64]) ->
     }
 }
 
-/// The CFM batch that `cfm_prepare` draws at `step`: MLP inputs and targets, with x0
-/// from N(0, I) or, given a source pool, from its rows (row i of the data's when paired).
-#[allow(clippy::too_many_arguments)] // mirrors the kernel's parameters one to one
+/// What a CFM batch is drawn from (the buffers of `cfm_prepare`).
+#[derive(Clone, Copy, Default)]
+pub struct CfmDraw<'a> {
+    pub data: &'a [f32],
+    /// x0 pool; None: x0 ~ N(0, I).
+    pub source: Option<&'a [f32]>,
+    /// Source row i goes with data row i.
+    pub paired: bool,
+    /// One class per data row (class-conditional models).
+    pub labels: Option<&'a [u32]>,
+    pub label_dropout: f64,
+}
+
+/// The CFM batch that `cfm_prepare` draws at `step`: MLP inputs and targets.
 pub fn cfm_batch(
     cfg: &MlpConfig,
     path: &GaussianPath,
-    data: &[f32],
-    source: Option<&[f32]>,
-    paired: bool,
+    draw: &CfmDraw,
     seed: u32,
     step: u32,
     batch: usize,
 ) -> (Vec<f64>, Vec<f64>) {
     let d = cfg.dim;
+    let data = draw.data;
     let n_data = (data.len() / d) as u32;
     let mut input = Vec::with_capacity(batch * cfg.in_features());
     let mut target = Vec::with_capacity(batch * d);
@@ -136,12 +152,12 @@ pub fn cfm_batch(
         let mut x = Vec::with_capacity(d);
         for j in 0..d {
             let x1 = data[idx * d + j] as f64;
-            let x0 = match source {
+            let x0 = match draw.source {
                 None => rng::normal_at(seed, rng::STREAM_NOISE, step, i, j as u32),
                 Some(pool) => {
                     let n = (pool.len() / d) as u32;
                     let mut src = (rng::rng_bits(seed, rng::STREAM_INDEX, step, i, 1) % n) as usize;
-                    if paired {
+                    if draw.paired {
                         src = idx;
                     }
                     pool[src * d + j] as f64
@@ -155,7 +171,13 @@ pub fn cfm_batch(
             x.push(s.a * x1 + s.b * x0 + s.c * eps);
             target.push(s.da * x1 + s.db * x0 + s.dc * eps);
         }
-        input.extend(input_row(cfg, &x, t));
+        let class = draw.labels.and_then(|l| {
+            let u = rng::uniform_open(rng::rng_bits(seed, rng::STREAM_LABEL, step, i, 0));
+            // The kernel compares in f32.
+            let drop = (u as f32) < draw.label_dropout as f32;
+            (!drop).then_some(l[idx] as usize)
+        });
+        input.extend(input_row_class(cfg, &x, t, class));
     }
     (input, target)
 }
@@ -350,7 +372,7 @@ pub fn jvp(cfg: &MlpConfig, w: &Weights, x: &[f64], t: f64, u: &[f64]) -> Vec<f6
     let mut tan: Vec<f64> = u
         .iter()
         .copied()
-        .chain(std::iter::repeat_n(0.0, cfg.time_cols()))
+        .chain(std::iter::repeat_n(0.0, cfg.in_features() - cfg.dim))
         .collect();
     for (l, lin) in w.layers.iter().enumerate() {
         let (fi, fo) = (lin.in_features, lin.out_features);

@@ -43,6 +43,14 @@ pub struct TrainConfig {
     /// length as the data), instead of independent draws.
     #[serde(default)]
     pub paired: bool,
+    /// Class-conditional models: probability of dropping a row's label (the unconditional
+    /// field that classifier-free guidance needs).
+    #[serde(default = "default_label_dropout")]
+    pub label_dropout: f64,
+}
+
+fn default_label_dropout() -> f64 {
+    0.1
 }
 
 impl Default for TrainConfig {
@@ -63,6 +71,7 @@ impl Default for TrainConfig {
             steps_per_submit: 10,
             log_every: 100,
             paired: false,
+            label_dropout: 0.1,
         }
     }
 }
@@ -145,6 +154,7 @@ pub struct Trainer {
     _sample_loss: wgpu::Buffer,
     _partials: wgpu::Buffer,
     _source: wgpu::Buffer,
+    _labels: wgpu::Buffer,
 }
 
 impl Trainer {
@@ -157,10 +167,12 @@ impl Trainer {
         data: &[f32],
         cfg: &TrainConfig,
     ) -> Result<Self> {
-        Self::with_source(ctx, mlp_cfg, path, weights, data, None, cfg)
+        Self::with_source(ctx, mlp_cfg, path, weights, data, None, None, cfg)
     }
 
-    /// As [`new`](Self::new), with x0 drawn from a source pool (model units) if given.
+    /// As [`new`](Self::new), with x0 drawn from a source pool (model units) if given, and
+    /// one class label per data row for class-conditional models (mlp_cfg.classes > 0).
+    #[allow(clippy::too_many_arguments)]
     pub fn with_source(
         ctx: &GpuContext,
         mlp_cfg: &MlpConfig,
@@ -168,6 +180,7 @@ impl Trainer {
         weights: &Weights,
         data: &[f32],
         source: Option<&[f32]>,
+        labels: Option<&[u32]>,
         cfg: &TrainConfig,
     ) -> Result<Self> {
         cfg.validate()?;
@@ -207,6 +220,18 @@ impl Trainer {
             ));
         }
         let source_buf = ctx.storage_from("source pool", source.unwrap_or(&[]))?;
+        match (mlp_cfg.classes, labels) {
+            (0, None) => {}
+            (c, Some(l))
+                if c > 0 && l.len() == data.len() / d && l.iter().all(|&v| (v as usize) < c) => {}
+            _ => {
+                return Err(Error::invalid(format!(
+                    "a model with {} classes needs one label in 0..{} per data row",
+                    mlp_cfg.classes, mlp_cfg.classes
+                )))
+            }
+        }
+        let label_buf = ctx.storage_from("labels", bytemuck::cast_slice(labels.unwrap_or(&[])))?;
         let out_stride = MlpPass::out_stride(mlp_cfg);
         let target = ctx.storage("cfm target", cfg.batch * out_stride)?;
         let sample_loss = ctx.storage("per-sample loss", cfg.batch)?;
@@ -223,7 +248,11 @@ impl Trainer {
         let reduce = cfm::loss_reduce(ctx)?;
         let grad_sq = adam::grad_sq_partial(ctx)?;
         let update = adam::adam_update(ctx)?;
-        let g_prepare = prepare.bind(ctx, &arena, &[&data_buf, &pass.input, &target, &source_buf]);
+        let g_prepare = prepare.bind(
+            ctx,
+            &arena,
+            &[&data_buf, &pass.input, &target, &source_buf, &label_buf],
+        );
         let g_loss = loss.bind(
             ctx,
             &arena,
@@ -252,6 +281,8 @@ impl Trainer {
             path_param: path.gpu_param() as f32,
             n_source: source.map(|s| s.len() / d).unwrap_or(0) as u32,
             paired: cfg.paired as u32,
+            n_classes: mlp_cfg.classes as u32,
+            label_dropout: cfg.label_dropout as f32,
             seed: cfg.seed as u32,
             ..Default::default()
         };
@@ -297,6 +328,7 @@ impl Trainer {
             _sample_loss: sample_loss,
             _partials: partials,
             _source: source_buf,
+            _labels: label_buf,
         })
     }
 

@@ -37,6 +37,7 @@ fn random_model(seed: u64, act: Activation) -> Model {
         depth: 2,
         activation: act,
         time_features: 1,
+        classes: 0,
     };
     let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(seed));
     model_of(cfg, w)
@@ -162,6 +163,7 @@ fn linear_model() -> Model {
         depth: 1,
         activation: Activation::Identity,
         time_features: 0,
+        classes: 0,
     };
     let w = Weights {
         layers: vec![
@@ -294,6 +296,7 @@ fn trained_8gaussians_model_is_close_to_the_true_entropy() {
         depth: 3,
         activation: Activation::Silu,
         time_features: 0,
+        classes: 0,
     };
     // Measured: this budget (≈20 s on lavapipe) reaches KL ≈ 0.01 nats; 3000 steps at
     // lr 1e-3, batch 256 only reach 0.3.

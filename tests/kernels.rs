@@ -23,6 +23,7 @@ fn cfg(act: Activation) -> MlpConfig {
         depth: 2,
         activation: act,
         time_features: 1,
+        classes: 0,
     }
 }
 
@@ -366,7 +367,9 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             loss_slot: 5,
             n_source: source.map(|s| s.len() / 3).unwrap_or(0) as u32,
             paired: paired as u32,
-            _pad: [0; 3],
+            n_classes: 0,
+            label_dropout: 0.0,
+            _pad: 0,
         };
         arena.set(0, &p);
         arena.upload(ctx, 0..1);
@@ -375,7 +378,12 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             cfm::cfm_loss(ctx).unwrap(),
             cfm::loss_reduce(ctx).unwrap(),
         );
-        let gp = kp.bind(ctx, &arena, &[&data_buf, &input, &target, &source_buf]);
+        let no_labels = ctx.storage("labels", 1).unwrap();
+        let gp = kp.bind(
+            ctx,
+            &arena,
+            &[&data_buf, &input, &target, &source_buf, &no_labels],
+        );
         let gl = kl.bind(ctx, &arena, &[&target, &v, &grad, &sample_loss]);
         let gr = kr.bind(ctx, &arena, &[&sample_loss, &history]);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
@@ -387,8 +395,13 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             kr.dispatch(&mut cp, &gr, 0, [1, 1, 1]);
         }
         ctx.submit(enc).unwrap();
-        let (want_in, want_u) =
-            reference::cfm_batch(&cfg, &path, &data, source, paired, p.seed, p.step, batch);
+        let draw = reference::CfmDraw {
+            data: &data,
+            source,
+            paired,
+            ..Default::default()
+        };
+        let (want_in, want_u) = reference::cfm_batch(&cfg, &path, &draw, p.seed, p.step, batch);
         let got_in = unpad(&ctx.read(&input, 0, batch * 8).unwrap(), batch, 6, 8);
         let got_u = unpad(&ctx.read(&target, 0, batch * 4).unwrap(), batch, 3, 4);
         // Box–Muller, powers and trig in f32: ~1e-6 relative (the SB target's 1/√(t(1−t))
@@ -496,4 +509,78 @@ fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
     let mv = ctx.read(&moments, 0, 2 * n).unwrap();
     assert_close("m", &mv[..n], &m, 1e-4, 1e-7);
     assert_close("v", &mv[n..], &v, 1e-4, 1e-9);
+}
+
+#[test]
+fn cfm_prepare_writes_class_one_hots_with_label_dropout() {
+    let ctx = ctx();
+    let tiles = Tiles::for_class(ctx.class);
+    // dim 3, 3 time columns, 5 classes: 11 inputs, stride 12.
+    let cfg = MlpConfig {
+        classes: 5,
+        ..cfg(Activation::Silu)
+    };
+    let (batch, n_data) = (400, 600);
+    let mut r = rng(17);
+    let data: Vec<f32> = (0..n_data * 3).map(|_| r.random_range(-3.0..3.0)).collect();
+    let labels: Vec<u32> = (0..n_data).map(|_| r.random_range(0..5u32)).collect();
+    let path = GaussianPath::Ot { sigma_min: 0.0 };
+    let data_buf = ctx.storage_from("data", &data).unwrap();
+    let label_buf = ctx
+        .storage_from("labels", bytemuck::cast_slice(&labels))
+        .unwrap();
+    let source_buf = ctx.storage("source", 1).unwrap();
+    let input = ctx.storage("input", batch * 12).unwrap();
+    let target = ctx.storage("target", batch * 4).unwrap();
+    let mut arena = UniformArena::new(ctx, "p", 1);
+    let p = cfm::CfmParams {
+        batch: batch as u32,
+        dim: 3,
+        n_data: n_data as u32,
+        in_stride: 12,
+        out_stride: 4,
+        time_cols: 3,
+        path: path.gpu_code(),
+        path_param: 0.0,
+        seed: 3,
+        step: 77,
+        loss_slot: 0,
+        n_source: 0,
+        paired: 0,
+        n_classes: 5,
+        label_dropout: 0.25,
+        _pad: 0,
+    };
+    arena.set(0, &p);
+    arena.upload(ctx, 0..1);
+    let kp = cfm::cfm_prepare(ctx).unwrap();
+    let gp = kp.bind(
+        ctx,
+        &arena,
+        &[&data_buf, &input, &target, &source_buf, &label_buf],
+    );
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut cp = enc.begin_compute_pass(&Default::default());
+        kp.dispatch(&mut cp, &gp, 0, cfm::per_sample_groups(&p, &tiles));
+    }
+    ctx.submit(enc).unwrap();
+    let draw = reference::CfmDraw {
+        data: &data,
+        labels: Some(&labels),
+        label_dropout: 0.25,
+        ..Default::default()
+    };
+    let (want_in, _) = reference::cfm_batch(&cfg, &path, &draw, 3, 77, batch);
+    let got = unpad(&ctx.read(&input, 0, batch * 12).unwrap(), batch, 11, 12);
+    assert_close("inputs with class columns", &got, &want_in, 1e-5, 2e-5);
+    // About a quarter of the rows are unconditional (all-zero one-hot).
+    let dropped = got
+        .chunks(11)
+        .filter(|r| r[6..].iter().all(|&v| v == 0.0))
+        .count();
+    assert!(
+        (60..140).contains(&dropped),
+        "{dropped} of {batch} rows dropped their label"
+    );
 }

@@ -111,6 +111,7 @@ fn marginal_and_conditional_flow_matching_have_the_same_gradient() {
         depth: 1,
         activation: Activation::Tanh,
         time_features: 0,
+        classes: 0,
     };
     let mut r = rand::rngs::StdRng::seed_from_u64(2);
     let w1 = Weights::init(&cfg, &mut r);
@@ -199,6 +200,7 @@ fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
         depth: 3,
         activation: Activation::Silu,
         time_features: 0,
+        classes: 0,
     };
     let tc = flowgpu::TrainConfig {
         steps: 1500,
@@ -206,9 +208,17 @@ fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
     };
     let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(0));
     let path = GaussianPath::Icfm { sigma: 0.05 };
-    let mut tr =
-        flowgpu::Trainer::with_source(ctx, &cfg, path, &w, &data.points, Some(&source.points), &tc)
-            .unwrap();
+    let mut tr = flowgpu::Trainer::with_source(
+        ctx,
+        &cfg,
+        path,
+        &w,
+        &data.points,
+        Some(&source.points),
+        None,
+        &tc,
+    )
+    .unwrap();
     tr.run_until(
         ctx,
         tc.steps,
@@ -298,6 +308,7 @@ fn mirror_mse(k: usize, fill: flowgpu::data::AugmentFill) -> f64 {
         depth: 3,
         activation: Activation::Silu,
         time_features: 0,
+        classes: 0,
     };
     let tc = flowgpu::TrainConfig {
         steps: 2000,
@@ -307,7 +318,8 @@ fn mirror_mse(k: usize, fill: flowgpu::data::AugmentFill) -> f64 {
     let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(1));
     let path = GaussianPath::Ot { sigma_min: 0.0 };
     let mut tr =
-        flowgpu::Trainer::with_source(ctx, &cfg, path, &w, &data, Some(&source), &tc).unwrap();
+        flowgpu::Trainer::with_source(ctx, &cfg, path, &w, &data, Some(&source), None, &tc)
+            .unwrap();
     tr.run_until(
         ctx,
         tc.steps,

@@ -18,6 +18,7 @@ fn train_and_sample_smoke() {
         depth: 2,
         activation: Activation::Silu,
         time_features: 0,
+        classes: 0,
     };
     let tc = TrainConfig {
         steps: 300,

@@ -42,6 +42,7 @@ fn linear_field_model() -> Model {
         depth: 1,
         activation: Activation::Identity,
         time_features: 0,
+        classes: 0,
     };
     let w = Weights {
         layers: vec![
@@ -182,6 +183,7 @@ fn random_model(seed: u64) -> Model {
         depth: 2,
         activation: Activation::Tanh,
         time_features: 1,
+        classes: 0,
     };
     let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(seed));
     model_of(cfg, w)
@@ -329,6 +331,7 @@ fn encode_then_decode_returns_the_input_for_a_trained_model() {
         depth: 2,
         activation: Activation::Silu,
         time_features: 0,
+        classes: 0,
     };
     let tc = flowgpu::TrainConfig {
         steps: 600,

@@ -18,6 +18,7 @@ fn small_cfg() -> MlpConfig {
         depth: 2,
         activation: Activation::Silu,
         time_features: 2,
+        classes: 0,
     }
 }
 
@@ -61,8 +62,17 @@ fn one_training_step_matches_reference() {
         let mut tr = Trainer::new(ctx, &cfg, path, &w0, &data.points, &tc).unwrap();
         tr.run_steps(ctx, 1).unwrap();
         // Reference: the same batch (same counter RNG), forward, loss, backward, AdamW.
-        let (input, target) =
-            reference::cfm_batch(&cfg, &path, &data.points, None, false, 77, 0, tc.batch);
+        let (input, target) = reference::cfm_batch(
+            &cfg,
+            &path,
+            &reference::CfmDraw {
+                data: &data.points,
+                ..Default::default()
+            },
+            77,
+            0,
+            tc.batch,
+        );
         let acts = reference::forward(&cfg, &w0, &input);
         let (loss, dv) = reference::cfm_loss(acts.h.last().unwrap(), &target);
         let g = reference::backward(&cfg, &w0, &acts, &dv);
@@ -214,6 +224,7 @@ fn seeded_moons_run_learns_the_data() {
         depth: 3,
         activation: Activation::Selu,
         time_features: 0,
+        classes: 0,
     };
     let tc = TrainConfig {
         steps: 1500,

@@ -22,15 +22,18 @@ pub struct CfmParams {
     pub loss_slot: u32,
     pub n_source: u32,
     pub paired: u32,
-    pub _pad: [u32; 3],
+    pub n_classes: u32,
+    pub label_dropout: f32,
+    pub _pad: u32,
 }
 
-/// data, input, target, source.
+/// data, input, target, source, labels.
 const PREPARE: &[(u32, Access)] = &[
     (1, Access::Read),
     (2, Access::ReadWrite),
     (3, Access::ReadWrite),
     (8, Access::Read),
+    (9, Access::Read),
 ];
 /// target, v, grad_v, sample_loss.
 const LOSS: &[(u32, Access)] = &[
