@@ -11,6 +11,8 @@
 //   adaptive_final: Dormand–Prince 5(4) with per-row step control: x_new, error estimate
 //                   and its norm, accept/reject, new h_i, FSAL, input of stage 1.
 //   snapshot:       copy the first snap_rows states into trajectory slot snap_slot.
+// Classifier-free guidance (a class and w ≠ 0): the MLP runs on 2·rows rows, the first
+// half with the class one-hot, the second without, and the stage kernels combine them.
 // With aug = 1 the state carries one more component per row, the log-density ℓ, whose
 // derivative is the divergence computed by trace.wgsl (binding div): dℓ/dt = Tr(∂v/∂x).
 // Host wrapper: src/kernels/ode.rs; solvers: src/solve.rs.
@@ -41,9 +43,9 @@ struct OdeParams {
     a_first: f32,       // adaptive_final: a_{1,0}, to write the input of stage 1
     c_first: f32,       // adaptive_final: c_1
     n_source: u32,      // base_noise: 0 draws N(0, I), else rows of the source pool
-    _pad_a: u32,
-    _pad_b: u32,
-    _pad_c: u32,
+    n_classes: u32,     // class one-hot columns of the MLP input (after the time features)
+    class_id: u32,      // class of the rows (NO_CLASS: unconditional)
+    guidance: f32,      // classifier-free guidance w: v = (1 + w)·v(x|c) − w·v(x)
     coef: array<vec4<f32>, 2>,
     err_coef: array<vec4<f32>, 2>,
 }
@@ -61,6 +63,11 @@ struct OdeParams {
 @group(0) @binding(8) var<storage, read> source: array<f32>;
 
 const CLOCK: u32 = 8u;
+const NO_CLASS: u32 = 0xffffffffu;
+
+fn guided() -> bool {
+    return p.class_id != NO_CLASS && p.guidance != 0.0;
+}
 const RUNNING: f32 = 0.0;
 const DONE: f32 = 1.0;
 const UNDERFLOW: f32 = 2.0;
@@ -85,7 +92,12 @@ fn k_at(s: u32, i: u32, j: u32) -> f32 {
 // Derivative of state component j of row i from the last evaluation.
 fn deriv(i: u32, j: u32) -> f32 {
     if (j < p.dim) {
-        return v[i * p.out_stride + j];
+        let vc = v[i * p.out_stride + j];
+        if (guided()) {
+            let vu = v[(i + p.rows) * p.out_stride + j];
+            return (1.0 + p.guidance) * vc - p.guidance * vu;
+        }
+        return vc;
     }
     return div[i];
 }
@@ -93,12 +105,29 @@ fn deriv(i: u32, j: u32) -> f32 {
 fn set_input(i: u32, j: u32, x: f32) {
     if (j < p.dim) {
         input[i * p.in_stride + j] = x;
+        if (guided()) {
+            input[(i + p.rows) * p.in_stride + j] = x;
+        }
     }
 }
 
+// Time features and class one-hot of row i (and of its unconditional twin).
 fn write_time(i: u32, t: f32) {
     for (var c = 0u; c < p.time_cols; c++) {
         input[i * p.in_stride + p.dim + c] = time_feature(c, t);
+    }
+    let cls = i * p.in_stride + p.dim + p.time_cols;
+    for (var k = 0u; k < p.n_classes; k++) {
+        input[cls + k] = select(0.0, 1.0, k == p.class_id);
+    }
+    if (guided()) {
+        let u = (i + p.rows) * p.in_stride;
+        for (var c = 0u; c < p.time_cols; c++) {
+            input[u + p.dim + c] = time_feature(c, t);
+        }
+        for (var k = 0u; k < p.n_classes; k++) {
+            input[u + p.dim + p.time_cols + k] = 0.0;
+        }
     }
 }
 
@@ -127,7 +156,7 @@ fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     for (var j = 0u; j < p.dim; j++) {
-        input[i * p.in_stride + j] = state[i * sdim() + j];
+        set_input(i, j, state[i * sdim() + j]);
     }
     write_time(i, p.t);
     init_clock(i);
@@ -148,7 +177,7 @@ fn base_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             x = source[src * p.dim + j];
         }
         state[i * sdim() + j] = x;
-        input[i * p.in_stride + j] = x;
+        set_input(i, j, x);
     }
     if (p.aug != 0u) {
         state[i * sdim() + p.dim] = 0.0;
@@ -275,7 +304,7 @@ fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     clock[c0 + 1u] = h_new;
     clock[c0 + 4u] = st;
     for (var j = 0u; j < p.dim; j++) {
-        input[i * p.in_stride + j] = state[i * sd + j] + h_new * p.a_first * k_at(0u, i, j);
+        set_input(i, j, state[i * sd + j] + h_new * p.a_first * k_at(0u, i, j));
     }
     write_time(i, t_new + p.c_first * h_new);
 }

@@ -82,6 +82,12 @@ struct TrainArgs {
     /// Couple source row i with data row i (--source must have as many rows as the data).
     #[arg(long)]
     paired: bool,
+    /// Class-conditional model: column K (0-based) of the data file holds integer class labels.
+    #[arg(long)]
+    label_column: Option<usize>,
+    /// Probability of dropping a row's label in training (for classifier-free guidance).
+    #[arg(long, default_value_t = 0.1)]
+    label_dropout: f64,
     /// Source distribution x0: gaussian, a built-in toy or a .csv/.npy file (e.g. 8gaussians → moons).
     #[arg(long, default_value = "gaussian")]
     source: String,
@@ -235,6 +241,12 @@ struct SampleArgs {
     /// Also plot the samples (2-D models) to this PNG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Class-conditional models: the class to sample.
+    #[arg(long)]
+    class: Option<usize>,
+    /// Classifier-free guidance weight w (v = (1 + w)·v(x|c) − w·v(x)).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    guidance: f64,
     /// Also plot the trajectories of --particles samples to this PNG.
     #[arg(long)]
     trajectories: Option<PathBuf>,
@@ -475,6 +487,8 @@ fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
 struct RunPlan {
     data: String,
     #[serde(default)]
+    label_column: Option<usize>,
+    #[serde(default)]
     source: Option<String>,
     n_data: usize,
     val_frac: f64,
@@ -517,7 +531,10 @@ fn run_data(
     if plan.n_data == 0 {
         return Err(Error::invalid("--n-data must be positive"));
     }
-    let all = Dataset::load(&plan.data, plan.n_data, seed, plan.drop_nonfinite)?;
+    let mut all = Dataset::load(&plan.data, plan.n_data, seed, plan.drop_nonfinite)?;
+    if let Some(col) = plan.label_column {
+        all.take_label_column(col)?;
+    }
     let is_toy = flowgpu::data::toys::Toy::from_name(&plan.data).is_some();
     let (mut train, mut held) = all.split(plan.val_frac, seed)?;
     if held.is_none() && is_toy && plan.eval_n > 0 {
@@ -622,6 +639,7 @@ fn train(a: TrainArgs) -> Result<()> {
         };
         let plan = RunPlan {
             data: a.data.clone(),
+            label_column: a.label_column,
             source: (a.source != "gaussian").then(|| a.source.clone()),
             n_data: a.n_data,
             val_frac: a.val_frac,
@@ -644,6 +662,7 @@ fn train(a: TrainArgs) -> Result<()> {
             steps_per_submit: a.steps_per_submit,
             log_every: a.log_every,
             paired: a.paired,
+            label_dropout: a.label_dropout,
             ..TrainConfig::default()
         };
         tc.validate()?;
@@ -705,6 +724,11 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     } else {
         config.augment = a.augment;
+        config.mlp.classes = train_set
+            .labels
+            .as_ref()
+            .map(|l| l.iter().max().map(|m| *m as usize + 1).unwrap_or(0))
+            .unwrap_or(0);
         config.augment_fill = match a.augment_fill.as_str() {
             "noise" => flowgpu::data::AugmentFill::Noise,
             "copy" if plan.source.is_some() => flowgpu::data::AugmentFill::Copy,
@@ -755,7 +779,7 @@ fn train(a: TrainArgs) -> Result<()> {
         &weights,
         &pool,
         source.as_deref(),
-        None,
+        train_set.labels.as_deref(),
         &tc,
     )?;
     let mut curve = Vec::with_capacity(tc.steps as usize);
@@ -1047,7 +1071,8 @@ fn sample(a: SampleArgs) -> Result<()> {
     let cfg = a.solver.config()?;
     let model = Model::load(&a.model)?;
     let ctx = a.gpu.context()?;
-    let sampler = Sampler::new(&ctx, &model)?;
+    let mut sampler = Sampler::new(&ctx, &model)?;
+    sampler.condition(a.class, a.guidance)?;
     let d = model.config.data_dim();
     let t0 = Instant::now();
     let pb = progress_bar(a.n as u64, false);

@@ -468,10 +468,16 @@ impl ChunkSolver {
         let d = mlp.cfg.dim;
         let sd = d + trace_spec.is_some() as usize;
         let tangents = trace_spec.map(|t| t.tangents(d)).unwrap_or(0);
+        // Class-conditional models may be guided: room for an unconditional twin per row.
+        let mlp_rows = if mlp.cfg.classes > 0 {
+            2 * capacity
+        } else {
+            capacity
+        };
         let pass = MlpPass::new(
             ctx,
             mlp,
-            capacity,
+            mlp_rows,
             PassOptions {
                 tangents,
                 ..Default::default()
@@ -612,6 +618,9 @@ pub struct Sampler<'a> {
     /// Source pool (model units) when the model's source is not N(0, I).
     source: wgpu::Buffer,
     n_source: usize,
+    /// Class of the samples (ode::NO_CLASS: unconditional) and guidance weight.
+    class_id: u32,
+    guidance: f32,
 }
 
 impl<'a> Sampler<'a> {
@@ -648,7 +657,32 @@ impl<'a> Sampler<'a> {
             mlp,
             source,
             n_source,
+            class_id: ode::NO_CLASS,
+            guidance: 0.0,
         })
+    }
+
+    /// Class-conditional models: draw from `class` (None: unconditional) with
+    /// classifier-free guidance weight w, v = (1 + w)·v(x, t | c) − w·v(x, t).
+    pub fn condition(&mut self, class: Option<usize>, guidance: f64) -> Result<()> {
+        let classes = self.model.config.mlp.classes;
+        if let Some(c) = class {
+            if c >= classes {
+                return Err(Error::invalid(format!(
+                    "--class {c} is out of range: the model has {classes} classes"
+                )));
+            }
+        }
+        if !guidance.is_finite() {
+            return Err(Error::invalid("--guidance must be finite"));
+        }
+        self.class_id = class.map(|c| c as u32).unwrap_or(ode::NO_CLASS);
+        self.guidance = guidance as f32;
+        Ok(())
+    }
+
+    fn guided(&self) -> bool {
+        self.class_id != ode::NO_CLASS && self.guidance != 0.0
     }
 
     /// Dimension the vector field works in (data + augmented dimensions).
@@ -775,6 +809,11 @@ impl<'a> Sampler<'a> {
         cfg: &SolveConfig,
     ) -> Result<(Vec<f64>, Vec<f32>, SolveStats)> {
         let d = self.dim();
+        if self.guided() {
+            return Err(Error::invalid(
+                "log-likelihood of a guided field is not a density: use --guidance 0",
+            ));
+        }
         if let Some(src) = &self.model.config.source {
             return Err(Error::invalid(format!(
                 "log-likelihood needs a source distribution with a density (the Gaussian); this model flows from '{src}'"
@@ -928,7 +967,13 @@ impl<'a> Sampler<'a> {
             .map(|l| l.out_pad.max(l.in_pad))
             .max()
             .unwrap_or(4);
-        let per_row = (widest.max(ode::MAX_STAGES * self.dim()) * 4) as u64;
+        // Guided class-conditional solves run an unconditional twin of every row.
+        let twins = if self.model.config.mlp.classes > 0 {
+            2
+        } else {
+            1
+        };
+        let per_row = (widest.max(ode::MAX_STAGES * self.dim()) * 4 * twins) as u64;
         let fit = (self.ctx.limits.max_storage_buffer_binding_size / per_row).max(1) as usize;
         Ok(want.min(fit).max(1))
     }
@@ -946,7 +991,8 @@ impl<'a> Sampler<'a> {
         let mcfg = &self.model.config.mlp;
         let d = mcfg.dim;
         assert!(rows <= cs.capacity);
-        cs.pass.set_rows(ctx, &self.mlp, rows);
+        let mlp_rows = if self.guided() { 2 * rows } else { rows };
+        cs.pass.set_rows(ctx, &self.mlp, mlp_rows);
         let tab = cfg.method.tableau();
         let tol = &cfg.tol;
         let h0 = tol
@@ -962,6 +1008,9 @@ impl<'a> Sampler<'a> {
             time_cols: mcfg.time_cols() as u32,
             snap_rows: cs.snap_rows as u32,
             aug: cs.trace.is_some() as u32,
+            n_classes: mcfg.classes as u32,
+            class_id: self.class_id,
+            guidance: self.guidance,
             t: t0 as f32,
             h: h0 as f32,
             t_end: t1 as f32,

@@ -369,3 +369,99 @@ fn augmentation_lets_a_flow_reverse_orientation() {
     assert!(plain > 1.0, "a 1-D flow should fail at x ↦ −x: MSE {plain}");
     assert!(copy < 0.05, "augmented flow MSE {copy}");
 }
+
+#[test]
+fn class_conditional_samples_land_in_their_component() {
+    use flowgpu::data::toys::EIGHT_GAUSSIANS_CENTRES as C;
+    use flowgpu::solve::{Sampler, SolveConfig};
+    let ctx = Box::leak(Box::new(
+        flowgpu::GpuContext::new(&Default::default()).expect("adapter"),
+    ));
+    let nearest = |p: &[f32]| -> u32 {
+        (0..8)
+            .min_by(|&a, &b| {
+                let d =
+                    |k: usize| (p[0] as f64 - C[k][0]).powi(2) + (p[1] as f64 - C[k][1]).powi(2);
+                d(a).total_cmp(&d(b))
+            })
+            .unwrap() as u32
+    };
+    let data = flowgpu::data::Dataset::toy("8gaussians", 50_000, 0).unwrap();
+    // The 8 components as classes (nearest centre: right for 99.8% of the points).
+    let labels: Vec<u32> = data.points.chunks(2).map(nearest).collect();
+    let cfg = MlpConfig {
+        dim: 2,
+        width: 64,
+        depth: 3,
+        activation: Activation::Silu,
+        time_features: 0,
+        classes: 8,
+    };
+    let tc = flowgpu::TrainConfig {
+        steps: 2000,
+        batch: 512,
+        lr: 3e-3,
+        ..Default::default()
+    };
+    let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(0));
+    let path = GaussianPath::Ot { sigma_min: 0.0 };
+    let mut tr =
+        flowgpu::Trainer::with_source(ctx, &cfg, path, &w, &data.points, None, Some(&labels), &tc)
+            .unwrap();
+    tr.run_until(
+        ctx,
+        tc.steps,
+        &std::sync::atomic::AtomicBool::new(false),
+        |_, _| Ok(()),
+    )
+    .unwrap();
+    let model = flowgpu::Model {
+        config: flowgpu::ModelConfig {
+            format_version: flowgpu::model::FORMAT_VERSION,
+            mlp: cfg.clone(),
+            path,
+            data: "8gaussians".into(),
+            standardization: None,
+            source: None,
+            augment: 0,
+            augment_fill: Default::default(),
+            seed: 0,
+            train: serde_json::Value::Null,
+            run: serde_json::Value::Null,
+        },
+        weights: tr.weights(ctx, false).unwrap(),
+    };
+    let mut s = Sampler::new(ctx, &model).unwrap();
+    let solve = SolveConfig {
+        method: flowgpu::Method::Rk4,
+        steps: 20,
+        ..Default::default()
+    };
+    for w in [0.0, 2.0] {
+        let mut hits = 0;
+        for k in 0..8 {
+            s.condition(Some(k), w).unwrap();
+            let (x, _) = s.sample(200, k as u64, &solve).unwrap();
+            hits += x.chunks(2).filter(|p| nearest(p) == k as u32).count();
+        }
+        let frac = hits as f64 / 1600.0;
+        eprintln!(
+            "guidance {w}: {:.1}% of class-k samples in component k",
+            100.0 * frac
+        );
+        assert!(
+            frac > if w == 0.0 { 0.8 } else { 0.95 },
+            "guidance {w}: only {frac}"
+        );
+    }
+    // Unconditional sampling still covers all components.
+    s.condition(None, 0.0).unwrap();
+    let (x, _) = s.sample(1600, 1, &solve).unwrap();
+    let mut seen = [0; 8];
+    x.chunks(2).for_each(|p| seen[nearest(p) as usize] += 1);
+    assert!(
+        seen.iter().all(|&c| c > 100),
+        "unconditional samples per component {seen:?}"
+    );
+    assert!(s.condition(Some(8), 1.0).is_err());
+}

@@ -28,6 +28,8 @@ pub struct Dataset {
     pub name: String,
     pub dim: usize,
     pub points: Vec<f32>,
+    /// Class of each row, for class-conditional models.
+    pub labels: Option<Vec<u32>>,
 }
 
 impl Dataset {
@@ -51,6 +53,7 @@ impl Dataset {
             name: toy.name().to_string(),
             dim: 2,
             points: toy.sample(n, &mut rng),
+            labels: None,
         })
     }
 
@@ -99,6 +102,7 @@ impl Dataset {
             name: path.display().to_string(),
             dim,
             points,
+            labels: None,
         };
         let bad: Vec<usize> = (0..ds.len())
             .filter(|&i| ds.row(i).iter().any(|v| !v.is_finite()))
@@ -176,6 +180,41 @@ impl Dataset {
         out
     }
 
+    /// Move column `col` (0-based) out of the points into integer class labels 0..C−1;
+    /// returns C.
+    pub fn take_label_column(&mut self, col: usize) -> Result<usize> {
+        if col >= self.dim || self.dim < 2 {
+            return Err(Error::invalid(format!(
+                "--label-column {col} needs a data file with more than {col} columns and at least one feature besides it (it has {})",
+                self.dim
+            )));
+        }
+        let mut labels = Vec::with_capacity(self.len());
+        let mut points = Vec::with_capacity(self.len() * (self.dim - 1));
+        for (i, r) in self.points.chunks(self.dim).enumerate() {
+            let v = r[col];
+            if !(v >= 0.0 && v.fract() == 0.0 && v < 1024.0) {
+                return Err(Error::invalid(format!(
+                    "{}: row {} has label {v} in column {col}; labels must be integers 0..1023",
+                    self.name,
+                    i + 1
+                )));
+            }
+            labels.push(v as u32);
+            points.extend(
+                r.iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != col)
+                    .map(|(_, x)| *x),
+            );
+        }
+        self.dim -= 1;
+        self.points = points;
+        let classes = labels.iter().max().map(|m| *m as usize + 1).unwrap_or(0);
+        self.labels = Some(labels);
+        Ok(classes)
+    }
+
     pub fn row(&self, i: usize) -> &[f32] {
         &self.points[i * self.dim..(i + 1) * self.dim]
     }
@@ -232,15 +271,22 @@ impl Dataset {
         let take = |ids: &[usize]| -> Vec<f32> {
             ids.iter().flat_map(|&i| self.row(i).to_vec()).collect()
         };
+        let take_labels = |ids: &[usize]| -> Option<Vec<u32>> {
+            self.labels
+                .as_ref()
+                .map(|l| ids.iter().map(|&i| l[i]).collect())
+        };
         let val = Dataset {
             name: format!("{} (held out)", self.name),
             dim: self.dim,
             points: take(&idx[..n_val]),
+            labels: take_labels(&idx[..n_val]),
         };
         let train = Dataset {
             name: self.name.clone(),
             dim: self.dim,
             points: take(&idx[n_val..]),
+            labels: take_labels(&idx[n_val..]),
         };
         Ok((train, Some(val)))
     }

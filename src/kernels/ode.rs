@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 /// Floats per row of the adaptive clock buffer (`CLOCK` in ode.wgsl).
 pub const CLOCK: usize = 8;
+/// `class_id` of unconditional rows.
+pub const NO_CLASS: u32 = u32::MAX;
 /// Clock status codes.
 pub const RUNNING: f32 = 0.0;
 pub const DONE: f32 = 1.0;
@@ -44,7 +46,9 @@ pub struct OdeParams {
     pub a_first: f32,
     pub c_first: f32,
     pub n_source: u32,
-    pub _pad: [u32; 3],
+    pub n_classes: u32,
+    pub class_id: u32,
+    pub guidance: f32,
     pub coef: [f32; 8],
     pub err_coef: [f32; 8],
 }
