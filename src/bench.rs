@@ -9,7 +9,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
 use crate::kernels::{matmul, Tiles};
-use crate::model::{Activation, MlpConfig, Model, ModelConfig, Weights, FORMAT_VERSION};
+use crate::model::{Activation, MlpConfig, Model, ModelConfig, Weights};
 use crate::path::GaussianPath;
 use crate::solve::{Method, Sampler, SolveConfig, Trace};
 use crate::train::{TrainConfig, Trainer};
@@ -145,17 +145,10 @@ fn random_model(cfg: &MlpConfig) -> Model {
     let w = Weights::init(cfg, &mut rand::rngs::StdRng::seed_from_u64(0));
     Model {
         config: ModelConfig {
-            format_version: FORMAT_VERSION,
-            mlp: cfg.clone(),
-            path: GaussianPath::Ot { sigma_min: 0.0 },
             data: "bench".into(),
-            standardization: None,
             source: None,
-            augment: 0,
-            augment_fill: Default::default(),
             seed: 0,
-            train: serde_json::Value::Null,
-            run: serde_json::Value::Null,
+            ..ModelConfig::new(cfg.clone(), GaussianPath::Ot { sigma_min: 0.0 })
         },
         weights: w,
     }

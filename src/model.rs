@@ -452,6 +452,24 @@ pub struct Model {
 }
 
 impl ModelConfig {
+    /// A configuration with defaults for everything but the network and the path: N(0, I)
+    /// source, no standardization, no augmentation, seed 0.
+    pub fn new(mlp: MlpConfig, path: GaussianPath) -> Self {
+        ModelConfig {
+            format_version: FORMAT_VERSION,
+            mlp,
+            path,
+            data: String::new(),
+            standardization: None,
+            source: None,
+            augment: 0,
+            augment_fill: Default::default(),
+            seed: 0,
+            train: serde_json::Value::Null,
+            run: serde_json::Value::Null,
+        }
+    }
+
     /// Dimension of the data (the model's, less the augmented dimensions).
     pub fn data_dim(&self) -> usize {
         self.mlp.dim - self.augment

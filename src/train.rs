@@ -615,17 +615,10 @@ pub fn fit(
     })?;
     let model = crate::model::Model {
         config: crate::model::ModelConfig {
-            format_version: crate::model::FORMAT_VERSION,
-            mlp: mlp_cfg.clone(),
-            path,
             data: data.name.clone(),
-            standardization: None,
-            source: None,
-            augment: 0,
-            augment_fill: Default::default(),
             seed: cfg.seed,
             train: serde_json::to_value(&trainer.cfg).unwrap_or_default(),
-            run: serde_json::Value::Null,
+            ..crate::model::ModelConfig::new(mlp_cfg.clone(), path)
         },
         weights: trainer.weights(ctx, true)?,
     };

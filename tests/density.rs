@@ -4,31 +4,12 @@
 
 mod common;
 
-use common::{assert_close, ctx};
+use common::{assert_close, ctx, model_of};
 use flowgpu::data::toys::eight_gaussians_log_density;
-use flowgpu::model::{Activation, Linear, MlpConfig, Model, ModelConfig, Weights};
+use flowgpu::model::{Activation, Linear, MlpConfig, Model, Weights};
 use flowgpu::solve::{Method, SolveConfig, Tolerances, Trace};
 use flowgpu::{reference, GaussianPath, Sampler};
 use rand::{Rng, SeedableRng};
-
-fn model_of(cfg: MlpConfig, weights: Weights) -> Model {
-    Model {
-        config: ModelConfig {
-            format_version: flowgpu::model::FORMAT_VERSION,
-            mlp: cfg,
-            path: GaussianPath::Ot { sigma_min: 0.0 },
-            data: "test".into(),
-            standardization: None,
-            source: None,
-            augment: 0,
-            augment_fill: Default::default(),
-            seed: 0,
-            train: serde_json::Value::Null,
-            run: serde_json::Value::Null,
-        },
-        weights,
-    }
-}
 
 fn random_model(seed: u64, act: Activation) -> Model {
     let cfg = MlpConfig {

@@ -3,6 +3,9 @@
 //! field and regressing the conditional target have the same gradients in θ, and their
 //! losses differ by a constant. (GPU = reference for every path: tests/kernels.rs.)
 
+mod common;
+
+use common::energy_distance;
 use flowgpu::model::{Activation, MlpConfig, Weights};
 use flowgpu::{reference, GaussianPath};
 use rand::{Rng, SeedableRng};
@@ -228,17 +231,9 @@ fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
     .unwrap();
     let model = flowgpu::Model {
         config: flowgpu::ModelConfig {
-            format_version: flowgpu::model::FORMAT_VERSION,
-            mlp: cfg.clone(),
-            path,
-            data: "moons".into(),
-            standardization: None,
             source: Some("8gaussians".into()),
-            augment: 0,
-            augment_fill: Default::default(),
             seed: 1,
-            train: serde_json::Value::Null,
-            run: serde_json::Value::Null,
+            ..flowgpu::ModelConfig::new(cfg.clone(), path)
         },
         weights: tr.weights(ctx, false).unwrap(),
     };
@@ -267,18 +262,7 @@ fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
     let fresh = flowgpu::data::Dataset::toy("moons", 1000, 99)
         .unwrap()
         .points;
-    let ed = |a: &[f32], b: &[f32]| -> f64 {
-        let md = |p: &[f32], q: &[f32]| {
-            let mut s = 0.0;
-            for x in p.chunks(2) {
-                for y in q.chunks(2) {
-                    s += (((x[0] - y[0]) as f64).powi(2) + ((x[1] - y[1]) as f64).powi(2)).sqrt();
-                }
-            }
-            s / ((p.len() / 2) * (q.len() / 2)) as f64
-        };
-        2.0 * md(a, b) - md(a, a) - md(b, b)
-    };
+    let ed = energy_distance;
     let (end, start) = (ed(traj.last().unwrap(), &fresh), ed(&traj[0], &fresh));
     eprintln!("energy distance to moons: start {start:.4}, end {end:.4}");
     assert!(end < 0.05 && end < start / 5.0, "end {end}, start {start}");
@@ -329,17 +313,10 @@ fn mirror_mse(k: usize, fill: flowgpu::data::AugmentFill) -> f64 {
     .unwrap();
     let model = flowgpu::Model {
         config: flowgpu::ModelConfig {
-            format_version: flowgpu::model::FORMAT_VERSION,
-            mlp: cfg.clone(),
-            path,
             data: "mirror".into(),
-            standardization: None,
             source: None,
-            augment: 0,
-            augment_fill: Default::default(),
             seed: 0,
-            train: serde_json::Value::Null,
-            run: serde_json::Value::Null,
+            ..flowgpu::ModelConfig::new(cfg.clone(), path)
         },
         weights: tr.weights(ctx, false).unwrap(),
     };
@@ -417,17 +394,10 @@ fn class_conditional_samples_land_in_their_component() {
     .unwrap();
     let model = flowgpu::Model {
         config: flowgpu::ModelConfig {
-            format_version: flowgpu::model::FORMAT_VERSION,
-            mlp: cfg.clone(),
-            path,
             data: "8gaussians".into(),
-            standardization: None,
             source: None,
-            augment: 0,
-            augment_fill: Default::default(),
             seed: 0,
-            train: serde_json::Value::Null,
-            run: serde_json::Value::Null,
+            ..flowgpu::ModelConfig::new(cfg.clone(), path)
         },
         weights: tr.weights(ctx, false).unwrap(),
     };

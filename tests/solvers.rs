@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{assert_close, ctx};
-use flowgpu::model::{Activation, Linear, MlpConfig, Model, ModelConfig, Weights};
+use common::{assert_close, ctx, model_of};
+use flowgpu::model::{Activation, Linear, MlpConfig, Model, Weights};
 use flowgpu::solve::{Method, SolveConfig, Tableau, TimeGrid, Tolerances};
 use flowgpu::{reference, GaussianPath, Sampler};
 use rand::SeedableRng;
@@ -13,25 +13,6 @@ use rand::SeedableRng;
 const OMEGA: f64 = 4.0;
 const C: [f64; 2] = [0.5, -0.3];
 const D: [f64; 2] = [0.2, 0.1];
-
-fn model_of(cfg: MlpConfig, weights: Weights) -> Model {
-    Model {
-        config: ModelConfig {
-            format_version: flowgpu::model::FORMAT_VERSION,
-            mlp: cfg,
-            path: GaussianPath::Ot { sigma_min: 0.0 },
-            data: "test".into(),
-            standardization: None,
-            source: None,
-            augment: 0,
-            augment_fill: Default::default(),
-            seed: 0,
-            train: serde_json::Value::Null,
-            run: serde_json::Value::Null,
-        },
-        weights,
-    }
-}
 
 /// v(x, t) = A·x + c·t + d with A = ω·[[0, −1], [1, 0]] (a rotation plus a time-dependent
 /// drift), represented exactly by an MLP with identity activation.

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{assert_close, ctx};
+use common::{assert_close, ctx, energy_distance, model_of};
 use flowgpu::data::Dataset;
-use flowgpu::model::{Activation, MlpConfig, Model, ModelConfig, ParamLayout, Weights};
+use flowgpu::model::{Activation, MlpConfig, Model, ParamLayout, Weights};
 use flowgpu::train::{fit, TrainConfig, Trainer};
 use flowgpu::{reference, GaussianPath, Sampler, SolveConfig};
 use rand::SeedableRng;
@@ -24,22 +24,7 @@ fn small_cfg() -> MlpConfig {
 
 fn model(cfg: &MlpConfig, seed: u64) -> Model {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    Model {
-        config: ModelConfig {
-            format_version: flowgpu::model::FORMAT_VERSION,
-            mlp: cfg.clone(),
-            path: GaussianPath::Ot { sigma_min: 0.0 },
-            data: "test".into(),
-            standardization: None,
-            source: None,
-            augment: 0,
-            augment_fill: Default::default(),
-            seed,
-            train: serde_json::Value::Null,
-            run: serde_json::Value::Null,
-        },
-        weights: Weights::init(cfg, &mut rng),
-    }
+    model_of(cfg.clone(), Weights::init(cfg, &mut rng))
 }
 
 #[test]
@@ -197,21 +182,6 @@ fn checkpoint_round_trip_reproduces_the_vector_field() {
         .0;
     assert_eq!(a, b);
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// Energy distance between two 2-D point sets: 2E|X−Y| − E|X−X'| − E|Y−Y'| (0 iff equal
-/// distributions).
-fn energy_distance(a: &[f32], b: &[f32]) -> f64 {
-    let mean_dist = |p: &[f32], q: &[f32]| -> f64 {
-        let mut s = 0.0;
-        for x in p.chunks(2) {
-            for y in q.chunks(2) {
-                s += (((x[0] - y[0]) as f64).powi(2) + ((x[1] - y[1]) as f64).powi(2)).sqrt();
-            }
-        }
-        s / ((p.len() / 2) * (q.len() / 2)) as f64
-    };
-    2.0 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b)
 }
 
 #[test]

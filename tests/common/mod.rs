@@ -54,3 +54,27 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
         worst.0
     );
 }
+
+/// A model with default settings (OT path, N(0, I) source) around the given weights.
+pub fn model_of(cfg: flowgpu::MlpConfig, weights: flowgpu::Weights) -> flowgpu::Model {
+    let path = flowgpu::GaussianPath::Ot { sigma_min: 0.0 };
+    flowgpu::Model {
+        config: flowgpu::ModelConfig::new(cfg, path),
+        weights,
+    }
+}
+
+/// Energy distance between two 2-D point sets: 2E|X−Y| − E|X−X'| − E|Y−Y'| (0 iff equal
+/// distributions).
+pub fn energy_distance(a: &[f32], b: &[f32]) -> f64 {
+    let mean_dist = |p: &[f32], q: &[f32]| -> f64 {
+        let mut s = 0.0;
+        for x in p.chunks(2) {
+            for y in q.chunks(2) {
+                s += (((x[0] - y[0]) as f64).powi(2) + ((x[1] - y[1]) as f64).powi(2)).sqrt();
+            }
+        }
+        s / ((p.len() / 2) * (q.len() / 2)) as f64
+    };
+    2.0 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b)
+}
