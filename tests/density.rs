@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, ctx, model_of};
 use flowgpu::data::toys::eight_gaussians_log_density;
-use flowgpu::model::{Activation, Linear, MlpConfig, Model, Weights};
+use flowgpu::model::{Activation, MlpConfig, Model, Weights};
 use flowgpu::solve::{Method, SolveConfig, Tolerances, Trace};
 use flowgpu::{reference, GaussianPath, Sampler};
 use rand::{Rng, SeedableRng};
@@ -136,40 +136,9 @@ const OMEGA: f64 = 2.0;
 const C: [f64; 2] = [0.5, -0.3];
 const D: [f64; 2] = [0.2, 0.1];
 
-/// v(x, t) = A·x + c·t + d with A = [[a, −ω], [ω, a]], exactly an identity-activation MLP.
+/// v(x, t) = A·x + c·t + d with A = [[a, −ω], [ω, a]].
 fn linear_model() -> Model {
-    let cfg = MlpConfig {
-        dim: 2,
-        width: 3,
-        depth: 1,
-        activation: Activation::Identity,
-        time_features: 0,
-        classes: 0,
-    };
-    let w = Weights {
-        layers: vec![
-            Linear {
-                in_features: 3,
-                out_features: 3,
-                w: vec![1., 0., 0., 0., 1., 0., 0., 0., 1.],
-                b: vec![0.; 3],
-            },
-            Linear {
-                in_features: 3,
-                out_features: 2,
-                w: vec![
-                    A as f32,
-                    -OMEGA as f32,
-                    C[0] as f32,
-                    OMEGA as f32,
-                    A as f32,
-                    C[1] as f32,
-                ],
-                b: vec![D[0] as f32, D[1] as f32],
-            },
-        ],
-    };
-    model_of(cfg, w)
+    common::linear_field_model(A, OMEGA, C, D)
 }
 
 /// Closed form: z = x(0) from x(1) = x by the exact flow, log p1(x) = log N(z) − Tr(A).

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, ctx, model_of};
-use flowgpu::model::{Activation, Linear, MlpConfig, Model, Weights};
+use flowgpu::model::{Activation, MlpConfig, Model, Weights};
 use flowgpu::solve::{Method, SolveConfig, Tableau, TimeGrid, Tolerances};
 use flowgpu::{reference, GaussianPath, Sampler};
 use rand::SeedableRng;
@@ -15,40 +15,9 @@ const C: [f64; 2] = [0.5, -0.3];
 const D: [f64; 2] = [0.2, 0.1];
 
 /// v(x, t) = A·x + c·t + d with A = ω·[[0, −1], [1, 0]] (a rotation plus a time-dependent
-/// drift), represented exactly by an MLP with identity activation.
+/// drift).
 fn linear_field_model() -> Model {
-    let cfg = MlpConfig {
-        dim: 2,
-        width: 3,
-        depth: 1,
-        activation: Activation::Identity,
-        time_features: 0,
-        classes: 0,
-    };
-    let w = Weights {
-        layers: vec![
-            Linear {
-                in_features: 3,
-                out_features: 3,
-                w: vec![1., 0., 0., 0., 1., 0., 0., 0., 1.],
-                b: vec![0.; 3],
-            },
-            Linear {
-                in_features: 3,
-                out_features: 2,
-                w: vec![
-                    0.0,
-                    -OMEGA as f32,
-                    C[0] as f32,
-                    OMEGA as f32,
-                    0.0,
-                    C[1] as f32,
-                ],
-                b: vec![D[0] as f32, D[1] as f32],
-            },
-        ],
-    };
-    model_of(cfg, w)
+    common::linear_field_model(0.0, OMEGA, C, D)
 }
 
 /// Exact flow from t0 to t1 of the linear field: x(t) = R(ω(t−t0))(x0 − p(t0)) + p(t),

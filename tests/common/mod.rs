@@ -78,3 +78,35 @@ pub fn energy_distance(a: &[f32], b: &[f32]) -> f64 {
     };
     2.0 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b)
 }
+
+/// v(x, t) = A·x + c·t + d in 2-D with A = [[a, −ω], [ω, a]] (trace 2a), represented
+/// exactly by an MLP with identity activation: its flow is known in closed form.
+pub fn linear_field_model(a: f64, omega: f64, c: [f64; 2], d: [f64; 2]) -> flowgpu::Model {
+    use flowgpu::model::{Activation, Linear, MlpConfig, Weights};
+    let cfg = MlpConfig {
+        dim: 2,
+        width: 3,
+        depth: 1,
+        activation: Activation::Identity,
+        time_features: 0,
+        classes: 0,
+    };
+    let (a, w, c0, c1) = (a as f32, omega as f32, c[0] as f32, c[1] as f32);
+    let weights = Weights {
+        layers: vec![
+            Linear {
+                in_features: 3,
+                out_features: 3,
+                w: vec![1., 0., 0., 0., 1., 0., 0., 0., 1.],
+                b: vec![0.; 3],
+            },
+            Linear {
+                in_features: 3,
+                out_features: 2,
+                w: vec![a, -w, c0, w, a, c1],
+                b: vec![d[0] as f32, d[1] as f32],
+            },
+        ],
+    };
+    model_of(cfg, weights)
+}
