@@ -337,8 +337,9 @@ impl SolveStats {
 
 /// Fixed steps recorded per submit (bounds the uniform arena for any step count).
 const STEPS_PER_SUBMIT: usize = 128;
-/// Adaptive attempts recorded between two status reads.
-const ATTEMPTS_PER_SUBMIT: usize = 8;
+/// Adaptive attempts recorded between two status reads (measured: 8 → 2 cut the evaluations
+/// run per sample from 97 to 61 on a moons model; the status read is cheap).
+const ATTEMPTS_PER_SUBMIT: usize = 2;
 
 /// How the divergence is estimated when solving the augmented ODE [x, ℓ].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
