@@ -4,8 +4,9 @@
 //! - [`gpu`]: adapter choice, device, buffers, readback, error capture;
 //! - [`kernels`]: one wrapper per WGSL file of `shaders/`;
 //! - [`model`]: the MLP, its parameter layout and checkpoint files; [`mlp`]: the MLP on the GPU;
-//! - [`path`]: Gaussian conditional paths; [`train`]: the training loop;
-//! - [`sample`]: ODE sampling; [`reference`]: the f64 CPU oracle of every kernel;
+//! - [`path`]: conditional paths; [`train`]: the training loop, checkpoints, resume;
+//! - [`solve`]: ODE solvers, sampling, encoding, log-likelihood; [`reference`]: the f64 CPU
+//!   oracle of every kernel; [`bench`]: the standard throughput workloads;
 //! - [`data`], [`io`], [`plot`]: data sets, file formats, PNG figures.
 
 pub mod bench;
