@@ -5,8 +5,8 @@
 //! - [`kernels`]: one wrapper per WGSL file of `shaders/`;
 //! - [`model`]: the MLP, its parameter layout and checkpoint files; [`mlp`]: the MLP on the GPU;
 //! - [`path`]: conditional paths; [`train`]: the training loop, checkpoints, resume;
-//! - [`solve`]: ODE solvers, sampling, encoding, log-likelihood; [`reference`]: the f64 CPU
-//!   oracle of every kernel; [`bench`]: the standard throughput workloads;
+//! - [`solve`]: ODE solvers, sampling, encoding, log-likelihood; [`reference`](mod@reference): the f64 CPU
+//!   oracle of every kernel; [`bench`](mod@bench): the standard throughput workloads;
 //! - [`data`], [`io`], [`plot`]: data sets, file formats, PNG figures.
 
 pub mod bench;

@@ -7,7 +7,7 @@ use crate::rng;
 
 /// Inputs, pre-activations and outputs of every layer for a batch (row-major).
 pub struct Activations {
-    /// h[0] is the input, h[l + 1] = act(z[l]); the last h is v.
+    /// `h[0]` is the input, `h[l + 1]` = `act(z[l])`; the last h is v.
     pub h: Vec<Vec<f64>>,
     pub z: Vec<Vec<f64>>,
 }

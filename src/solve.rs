@@ -915,7 +915,7 @@ impl<'a> Sampler<'a> {
     }
 
     /// Positions of the first `particles` samples after every step (or accepted/rejected
-    /// attempt for dopri5), starting with the noise: [snapshots][particles·dim], data units.
+    /// attempt for dopri5), starting with the noise: `[snapshots][particles·dim]`, data units.
     pub fn trajectories(
         &self,
         particles: usize,
