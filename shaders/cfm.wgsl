@@ -25,7 +25,7 @@ struct CfmParams {
     paired: u32,        // 1: source row i is coupled with data row i (a given coupling)
     n_classes: u32,     // class-conditional models: one-hot columns after the time features
     label_dropout: f32, // probability of training a row unconditionally (all-zero one-hot)
-    _pad0: u32,
+    coupled: u32,       // 1: row i's data partner is batch row pairs[i] (minibatch OT)
 }
 
 @group(0) @binding(0) var<uniform> p: CfmParams;
@@ -38,6 +38,7 @@ struct CfmParams {
 @group(0) @binding(7) var<storage, read_write> loss_history: array<f32>;
 @group(0) @binding(8) var<storage, read> source: array<f32>;
 @group(0) @binding(9) var<storage, read> labels: array<u32>;
+@group(0) @binding(10) var<storage, read> pairs: array<u32>;
 
 const PATH_OT: u32 = 0u;
 const PATH_VP: u32 = 1u;
@@ -91,7 +92,12 @@ fn cfm_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (i >= p.batch) {
         return;
     }
-    let idx = rng_bits(p.seed, STREAM_INDEX, p.step, i, 0u) % p.n_data;
+    // The data row: this row's own draw, or (coupled) the draw of its OT partner row.
+    var partner = i;
+    if (p.coupled != 0u) {
+        partner = pairs[i];
+    }
+    let idx = rng_bits(p.seed, STREAM_INDEX, p.step, partner, 0u) % p.n_data;
     let t = uniform_open(rng_bits(p.seed, STREAM_TIME, p.step, i, 0u));
     let s = schedule(t);
     // The source row: its own random index (independent coupling), or the data row's

@@ -17,8 +17,16 @@ use rand::SeedableRng;
 use std::time::Instant;
 
 /// Workload names, in run order.
-pub const WORKLOADS: [&str; 7] = [
-    "G-sgemm", "W-small", "W-fm", "S-euler", "S-rk4", "L-exact", "L-hutch",
+pub const WORKLOADS: [&str; 9] = [
+    "G-sgemm",
+    "W-small",
+    "W-fm",
+    "S-euler",
+    "S-rk4",
+    "L-exact",
+    "L-hutch",
+    "OT-sinkhorn-256",
+    "OT-sinkhorn-1024",
 ];
 
 /// Bench options.
@@ -69,6 +77,8 @@ pub struct BenchRecord {
     pub nfe_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_steps_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plans_per_s: Option<f64>,
     pub gflops: f64,
     pub ms_median: f64,
     pub timed_calls: usize,
@@ -358,6 +368,45 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
                 peak_buffer_bytes: peak,
                 n: Some(n),
                 steps: Some(cfg.steps),
+                ..base
+            }])
+        }
+        "OT-sinkhorn-256" | "OT-sinkhorn-1024" => {
+            // The coupling alone: draw, ε, 50 log-domain Sinkhorn iterations, pair sampling
+            // (POT's baseline runs to its 1000-iteration cap at reg 0.05).
+            let batch = if name.ends_with("256") { 256 } else { 1024 };
+            let (mlp, _, _) = net("W-small");
+            let pool = Dataset::toy("moons", 1 << 16, 0)?;
+            let tc = TrainConfig {
+                batch,
+                coupling: crate::train::Coupling::Sinkhorn {
+                    reg: 0.05,
+                    iters: 50,
+                },
+                ..TrainConfig::default()
+            };
+            let m = random_model(&mlp);
+            let mut tr = Trainer::new(
+                ctx,
+                &mlp,
+                GaussianPath::Ot { sigma_min: 0.0 },
+                &m.weights,
+                &pool.points,
+                &tc,
+            )?;
+            tr.run_coupling(ctx, 1)?;
+            ctx.wait()?;
+            let (calls, secs, ms) = time_calls(cfg.min_time, 3, 1, |c| {
+                tr.run_coupling(ctx, c)?;
+                ctx.wait()
+            })?;
+            Ok(vec![BenchRecord {
+                unit: "one coupling (50 Sinkhorn iterations + pairs)".into(),
+                plans_per_s: Some(calls as f64 / secs),
+                ms_median: ms,
+                timed_calls: calls,
+                n: Some(batch),
+                peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
                 ..base
             }])
         }

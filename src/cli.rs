@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a vector field by conditional flow matching (default: two moons).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Draw samples from a trained model (noise at t = 0 → data at t = 1).
     Sample(SampleArgs),
     /// Map data to latents: integrate the ODE from t = 1 back to t = 0.
@@ -82,6 +82,15 @@ struct TrainArgs {
     /// Couple source row i with data row i (--source must have as many rows as the data).
     #[arg(long)]
     paired: bool,
+    /// Pairing within a batch: independent, or sinkhorn (minibatch entropic OT on the GPU).
+    #[arg(long, default_value = "independent")]
+    coupling: String,
+    /// Sinkhorn: ε = reg · mean cost of the batch.
+    #[arg(long, default_value_t = 0.05)]
+    ot_reg: f64,
+    /// Sinkhorn iterations per step.
+    #[arg(long, default_value_t = 50)]
+    ot_iters: usize,
     /// Class-conditional model: column K (0-based) of the data file holds integer class labels.
     #[arg(long)]
     label_column: Option<usize>,
@@ -365,7 +374,7 @@ struct DensityArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Workloads to run, comma separated (default: all): G-sgemm, W-small, W-fm, S-euler, S-rk4, L-exact, L-hutch.
+    /// Workloads to run, comma separated (default: all): G-sgemm, W-small, W-fm, S-euler, S-rk4, L-exact, L-hutch, OT-sinkhorn-256, OT-sinkhorn-1024.
     #[arg(long)]
     only: Option<String>,
     /// Smoke run: short timings, small n, 2 solver steps.
@@ -402,7 +411,7 @@ pub fn run() -> Result<()> {
         }
     };
     match cli.command {
-        Command::Train(a) => train(a),
+        Command::Train(a) => train(*a),
         Command::Sample(a) => sample(a),
         Command::Encode(a) => map(a, true),
         Command::Decode(a) => map(a, false),
@@ -663,6 +672,18 @@ fn train(a: TrainArgs) -> Result<()> {
             log_every: a.log_every,
             paired: a.paired,
             label_dropout: a.label_dropout,
+            coupling: match a.coupling.as_str() {
+                "independent" => flowgpu::train::Coupling::Independent,
+                "sinkhorn" => flowgpu::train::Coupling::Sinkhorn {
+                    reg: a.ot_reg,
+                    iters: a.ot_iters,
+                },
+                c => {
+                    return Err(Error::invalid(format!(
+                        "unknown coupling '{c}'; valid couplings: independent, sinkhorn"
+                    )))
+                }
+            },
             ..TrainConfig::default()
         };
         tc.validate()?;
@@ -1397,6 +1418,8 @@ fn bench(a: BenchArgs) -> Result<()> {
                     format!("{s:.1} steps/s")
                 } else if let Some(n) = r.nfe_per_s {
                     format!("{n:.3} NFE/s")
+                } else if let Some(p) = r.plans_per_s {
+                    format!("{p:.1} plans/s")
                 } else {
                     let s = r.shape.unwrap_or_default();
                     format!("{}x{}x{}", s[0], s[1], s[2])

@@ -9,12 +9,24 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{adam, cfm, Kernel, Tiles};
+use crate::kernels::{adam, cfm, ot, Kernel, Tiles};
 use crate::mlp::{GpuMlp, MlpPass, PassOptions};
 use crate::model::{MlpConfig, Weights};
 use crate::path::GaussianPath;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// How source and data points of a batch are paired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Coupling {
+    /// Independent draws (or the given pairs with `paired`).
+    #[default]
+    Independent,
+    /// Minibatch entropic OT: log-domain Sinkhorn on the GPU with ε = reg · mean cost,
+    /// `iters` iterations, then each source point's partner drawn from its plan row.
+    Sinkhorn { reg: f64, iters: usize },
+}
 
 /// Optimizer and schedule settings of a run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +59,9 @@ pub struct TrainConfig {
     /// field that classifier-free guidance needs).
     #[serde(default = "default_label_dropout")]
     pub label_dropout: f64,
+    /// Pairing of source and data points within a batch.
+    #[serde(default)]
+    pub coupling: Coupling,
 }
 
 fn default_label_dropout() -> f64 {
@@ -72,6 +87,7 @@ impl Default for TrainConfig {
             log_every: 100,
             paired: false,
             label_dropout: 0.1,
+            coupling: Coupling::Independent,
         }
     }
 }
@@ -92,6 +108,16 @@ impl TrainConfig {
         pos("--log-every", self.log_every > 0)?;
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return Err(Error::invalid("--weight-decay must be ≥ 0"));
+        }
+        if let Coupling::Sinkhorn { reg, iters } = self.coupling {
+            if !(reg > 0.0 && reg.is_finite()) || iters == 0 {
+                return Err(Error::invalid("--ot-reg and --ot-iters must be positive"));
+            }
+            if self.paired {
+                return Err(Error::invalid(
+                    "--paired and an OT coupling exclude each other",
+                ));
+            }
         }
         if let Some(d) = self.ema {
             if !(0.0..1.0).contains(&d) {
@@ -155,6 +181,22 @@ pub struct Trainer {
     _partials: wgpu::Buffer,
     _source: wgpu::Buffer,
     _labels: wgpu::Buffer,
+    ot: Option<OtState>,
+}
+
+/// GPU state of the minibatch-OT coupling.
+struct OtState {
+    base: ot::OtParams,
+    iters: usize,
+    draw: Arc<Kernel>,
+    scale: Arc<Kernel>,
+    sink_f: Arc<Kernel>,
+    sink_g: Arc<Kernel>,
+    sample: Arc<Kernel>,
+    g_draw: wgpu::BindGroup,
+    g_solve: wgpu::BindGroup,
+    /// x0, x1, f, g, pairs and ε, kept for tests and alive for the bind groups.
+    buffers: Vec<wgpu::Buffer>,
 }
 
 impl Trainer {
@@ -232,6 +274,7 @@ impl Trainer {
             }
         }
         let label_buf = ctx.storage_from("labels", bytemuck::cast_slice(labels.unwrap_or(&[])))?;
+        let pairs_buf = ctx.storage("ot pairs", cfg.batch)?;
         let out_stride = MlpPass::out_stride(mlp_cfg);
         let target = ctx.storage("cfm target", cfg.batch * out_stride)?;
         let sample_loss = ctx.storage("per-sample loss", cfg.batch)?;
@@ -241,7 +284,7 @@ impl Trainer {
         let moments = ctx.storage("adam moments", 2 * n)?;
         let ema = ctx.storage_from("ema", &weights.pack(&mlp.layout))?;
         let k = cfg.steps_per_submit;
-        let arena = UniformArena::new(ctx, "train step params", 2 * k);
+        let arena = UniformArena::new(ctx, "train step params", 3 * k);
 
         let prepare = cfm::cfm_prepare(ctx)?;
         let loss = cfm::cfm_loss(ctx)?;
@@ -251,7 +294,14 @@ impl Trainer {
         let g_prepare = prepare.bind(
             ctx,
             &arena,
-            &[&data_buf, &pass.input, &target, &source_buf, &label_buf],
+            &[
+                &data_buf,
+                &pass.input,
+                &target,
+                &source_buf,
+                &label_buf,
+                &pairs_buf,
+            ],
         );
         let g_loss = loss.bind(
             ctx,
@@ -283,6 +333,7 @@ impl Trainer {
             paired: cfg.paired as u32,
             n_classes: mlp_cfg.classes as u32,
             label_dropout: cfg.label_dropout as f32,
+            coupled: matches!(cfg.coupling, Coupling::Sinkhorn { .. }) as u32,
             seed: cfg.seed as u32,
             ..Default::default()
         };
@@ -297,6 +348,46 @@ impl Trainer {
             clip_norm: cfg.clip_norm as f32,
             ema_decay: cfg.ema.unwrap_or(0.0) as f32,
             ..Default::default()
+        };
+        let ot_state = match cfg.coupling {
+            Coupling::Independent => None,
+            Coupling::Sinkhorn { reg, iters } => {
+                let b = cfg.batch;
+                let x0 = ctx.storage("ot x0", b * d)?;
+                let x1 = ctx.storage("ot x1", b * d)?;
+                let f = ctx.storage("ot f", b)?;
+                let g = ctx.storage("ot g", b)?;
+                let eps = ctx.storage("ot eps", 1)?;
+                let draw = ot::ot_draw(ctx)?;
+                let scale = ot::ot_scale(ctx)?;
+                let sink_f = ot::sinkhorn_f(ctx)?;
+                let sink_g = ot::sinkhorn_g(ctx)?;
+                let sample = ot::sample_pairs(ctx)?;
+                let g_draw = draw.bind(ctx, &arena, &[&data_buf, &source_buf, &x0, &x1, &f, &g]);
+                let g_solve = scale.bind(ctx, &arena, &[&x0, &x1, &f, &g, &pairs_buf, &eps]);
+                let base = ot::OtParams {
+                    batch: b as u32,
+                    dim: d as u32,
+                    n_data: (data.len() / d) as u32,
+                    n_source: source.map(|s| s.len() / d).unwrap_or(0) as u32,
+                    seed: cfg.seed as u32,
+                    step: 0,
+                    reg: reg as f32,
+                    _pad: 0,
+                };
+                Some(OtState {
+                    base,
+                    iters,
+                    draw,
+                    scale,
+                    sink_f,
+                    sink_g,
+                    sample,
+                    g_draw,
+                    g_solve,
+                    buffers: vec![x0, x1, f, g, pairs_buf.clone(), eps],
+                })
+            }
         };
         Ok(Trainer {
             cfg,
@@ -329,6 +420,7 @@ impl Trainer {
             _partials: partials,
             _source: source_buf,
             _labels: label_buf,
+            ot: ot_state,
         })
     }
 
@@ -355,13 +447,23 @@ impl Trainer {
                 ..self.adam_base
             };
             self.arena.set(k + i, &ap);
+            if let Some(o) = &self.ot {
+                self.arena.set(
+                    2 * k + i,
+                    &ot::OtParams {
+                        step: s as u32,
+                        ..o.base
+                    },
+                );
+            }
         }
-        self.arena.upload(ctx, 0..2 * k);
+        self.arena.upload(ctx, 0..3 * k);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let per_sample = cfm::per_sample_groups(&self.cfm_base, &self.tiles);
             for i in 0..n {
+                self.record_coupling(&mut pass, 2 * k + i);
                 self.prepare
                     .dispatch(&mut pass, &self.g_prepare, i, per_sample);
                 self.pass.record_forward(&mut pass);
@@ -413,6 +515,58 @@ impl Trainer {
     /// The flat gradient buffer of the last step (tests).
     pub fn grads(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         ctx.read(&self.grads, 0, self.mlp.layout.total)
+    }
+
+    /// Record and submit `n` coupling solves alone (benchmarks): draw, Sinkhorn, pairs.
+    pub fn run_coupling(&mut self, ctx: &GpuContext, n: usize) -> Result<()> {
+        let Some(o) = &self.ot else {
+            return Err(Error::invalid("this trainer has no OT coupling"));
+        };
+        let k = self.cfg.steps_per_submit;
+        self.arena.set(
+            2 * k,
+            &ot::OtParams {
+                step: self.step as u32,
+                ..o.base
+            },
+        );
+        self.arena.upload(ctx, 2 * k..2 * k + 1);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..n {
+                self.record_coupling(&mut pass, 2 * k);
+            }
+        }
+        ctx.submit(enc)
+    }
+
+    fn record_coupling(&self, pass: &mut wgpu::ComputePass<'_>, slot: usize) {
+        if let Some(o) = &self.ot {
+            let threads = ot::per_row_threads(&o.base, &self.tiles);
+            let small = ot::per_row_small(&o.base, &self.tiles);
+            o.draw.dispatch(pass, &o.g_draw, slot, threads);
+            o.scale.dispatch(pass, &o.g_solve, slot, [1, 1, 1]);
+            for _ in 0..o.iters {
+                o.sink_f.dispatch(pass, &o.g_solve, slot, small);
+                o.sink_g.dispatch(pass, &o.g_solve, slot, small);
+            }
+            o.sample.dispatch(pass, &o.g_solve, slot, small);
+        }
+    }
+
+    /// The last step's OT state (x0, x1, f, g, pairs as f32 bits, ε), for tests.
+    pub fn ot_state(&self, ctx: &GpuContext) -> Result<Option<[Vec<f32>; 6]>> {
+        let Some(o) = &self.ot else { return Ok(None) };
+        let (b, d) = (self.cfg.batch, self.mlp.cfg.dim);
+        let sizes = [b * d, b * d, b, b, b, 1];
+        let mut out: Vec<Vec<f32>> = Vec::new();
+        for (buf, n) in o.buffers.iter().zip(sizes) {
+            out.push(ctx.read(buf, 0, n)?);
+        }
+        Ok(Some(
+            out.try_into().map_err(|_| Error::invalid("ot state"))?,
+        ))
     }
 
     /// Adam's first and second moments, flat (tests, checkpoints).

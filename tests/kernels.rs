@@ -369,7 +369,7 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             paired: paired as u32,
             n_classes: 0,
             label_dropout: 0.0,
-            _pad: 0,
+            coupled: 0,
         };
         arena.set(0, &p);
         arena.upload(ctx, 0..1);
@@ -382,7 +382,14 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
         let gp = kp.bind(
             ctx,
             &arena,
-            &[&data_buf, &input, &target, &source_buf, &no_labels],
+            &[
+                &data_buf,
+                &input,
+                &target,
+                &source_buf,
+                &no_labels,
+                &no_labels,
+            ],
         );
         let gl = kl.bind(ctx, &arena, &[&target, &v, &grad, &sample_loss]);
         let gr = kr.bind(ctx, &arena, &[&sample_loss, &history]);
@@ -549,7 +556,7 @@ fn cfm_prepare_writes_class_one_hots_with_label_dropout() {
         paired: 0,
         n_classes: 5,
         label_dropout: 0.25,
-        _pad: 0,
+        coupled: 0,
     };
     arena.set(0, &p);
     arena.upload(ctx, 0..1);
@@ -557,7 +564,14 @@ fn cfm_prepare_writes_class_one_hots_with_label_dropout() {
     let gp = kp.bind(
         ctx,
         &arena,
-        &[&data_buf, &input, &target, &source_buf, &label_buf],
+        &[
+            &data_buf,
+            &input,
+            &target,
+            &source_buf,
+            &label_buf,
+            &source_buf,
+        ],
     );
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     {

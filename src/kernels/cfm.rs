@@ -24,16 +24,17 @@ pub struct CfmParams {
     pub paired: u32,
     pub n_classes: u32,
     pub label_dropout: f32,
-    pub _pad: u32,
+    pub coupled: u32,
 }
 
-/// data, input, target, source, labels.
+/// data, input, target, source, labels, pairs.
 const PREPARE: &[(u32, Access)] = &[
     (1, Access::Read),
     (2, Access::ReadWrite),
     (3, Access::ReadWrite),
     (8, Access::Read),
     (9, Access::Read),
+    (10, Access::Read),
 ];
 /// target, v, grad_v, sample_loss.
 const LOSS: &[(u32, Access)] = &[

@@ -10,6 +10,7 @@ pub mod cfm;
 pub mod matmul;
 pub mod mlp_backward;
 pub mod ode;
+pub mod ot;
 pub mod trace;
 
 use crate::error::{Error, Result};
@@ -26,18 +27,20 @@ pub enum Shader {
     Adam,
     Ode,
     Trace,
+    Ot,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Shader {
-    pub const ALL: [Shader; 6] = [
+    pub const ALL: [Shader; 7] = [
         Shader::Matmul,
         Shader::MlpBackward,
         Shader::Cfm,
         Shader::Adam,
         Shader::Ode,
         Shader::Trace,
+        Shader::Ot,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Shader {
             Shader::Adam => "adam.wgsl",
             Shader::Ode => "ode.wgsl",
             Shader::Trace => "trace.wgsl",
+            Shader::Ot => "ot.wgsl",
         }
     }
 
@@ -59,6 +63,7 @@ impl Shader {
             Shader::Adam => include_str!("../../shaders/adam.wgsl"),
             Shader::Ode => include_str!("../../shaders/ode.wgsl"),
             Shader::Trace => include_str!("../../shaders/trace.wgsl"),
+            Shader::Ot => include_str!("../../shaders/ot.wgsl"),
         }
     }
 
