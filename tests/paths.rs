@@ -191,10 +191,7 @@ fn marginal_and_conditional_flow_matching_have_the_same_gradient() {
 #[test]
 fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
     use flowgpu::solve::{Sampler, SolveConfig};
-    let ctx = {
-        let c = flowgpu::GpuContext::new(&Default::default()).expect("adapter");
-        Box::leak(Box::new(c))
-    };
+    let ctx = common::ctx();
     let data = flowgpu::data::Dataset::toy("moons", 50_000, 0).unwrap();
     let source = flowgpu::data::Dataset::toy("8gaussians", 50_000, 1).unwrap();
     let cfg = MlpConfig {
@@ -273,9 +270,7 @@ fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
 fn mirror_mse(k: usize, fill: flowgpu::data::AugmentFill) -> f64 {
     use flowgpu::data::Dataset;
     use flowgpu::solve::{Sampler, SolveConfig};
-    let ctx = Box::leak(Box::new(
-        flowgpu::GpuContext::new(&Default::default()).expect("adapter"),
-    ));
+    let ctx = common::ctx();
     let mut r = rand::rngs::StdRng::seed_from_u64(0);
     let s: Vec<f32> = (0..20_000)
         .map(|_| r.sample::<f32, _>(StandardNormal))
@@ -351,9 +346,7 @@ fn augmentation_lets_a_flow_reverse_orientation() {
 fn class_conditional_samples_land_in_their_component() {
     use flowgpu::data::toys::EIGHT_GAUSSIANS_CENTRES as C;
     use flowgpu::solve::{Sampler, SolveConfig};
-    let ctx = Box::leak(Box::new(
-        flowgpu::GpuContext::new(&Default::default()).expect("adapter"),
-    ));
+    let ctx = common::ctx();
     let nearest = |p: &[f32]| -> u32 {
         (0..8)
             .min_by(|&a, &b| {
