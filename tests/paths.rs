@@ -206,34 +206,22 @@ fn a_flow_from_a_non_gaussian_source_starts_there_and_reaches_the_data() {
         steps: 1500,
         ..Default::default()
     };
-    let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(0));
     let path = GaussianPath::Icfm { sigma: 0.05 };
-    let mut tr = flowgpu::Trainer::with_source(
-        ctx,
+    let config = flowgpu::ModelConfig {
+        source: Some("8gaussians".into()),
+        seed: 1,
+        ..flowgpu::ModelConfig::new(cfg.clone(), path)
+    };
+    let model = trained(
         &cfg,
         path,
-        &w,
+        0,
         &data.points,
         Some(&source.points),
         None,
         &tc,
-    )
-    .unwrap();
-    tr.run_until(
-        ctx,
-        tc.steps,
-        &std::sync::atomic::AtomicBool::new(false),
-        |_, _| Ok(()),
-    )
-    .unwrap();
-    let model = flowgpu::Model {
-        config: flowgpu::ModelConfig {
-            source: Some("8gaussians".into()),
-            seed: 1,
-            ..flowgpu::ModelConfig::new(cfg.clone(), path)
-        },
-        weights: tr.weights(ctx, false).unwrap(),
-    };
+        config,
+    );
     let s = Sampler::new(ctx, &model).unwrap();
     let solve = SolveConfig {
         method: flowgpu::Method::Rk4,
@@ -294,27 +282,9 @@ fn mirror_mse(k: usize, fill: flowgpu::data::AugmentFill) -> f64 {
         paired: true,
         ..Default::default()
     };
-    let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(1));
     let path = GaussianPath::Ot { sigma_min: 0.0 };
-    let mut tr =
-        flowgpu::Trainer::with_source(ctx, &cfg, path, &w, &data, Some(&source), None, &tc)
-            .unwrap();
-    tr.run_until(
-        ctx,
-        tc.steps,
-        &std::sync::atomic::AtomicBool::new(false),
-        |_, _| Ok(()),
-    )
-    .unwrap();
-    let model = flowgpu::Model {
-        config: flowgpu::ModelConfig {
-            data: "mirror".into(),
-            source: None,
-            seed: 0,
-            ..flowgpu::ModelConfig::new(cfg.clone(), path)
-        },
-        weights: tr.weights(ctx, false).unwrap(),
-    };
+    let config = flowgpu::ModelConfig::new(cfg.clone(), path);
+    let model = trained(&cfg, path, 1, &data, Some(&source), None, &tc, config);
     let sm = Sampler::new(ctx, &model).unwrap();
     let x0 = Dataset::augment_source(&test, 1, k, fill, 9);
     let solve = SolveConfig {
@@ -373,27 +343,18 @@ fn class_conditional_samples_land_in_their_component() {
         lr: 3e-3,
         ..Default::default()
     };
-    let w = Weights::init(&cfg, &mut rand::rngs::StdRng::seed_from_u64(0));
     let path = GaussianPath::Ot { sigma_min: 0.0 };
-    let mut tr =
-        flowgpu::Trainer::with_source(ctx, &cfg, path, &w, &data.points, None, Some(&labels), &tc)
-            .unwrap();
-    tr.run_until(
-        ctx,
-        tc.steps,
-        &std::sync::atomic::AtomicBool::new(false),
-        |_, _| Ok(()),
-    )
-    .unwrap();
-    let model = flowgpu::Model {
-        config: flowgpu::ModelConfig {
-            data: "8gaussians".into(),
-            source: None,
-            seed: 0,
-            ..flowgpu::ModelConfig::new(cfg.clone(), path)
-        },
-        weights: tr.weights(ctx, false).unwrap(),
-    };
+    let config = flowgpu::ModelConfig::new(cfg.clone(), path);
+    let model = trained(
+        &cfg,
+        path,
+        0,
+        &data.points,
+        None,
+        Some(&labels),
+        &tc,
+        config,
+    );
     let mut s = Sampler::new(ctx, &model).unwrap();
     let solve = SolveConfig {
         method: flowgpu::Method::Rk4,
@@ -427,4 +388,29 @@ fn class_conditional_samples_land_in_their_component() {
         "unconditional samples per component {seen:?}"
     );
     assert!(s.condition(Some(8), 1.0).is_err());
+}
+
+/// Train a model from the given pools (x0 source and class labels optional) and wrap its
+/// weights in `config`.
+#[allow(clippy::too_many_arguments)]
+fn trained(
+    cfg: &MlpConfig,
+    path: GaussianPath,
+    weight_seed: u64,
+    data: &[f32],
+    source: Option<&[f32]>,
+    labels: Option<&[u32]>,
+    tc: &flowgpu::TrainConfig,
+    config: flowgpu::ModelConfig,
+) -> flowgpu::Model {
+    let ctx = common::ctx();
+    let w = Weights::init(cfg, &mut rand::rngs::StdRng::seed_from_u64(weight_seed));
+    let mut tr =
+        flowgpu::Trainer::with_source(ctx, cfg, path, &w, data, source, labels, tc).unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    tr.run_until(ctx, tc.steps, &never, |_, _| Ok(())).unwrap();
+    flowgpu::Model {
+        config,
+        weights: tr.weights(ctx, false).unwrap(),
+    }
 }
