@@ -164,6 +164,24 @@ fn random_model(cfg: &MlpConfig) -> Model {
     }
 }
 
+/// A trainer for a benchmark network with random weights (OT path).
+fn bench_trainer(
+    ctx: &GpuContext,
+    mlp: &MlpConfig,
+    pool: &[f32],
+    tc: &TrainConfig,
+) -> Result<Trainer> {
+    let m = random_model(mlp);
+    Trainer::new(
+        ctx,
+        mlp,
+        GaussianPath::Ot { sigma_min: 0.0 },
+        &m.weights,
+        pool,
+        tc,
+    )
+}
+
 /// GFLOP/s of flowgpu's `linear_forward` (identity epilogue) on an (M, K, N) problem.
 pub fn sgemm(ctx: &GpuContext, m: usize, k: usize, n: usize, min_time: f64) -> Result<f64> {
     let tiles = Tiles::for_class(ctx.class);
@@ -259,15 +277,7 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
                 clip_norm: 0.0,
                 ..TrainConfig::default()
             };
-            let m = random_model(&mlp);
-            let mut tr = Trainer::new(
-                ctx,
-                &mlp,
-                GaussianPath::Ot { sigma_min: 0.0 },
-                &m.weights,
-                &pool.points,
-                &tc,
-            )?;
+            let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
             let k = tc.steps_per_submit;
             // Warm-up (pipelines, first submits) and the first loss.
             tr.run_steps(ctx, k)?;
@@ -385,15 +395,7 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
                 },
                 ..TrainConfig::default()
             };
-            let m = random_model(&mlp);
-            let mut tr = Trainer::new(
-                ctx,
-                &mlp,
-                GaussianPath::Ot { sigma_min: 0.0 },
-                &m.weights,
-                &pool.points,
-                &tc,
-            )?;
+            let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
             tr.run_coupling(ctx, 1)?;
             ctx.wait()?;
             let (calls, secs, ms) = time_calls(cfg.min_time, 3, 1, |c| {

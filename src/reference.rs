@@ -261,6 +261,13 @@ pub fn mlp_field<'a>(cfg: &'a MlpConfig, w: &'a Weights) -> impl Fn(&[f64], f64)
     move |x, t| eval(cfg, w, &input_row(cfg, x, t))
 }
 
+/// x + h·Σ_q a_q·k_q: the point where an explicit RK stage evaluates the field.
+fn stage_point(x: &[f64], h: f64, a: &[f64], k: &[Vec<f64>]) -> Vec<f64> {
+    (0..x.len())
+        .map(|j| x[j] + h * a.iter().zip(k).map(|(a, kq)| a * kq[j]).sum::<f64>())
+        .collect()
+}
+
 /// Fixed-step explicit Runge–Kutta on the grid `times`, every row of x (row-major).
 pub fn rk_solve(f: &Field, x: &mut [f64], dim: usize, times: &[f64], tab: &crate::solve::Tableau) {
     for row in x.chunks_mut(dim) {
@@ -268,17 +275,7 @@ pub fn rk_solve(f: &Field, x: &mut [f64], dim: usize, times: &[f64], tab: &crate
             let (t, h) = (w[0], w[1] - w[0]);
             let mut k: Vec<Vec<f64>> = Vec::new();
             for s in 0..tab.stages() {
-                let xs: Vec<f64> = (0..dim)
-                    .map(|j| {
-                        row[j]
-                            + h * tab.a[s]
-                                .iter()
-                                .zip(&k)
-                                .map(|(a, kq)| a * kq[j])
-                                .sum::<f64>()
-                    })
-                    .collect();
-                k.push(f(&xs, t + tab.c[s] * h));
+                k.push(f(&stage_point(row, h, &tab.a[s], &k), t + tab.c[s] * h));
             }
             for j in 0..dim {
                 row[j] += h * tab.b.iter().zip(&k).map(|(b, kq)| b * kq[j]).sum::<f64>();
@@ -314,17 +311,7 @@ pub fn dopri5_solve(
             }
             let mut k = vec![k0.clone()];
             for s in 1..7 {
-                let xs: Vec<f64> = (0..dim)
-                    .map(|j| {
-                        row[j]
-                            + h * tab.a[s]
-                                .iter()
-                                .zip(&k)
-                                .map(|(a, kq)| a * kq[j])
-                                .sum::<f64>()
-                    })
-                    .collect();
-                k.push(f(&xs, t + tab.c[s] * h));
+                k.push(f(&stage_point(row, h, &tab.a[s], &k), t + tab.c[s] * h));
             }
             let mut err_sq = 0.0;
             let mut x_new = vec![0.0; dim];
