@@ -94,6 +94,17 @@ fn activate_grad(z: f32, act: u32) -> f32 {
     }
 }
 
+// d² act / dz² (the gradient of a divergence goes through act'(z)).
+fn activate_grad2(z: f32, act: u32) -> f32 {
+    switch act {
+        case 2u: { let s = sigmoid(z); return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s)); }
+        case 3u: { let t = tanh_stable(z); return -2.0 * t * (1.0 - t * t); }
+        case 4u: { let s = sigmoid(z); return select(s * (1.0 - s), 0.0, z > 20.0); }
+        case 5u: { return select(SELU_LAMBDA * SELU_ALPHA * exp(min(z, 0.0)), 0.0, z > 0.0); }
+        default: { return 0.0; }
+    }
+}
+
 fn activate_grad4(z: vec4<f32>, act: u32) -> vec4<f32> {
     if (act == ACT_IDENTITY) { return vec4<f32>(1.0); }
     return vec4<f32>(activate_grad(z.x, act), activate_grad(z.y, act), activate_grad(z.z, act), activate_grad(z.w, act));

@@ -3,8 +3,10 @@
 // and, in tangent mode, forward-mode derivatives (JVPs) of the same layer:
 //   Ż = Ẋ·Wᵀ,  Ḣ = act'(Z) ⊙ Ż                      (tangent rows)
 // where Z is the primal pre-activation stored by the primal pass over the same layer.
-// Tangent rows are stacked direction-major: row r is direction r / primal_rows of primal
-// row r % primal_rows, so T directions are one matmul with T·N rows.
+// Rows are stacked in one buffer per layer: the N primal rows first, then T tangent
+// directions of N rows each (row (1 + m)·N + i is direction m of primal row i), so T
+// directions are one matmul with T·N rows starting at row0 = N, and the backward pass
+// (mlp_backward.wgsl) runs over primal and tangent rows together.
 // X is [rows, in] row-major, W is [out, in] (PyTorch nn.Linear layout), both padded
 // to a multiple of 4 along `in` so every load is a vec4 along the contraction.
 // Register blocking: each thread owns an 8×4 tile of outputs (8 batch rows, 4 output
@@ -25,7 +27,7 @@ struct LinearParams {
     store_pre: u32,     // 1: also store Z (backward and tangents need it), 0: inference
     tangent: u32,       // 1: tangent rows (no bias, act'(Z) of the primal row)
     primal_rows: u32,   // N, for tangent rows
-    _pad0: u32,
+    row0: u32,          // first row of X, Z and H this dispatch works on
     _pad1: u32,
 }
 
@@ -38,13 +40,13 @@ const TILE_COLS: u32 = 4u;
 @group(0) @binding(2) var<storage, read> params: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
-@group(0) @binding(5) var<storage, read> z_primal: array<f32>;
 
 fn bias_at(n: u32) -> f32 {
     let i = p.b_off + n;
     return params[i >> 2u][i & 3u];
 }
 
+// m: row within this dispatch (0 ≤ m < rows); its buffer row is row0 + m.
 fn epilogue(m: u32, n0: u32, acc: vec4<f32>) {
     if (m >= p.rows) {
         return;
@@ -52,9 +54,13 @@ fn epilogue(m: u32, n0: u32, acc: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         let n = n0 + j;
         if (n < p.out_features) {
-            let o = m * p.y_stride + n;
+            let o = (p.row0 + m) * p.y_stride + n;
             if (p.tangent != 0u) {
-                let zp = z_primal[(m % p.primal_rows) * p.y_stride + n];
+                // The primal rows [0, N) of z were written by the primal dispatch.
+                let zp = z[(m % p.primal_rows) * p.y_stride + n];
+                if (p.store_pre != 0u) {
+                    z[o] = acc[j];
+                }
                 h[o] = acc[j] * activate_grad(zp, p.activation);
             } else {
                 let zv = acc[j] + bias_at(n);
@@ -81,8 +87,9 @@ fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let lr = p.rows - 1u;
     let lc = p.out_features - 1u;
     let kv = p.in_vec4;
-    let r0 = min(m0, lr) * kv; let r1 = min(m0 + 1u, lr) * kv; let r2 = min(m0 + 2u, lr) * kv; let r3 = min(m0 + 3u, lr) * kv;
-    let r4 = min(m0 + 4u, lr) * kv; let r5 = min(m0 + 5u, lr) * kv; let r6 = min(m0 + 6u, lr) * kv; let r7 = min(m0 + 7u, lr) * kv;
+    let x0 = p.row0 * kv;
+    let r0 = x0 + min(m0, lr) * kv; let r1 = x0 + min(m0 + 1u, lr) * kv; let r2 = x0 + min(m0 + 2u, lr) * kv; let r3 = x0 + min(m0 + 3u, lr) * kv;
+    let r4 = x0 + min(m0 + 4u, lr) * kv; let r5 = x0 + min(m0 + 5u, lr) * kv; let r6 = x0 + min(m0 + 6u, lr) * kv; let r7 = x0 + min(m0 + 7u, lr) * kv;
     let c0 = p.w_off4 + min(n0, lc) * kv; let c1 = p.w_off4 + min(n0 + 1u, lc) * kv;
     let c2 = p.w_off4 + min(n0 + 2u, lc) * kv; let c3 = p.w_off4 + min(n0 + 3u, lc) * kv;
     var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);

@@ -5,6 +5,14 @@
 //                     writes its own partial sums (or the gradient itself when there is
 //                     one chunk) — no float atomics, so the reduction is deterministic.
 //   reduce_chunks:    gradient = Σ_chunks partial, in a fixed order.
+//   tangent_backward: with tangent rows stacked after the N primal rows (matmul.wgsl),
+//                     backward_input runs with the identity epilogue over all rows and
+//                     this kernel finishes the activation of the layer below: tangent
+//                     rows Ḣ = act'(Z)⊙Ż give dŻ = act'(Z)⊙dḢ, and the primal row also
+//                     collects the dependence of act'(Z) on Z:
+//                     dZ = act'(Z)⊙dH + act''(Z)⊙Σ_m Ż_m⊙dḢ_m.
+//                     This is how the gradient of a divergence (the adjoint of a CNF)
+//                     flows back through the JVP, with no float atomics.
 // Layouts as in matmul.wgsl: rows padded to vec4 along features, W [out, in_padded].
 // Host wrapper: src/kernels/mlp_backward.rs.
 
@@ -18,9 +26,9 @@ struct BackwardParams {
     chunk_rows: u32,    // rows per partial-sum chunk
     n_chunks: u32,      // number of chunks (1: write the gradient directly)
     layer_size: u32,    // floats in this layer's slice: W (N·in_padded) then b (padded N)
+    bias_rows: u32,     // rows [0, bias_rows) have a bias (primal rows; tangents do not)
+    n_tangents: u32,    // tangent_backward: tangent directions stacked after the rows
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: BackwardParams;
@@ -146,8 +154,9 @@ fn backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
         let db = dz[m * p.out_vec4 + nb];
         let xa = x_in[m * p.in_vec4 + ka];
         let xb = x_in[m * p.in_vec4 + kb];
-        ba += da;
-        bb += db;
+        let with_bias = m < p.bias_rows;
+        ba += select(vec4<f32>(0.0), da, with_bias);
+        bb += select(vec4<f32>(0.0), db, with_bias);
         g0aa += da.x * xa; g1aa += da.y * xa; g2aa += da.z * xa; g3aa += da.w * xa;
         g0ab += da.x * xb; g1ab += da.y * xb; g2ab += da.z * xb; g3ab += da.w * xb;
         g0ba += db.x * xa; g1ba += db.y * xa; g2ba += db.z * xa; g3ba += db.w * xa;
@@ -183,4 +192,30 @@ fn reduce_chunks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         s += partial[c * p.layer_size + e];
     }
     grads[4u * p.w_off4 + e] = s;
+}
+
+fn activate_grad2_4(z: vec4<f32>, act: u32) -> vec4<f32> {
+    return vec4<f32>(activate_grad2(z.x, act), activate_grad2(z.y, act), activate_grad2(z.z, act), activate_grad2(z.w, act));
+}
+
+// One thread per (primal row, vec4 of features of the layer below). dx holds the raw
+// dX = dZ·W of every stacked row; z_below the primal Z and the tangent Ż rows.
+@compute @workgroup_size(WG1, 1, 1)
+fn tangent_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_index(gid, nwg);
+    let block = p.rows * p.in_vec4;
+    if (e >= block) {
+        return;
+    }
+    let z = z_below[e];
+    let g1 = activate_grad4(z, p.activation);
+    let g2 = activate_grad2_4(z, p.activation);
+    var acc = g1 * dx[e];
+    for (var m = 1u; m <= p.n_tangents; m++) {
+        let r = m * block + e;
+        let dt = dx[r];
+        acc += g2 * z_below[r] * dt;
+        dx[r] = g1 * dt;
+    }
+    dx[e] = acc;
 }

@@ -13,8 +13,12 @@
 //   snapshot:       copy the first snap_rows states into trajectory slot snap_slot.
 // Classifier-free guidance (a class and w ≠ 0): the MLP runs on 2·rows rows, the first
 // half with the class one-hot, the second without, and the stage kernels combine them.
-// With aug = 1 the state carries one more component per row, the log-density ℓ, whose
-// derivative is the divergence computed by trace.wgsl (binding div): dℓ/dt = Tr(∂v/∂x).
+// With aug = K > 0 the state carries K more components per row after x. Likelihood
+// solves: ℓ, then the kinetic energy and the Jacobian Frobenius estimate, whose
+// derivatives come from trace.wgsl (binding div, 4 floats per row): dℓ/dt = Tr(∂v/∂x).
+// Adjoint solves (adjoint = 1, aug = dim): the state is [x, a] and the derivative of a is
+// −(dS/dx) from the MLP's backward pass (binding div holds its input gradient rows);
+// the stage values of a go to `cotangent`, where trace.wgsl seeds the next backward.
 // Host wrapper: src/kernels/ode.rs; solvers: src/solve.rs.
 
 struct OdeParams {
@@ -46,6 +50,10 @@ struct OdeParams {
     n_classes: u32,     // class one-hot columns of the MLP input (after the time features)
     class_id: u32,      // class of the rows (NO_CLASS: unconditional)
     guidance: f32,      // classifier-free guidance w: v = (1 + w)·v(x|c) − w·v(x)
+    adjoint: u32,       // 1: the aug components are the adjoint a (see above)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     coef: array<vec4<f32>, 2>,
     err_coef: array<vec4<f32>, 2>,
 }
@@ -61,8 +69,10 @@ struct OdeParams {
 @group(0) @binding(6) var<storage, read_write> traj: array<f32>;
 @group(0) @binding(7) var<storage, read> div: array<f32>;
 @group(0) @binding(8) var<storage, read> source: array<f32>;
+@group(0) @binding(9) var<storage, read_write> cotangent: array<f32>;
 
 const CLOCK: u32 = 8u;
+const DIV_STRIDE: u32 = 4u;
 const NO_CLASS: u32 = 0xffffffffu;
 
 fn guided() -> bool {
@@ -99,15 +109,22 @@ fn deriv(i: u32, j: u32) -> f32 {
         }
         return vc;
     }
-    return div[i];
+    if (p.adjoint != 0u) {
+        return -div[i * p.in_stride + j - p.dim];
+    }
+    return div[i * DIV_STRIDE + j - p.dim];
 }
 
+// Component j of the point where the field is evaluated next: x goes to the MLP input,
+// an adjoint a to the cotangent rows; ℓ and the other integrals are not inputs.
 fn set_input(i: u32, j: u32, x: f32) {
     if (j < p.dim) {
         input[i * p.in_stride + j] = x;
         if (guided()) {
             input[(i + p.rows) * p.in_stride + j] = x;
         }
+    } else if (p.adjoint != 0u) {
+        cotangent[i * p.dim + j - p.dim] = x;
     }
 }
 
@@ -155,7 +172,7 @@ fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if (i >= p.rows) {
         return;
     }
-    for (var j = 0u; j < p.dim; j++) {
+    for (var j = 0u; j < sdim(); j++) {
         set_input(i, j, state[i * sdim() + j]);
     }
     write_time(i, p.t);
@@ -179,8 +196,8 @@ fn base_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         state[i * sdim() + j] = x;
         set_input(i, j, x);
     }
-    if (p.aug != 0u) {
-        state[i * sdim() + p.dim] = 0.0;
+    for (var j = p.dim; j < sdim(); j++) {
+        state[i * sdim() + j] = 0.0;
     }
     write_time(i, p.t);
     init_clock(i);
@@ -303,7 +320,7 @@ fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     clock[c0] = t_new;
     clock[c0 + 1u] = h_new;
     clock[c0 + 4u] = st;
-    for (var j = 0u; j < p.dim; j++) {
+    for (var j = 0u; j < sd; j++) {
         set_input(i, j, state[i * sd + j] + h_new * p.a_first * k_at(0u, i, j));
     }
     write_time(i, t_new + p.c_first * h_new);

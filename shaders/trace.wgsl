@@ -1,11 +1,19 @@
 // trace.wgsl — the divergence Tr(∂v/∂x) for the instantaneous change of variables,
-// from forward-mode tangents J·u computed by matmul.wgsl's tangent mode:
+// from forward-mode tangents J·u computed by matmul.wgsl's tangent mode (tangent row
+// (1 + m)·N + i of the stacked MLP buffers is direction m of row i):
 //   probe_init: writes the tangent directions u_m of every row into the MLP's tangent
 //               input rows (zero in the time columns: t is not perturbed) and keeps them:
 //               exact: u_m = e_m for m < dim (Σ_m (J·e_m)_m is the exact trace);
 //               hutchinson: M probes, Gaussian or Rademacher (E[u] = 0, Cov(u) = I), keyed
 //               by (seed, global row, m, j), so they stay fixed over a solve (FFJORD).
-//   divergence: div_i = (1/M)·Σ_m u_mᵀ(J·u_m) (M = 1 divisor for exact).
+//   divergence: per row, [div, kinetic, frobenius, 0]: div = (1/M)·Σ_m u_mᵀ(J·u_m)
+//               (M = 1 divisor for exact), kinetic = ‖v‖², frobenius = (1/M)·Σ_m ‖J·u_m‖²
+//               (an unbiased estimate of ‖J‖_F²; exact probes give it exactly).
+//   trace_cotangent: seeds the backward pass through the tangents for the adjoint of
+//               S = aᵀv + a_trace·div + a_kinetic·kinetic + a_frobenius·frobenius:
+//               dS/dv = a + 2·a_kinetic·v in the primal rows and, in tangent row m,
+//               dS/d(J·u_m) = (a_trace·u_m + 2·a_frobenius·J·u_m)/M. The per-row a comes
+//               from the adjoint solver's stage (ode.wgsl, binding cotangent).
 // Host wrapper: src/kernels/trace.rs; log-likelihood: src/density.rs.
 
 struct TraceParams {
@@ -17,6 +25,10 @@ struct TraceParams {
     probe: u32,         // PROBE_* code
     seed: u32,
     row_offset: u32,    // global index of row 0 (probe RNG key)
+    a_trace: f32,       // trace_cotangent: weights of the divergence, kinetic energy and
+    a_kinetic: f32,     // Frobenius terms in S
+    a_frobenius: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TraceParams;
@@ -24,6 +36,11 @@ struct TraceParams {
 @group(0) @binding(2) var<storage, read_write> probes: array<f32>;
 @group(0) @binding(3) var<storage, read> tangent_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> div: array<f32>;
+@group(0) @binding(5) var<storage, read> cotangent: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dv: array<f32>;
+
+// Floats per row of `div` (DIV_STRIDE in src/kernels/trace.rs).
+const DIV_STRIDE: u32 = 4u;
 
 const PROBE_EXACT: u32 = 0u;
 const PROBE_GAUSSIAN: u32 = 1u;
@@ -53,12 +70,17 @@ fn probe_init(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     for (var m = 0u; m < p.n_tangents; m++) {
         let r = m * p.rows + i;
+        let tr = r + p.rows;
         for (var j = 0u; j < p.dim; j++) {
             let u = probe_value(i, m, j);
             probes[r * p.dim + j] = u;
-            tangent_input[r * p.in_stride + j] = u;
+            tangent_input[tr * p.in_stride + j] = u;
         }
     }
+}
+
+fn probe_scale() -> f32 {
+    return select(1.0 / f32(p.n_tangents), 1.0, p.probe == PROBE_EXACT);
 }
 
 @compute @workgroup_size(WG1, 1, 1)
@@ -68,14 +90,45 @@ fn divergence(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         return;
     }
     var s = 0.0;
+    var frob = 0.0;
     for (var m = 0u; m < p.n_tangents; m++) {
         let r = m * p.rows + i;
+        let tr = r + p.rows;
         for (var j = 0u; j < p.dim; j++) {
-            s += probes[r * p.dim + j] * tangent_out[r * p.out_stride + j];
+            let ju = tangent_out[tr * p.out_stride + j];
+            s += probes[r * p.dim + j] * ju;
+            frob += ju * ju;
         }
     }
-    if (p.probe != PROBE_EXACT) {
-        s /= f32(p.n_tangents);
+    var kin = 0.0;
+    for (var j = 0u; j < p.dim; j++) {
+        let v = tangent_out[i * p.out_stride + j];
+        kin += v * v;
     }
-    div[i] = s;
+    let o = i * DIV_STRIDE;
+    div[o] = s * probe_scale();
+    div[o + 1u] = kin;
+    div[o + 2u] = frob * probe_scale();
+    div[o + 3u] = 0.0;
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn trace_cotangent(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    for (var j = 0u; j < p.dim; j++) {
+        let o = i * p.out_stride + j;
+        dv[o] = cotangent[i * p.dim + j] + 2.0 * p.a_kinetic * tangent_out[o];
+    }
+    let sc = probe_scale();
+    for (var m = 0u; m < p.n_tangents; m++) {
+        let r = m * p.rows + i;
+        let tr = r + p.rows;
+        for (var j = 0u; j < p.dim; j++) {
+            let o = tr * p.out_stride + j;
+            dv[o] = sc * (p.a_trace * probes[r * p.dim + j] + 2.0 * p.a_frobenius * tangent_out[o]);
+        }
+    }
 }

@@ -190,7 +190,6 @@ pub fn sgemm(ctx: &GpuContext, m: usize, k: usize, n: usize, min_time: f64) -> R
     let w = ctx.storage("sgemm w", n * 4 * k4 + n.div_ceil(4) * 4)?;
     let y = ctx.storage("sgemm y", m * n.div_ceil(4) * 4)?;
     let unused = ctx.storage("unused", 4)?;
-    let unused_ro = ctx.storage("unused ro", 4)?;
     let kern = matmul::linear_forward(ctx)?;
     let mut arena = UniformArena::new(ctx, "sgemm", 1);
     let p = matmul::LinearParams {
@@ -204,11 +203,12 @@ pub fn sgemm(ctx: &GpuContext, m: usize, k: usize, n: usize, min_time: f64) -> R
         store_pre: 0,
         tangent: 0,
         primal_rows: m as u32,
-        _pad: [0; 2],
+        row0: 0,
+        _pad: 0,
     };
     arena.set(0, &p);
     arena.upload(ctx, 0..1);
-    let g = kern.bind(ctx, &arena, &[&x, &w, &unused, &y, &unused_ro]);
+    let g = kern.bind(ctx, &arena, &[&x, &w, &unused, &y]);
     let flops = 2.0 * (m * k * n) as f64;
     let per_group = ((0.02 / (flops / 10e9)).ceil() as usize).clamp(1, 200);
     let (calls, secs, _) = time_calls(min_time, 3, per_group, |c| {

@@ -41,47 +41,55 @@ pub struct PassOptions<'a> {
     pub grads: Option<&'a wgpu::Buffer>,
     /// Backward also computes dL/d input.
     pub input_grad: bool,
-    /// Forward-mode tangent directions per row (JVPs), 0 for none.
+    /// Forward-mode tangent directions per row (JVPs), 0 for none. With `grads`, backward
+    /// also runs through the tangents (gradients of functions of J·u, e.g. a divergence).
     pub tangents: usize,
 }
 
-/// Buffers of a pass; `z` only when training or with tangents, `dz` only when training.
+/// Buffers of a pass. Every per-row buffer stacks the primal rows and, after them, the
+/// tangent rows: with N rows set, rows [0, N) are primal and row (1 + m)·N + i is
+/// tangent direction m of primal row i (see matmul.wgsl).
 pub struct MlpPass {
     pub capacity: usize,
     pub rows: usize,
     pub train: bool,
-    /// MLP input rows [capacity, in_pad], written by cfm_prepare or the solver stages.
+    /// MLP input rows [(1 + T)·capacity, in_pad]: written by cfm_prepare or the solver
+    /// stages (primal rows) and by trace.wgsl's probes (tangent rows).
     pub input: wgpu::Buffer,
-    /// Output of each layer [capacity, out_pad]; the last one is v(x, t).
+    /// Output of each layer [(1 + T)·capacity, out_pad]; the last one is v(x, t), then J·u.
     pub h: Vec<wgpu::Buffer>,
-    /// Pre-activations of each layer (training only).
+    /// Pre-activations of each layer (Z, then Ż; training or tangents only).
     pub z: Vec<wgpu::Buffer>,
-    /// dL/dz of each layer (training only); the last one is dL/dv.
+    /// dL/dz of each layer (training only); the last one is dL/dv (then dL/d(J·u)).
     pub dz: Vec<wgpu::Buffer>,
-    /// dL/d input [capacity, in_pad], when asked for (adjoints, tests).
+    /// dL/d input [(1 + T)·capacity, in_pad], when asked for (adjoints, tests).
     pub input_grad: Option<wgpu::Buffer>,
     /// Tangent directions per row.
     pub tangents: usize,
-    /// Tangent input rows [tangents·capacity, in_pad], direction-major.
-    pub tangent_input: Option<wgpu::Buffer>,
-    /// Tangent outputs of each layer [tangents·capacity, out_pad]; the last one is J·u.
-    pub tangent_h: Vec<wgpu::Buffer>,
-    tan_groups: Vec<wgpu::BindGroup>,
-    tan_params: Vec<matmul::LinearParams>,
     partial: Option<wgpu::Buffer>,
     arena: UniformArena,
     forward: Arc<Kernel>,
     back_input: Option<Arc<Kernel>>,
     back_weight: Option<Arc<Kernel>>,
     reduce: Option<Arc<Kernel>>,
+    tangent_back: Option<Arc<Kernel>>,
     fwd_groups: Vec<wgpu::BindGroup>,
     bin_groups: Vec<Option<wgpu::BindGroup>>,
     bw_groups: Vec<wgpu::BindGroup>,
     red_groups: Vec<wgpu::BindGroup>,
+    tb_groups: Vec<Option<wgpu::BindGroup>>,
     tiles: Tiles,
     fwd_params: Vec<matmul::LinearParams>,
+    tan_params: Vec<matmul::LinearParams>,
     bwd_params: Vec<mlp_backward::BackwardParams>,
+    tb_params: Vec<mlp_backward::BackwardParams>,
 }
+
+/// Arena slot blocks (× layers): forward, backward, tangent forward, tangent backward.
+const SLOT_FWD: usize = 0;
+const SLOT_BWD: usize = 1;
+const SLOT_TAN: usize = 2;
+const SLOT_TB: usize = 3;
 
 impl MlpPass {
     /// A pass over up to `capacity` rows.
@@ -92,26 +100,23 @@ impl MlpPass {
             tangents,
         } = opts;
         let capacity = capacity.max(1);
+        let stacked = (1 + tangents) * capacity;
         let train = grads.is_some();
         let store_z = train || tangents > 0;
         let tiles = Tiles::for_class(ctx.class);
         let layers = &mlp.layout.layers;
         let n_layers = layers.len();
-        let input = ctx.storage("mlp input", capacity * layers[0].in_pad)?;
+        let input = ctx.storage("mlp input", stacked * layers[0].in_pad)?;
         let mut h = Vec::new();
         let mut z = Vec::new();
         let mut dz = Vec::new();
-        let mut tangent_h = Vec::new();
         for l in layers {
-            h.push(ctx.storage("mlp h", capacity * l.out_pad)?);
+            h.push(ctx.storage("mlp h", stacked * l.out_pad)?);
             if store_z {
-                z.push(ctx.storage("mlp z", capacity * l.out_pad)?);
+                z.push(ctx.storage("mlp z", stacked * l.out_pad)?);
             }
             if train {
-                dz.push(ctx.storage("mlp dz", capacity * l.out_pad)?);
-            }
-            if tangents > 0 {
-                tangent_h.push(ctx.storage("mlp tangent h", tangents * capacity * l.out_pad)?);
+                dz.push(ctx.storage("mlp dz", stacked * l.out_pad)?);
             }
         }
         // Placeholders for bindings a dispatch does not use: one per access mode, since a
@@ -119,28 +124,12 @@ impl MlpPass {
         let dummy = ctx.storage("unused (read-write)", 4)?;
         let dummy_ro = ctx.storage("unused (read-only)", 4)?;
         let forward = matmul::linear_forward(ctx)?;
-        let arena = UniformArena::new(ctx, "mlp params", 3 * n_layers);
+        let arena = UniformArena::new(ctx, "mlp params", 4 * n_layers);
         let mut fwd_groups = Vec::new();
         for (i, _) in layers.iter().enumerate() {
             let x = if i == 0 { &input } else { &h[i - 1] };
             let zb = if store_z { &z[i] } else { &dummy };
-            fwd_groups.push(forward.bind(ctx, &arena, &[x, &mlp.params, zb, &h[i], &dummy_ro]));
-        }
-        let tangent_input = if tangents > 0 {
-            Some(ctx.storage("mlp tangent input", tangents * capacity * layers[0].in_pad)?)
-        } else {
-            None
-        };
-        let mut tan_groups = Vec::new();
-        if let Some(ti) = &tangent_input {
-            for i in 0..n_layers {
-                let x = if i == 0 { ti } else { &tangent_h[i - 1] };
-                tan_groups.push(forward.bind(
-                    ctx,
-                    &arena,
-                    &[x, &mlp.params, &dummy, &tangent_h[i], &z[i]],
-                ));
-            }
+            fwd_groups.push(forward.bind(ctx, &arena, &[x, &mlp.params, zb, &h[i]]));
         }
         let mut pass = MlpPass {
             capacity,
@@ -152,27 +141,27 @@ impl MlpPass {
             dz,
             input_grad: None,
             tangents,
-            tangent_input,
-            tangent_h,
-            tan_groups,
-            tan_params: Vec::new(),
             partial: None,
             arena,
             forward,
             back_input: None,
             back_weight: None,
             reduce: None,
+            tangent_back: None,
             fwd_groups,
             bin_groups: Vec::new(),
             bw_groups: Vec::new(),
             red_groups: Vec::new(),
+            tb_groups: Vec::new(),
             tiles,
             fwd_params: Vec::new(),
+            tan_params: Vec::new(),
             bwd_params: Vec::new(),
+            tb_params: Vec::new(),
         };
         if let Some(grads) = grads {
-            let chunk = mlp_backward::chunk_rows(capacity, &tiles);
-            let n_chunks = capacity.div_ceil(chunk);
+            let chunk = mlp_backward::chunk_rows(stacked, &tiles);
+            let n_chunks = stacked.div_ceil(chunk);
             let partial_len = if n_chunks > 1 {
                 layers.iter().map(|l| n_chunks * l.size).max().unwrap_or(1)
             } else {
@@ -182,24 +171,28 @@ impl MlpPass {
             let bi = mlp_backward::backward_input(ctx)?;
             let bw = mlp_backward::backward_weight(ctx)?;
             let red = mlp_backward::reduce_chunks(ctx)?;
+            let tb = mlp_backward::tangent_backward(ctx)?;
             for i in 0..n_layers {
                 let x = if i == 0 { &pass.input } else { &pass.h[i - 1] };
                 pass.bw_groups
                     .push(bw.bind(ctx, &pass.arena, &[&pass.dz[i], x, &partial, grads]));
                 pass.red_groups
                     .push(red.bind(ctx, &pass.arena, &[&partial, grads]));
-                pass.bin_groups.push(if i > 0 {
-                    Some(bi.bind(
+                let below = (i > 0).then(|| {
+                    bi.bind(
                         ctx,
                         &pass.arena,
                         &[&pass.dz[i], &mlp.params, &pass.z[i - 1], &pass.dz[i - 1]],
-                    ))
-                } else {
-                    None
+                    )
                 });
+                pass.bin_groups.push(below);
+                pass.tb_groups.push(
+                    (i > 0 && tangents > 0)
+                        .then(|| tb.bind(ctx, &pass.arena, &[&pass.z[i - 1], &pass.dz[i - 1]])),
+                );
             }
             if input_grad {
-                let ig = ctx.storage("mlp input grad", capacity * layers[0].in_pad)?;
+                let ig = ctx.storage("mlp input grad", stacked * layers[0].in_pad)?;
                 // Layer 0 has no activation below it: the identity epilogue leaves dX.
                 pass.bin_groups[0] = Some(bi.bind(
                     ctx,
@@ -212,6 +205,7 @@ impl MlpPass {
             pass.back_input = Some(bi);
             pass.back_weight = Some(bw);
             pass.reduce = Some(red);
+            pass.tangent_back = Some(tb);
         }
         pass.set_rows(ctx, mlp, capacity);
         Ok(pass)
@@ -226,10 +220,13 @@ impl MlpPass {
         self.rows = rows;
         let layers = &mlp.layout.layers;
         let n = layers.len();
+        let t = self.tangents;
+        let stacked = (1 + t) * rows;
         self.fwd_params.clear();
         self.bwd_params.clear();
         self.tan_params.clear();
-        let chunk = mlp_backward::chunk_rows(rows, &self.tiles);
+        self.tb_params.clear();
+        let chunk = mlp_backward::chunk_rows(stacked, &self.tiles);
         for (i, l) in layers.iter().enumerate() {
             let fp = matmul::LinearParams {
                 rows: rows as u32,
@@ -239,44 +236,55 @@ impl MlpPass {
                 w_off4: (l.w_off / 4) as u32,
                 b_off: l.b_off as u32,
                 activation: l.activation.gpu_code(),
-                store_pre: (self.train || self.tangents > 0) as u32,
+                store_pre: (self.train || t > 0) as u32,
                 tangent: 0,
                 primal_rows: rows as u32,
-                _pad: [0; 2],
+                row0: 0,
+                _pad: 0,
             };
-            self.arena.set(i, &fp);
+            self.arena.set(SLOT_FWD * n + i, &fp);
             self.fwd_params.push(fp);
-            if self.tangents > 0 {
-                let tp = matmul::LinearParams {
-                    rows: (self.tangents * rows) as u32,
-                    tangent: 1,
-                    store_pre: 0,
-                    ..fp
-                };
-                self.arena.set(2 * n + i, &tp);
-                self.tan_params.push(tp);
-            }
+            let tp = matmul::LinearParams {
+                rows: (t * rows) as u32,
+                tangent: 1,
+                // Backward through tangents needs Ż.
+                store_pre: self.train as u32,
+                row0: rows as u32,
+                ..fp
+            };
+            self.arena.set(SLOT_TAN * n + i, &tp);
+            self.tan_params.push(tp);
             let below = if i > 0 {
                 layers[i - 1].activation.gpu_code()
             } else {
                 0
             };
             let bp = mlp_backward::BackwardParams {
-                rows: rows as u32,
+                rows: stacked as u32,
                 out_features: l.out_features as u32,
                 out_vec4: (l.out_pad / 4) as u32,
                 in_vec4: (l.in_pad / 4) as u32,
                 w_off4: (l.w_off / 4) as u32,
-                activation: below,
+                // With tangents, tangent_backward applies the activation.
+                activation: if t > 0 { 0 } else { below },
                 chunk_rows: chunk as u32,
-                n_chunks: rows.div_ceil(chunk) as u32,
+                n_chunks: stacked.div_ceil(chunk) as u32,
                 layer_size: l.size as u32,
-                _pad: [0; 3],
+                bias_rows: rows as u32,
+                n_tangents: t as u32,
+                _pad: 0,
             };
-            self.arena.set(n + i, &bp);
+            self.arena.set(SLOT_BWD * n + i, &bp);
             self.bwd_params.push(bp);
+            let tbp = mlp_backward::BackwardParams {
+                rows: rows as u32,
+                activation: below,
+                ..bp
+            };
+            self.arena.set(SLOT_TB * n + i, &tbp);
+            self.tb_params.push(tbp);
         }
-        self.arena.upload(ctx, 0..3 * n);
+        self.arena.upload(ctx, 0..4 * n);
     }
 
     /// Output buffer v(x, t): [capacity, pad4(dim)].
@@ -290,34 +298,44 @@ impl MlpPass {
     }
 
     pub fn record_forward(&self, pass: &mut wgpu::ComputePass<'_>) {
+        let n = self.fwd_params.len();
         for (i, p) in self.fwd_params.iter().enumerate() {
             self.forward.dispatch(
                 pass,
                 &self.fwd_groups[i],
-                i,
+                SLOT_FWD * n + i,
                 matmul::linear_forward_groups(p, &self.tiles),
             );
         }
     }
 
-    /// Tangents J·u of every direction u in `tangent_input`, after `record_forward` (which
-    /// stores the primal pre-activations they need).
+    /// Tangents J·u of every direction u in the tangent rows of `input`, after
+    /// `record_forward` (which stores the primal pre-activations they need).
     pub fn record_tangents(&self, pass: &mut wgpu::ComputePass<'_>) {
-        let n = self.fwd_params.len();
+        if self.tangents == 0 {
+            return;
+        }
+        let n = self.tan_params.len();
         for (i, p) in self.tan_params.iter().enumerate() {
             self.forward.dispatch(
                 pass,
-                &self.tan_groups[i],
-                2 * n + i,
+                &self.fwd_groups[i],
+                SLOT_TAN * n + i,
                 matmul::linear_forward_groups(p, &self.tiles),
             );
         }
     }
 
-    /// Backward from dL/dv in `dz.last()` to the flat gradient buffer.
+    /// Backward from dL/dv (and dL/d(J·u) in the tangent rows) in `dz.last()` to the flat
+    /// gradient buffer (overwritten) and, if asked for, `input_grad`.
     pub fn record_backward(&self, pass: &mut wgpu::ComputePass<'_>) {
-        let (bi, bw, red) = match (&self.back_input, &self.back_weight, &self.reduce) {
-            (Some(a), Some(b), Some(c)) => (a, b, c),
+        let (bi, bw, red, tb) = match (
+            &self.back_input,
+            &self.back_weight,
+            &self.reduce,
+            &self.tangent_back,
+        ) {
+            (Some(a), Some(b), Some(c), Some(d)) => (a, b, c, d),
             _ => panic!("record_backward on an inference pass"),
         };
         let n = self.bwd_params.len();
@@ -326,14 +344,14 @@ impl MlpPass {
             bw.dispatch(
                 pass,
                 &self.bw_groups[i],
-                n + i,
+                SLOT_BWD * n + i,
                 mlp_backward::backward_weight_groups(p, &self.tiles),
             );
             if p.n_chunks > 1 {
                 red.dispatch(
                     pass,
                     &self.red_groups[i],
-                    n + i,
+                    SLOT_BWD * n + i,
                     mlp_backward::reduce_chunks_groups(p, &self.tiles),
                 );
             }
@@ -341,8 +359,17 @@ impl MlpPass {
                 bi.dispatch(
                     pass,
                     g,
-                    n + i,
+                    SLOT_BWD * n + i,
                     mlp_backward::backward_input_groups(p, &self.tiles),
+                );
+            }
+            if let Some(g) = &self.tb_groups[i] {
+                let tp = &self.tb_params[i];
+                tb.dispatch(
+                    pass,
+                    g,
+                    SLOT_TB * n + i,
+                    mlp_backward::tangent_backward_groups(tp, &self.tiles),
                 );
             }
         }

@@ -111,6 +111,39 @@ impl Activation {
             }
         }
     }
+
+    /// d² act / dz²: the adjoint of a divergence needs it (tangents carry act'(z)).
+    pub fn grad2(self, z: f64) -> f64 {
+        const L: f64 = 1.0507009873554805;
+        const A: f64 = 1.6732632423543772;
+        let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+        match self {
+            Activation::Identity | Activation::Relu => 0.0,
+            Activation::Silu => {
+                let s = sig(z);
+                s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+            }
+            Activation::Tanh => {
+                let t = z.tanh();
+                -2.0 * t * (1.0 - t * t)
+            }
+            Activation::Softplus => {
+                if z > 20.0 {
+                    0.0
+                } else {
+                    let s = sig(z);
+                    s * (1.0 - s)
+                }
+            }
+            Activation::Selu => {
+                if z > 0.0 {
+                    0.0
+                } else {
+                    L * A * z.exp()
+                }
+            }
+        }
+    }
 }
 
 /// Shape of the MLP: input [x (dim), t, Fourier features of t] → dim.

@@ -355,13 +355,13 @@ pub enum Trace {
 }
 
 impl Trace {
-    fn tangents(self, dim: usize) -> usize {
+    pub(crate) fn tangents(self, dim: usize) -> usize {
         match self {
             Trace::Exact => dim,
             Trace::Hutchinson { probes, .. } => probes,
         }
     }
-    fn probe_code(self) -> u32 {
+    pub(crate) fn probe_code(self) -> u32 {
         match self {
             Trace::Exact => 0,
             Trace::Hutchinson {
@@ -372,7 +372,7 @@ impl Trace {
             } => 2,
         }
     }
-    fn seed(self) -> u64 {
+    pub(crate) fn seed(self) -> u64 {
         match self {
             Trace::Exact => 0,
             Trace::Hutchinson { seed, .. } => seed,
@@ -500,19 +500,16 @@ impl ChunkSolver {
             ode::snapshot(ctx)?,
         ];
         let trace_arena = UniformArena::new(ctx, "trace params", 2);
-        let div = ctx.storage("divergence", capacity)?;
+        let div = ctx.storage("divergence", capacity * trace::DIV_STRIDE)?;
+        // Only adjoint solves (src/adjoint.rs) write stage cotangents.
+        let cotangent = ctx.storage("unused cotangent", 4)?;
         let trace = match trace_spec {
             Some(spec) => {
                 let probes = ctx.storage("probes", tangents * capacity * d)?;
                 let init = trace::probe_init(ctx)?;
                 let divergence = trace::divergence(ctx)?;
-                let ti = pass.tangent_input.as_ref().expect("tangent pass");
-                let g_init = init.bind(ctx, &trace_arena, &[ti, &probes]);
-                let g_div = divergence.bind(
-                    ctx,
-                    &trace_arena,
-                    &[&probes, pass.tangent_h.last().unwrap(), &div],
-                );
+                let g_init = init.bind(ctx, &trace_arena, &[&pass.input, &probes]);
+                let g_div = divergence.bind(ctx, &trace_arena, &[&probes, pass.output(), &div]);
                 Some(TraceState {
                     spec,
                     _probes: probes,
@@ -524,10 +521,23 @@ impl ChunkSolver {
             }
             None => None,
         };
-        let all = [&state, &pass.input, pass.output(), &k, &clock, &traj, &div];
+        let all = [
+            &state,
+            &pass.input,
+            pass.output(),
+            &k,
+            &clock,
+            &traj,
+            &div,
+            &cotangent,
+        ];
         let groups = [
-            kernels[K_START].bind(ctx, &arena, &[&state, &pass.input, &clock]),
-            kernels[K_NOISE].bind(ctx, &arena, &[&state, &pass.input, &clock, source]),
+            kernels[K_START].bind(ctx, &arena, &[&state, &pass.input, &clock, &cotangent]),
+            kernels[K_NOISE].bind(
+                ctx,
+                &arena,
+                &[&state, &pass.input, &clock, source, &cotangent],
+            ),
             kernels[K_STAGE].bind(ctx, &arena, &all),
             kernels[K_FINAL].bind(ctx, &arena, &all),
             kernels[K_ASTAGE].bind(ctx, &arena, &all),
@@ -590,6 +600,7 @@ impl ChunkSolver {
             probe: t.spec.probe_code(),
             seed: t.spec.seed() as u32,
             row_offset: offset as u32,
+            ..Default::default()
         };
         self.trace_arena.set(SLOT_PROBE, &p);
         self.trace_arena.set(SLOT_DIV, &p);
@@ -742,7 +753,7 @@ impl<'a> Sampler<'a> {
         if n > u32::MAX as usize {
             return Err(Error::invalid("-n must be below 2^32"));
         }
-        let capacity = self.capacity(cfg.chunk.min(n))?;
+        let capacity = self.capacity(cfg.chunk.min(n), 0)?;
         let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, None, &self.source)?;
         let mut stats = SolveStats::default();
         let mut start = 0;
@@ -877,7 +888,8 @@ impl<'a> Sampler<'a> {
             cs.record_eval(&mut cp);
         }
         self.ctx.submit(enc)?;
-        self.ctx.read(&cs.div, 0, n)
+        let div = self.ctx.read(&cs.div, 0, n * trace::DIV_STRIDE)?;
+        Ok(div.iter().step_by(trace::DIV_STRIDE).copied().collect())
     }
 
     /// Integrate rows of d (+1 with a trace) components from t0 to t1, in chunks.
@@ -898,7 +910,8 @@ impl<'a> Sampler<'a> {
             )));
         }
         let n = x.len() / sd;
-        let capacity = self.capacity(cfg.chunk.min(n))?;
+        let tangents = trace.map(|t| t.tangents(self.dim())).unwrap_or(0);
+        let capacity = self.capacity(cfg.chunk.min(n), tangents)?;
         let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, trace, &self.source)?;
         let mut out = Vec::with_capacity(x.len());
         let mut stats = SolveStats::default();
@@ -960,8 +973,9 @@ impl<'a> Sampler<'a> {
             .collect())
     }
 
-    /// Rows per chunk: as asked, but within the adapter's storage-binding limit.
-    fn capacity(&self, want: usize) -> Result<usize> {
+    /// Rows per chunk: as asked, but within the adapter's storage-binding limit (the MLP
+    /// buffers hold 1 + `tangents` stacked rows per row).
+    fn capacity(&self, want: usize, tangents: usize) -> Result<usize> {
         let layers = &self.mlp.layout.layers;
         let widest = layers
             .iter()
@@ -974,7 +988,8 @@ impl<'a> Sampler<'a> {
         } else {
             1
         };
-        let per_row = (widest.max(ode::MAX_STAGES * self.dim()) * 4 * twins) as u64;
+        let per_row =
+            ((widest * (1 + tangents)).max(ode::MAX_STAGES * (self.dim() + 1)) * 4 * twins) as u64;
         let fit = (self.ctx.limits.max_storage_buffer_binding_size / per_row).max(1) as usize;
         Ok(want.min(fit).max(1))
     }

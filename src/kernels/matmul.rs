@@ -23,16 +23,16 @@ pub struct LinearParams {
     pub store_pre: u32,
     pub tangent: u32,
     pub primal_rows: u32,
-    pub _pad: [u32; 2],
+    pub row0: u32,
+    pub _pad: u32,
 }
 
-/// Bindings after the uniform: x, params, z, h, z_primal.
+/// Bindings after the uniform: x, params, z, h.
 const LINEAR_FORWARD: &[(u32, Access)] = &[
     (1, Access::Read),
     (2, Access::Read),
     (3, Access::ReadWrite),
     (4, Access::ReadWrite),
-    (5, Access::Read),
 ];
 
 pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {

@@ -23,7 +23,9 @@ pub struct BackwardParams {
     pub chunk_rows: u32,
     pub n_chunks: u32,
     pub layer_size: u32,
-    pub _pad: [u32; 3],
+    pub bias_rows: u32,
+    pub n_tangents: u32,
+    pub _pad: u32,
 }
 
 /// dz, params, z_below, dx.
@@ -51,6 +53,21 @@ pub fn backward_weight(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 }
 pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::MlpBackward, "reduce_chunks", REDUCE_CHUNKS)
+}
+
+/// z_below, dx.
+const TANGENT_BACKWARD: &[(u32, Access)] = &[(3, Access::Read), (4, Access::ReadWrite)];
+
+pub fn tangent_backward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(
+        ctx,
+        Shader::MlpBackward,
+        "tangent_backward",
+        TANGENT_BACKWARD,
+    )
+}
+pub fn tangent_backward_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
+    grid_1d((p.rows * p.in_vec4) as usize, t.wg1)
 }
 
 pub fn backward_input_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {

@@ -49,11 +49,14 @@ pub struct OdeParams {
     pub n_classes: u32,
     pub class_id: u32,
     pub guidance: f32,
+    pub adjoint: u32,
+    pub _pad: [u32; 3],
     pub coef: [f32; 8],
     pub err_coef: [f32; 8],
 }
 
-/// The stage kernels bind: state, input, v, k, clock, traj, div.
+/// The stage kernels bind: state, input, v, k, clock, traj, div (or the adjoint's input
+/// gradient), cotangent.
 const ALL: &[(u32, Access)] = &[
     (1, Access::ReadWrite),
     (2, Access::ReadWrite),
@@ -62,23 +65,27 @@ const ALL: &[(u32, Access)] = &[
     (5, Access::ReadWrite),
     (6, Access::ReadWrite),
     (7, Access::Read),
+    (9, Access::ReadWrite),
 ];
+/// state, input, clock, cotangent.
 const START: &[(u32, Access)] = &[
     (1, Access::ReadWrite),
     (2, Access::ReadWrite),
     (5, Access::ReadWrite),
+    (9, Access::ReadWrite),
 ];
 const SNAPSHOT: &[(u32, Access)] = &[(1, Access::ReadWrite), (6, Access::ReadWrite)];
 
 pub fn start(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Ode, "start", START)
 }
-/// state, input, clock, source.
+/// state, input, clock, source, cotangent.
 const BASE_NOISE: &[(u32, Access)] = &[
     (1, Access::ReadWrite),
     (2, Access::ReadWrite),
     (5, Access::ReadWrite),
     (8, Access::Read),
+    (9, Access::ReadWrite),
 ];
 
 pub fn base_noise(ctx: &GpuContext) -> Result<Arc<Kernel>> {

@@ -18,11 +18,18 @@ pub struct TraceParams {
     pub probe: u32,
     pub seed: u32,
     pub row_offset: u32,
+    pub a_trace: f32,
+    pub a_kinetic: f32,
+    pub a_frobenius: f32,
+    pub _pad: u32,
 }
 
-/// tangent_input, probes.
+/// Floats per row of the divergence buffer: divergence, ‖v‖², Frobenius estimate, 0.
+pub const DIV_STRIDE: usize = 4;
+
+/// MLP input (tangent rows), probes.
 const PROBE_INIT: &[(u32, Access)] = &[(1, Access::ReadWrite), (2, Access::ReadWrite)];
-/// probes, tangent_out, div.
+/// probes, MLP output (v and J·u), div.
 const DIVERGENCE: &[(u32, Access)] = &[
     (2, Access::ReadWrite),
     (3, Access::Read),
@@ -34,6 +41,18 @@ pub fn probe_init(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 }
 pub fn divergence(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Trace, "divergence", DIVERGENCE)
+}
+
+/// probes, MLP output, cotangent, dv (the MLP's top dz).
+const TRACE_COTANGENT: &[(u32, Access)] = &[
+    (2, Access::ReadWrite),
+    (3, Access::Read),
+    (5, Access::Read),
+    (6, Access::ReadWrite),
+];
+
+pub fn trace_cotangent(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Trace, "trace_cotangent", TRACE_COTANGENT)
 }
 
 pub fn per_row_groups(p: &TraceParams, t: &Tiles) -> [u32; 3] {
