@@ -5,6 +5,7 @@
 //! - [`kernels`]: one wrapper per WGSL file of `shaders/`;
 //! - [`model`]: the MLP, its parameter layout and checkpoint files; [`mlp`]: the MLP on the GPU;
 //! - [`path`]: conditional paths; [`train`]: the training loop, checkpoints, resume;
+//!   [`mle`]: maximum-likelihood training with the adjoint method;
 //! - [`solve`]: ODE solvers, sampling, encoding, log-likelihood; [`reference`](mod@reference): the f64 CPU
 //!   oracle of every kernel; [`bench`](mod@bench): the standard throughput workloads;
 //! - [`data`], [`io`], [`plot`]: data sets, file formats, PNG figures.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod kernels;
+pub mod mle;
 pub mod mlp;
 pub mod model;
 pub mod path;

@@ -401,3 +401,245 @@ pub fn log_prob_rk4(cfg: &MlpConfig, w: &Weights, x: &[f64], steps: usize) -> (f
         - 0.5 * z.iter().map(|v| v * v).sum::<f64>();
     (logn + s[d], z)
 }
+
+/// Tangent directions of one row for a divergence estimate, as trace.wgsl draws them, and
+/// the weight of each direction's term (1 for exact, 1/M for Hutchinson).
+#[derive(Clone, Debug)]
+pub struct Probes {
+    pub u: Vec<Vec<f64>>,
+    pub scale: f64,
+}
+
+impl Probes {
+    /// The directions `probe_init` writes for global row `row`.
+    pub fn draw(trace: crate::solve::Trace, dim: usize, row: u32) -> Probes {
+        use crate::solve::Trace;
+        match trace {
+            Trace::Exact => Probes {
+                u: (0..dim)
+                    .map(|m| (0..dim).map(|j| (m == j) as u8 as f64).collect())
+                    .collect(),
+                scale: 1.0,
+            },
+            Trace::Hutchinson {
+                probes,
+                rademacher,
+                seed,
+            } => {
+                let seed = seed as u32;
+                let value = |m: u32, j: u32| {
+                    if rademacher {
+                        let bits = rng::rng_bits(seed, rng::STREAM_PROBE, row, m, j);
+                        if bits & 0x8000_0000 != 0 {
+                            1.0
+                        } else {
+                            -1.0
+                        }
+                    } else {
+                        rng::normal_at(seed, rng::STREAM_PROBE, row, m, j)
+                    }
+                };
+                Probes {
+                    u: (0..probes as u32)
+                        .map(|m| (0..dim as u32).map(|j| value(m, j)).collect())
+                        .collect(),
+                    scale: 1.0 / probes as f64,
+                }
+            }
+        }
+    }
+}
+
+/// One row's field and the integrands of a likelihood solve: v, the divergence estimate
+/// Σ_m scale·u_mᵀJu_m, the kinetic energy ‖v‖², the Frobenius estimate Σ_m scale·‖Ju_m‖².
+pub struct FieldEval {
+    pub v: Vec<f64>,
+    pub div: f64,
+    pub kinetic: f64,
+    pub frobenius: f64,
+}
+
+/// Forward pass of one row with tangents: (activations, tangent Ż and Ḣ per direction).
+type TangentPass = (Activations, Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>);
+
+fn forward_tangents(cfg: &MlpConfig, w: &Weights, x: &[f64], t: f64, pr: &Probes) -> TangentPass {
+    let acts = forward(cfg, w, &input_row(cfg, x, t));
+    let layer_acts: Vec<Activation> = cfg.layers().iter().map(|l| l.2).collect();
+    let mut zt = Vec::new(); // [m][layer] Ż
+    let mut ht = Vec::new(); // [m][layer + 1] Ḣ (index 0: the input tangent)
+    for u in &pr.u {
+        let mut hs = vec![u
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0.0, cfg.in_features() - cfg.dim))
+            .collect::<Vec<f64>>()];
+        let mut zs = Vec::new();
+        for (l, lin) in w.layers.iter().enumerate() {
+            let (fi, fo) = (lin.in_features, lin.out_features);
+            let prev = hs.last().unwrap();
+            let z: Vec<f64> = (0..fo)
+                .map(|o| (0..fi).map(|k| prev[k] * lin.w[o * fi + k] as f64).sum())
+                .collect();
+            let h = z
+                .iter()
+                .zip(&acts.z[l])
+                .map(|(zt, zp)| zt * layer_acts[l].grad(*zp))
+                .collect();
+            zs.push(z);
+            hs.push(h);
+        }
+        zt.push(zs);
+        ht.push(hs);
+    }
+    (acts, zt, ht)
+}
+
+/// v and the likelihood integrands of one row at (x, t).
+pub fn field_eval(cfg: &MlpConfig, w: &Weights, x: &[f64], t: f64, pr: &Probes) -> FieldEval {
+    let (acts, _, ht) = forward_tangents(cfg, w, x, t, pr);
+    let v = acts.h.last().unwrap().clone();
+    let (mut div, mut frob) = (0.0, 0.0);
+    for (u, h) in pr.u.iter().zip(&ht) {
+        let ju = h.last().unwrap();
+        div += pr.scale * u.iter().zip(ju).map(|(a, b)| a * b).sum::<f64>();
+        frob += pr.scale * ju.iter().map(|a| a * a).sum::<f64>();
+    }
+    FieldEval {
+        kinetic: v.iter().map(|a| a * a).sum(),
+        v,
+        div,
+        frobenius: frob,
+    }
+}
+
+/// The weights of S = aᵀv + a_trace·div + a_kinetic·‖v‖² + a_frobenius·frobenius, the
+/// scalar whose gradient the adjoint of a likelihood solve needs at every stage.
+#[derive(Clone, Copy, Debug)]
+pub struct FieldCotangent<'a> {
+    pub a: &'a [f64],
+    pub a_trace: f64,
+    pub a_kinetic: f64,
+    pub a_frobenius: f64,
+}
+
+impl FieldCotangent<'_> {
+    pub fn value(&self, e: &FieldEval) -> f64 {
+        self.a.iter().zip(&e.v).map(|(a, v)| a * v).sum::<f64>()
+            + self.a_trace * e.div
+            + self.a_kinetic * e.kinetic
+            + self.a_frobenius * e.frobenius
+    }
+}
+
+/// dS/dx and dS/dθ of one row by reverse mode through the tangent pass (the math of
+/// trace_cotangent + the backward kernels with tangent_backward): returns the gradients,
+/// with `input` the gradient of the whole MLP input row.
+pub fn field_vjp(
+    cfg: &MlpConfig,
+    w: &Weights,
+    x: &[f64],
+    t: f64,
+    pr: &Probes,
+    cot: &FieldCotangent,
+) -> Gradients {
+    let (acts, zt, ht) = forward_tangents(cfg, w, x, t, pr);
+    let layer_acts: Vec<Activation> = cfg.layers().iter().map(|l| l.2).collect();
+    let n_l = w.layers.len();
+    let v = acts.h.last().unwrap();
+    let mut dh: Vec<f64> = (0..cfg.dim)
+        .map(|j| cot.a[j] + 2.0 * cot.a_kinetic * v[j])
+        .collect();
+    let mut dht: Vec<Vec<f64>> =
+        pr.u.iter()
+            .zip(&ht)
+            .map(|(u, h)| {
+                (0..cfg.dim)
+                    .map(|j| pr.scale * (cot.a_trace * u[j] + 2.0 * cot.a_frobenius * h[n_l][j]))
+                    .collect()
+            })
+            .collect();
+    let mut gw = vec![Vec::new(); n_l];
+    let mut gb = vec![Vec::new(); n_l];
+    for l in (0..n_l).rev() {
+        let lin = &w.layers[l];
+        let (fi, fo) = (lin.in_features, lin.out_features);
+        let act = layer_acts[l];
+        let zl = &acts.z[l];
+        let dz: Vec<f64> = (0..fo)
+            .map(|o| {
+                let second: f64 = (0..pr.u.len()).map(|m| zt[m][l][o] * dht[m][o]).sum();
+                act.grad(zl[o]) * dh[o] + act.grad2(zl[o]) * second
+            })
+            .collect();
+        let dzt: Vec<Vec<f64>> = dht
+            .iter()
+            .map(|d| (0..fo).map(|o| act.grad(zl[o]) * d[o]).collect())
+            .collect();
+        let mut dw = vec![0.0; fo * fi];
+        for o in 0..fo {
+            for k in 0..fi {
+                dw[o * fi + k] = dz[o] * acts.h[l][k]
+                    + (0..pr.u.len())
+                        .map(|m| dzt[m][o] * ht[m][l][k])
+                        .sum::<f64>();
+            }
+        }
+        let back = |d: &[f64]| -> Vec<f64> {
+            (0..fi)
+                .map(|k| (0..fo).map(|o| d[o] * lin.w[o * fi + k] as f64).sum())
+                .collect()
+        };
+        dh = back(&dz);
+        dht = dzt.iter().map(|d| back(d)).collect();
+        gw[l] = dw;
+        gb[l] = dz;
+    }
+    Gradients {
+        w: gw,
+        b: gb,
+        input: dh,
+    }
+}
+
+/// What a maximum-likelihood objective integrates and weighs.
+#[derive(Clone, Debug)]
+pub struct MleSpec {
+    pub tableau: crate::solve::Tableau,
+    /// Uniform steps from t = 1 to 0.
+    pub steps: usize,
+    /// λ of ∫‖v‖² dt.
+    pub kinetic: f64,
+    /// λ of ∫ frobenius dt.
+    pub frobenius: f64,
+}
+
+/// The discretized objective of one batch: the mean over rows of
+/// −log N(z) − ℓ(0) + λ_K·∫‖v‖² + λ_J·∫frobenius, with the augmented state [x, ℓ, E, F]
+/// solved from t = 1 to 0 by the spec's fixed-step tableau. Returns (objective, mean NLL).
+pub fn mle_objective(
+    cfg: &MlpConfig,
+    w: &Weights,
+    rows: &[f64],
+    probes: &[Probes],
+    spec: &MleSpec,
+) -> (f64, f64) {
+    let d = cfg.dim;
+    let b = rows.len() / d;
+    let times = crate::solve::TimeGrid::Uniform.times(1.0, 0.0, spec.steps);
+    let log_norm = 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+    let (mut obj, mut nll) = (0.0, 0.0);
+    for (x, pr) in rows.chunks(d).zip(probes) {
+        let field = |s: &[f64], t: f64| -> Vec<f64> {
+            let e = field_eval(cfg, w, &s[..d], t, pr);
+            let mut out = e.v;
+            out.extend([e.div, e.kinetic, e.frobenius]);
+            out
+        };
+        let mut s: Vec<f64> = x.iter().copied().chain([0.0; 3]).collect();
+        rk_solve(&field, &mut s, d + 3, &times, &spec.tableau);
+        let row_nll = 0.5 * s[..d].iter().map(|v| v * v).sum::<f64>() + log_norm - s[d];
+        nll += row_nll / b as f64;
+        obj += (row_nll - spec.kinetic * s[d + 1] - spec.frobenius * s[d + 2]) / b as f64;
+    }
+    (obj, nll)
+}

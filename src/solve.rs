@@ -614,6 +614,40 @@ impl ChunkSolver {
     }
 }
 
+/// The parameters of every stage kernel of a fixed-step solve on `times`, step by step:
+/// (params, true for the step's last stage: `rk_final`, else `rk_stage`). Each stage
+/// kernel follows one field evaluation.
+pub(crate) fn fixed_stage_params(
+    tab: &Tableau,
+    times: &[f64],
+    base: &ode::OdeParams,
+) -> Vec<(ode::OdeParams, bool)> {
+    let ns = tab.stages();
+    let mut out = Vec::with_capacity((times.len() - 1) * ns);
+    for w in times.windows(2) {
+        let (ta, tb) = (w[0], w[1]);
+        let h = tb - ta;
+        for s in 0..ns {
+            let last = s + 1 == ns;
+            let (coef, t) = if last {
+                (&tab.b[..], tb)
+            } else {
+                (&tab.a[s + 1][..], ta + tab.c[s + 1] * h)
+            };
+            let p = ode::OdeParams {
+                stage: s as u32,
+                n_terms: coef.len() as u32,
+                t: t as f32,
+                h: h as f32,
+                coef: coefs(coef),
+                ..*base
+            };
+            out.push((p, last));
+        }
+    }
+    out
+}
+
 fn coefs(v: &[f64]) -> [f32; 8] {
     let mut c = [0.0f32; 8];
     for (d, s) in c.iter_mut().zip(v) {
@@ -1096,6 +1130,7 @@ impl<'a> Sampler<'a> {
         let ctx = self.ctx;
         let times = cfg.grid.times(t0, t1, cfg.steps);
         let ns = tab.stages();
+        let stages = fixed_stage_params(tab, &times, &base);
         let mut step = 0;
         let mut first = true;
         while step < cfg.steps {
@@ -1111,27 +1146,10 @@ impl<'a> Sampler<'a> {
                     first = false;
                 }
                 for n in step..step + seg {
-                    let (ta, tb) = (times[n], times[n + 1]);
-                    let h = tb - ta;
-                    for s in 0..ns {
+                    for (p, last) in &stages[n * ns..(n + 1) * ns] {
                         cs.record_eval(&mut cp);
-                        let last = s + 1 == ns;
-                        let (coef, t, kern) = if last {
-                            (&tab.b[..], tb, K_FINAL)
-                        } else {
-                            (&tab.a[s + 1][..], ta + tab.c[s + 1] * h, K_STAGE)
-                        };
-                        cs.arena.set(
-                            slot,
-                            &ode::OdeParams {
-                                stage: s as u32,
-                                n_terms: coef.len() as u32,
-                                t: t as f32,
-                                h: h as f32,
-                                coef: coefs(coef),
-                                ..base
-                            },
-                        );
+                        let kern = if *last { K_FINAL } else { K_STAGE };
+                        cs.arena.set(slot, p);
                         cs.kernels[kern].dispatch(&mut cp, &cs.groups[kern], slot, groups);
                         slot += 1;
                     }

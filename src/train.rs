@@ -62,6 +62,9 @@ pub struct TrainConfig {
     /// Pairing of source and data points within a batch.
     #[serde(default)]
     pub coupling: Coupling,
+    /// Maximum-likelihood objective with the adjoint method instead of flow matching.
+    #[serde(default)]
+    pub mle: Option<crate::mle::MleConfig>,
 }
 
 fn default_label_dropout() -> f64 {
@@ -88,6 +91,7 @@ impl Default for TrainConfig {
             paired: false,
             label_dropout: 0.1,
             coupling: Coupling::Independent,
+            mle: None,
         }
     }
 }
@@ -116,6 +120,14 @@ impl TrainConfig {
             if self.paired {
                 return Err(Error::invalid(
                     "--paired and an OT coupling exclude each other",
+                ));
+            }
+        }
+        if let Some(m) = &self.mle {
+            m.validate()?;
+            if self.paired || self.coupling != Coupling::Independent {
+                return Err(Error::invalid(
+                    "--objective mle trains on data alone: no --paired or --coupling",
                 ));
             }
         }
@@ -182,6 +194,7 @@ pub struct Trainer {
     _source: wgpu::Buffer,
     _labels: wgpu::Buffer,
     ot: Option<OtState>,
+    mle: Option<crate::mle::MleState>,
 }
 
 /// GPU state of the minibatch-OT coupling.
@@ -389,6 +402,28 @@ impl Trainer {
                 })
             }
         };
+        let mle = match &cfg.mle {
+            Some(m) => {
+                if source.is_some() {
+                    return Err(Error::invalid(
+                        "--objective mle needs the Gaussian source (a density); drop --source",
+                    ));
+                }
+                Some(crate::mle::MleState::new(
+                    ctx,
+                    &mlp,
+                    m,
+                    cfg.batch,
+                    &data_buf,
+                    data.len() / d,
+                    &sample_loss,
+                    &grads,
+                    k,
+                    cfg.seed,
+                )?)
+            }
+            None => None,
+        };
         Ok(Trainer {
             cfg,
             mlp,
@@ -421,6 +456,7 @@ impl Trainer {
             _source: source_buf,
             _labels: label_buf,
             ot: ot_state,
+            mle,
         })
     }
 
@@ -447,6 +483,9 @@ impl Trainer {
                 ..self.adam_base
             };
             self.arena.set(k + i, &ap);
+            if let Some(m) = &mut self.mle {
+                m.set_step(i, s);
+            }
             if let Some(o) = &self.ot {
                 self.arena.set(
                     2 * k + i,
@@ -458,17 +497,24 @@ impl Trainer {
             }
         }
         self.arena.upload(ctx, 0..3 * k);
+        if let Some(m) = &self.mle {
+            m.upload(ctx);
+        }
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let per_sample = cfm::per_sample_groups(&self.cfm_base, &self.tiles);
             for i in 0..n {
-                self.record_coupling(&mut pass, 2 * k + i);
-                self.prepare
-                    .dispatch(&mut pass, &self.g_prepare, i, per_sample);
-                self.pass.record_forward(&mut pass);
-                self.loss.dispatch(&mut pass, &self.g_loss, i, per_sample);
-                self.pass.record_backward(&mut pass);
+                if let Some(m) = &self.mle {
+                    m.record_step(&mut pass, i);
+                } else {
+                    self.record_coupling(&mut pass, 2 * k + i);
+                    self.prepare
+                        .dispatch(&mut pass, &self.g_prepare, i, per_sample);
+                    self.pass.record_forward(&mut pass);
+                    self.loss.dispatch(&mut pass, &self.g_loss, i, per_sample);
+                    self.pass.record_backward(&mut pass);
+                }
                 self.reduce
                     .dispatch(&mut pass, &self.g_reduce, i, [1, 1, 1]);
                 self.grad_sq.dispatch(
@@ -510,6 +556,11 @@ impl Trainer {
             &ctx.read(buf, 0, self.mlp.layout.total)?,
             &self.mlp.layout,
         ))
+    }
+
+    /// The maximum-likelihood state, when training by `--objective mle`.
+    pub fn mle(&self) -> Option<&crate::mle::MleState> {
+        self.mle.as_ref()
     }
 
     /// The flat gradient buffer of the last step (tests).

@@ -8,6 +8,7 @@
 pub mod adam;
 pub mod cfm;
 pub mod matmul;
+pub mod mle;
 pub mod mlp_backward;
 pub mod ode;
 pub mod ot;
@@ -28,12 +29,13 @@ pub enum Shader {
     Ode,
     Trace,
     Ot,
+    Mle,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Shader {
-    pub const ALL: [Shader; 7] = [
+    pub const ALL: [Shader; 8] = [
         Shader::Matmul,
         Shader::MlpBackward,
         Shader::Cfm,
@@ -41,6 +43,7 @@ impl Shader {
         Shader::Ode,
         Shader::Trace,
         Shader::Ot,
+        Shader::Mle,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Shader {
             Shader::Ode => "ode.wgsl",
             Shader::Trace => "trace.wgsl",
             Shader::Ot => "ot.wgsl",
+            Shader::Mle => "mle.wgsl",
         }
     }
 
@@ -64,6 +68,7 @@ impl Shader {
             Shader::Ode => include_str!("../../shaders/ode.wgsl"),
             Shader::Trace => include_str!("../../shaders/trace.wgsl"),
             Shader::Ot => include_str!("../../shaders/ot.wgsl"),
+            Shader::Mle => include_str!("../../shaders/mle.wgsl"),
         }
     }
 

@@ -1,0 +1,60 @@
+// mle.wgsl — maximum-likelihood training of a CNF by the adjoint method (src/mle.rs).
+// The forward solve (ode.wgsl, aug = 3) carries [x, ℓ, E, F] from data at t = 1 to the
+// base at t = 0; the adjoint solve (ode.wgsl, adjoint = 1) carries [x, a] back from
+// t = 0 to 1 with da/dt = −∂S/∂x; the parameter gradient is the quadrature
+// G = −∫₀¹ ∂S/∂θ dt over the adjoint's RK stages, summed here stage by stage.
+//   adjoint_start: per row, NLL = ½‖z‖² + (d/2)·log 2π − ℓ(0) into sample_loss, and the
+//                  adjoint's initial state [z, a(0) = ∂L/∂z = z/B] (L = batch mean).
+//   accumulate:    G = (init ? 0 : G) + coef·(∂S/∂θ of this stage), elementwise, so the
+//                  whole gradient is built without float atomics, in a fixed order.
+// Host wrapper: src/kernels/mle.rs.
+
+struct MleParams {
+    rows: u32,
+    dim: u32,
+    fwd_stride: u32,    // floats per forward-state row (dim + 3)
+    n_params: u32,      // accumulate: floats in the gradient
+    inv_batch: f32,     // 1/B: the objective is a batch mean
+    log_norm: f32,      // (d/2)·log 2π
+    coef: f32,          // accumulate: weight of this stage (−h·b_s)
+    init: u32,          // accumulate: 1 on the first stage (overwrite)
+}
+
+@group(0) @binding(0) var<uniform> p: MleParams;
+@group(0) @binding(1) var<storage, read> fwd_state: array<f32>;
+@group(0) @binding(2) var<storage, read_write> adj_state: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sample_loss: array<f32>;
+@group(0) @binding(4) var<storage, read> stage_grads: array<f32>;
+@group(0) @binding(5) var<storage, read_write> grads: array<f32>;
+
+@compute @workgroup_size(WG1, 1, 1)
+fn adjoint_start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    let f = i * p.fwd_stride;
+    let a = i * 2u * p.dim;
+    var sq = 0.0;
+    for (var j = 0u; j < p.dim; j++) {
+        let z = fwd_state[f + j];
+        sq += z * z;
+        adj_state[a + j] = z;
+        adj_state[a + p.dim + j] = z * p.inv_batch;
+    }
+    sample_loss[i] = 0.5 * sq + p.log_norm - fwd_state[f + p.dim];
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_index(gid, nwg);
+    if (e >= p.n_params) {
+        return;
+    }
+    let g = p.coef * stage_grads[e];
+    if (p.init != 0u) {
+        grads[e] = g;
+    } else {
+        grads[e] += g;
+    }
+}
