@@ -181,7 +181,89 @@ struct TrainArgs {
     #[arg(long, default_value_t = 2000)]
     eval_n: usize,
     #[command(flatten)]
+    mle: MleArgs,
+    #[command(flatten)]
     gpu: GpuArgs,
+}
+
+/// Maximum-likelihood training (`--objective mle`).
+#[derive(Args, Clone)]
+struct MleArgs {
+    /// Training objective: cfm (flow matching) or mle (maximum likelihood through the ODE,
+    /// gradients by the adjoint method).
+    #[arg(long, default_value = "cfm")]
+    objective: String,
+    /// mle: divergence by the exact trace or hutchinson (--probes per row, fixed per step).
+    #[arg(long, default_value = "exact")]
+    trace: String,
+    /// mle: Hutchinson probes per row.
+    #[arg(long, default_value_t = 1)]
+    probes: usize,
+    /// mle: Hutchinson probe distribution: rademacher or gaussian.
+    #[arg(long, default_value = "rademacher")]
+    probe: String,
+    /// mle: gradient by the adjoint ODE (memory independent of the steps).
+    #[arg(long, default_value = "adjoint")]
+    grad: String,
+    /// mle: fixed-step solver of the forward and adjoint solves: euler, midpoint, rk4.
+    #[arg(long, default_value = "rk4")]
+    mle_solver: String,
+    /// mle: steps of each solve over [0, 1].
+    #[arg(long, default_value_t = 8)]
+    mle_steps: usize,
+    /// mle: weight λ_K of the kinetic-energy regularizer ∫‖v‖² dt.
+    #[arg(long, default_value_t = 0.0)]
+    kinetic: f64,
+    /// mle: weight λ_J of the Jacobian Frobenius regularizer ∫‖∂v/∂x‖²_F dt (by the probes).
+    #[arg(long, default_value_t = 0.0)]
+    jacobian_frobenius: f64,
+    /// Start from the weights of the trained model in DIR (e.g. fine-tune a flow-matching
+    /// model by likelihood); its shape, path and standardization are kept.
+    #[arg(long)]
+    init: Option<PathBuf>,
+}
+
+impl MleArgs {
+    fn config(&self) -> Result<Option<flowgpu::mle::MleConfig>> {
+        match self.objective.as_str() {
+            "cfm" => return Ok(None),
+            "mle" => {}
+            o => {
+                return Err(Error::invalid(format!(
+                    "unknown objective '{o}'; valid objectives: cfm, mle"
+                )))
+            }
+        }
+        if self.grad != "adjoint" {
+            return Err(Error::invalid(format!(
+                "unknown --grad '{}'; valid: adjoint",
+                self.grad
+            )));
+        }
+        let trace = TraceArgs {
+            trace: self.trace.clone(),
+            probes: self.probes,
+            probe: self.probe.clone(),
+            probe_seed: 0,
+        }
+        .trace()?;
+        let (probes, rademacher) = match trace {
+            Trace::Exact => (0, true),
+            Trace::Hutchinson {
+                probes, rademacher, ..
+            } => (probes, rademacher),
+        };
+        let c = flowgpu::mle::MleConfig {
+            probes,
+            rademacher,
+            solver: self.mle_solver.clone(),
+            steps: self.mle_steps,
+            kinetic: self.kinetic,
+            frobenius: self.jacobian_frobenius,
+        };
+        c.validate()?;
+        Ok(Some(c))
+    }
 }
 
 #[derive(Args, Clone)]
@@ -563,6 +645,36 @@ fn run_data(
     Ok((train, held, std))
 }
 
+/// `--init DIR`: train the model of DIR further. Its shape, path, ANODE settings and
+/// standardization replace the flags' (the data is re-standardized with its statistics).
+fn adopt_init_model(config: &mut ModelConfig, train: &mut Dataset, m: &Model) -> Result<()> {
+    if m.config.data_dim() != train.dim {
+        return Err(Error::invalid(format!(
+            "--init: the model has data dimension {}, the data {}",
+            m.config.data_dim(),
+            train.dim
+        )));
+    }
+    if m.config.mlp.classes != config.mlp.classes {
+        return Err(Error::invalid(format!(
+            "--init: the model has {} classes, the data {}",
+            m.config.mlp.classes, config.mlp.classes
+        )));
+    }
+    if let Some(s) = &config.standardization {
+        s.undo(&mut train.points);
+    }
+    if let Some(s) = &m.config.standardization {
+        s.apply(&mut train.points);
+    }
+    config.mlp = m.config.mlp.clone();
+    config.path = m.config.path;
+    config.augment = m.config.augment;
+    config.augment_fill = m.config.augment_fill;
+    config.standardization = m.config.standardization.clone();
+    Ok(())
+}
+
 /// Files of a run folder.
 fn write_checkpoint(
     out: &Path,
@@ -684,6 +796,7 @@ fn train(a: TrainArgs) -> Result<()> {
                     )))
                 }
             },
+            mle: a.mle.config()?,
             ..TrainConfig::default()
         };
         tc.validate()?;
@@ -727,7 +840,11 @@ fn train(a: TrainArgs) -> Result<()> {
     let tc: TrainConfig = serde_json::from_value(config.train.clone())
         .map_err(|e| Error::invalid(format!("invalid training settings: {e}")))?;
     tc.validate()?;
-    let (train_set, held, std) = run_data(&plan, config.seed)?;
+    let (mut train_set, held, std) = run_data(&plan, config.seed)?;
+    let init_model = match (&a.mle.init, resuming) {
+        (Some(dir), false) => Some(Model::load(dir)?),
+        _ => None,
+    };
     if train_set.len() < tc.batch {
         return Err(Error::invalid(format!(
             "the training data has {} rows, fewer than --batch {}; use a smaller batch",
@@ -766,11 +883,16 @@ fn train(a: TrainArgs) -> Result<()> {
         };
         config.mlp.dim = train_set.dim + a.augment;
         config.standardization = std;
+        if let Some(m) = &init_model {
+            adopt_init_model(&mut config, &mut train_set, m)?;
+        }
     }
     config.mlp.validate()?;
     let ctx = a.gpu.context()?;
     let weights = if resuming {
         Model::load(&out)?.weights
+    } else if let Some(m) = &init_model {
+        m.weights.clone()
     } else {
         let mut rng = rand::rngs::StdRng::seed_from_u64(tc.seed);
         Weights::init(&config.mlp, &mut rng)
@@ -824,6 +946,42 @@ fn train(a: TrainArgs) -> Result<()> {
         ctx.backend_name(),
         out.display()
     );
+    // MLE progress in nats and bits per data dimension (data units).
+    let log_jac: f64 = config
+        .standardization
+        .as_ref()
+        .map(|s| s.std.iter().map(|v| v.ln()).sum())
+        .unwrap_or(0.0);
+    let data_dim = config.data_dim();
+    if let Some(m) = &tc.mle {
+        let trace = if m.probes == 0 {
+            "exact trace".to_string()
+        } else {
+            format!(
+                "Hutchinson, {} {} probe(s)",
+                m.probes,
+                if m.rademacher { "Rademacher" } else { "Gaussian" }
+            )
+        };
+        eprintln!(
+            "maximum likelihood, adjoint gradients: {} × {} steps, {trace}: {} NFE forward + {} NFE adjoint per step",
+            m.solver,
+            m.steps,
+            m.nfe(),
+            m.nfe()
+        );
+    }
+    let describe = |l: f32| -> String {
+        if tc.mle.is_some() {
+            let nats = l as f64 + log_jac;
+            format!(
+                "NLL {nats:.3} nats, {:.3} bits/dim",
+                nats / (data_dim as f64 * std::f64::consts::LN_2)
+            )
+        } else {
+            format!("{l:.4}")
+        }
+    };
     // Ctrl-C: finish the steps already submitted, write a checkpoint, exit.
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     {
@@ -845,7 +1003,7 @@ fn train(a: TrainArgs) -> Result<()> {
             curve.extend_from_slice(losses);
             pb.set_position(step);
             if let Some(l) = losses.last() {
-                pb.set_message(format!("{l:.4}"));
+                pb.set_message(describe(*l));
             }
             Ok(())
         })?;
@@ -931,8 +1089,13 @@ fn train(a: TrainArgs) -> Result<()> {
         _ => String::new(),
     };
     eprintln!(
-        "done: {} steps in {wall:.1} s ({steps_per_s:.0} steps/s), final loss {final_loss:.4} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, checkpoint.safetensors, loss.csv, loss.png, samples.png}}",
+        "done: {} steps in {wall:.1} s ({steps_per_s:.1} steps/s), final {} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, checkpoint.safetensors, loss.csv, loss.png, samples.png}}",
         tc.steps,
+        if tc.mle.is_some() {
+            format!("training {}", describe(final_loss as f32))
+        } else {
+            format!("loss {final_loss:.4}")
+        },
         out.display()
     );
     if a.gpu.json {
@@ -943,7 +1106,9 @@ fn train(a: TrainArgs) -> Result<()> {
                 "data": plan.data,
                 "steps": tc.steps,
                 "batch": tc.batch,
+                "objective": if tc.mle.is_some() { "mle" } else { "cfm" },
                 "final_loss": final_loss,
+                "nfe_per_step": tc.mle.as_ref().map(|m| 2 * m.nfe()),
                 "held_out_nll": held_out_nll,
                 "wall_s": wall,
                 "steps_per_s": steps_per_s,
