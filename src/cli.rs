@@ -960,7 +960,11 @@ fn train(a: TrainArgs) -> Result<()> {
             format!(
                 "Hutchinson, {} {} probe(s)",
                 m.probes,
-                if m.rademacher { "Rademacher" } else { "Gaussian" }
+                if m.rademacher {
+                    "Rademacher"
+                } else {
+                    "Gaussian"
+                }
             )
         };
         eprintln!(
