@@ -17,7 +17,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{mle, ode, trace, Kernel, Tiles};
+use crate::kernels::{backprop, mle, ode, trace, Kernel, Tiles};
 use crate::mlp::{GpuMlp, MlpPass, PassOptions};
 use crate::solve::{fixed_stage_params, Method, Tableau, TimeGrid, Trace};
 use std::sync::Arc;
@@ -37,6 +37,21 @@ pub struct MleConfig {
     pub kinetic: f64,
     /// λ_J: weight of the Jacobian Frobenius norm ∫‖∂v/∂x‖²_F dt.
     pub frobenius: f64,
+    /// How the gradient is computed.
+    #[serde(default)]
+    pub grad: MleGrad,
+}
+
+/// Gradient of the maximum-likelihood objective.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MleGrad {
+    /// The adjoint ODE solved backwards: memory independent of the number of steps.
+    #[default]
+    Adjoint,
+    /// Discretize-then-optimize: reverse mode through the solver's steps from stored
+    /// states (the exact gradient of the discretized objective).
+    Backprop,
 }
 
 impl Default for MleConfig {
@@ -48,6 +63,7 @@ impl Default for MleConfig {
             steps: 8,
             kinetic: 0.0,
             frobenius: 0.0,
+            grad: MleGrad::Adjoint,
         }
     }
 }
@@ -80,9 +96,19 @@ impl MleConfig {
             .unwrap_or_else(|_| Tableau::rk4())
     }
 
-    /// Field evaluations per step of each solve (forward, adjoint).
+    /// Field evaluations of the forward solve of one training step.
     pub fn nfe(&self) -> usize {
         self.steps * self.tableau().stages()
+    }
+
+    /// Field evaluations (each a vector-Jacobian product, except backprop's recomputed
+    /// stages) of the gradient of one training step: the adjoint solve, or backprop's
+    /// S VJPs plus S − 1 recomputed stages per step.
+    pub fn nfe_gradient(&self) -> usize {
+        match self.grad {
+            MleGrad::Adjoint => self.nfe(),
+            MleGrad::Backprop => self.nfe() + self.steps * (self.tableau().stages() - 1),
+        }
     }
 
     /// The divergence estimator with the probe seed of one training step.
@@ -120,6 +146,7 @@ pub struct LikelihoodField {
     pub stage_grads: wgpu::Buffer,
     arena: UniformArena,
     probe_slots: usize,
+    cot_slots: usize,
     base: trace::TraceParams,
     init: Arc<Kernel>,
     divergence: Arc<Kernel>,
@@ -131,13 +158,15 @@ pub struct LikelihoodField {
 }
 
 impl LikelihoodField {
-    /// A field over up to `capacity` rows with `probe_slots` probe-seed slots.
+    /// A field over up to `capacity` rows with `probe_slots` probe-seed slots and
+    /// `cot_slots` sets of weights of S.
     pub fn new(
         ctx: &GpuContext,
         mlp: &GpuMlp,
         capacity: usize,
         trace_kind: Trace,
         probe_slots: usize,
+        cot_slots: usize,
     ) -> Result<Self> {
         let d = mlp.cfg.dim;
         let tangents = trace_kind.tangents(d);
@@ -155,7 +184,7 @@ impl LikelihoodField {
         let probes = ctx.storage("probes", tangents * capacity * d)?;
         let div = ctx.storage("divergence", capacity * trace::DIV_STRIDE)?;
         let cotangent = ctx.storage("cotangent", capacity * d)?;
-        let arena = UniformArena::new(ctx, "likelihood field params", probe_slots + 2);
+        let arena = UniformArena::new(ctx, "likelihood field params", probe_slots + 1 + cot_slots);
         let init = trace::probe_init(ctx)?;
         let divergence = trace::divergence(ctx)?;
         let seed_cot = trace::trace_cotangent(ctx)?;
@@ -184,6 +213,7 @@ impl LikelihoodField {
             stage_grads,
             arena,
             probe_slots,
+            cot_slots,
             base,
             init,
             divergence,
@@ -195,16 +225,24 @@ impl LikelihoodField {
         })
     }
 
-    /// Work on `rows` rows, with the weights of S's trace, kinetic and Frobenius terms.
-    /// Sets every slot; call [`upload`](Self::upload) before recording.
-    pub fn set_rows(&mut self, ctx: &GpuContext, mlp: &GpuMlp, rows: usize, a: [f64; 3]) {
+    /// Work on `rows` rows; `weights[c]` are the weights of S's trace, kinetic and
+    /// Frobenius terms in cotangent slot c. Sets every slot; call
+    /// [`upload`](Self::upload) before recording.
+    pub fn set_rows(&mut self, ctx: &GpuContext, mlp: &GpuMlp, rows: usize, weights: &[[f64; 3]]) {
+        assert_eq!(weights.len(), self.cot_slots);
         self.pass.set_rows(ctx, mlp, rows);
         self.base.rows = rows as u32;
-        self.base.a_trace = a[0] as f32;
-        self.base.a_kinetic = a[1] as f32;
-        self.base.a_frobenius = a[2] as f32;
-        for s in 0..self.probe_slots + 2 {
+        for s in 0..=self.probe_slots {
             self.arena.set(s, &self.base);
+        }
+        for (c, a) in weights.iter().enumerate() {
+            let p = trace::TraceParams {
+                a_trace: a[0] as f32,
+                a_kinetic: a[1] as f32,
+                a_frobenius: a[2] as f32,
+                ..self.base
+            };
+            self.arena.set(self.probe_slots + 1 + c, &p);
         }
     }
 
@@ -219,7 +257,8 @@ impl LikelihoodField {
     }
 
     pub fn upload(&self, ctx: &GpuContext) {
-        self.arena.upload(ctx, 0..self.probe_slots + 2);
+        self.arena
+            .upload(ctx, 0..self.probe_slots + 1 + self.cot_slots);
     }
 
     fn groups(&self) -> [u32; 3] {
@@ -241,12 +280,16 @@ impl LikelihoodField {
     }
 
     /// ∂S/∂x (the pass's input gradient) and ∂S/∂θ (`stage_grads`) at the current input
-    /// rows, with a from `cotangent`.
-    pub fn record_vjp(&self, cp: &mut wgpu::ComputePass<'_>) {
+    /// rows, with a from `cotangent` and the weights of cotangent slot `cot_slot`.
+    pub fn record_vjp(&self, cp: &mut wgpu::ComputePass<'_>, cot_slot: usize) {
         self.pass.record_forward(cp);
         self.pass.record_tangents(cp);
-        self.seed_cot
-            .dispatch(cp, &self.g_cot, self.probe_slots + 1, self.groups());
+        self.seed_cot.dispatch(
+            cp,
+            &self.g_cot,
+            self.probe_slots + 1 + cot_slot,
+            self.groups(),
+        );
         self.pass.record_backward(cp);
     }
 }
@@ -274,8 +317,8 @@ pub fn field_vjp(
 ) -> Result<FieldVjp> {
     let d = mlp.cfg.dim;
     let n = x.len() / d;
-    let mut field = LikelihoodField::new(ctx, mlp, n, trace_kind, 1)?;
-    field.set_rows(ctx, mlp, n, weights);
+    let mut field = LikelihoodField::new(ctx, mlp, n, trace_kind, 1, 1)?;
+    field.set_rows(ctx, mlp, n, &[weights]);
     field.set_probe_seed(0, trace_kind.seed() as u32, 0);
     field.upload(ctx);
     let in_pad = mlp.layout.layers[0].in_pad;
@@ -298,7 +341,7 @@ pub fn field_vjp(
         let mut cp = enc.begin_compute_pass(&Default::default());
         field.record_probe_init(&mut cp, 0);
         field.record_eval(&mut cp);
-        field.record_vjp(&mut cp);
+        field.record_vjp(&mut cp, 0);
     }
     ctx.submit(enc)?;
     Ok(FieldVjp {
@@ -317,6 +360,27 @@ struct OdeSolve {
     g_final: wgpu::BindGroup,
 }
 
+/// `--grad backprop`: the stored states and the reverse-mode kernels of backprop.wgsl.
+struct Backprop {
+    _history: wgpu::Buffer,
+    _bars: wgpu::Buffer,
+    /// One slot per (step n, stage s), n-major.
+    arena: UniformArena,
+    base: backprop::BackpropParams,
+    start: Arc<Kernel>,
+    restore: Arc<Kernel>,
+    stage_input: Arc<Kernel>,
+    cotangent: Arc<Kernel>,
+    collect: Arc<Kernel>,
+    snapshot: Arc<Kernel>,
+    g_start: wgpu::BindGroup,
+    g_restore: wgpu::BindGroup,
+    g_stage_input: wgpu::BindGroup,
+    g_cotangent: wgpu::BindGroup,
+    g_collect: wgpu::BindGroup,
+    g_snapshot: wgpu::BindGroup,
+}
+
 /// The GPU state of the maximum-likelihood objective inside a [`crate::train::Trainer`].
 pub struct MleState {
     pub cfg: MleConfig,
@@ -325,9 +389,10 @@ pub struct MleState {
     adj: OdeSolve,
     fwd_state: wgpu::Buffer,
     /// Slots [0, K): per-step forward init; K: adjoint start; then the forward stages,
-    /// then the adjoint stages.
+    /// the adjoint stages, and the N + 1 history snapshots (backprop).
     ode_arena: UniformArena,
-    /// Slot 0: adjoint_start; then one accumulate slot per adjoint stage.
+    /// Slot 0: adjoint_start; then one accumulate slot per adjoint stage (adjoint) or
+    /// two (backprop: the first stage initializes, the others add).
     mle_arena: UniformArena,
     ode_base: ode::OdeParams,
     mle_base: mle::MleParams,
@@ -341,6 +406,8 @@ pub struct MleState {
     accumulate: Arc<Kernel>,
     g_adj_start: wgpu::BindGroup,
     g_accumulate: wgpu::BindGroup,
+    backprop: Option<Backprop>,
+    n_stages: usize,
     steps_per_submit: usize,
     seed: u64,
     n_data: u32,
@@ -371,24 +438,45 @@ impl MleState {
         }
         let d = mlp.cfg.dim;
         let k_slots = steps_per_submit;
-        let trace_kind = cfg.trace(0);
-        let mut field = LikelihoodField::new(ctx, mlp, batch, trace_kind, k_slots)?;
-        let inv_b = 1.0 / batch as f64;
-        field.set_rows(
-            ctx,
-            mlp,
-            batch,
-            [-inv_b, -cfg.kinetic * inv_b, -cfg.frobenius * inv_b],
-        );
         let tab = cfg.tableau();
+        let ns = tab.stages();
+        let n_steps = cfg.steps;
+        let backprop_mode = cfg.grad == MleGrad::Backprop;
+        let inv_b = 1.0 / batch as f64;
+        // Weights of S: the adjoint's are the constant adjoints of ℓ, E, F; backprop's
+        // are those times h·b_s of each stage (h < 0 from data to base).
+        let a_const = [-inv_b, -cfg.kinetic * inv_b, -cfg.frobenius * inv_b];
+        let h_fwd = -1.0 / n_steps as f64;
+        let cot_weights: Vec<[f64; 3]> = if backprop_mode {
+            tab.b
+                .iter()
+                .map(|b| a_const.map(|a| a * h_fwd * b))
+                .collect()
+        } else {
+            vec![a_const]
+        };
+        let mut field =
+            LikelihoodField::new(ctx, mlp, batch, cfg.trace(0), k_slots, cot_weights.len())?;
+        field.set_rows(ctx, mlp, batch, &cot_weights);
         let fwd_stride = d + 3;
         let fwd_state = ctx.storage("mle forward state", batch * fwd_stride)?;
         let adj_state = ctx.storage("mle adjoint state", batch * 2 * d)?;
         let clock = ctx.storage("mle clocks", batch * ode::CLOCK)?;
-        let traj = ctx.storage("unused trajectories", 4)?;
-        let n_stages = cfg.nfe();
-        let ode_arena = UniformArena::new(ctx, "mle ode params", k_slots + 1 + 2 * n_stages);
-        let mle_arena = UniformArena::new(ctx, "mle params", 1 + n_stages);
+        let history = ctx.storage(
+            "mle state history",
+            if backprop_mode {
+                (n_steps + 1) * batch * d
+            } else {
+                1
+            },
+        )?;
+        let n_evals = cfg.nfe();
+        let ode_arena = UniformArena::new(
+            ctx,
+            "mle ode params",
+            k_slots + 1 + 2 * n_evals + n_steps + 1,
+        );
+        let mle_arena = UniformArena::new(ctx, "mle params", 1 + n_evals.max(2));
         let noise = ode::base_noise(ctx)?;
         let start = ode::start(ctx)?;
         let stage = ode::rk_stage(ctx)?;
@@ -396,6 +484,7 @@ impl MleState {
         let adj_start = mle::adjoint_start(ctx)?;
         let accumulate = mle::accumulate(ctx)?;
         let p = &field.pass;
+        let input_grad = p.input_grad.as_ref().expect("input grad");
         let make = |state: &wgpu::Buffer,
                     sd: usize,
                     extra: &wgpu::Buffer,
@@ -409,7 +498,7 @@ impl MleState {
                 p.output(),
                 &k,
                 &clock,
-                &traj,
+                &history,
                 extra,
                 &field.cotangent,
             ];
@@ -431,7 +520,7 @@ impl MleState {
         let adj = make(
             &adj_state,
             2 * d,
-            p.input_grad.as_ref().expect("input grad"),
+            input_grad,
             &start,
             &[&adj_state, &p.input, &clock, &field.cotangent],
         )?;
@@ -445,6 +534,59 @@ impl MleState {
             time_cols: mlp.cfg.time_cols() as u32,
             class_id: ode::NO_CLASS,
             ..Default::default()
+        };
+        let fwd_base = ode::OdeParams {
+            aug: 3,
+            n_source: n_data as u32,
+            t: 1.0,
+            snap_rows: batch as u32,
+            ..ode_base
+        };
+        let backprop = if backprop_mode {
+            let bars = ctx.storage("mle stage cotangents", (ns + 1) * batch * d)?;
+            let bp = BackpropKernels::get(ctx)?;
+            let all: [&wgpu::Buffer; 7] = [
+                &history,
+                &fwd_state,
+                &p.input,
+                &fwd._k,
+                &field.cotangent,
+                input_grad,
+                &bars,
+            ];
+            let pick =
+                |ids: &[usize]| -> Vec<&wgpu::Buffer> { ids.iter().map(|&i| all[i]).collect() };
+            let arena = UniformArena::new(ctx, "backprop params", n_evals);
+            let snapshot = ode::snapshot(ctx)?;
+            Some(Backprop {
+                g_start: bp.start.bind(ctx, &arena, &pick(&[1, 6])),
+                g_restore: bp.restore.bind(ctx, &arena, &pick(&[0, 1, 2])),
+                g_stage_input: bp.stage_input.bind(ctx, &arena, &pick(&[0, 2, 3])),
+                g_cotangent: bp.cotangent.bind(ctx, &arena, &pick(&[4, 6])),
+                g_collect: bp.collect.bind(ctx, &arena, &pick(&[5, 6])),
+                g_snapshot: snapshot.bind(ctx, &ode_arena, &[&fwd_state, &history]),
+                snapshot,
+                start: bp.start,
+                restore: bp.restore,
+                stage_input: bp.stage_input,
+                cotangent: bp.cotangent,
+                collect: bp.collect,
+                base: backprop::BackpropParams {
+                    rows: batch as u32,
+                    dim: d as u32,
+                    in_stride: ode_base.in_stride,
+                    time_cols: ode_base.time_cols,
+                    fwd_stride: fwd_stride as u32,
+                    n_stages: ns as u32,
+                    inv_batch: inv_b as f32,
+                    ..Default::default()
+                },
+                arena,
+                _history: history.clone(),
+                _bars: bars,
+            })
+        } else {
+            None
         };
         let mle_base = mle::MleParams {
             rows: batch as u32,
@@ -476,56 +618,102 @@ impl MleState {
             accumulate,
             g_adj_start,
             g_accumulate,
+            backprop,
+            n_stages: ns,
             steps_per_submit,
             seed,
             n_data: n_data as u32,
             tiles: Tiles::for_class(ctx.class),
         };
-        // Step-independent slots: the stages of both solves and the quadrature weights.
-        let fwd_base = ode::OdeParams {
-            aug: 3,
-            n_source: n_data as u32,
-            t: 1.0,
-            ..ode_base
-        };
-        let adj_base = ode::OdeParams {
-            aug: d as u32,
-            adjoint: 1,
-            t: 0.0,
-            ..ode_base
-        };
-        st.ode_arena.set(k_slots, &adj_base);
-        let fwd_times = TimeGrid::Uniform.times(1.0, 0.0, cfg.steps);
-        let adj_times = TimeGrid::Uniform.times(0.0, 1.0, cfg.steps);
-        let mut slot = k_slots + 1;
-        for (p, last) in fixed_stage_params(&tab, &fwd_times, &fwd_base) {
-            st.ode_arena.set(slot, &p);
-            st.fwd_last.push(last);
-            slot += 1;
-        }
-        st.mle_arena.set(0, &st.mle_base);
-        let ns = tab.stages();
-        for (n, (p, last)) in fixed_stage_params(&tab, &adj_times, &adj_base)
-            .into_iter()
-            .enumerate()
-        {
-            st.ode_arena.set(slot, &p);
-            st.adj_last.push(last);
-            slot += 1;
-            let h = adj_times[n / ns + 1] - adj_times[n / ns];
-            let mp = mle::MleParams {
-                coef: (-h * tab.b[n % ns]) as f32,
-                init: (n == 0) as u32,
-                ..st.mle_base
-            };
-            st.mle_arena.set(1 + n, &mp);
-        }
-        st.mle_arena.upload(ctx, 0..1 + n_stages);
+        st.set_fixed_slots(ctx, &tab, &fwd_base);
         for i in 0..k_slots {
             st.set_step(i, 0);
         }
         st.upload(ctx);
         Ok(st)
+    }
+
+    /// Step-independent parameter slots: both solves' stages, the quadrature weights, the
+    /// history snapshots and the reverse stages.
+    fn set_fixed_slots(&mut self, ctx: &GpuContext, tab: &Tableau, fwd_base: &ode::OdeParams) {
+        let (k_slots, ns, n_steps) = (self.steps_per_submit, self.n_stages, self.cfg.steps);
+        let d = self.ode_base.dim;
+        let adj_base = ode::OdeParams {
+            aug: d,
+            adjoint: 1,
+            t: 0.0,
+            ..self.ode_base
+        };
+        self.ode_arena.set(k_slots, &adj_base);
+        let fwd_times = TimeGrid::Uniform.times(1.0, 0.0, n_steps);
+        let adj_times = TimeGrid::Uniform.times(0.0, 1.0, n_steps);
+        let mut slot = k_slots + 1;
+        for (p, last) in fixed_stage_params(tab, &fwd_times, fwd_base) {
+            self.ode_arena.set(slot, &p);
+            self.fwd_last.push(last);
+            slot += 1;
+        }
+        self.mle_arena.set(0, &self.mle_base);
+        for (n, (p, last)) in fixed_stage_params(tab, &adj_times, &adj_base)
+            .into_iter()
+            .enumerate()
+        {
+            self.ode_arena.set(slot, &p);
+            self.adj_last.push(last);
+            slot += 1;
+            if self.backprop.is_none() {
+                let h = adj_times[n / ns + 1] - adj_times[n / ns];
+                let mp = mle::MleParams {
+                    coef: (-h * tab.b[n % ns]) as f32,
+                    init: (n == 0) as u32,
+                    ..self.mle_base
+                };
+                self.mle_arena.set(1 + n, &mp);
+            }
+        }
+        for n in 0..=n_steps {
+            let p = ode::OdeParams {
+                snap_slot: n as u32,
+                ..*fwd_base
+            };
+            self.ode_arena.set(slot + n, &p);
+        }
+        if let Some(bp) = &mut self.backprop {
+            for init in [1, 0] {
+                let mp = mle::MleParams {
+                    coef: 1.0,
+                    init,
+                    ..self.mle_base
+                };
+                self.mle_arena.set(2 - init as usize, &mp);
+            }
+            let h = fwd_times[1] - fwd_times[0];
+            for (n, t_n) in fwd_times[..n_steps].iter().enumerate() {
+                for s in 0..ns {
+                    let mut a_row = [0.0f32; 8];
+                    for (q, a) in tab.a[s].iter().enumerate() {
+                        a_row[q] = *a as f32;
+                    }
+                    let mut cot = [0.0f32; 8];
+                    cot[0] = (h * tab.b[s]) as f32;
+                    for r in s + 1..ns {
+                        cot[1 + r] = (h * tab.a[r].get(s).copied().unwrap_or(0.0)) as f32;
+                    }
+                    let p = backprop::BackpropParams {
+                        hist_slot: n as u32,
+                        stage: s as u32,
+                        t: (t_n + tab.c[s] * h) as f32,
+                        h: h as f32,
+                        a_row,
+                        cot,
+                        ..bp.base
+                    };
+                    bp.arena.set(n * ns + s, &p);
+                }
+            }
+            bp.arena.upload(ctx, 0..n_steps * ns);
+        }
+        self.mle_arena.upload(ctx, 0..1 + self.cfg.nfe().max(2));
     }
 
     /// Slot `i` of the next submit runs training step `step` (0-based).
@@ -543,31 +731,51 @@ impl MleState {
     }
 
     pub fn upload(&self, ctx: &GpuContext) {
-        let n = self.ode_arena_len();
-        self.ode_arena.upload(ctx, 0..n);
+        self.ode_arena.upload(ctx, 0..self.ode_arena_len());
         self.field.upload(ctx);
     }
 
     fn ode_arena_len(&self) -> usize {
-        self.steps_per_submit + 1 + self.fwd_last.len() + self.adj_last.len()
+        self.snapshot_slot(0) + self.cfg.steps + 1
     }
 
-    /// Record training step slot `i`: forward solve, NLL, adjoint solve, gradient.
+    fn snapshot_slot(&self, n: usize) -> usize {
+        self.steps_per_submit + 1 + self.fwd_last.len() + self.adj_last.len() + n
+    }
+
+    /// Record training step slot `i`: forward solve, NLL, gradient (adjoint or backprop).
     pub fn record_step(&self, cp: &mut wgpu::ComputePass<'_>, i: usize) {
         let k = self.steps_per_submit;
         let rows = ode::per_row_groups(&self.ode_base, &self.tiles);
         self.noise.dispatch(cp, &self.fwd.g_init, i, rows);
         self.field.record_probe_init(cp, i);
+        let bp = self.backprop.as_ref();
+        if let Some(bp) = bp {
+            bp.snapshot.dispatch(
+                cp,
+                &bp.g_snapshot,
+                self.snapshot_slot(0),
+                self.snap_groups(),
+            );
+        }
         let mut slot = k + 1;
+        let mut step = 0;
         for &last in &self.fwd_last {
             self.field.record_eval(cp);
-            let (kern, g) = if last {
-                (&self.final_, &self.fwd.g_final)
-            } else {
-                (&self.stage, &self.fwd.g_stage)
-            };
-            kern.dispatch(cp, g, slot, rows);
+            self.stage_kernel(last)
+                .dispatch(cp, self.fwd.group(last), slot, rows);
             slot += 1;
+            if last {
+                step += 1;
+                if let Some(bp) = bp {
+                    bp.snapshot.dispatch(
+                        cp,
+                        &bp.g_snapshot,
+                        self.snapshot_slot(step),
+                        self.snap_groups(),
+                    );
+                }
+            }
         }
         self.adj_start.dispatch(
             cp,
@@ -575,20 +783,72 @@ impl MleState {
             0,
             mle::per_row_groups(&self.mle_base, &self.tiles),
         );
-        self.start.dispatch(cp, &self.adj.g_init, k, rows);
         let params = mle::per_param_groups(&self.mle_base, &self.tiles);
+        if let Some(bp) = bp {
+            self.record_backprop(cp, bp, params);
+            return;
+        }
+        self.start.dispatch(cp, &self.adj.g_init, k, rows);
         for (n, &last) in self.adj_last.iter().enumerate() {
-            self.field.record_vjp(cp);
+            self.field.record_vjp(cp, 0);
             self.accumulate
                 .dispatch(cp, &self.g_accumulate, 1 + n, params);
-            let (kern, g) = if last {
-                (&self.final_, &self.adj.g_final)
-            } else {
-                (&self.stage, &self.adj.g_stage)
-            };
-            kern.dispatch(cp, g, slot, rows);
+            self.stage_kernel(last)
+                .dispatch(cp, self.adj.group(last), slot, rows);
             slot += 1;
         }
+    }
+
+    /// Reverse mode through the forward solve's steps, last to first.
+    fn record_backprop(&self, cp: &mut wgpu::ComputePass<'_>, bp: &Backprop, params: [u32; 3]) {
+        let ns = self.n_stages;
+        let rows = backprop::per_row_groups(&bp.base, &self.tiles);
+        bp.start.dispatch(cp, &bp.g_start, 0, rows);
+        let mut first = true;
+        for n in (0..self.cfg.steps).rev() {
+            // Recompute k_q, q < S − 1, of step n with the forward's own stage slots.
+            if ns > 1 {
+                bp.restore.dispatch(cp, &bp.g_restore, n * ns, rows);
+                for s in 0..ns - 1 {
+                    self.field.record_eval(cp);
+                    let slot = self.steps_per_submit + 1 + n * ns + s;
+                    self.stage.dispatch(
+                        cp,
+                        &self.fwd.g_stage,
+                        slot,
+                        ode::per_row_groups(&self.ode_base, &self.tiles),
+                    );
+                }
+            }
+            for s in (0..ns).rev() {
+                let slot = n * ns + s;
+                bp.stage_input.dispatch(cp, &bp.g_stage_input, slot, rows);
+                bp.cotangent.dispatch(cp, &bp.g_cotangent, slot, rows);
+                self.field.record_vjp(cp, s);
+                self.accumulate
+                    .dispatch(cp, &self.g_accumulate, if first { 1 } else { 2 }, params);
+                first = false;
+                bp.collect.dispatch(cp, &bp.g_collect, slot, rows);
+            }
+        }
+    }
+
+    fn stage_kernel(&self, last: bool) -> &Arc<Kernel> {
+        if last {
+            &self.final_
+        } else {
+            &self.stage
+        }
+    }
+
+    fn snap_groups(&self) -> [u32; 3] {
+        ode::snapshot_groups(
+            &ode::OdeParams {
+                snap_rows: self.ode_base.rows,
+                ..self.ode_base
+            },
+            &self.tiles,
+        )
     }
 
     /// The forward solve's final state [z, ℓ, E, F] per row (tests, diagnostics).
@@ -598,5 +858,36 @@ impl MleState {
             0,
             self.ode_base.rows as usize * (self.ode_base.dim as usize + 3),
         )
+    }
+}
+
+impl OdeSolve {
+    fn group(&self, last: bool) -> &wgpu::BindGroup {
+        if last {
+            &self.g_final
+        } else {
+            &self.g_stage
+        }
+    }
+}
+
+/// The entry points of backprop.wgsl.
+struct BackpropKernels {
+    start: Arc<Kernel>,
+    restore: Arc<Kernel>,
+    stage_input: Arc<Kernel>,
+    cotangent: Arc<Kernel>,
+    collect: Arc<Kernel>,
+}
+
+impl BackpropKernels {
+    fn get(ctx: &GpuContext) -> Result<Self> {
+        Ok(BackpropKernels {
+            start: backprop::bp_start(ctx)?,
+            restore: backprop::bp_restore(ctx)?,
+            stage_input: backprop::bp_stage_input(ctx)?,
+            cotangent: backprop::bp_cotangent(ctx)?,
+            collect: backprop::bp_collect(ctx)?,
+        })
     }
 }

@@ -6,11 +6,11 @@
 mod common;
 
 use common::{assert_close, ctx};
-use flowgpu::mle::{self, MleConfig};
+use flowgpu::mle::{self, MleConfig, MleGrad};
 use flowgpu::mlp::GpuMlp;
 use flowgpu::model::{Activation, Linear, MlpConfig, ParamLayout, Weights};
 use flowgpu::reference::{self, FieldCotangent, MleSpec, Probes};
-use flowgpu::solve::{Tableau, Trace};
+use flowgpu::solve::Trace;
 use flowgpu::{GaussianPath, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 
@@ -288,19 +288,29 @@ fn adjoint_gradient_matches_finite_differences_of_the_discretized_objective() {
     let data: Vec<f32> = (0..64 * 2).map(|_| r.random_range(-1.5..1.5)).collect();
     let batch = 16;
     let mut errors = Vec::new();
-    for (steps, probes) in [(2, 0), (16, 0), (16, 2)] {
+    let cases = [
+        (2, 0, MleGrad::Adjoint, "rk4"),
+        (16, 0, MleGrad::Adjoint, "rk4"),
+        (16, 2, MleGrad::Adjoint, "rk4"),
+        (2, 0, MleGrad::Backprop, "rk4"),
+        (3, 2, MleGrad::Backprop, "rk4"),
+        (3, 0, MleGrad::Backprop, "midpoint"),
+        (3, 0, MleGrad::Backprop, "euler"),
+    ];
+    for (steps, probes, grad, solver) in cases {
         let mc = MleConfig {
             probes,
             rademacher: true,
-            solver: "rk4".into(),
+            solver: solver.into(),
             steps,
             kinetic: 0.05,
             frobenius: 0.02,
+            grad,
         };
         let (got, nll) = one_mle_step(&cfg, &w, &data, &mc, batch);
         let (rows, pr) = drawn_batch(&data, 2, batch, 21, &mc);
         let spec = MleSpec {
-            tableau: Tableau::rk4(),
+            tableau: mc.tableau(),
             steps,
             kinetic: mc.kinetic,
             frobenius: mc.frobenius,
@@ -316,7 +326,7 @@ fn adjoint_gradient_matches_finite_differences_of_the_discretized_objective() {
         let want = flat(&cfg, &fd);
         let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
         let rel = max_abs_diff(&got, &want) / max_abs(&want);
-        println!("rk4 × {steps} steps, probes {probes}: NLL {nll:.4}, max |grad| {:.3}, adjoint vs FD of the discretized objective: max rel. error {rel:.2e}", max_abs(&want));
+        println!("{grad:?}, {solver} × {steps} steps, probes {probes}: NLL {nll:.4}, max |grad| {:.3}, GPU gradient vs FD of the discretized objective: max rel. error {rel:.2e}", max_abs(&want));
         errors.push(rel);
     }
     // The continuous adjoint is the gradient of the discretized objective up to the solver's
@@ -325,6 +335,13 @@ fn adjoint_gradient_matches_finite_differences_of_the_discretized_objective() {
     assert!(errors[1] < 1e-4, "16 steps: {:.2e}", errors[1]);
     assert!(errors[2] < 1e-4, "16 steps, Hutchinson: {:.2e}", errors[2]);
     assert!(errors[0] > 100.0 * errors[1], "no convergence: {errors:?}");
+    // Backprop is the gradient of the discretized objective itself, at any step count.
+    assert!(errors[3] < 1e-4, "backprop, 2 steps: {:.2e}", errors[3]);
+    assert!(
+        errors[4] < 1e-4,
+        "backprop, 3 steps, Hutchinson: {:.2e}",
+        errors[4]
+    );
 }
 
 /// Held-out NLL (dopri5, exact trace, 1000 fresh 8gaussians points), the true entropy on

@@ -6,6 +6,7 @@
 //! offset), the others are storage buffers in the order the wrapper lists them.
 
 pub mod adam;
+pub mod backprop;
 pub mod cfm;
 pub mod matmul;
 pub mod mle;
@@ -30,12 +31,13 @@ pub enum Shader {
     Trace,
     Ot,
     Mle,
+    Backprop,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Shader {
-    pub const ALL: [Shader; 8] = [
+    pub const ALL: [Shader; 9] = [
         Shader::Matmul,
         Shader::MlpBackward,
         Shader::Cfm,
@@ -44,6 +46,7 @@ impl Shader {
         Shader::Trace,
         Shader::Ot,
         Shader::Mle,
+        Shader::Backprop,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Shader {
             Shader::Trace => "trace.wgsl",
             Shader::Ot => "ot.wgsl",
             Shader::Mle => "mle.wgsl",
+            Shader::Backprop => "backprop.wgsl",
         }
     }
 
@@ -69,6 +73,7 @@ impl Shader {
             Shader::Trace => include_str!("../../shaders/trace.wgsl"),
             Shader::Ot => include_str!("../../shaders/ot.wgsl"),
             Shader::Mle => include_str!("../../shaders/mle.wgsl"),
+            Shader::Backprop => include_str!("../../shaders/backprop.wgsl"),
         }
     }
 
