@@ -7,6 +7,9 @@
 //                  adjoint's initial state [z, a(0) = ∂L/∂z = z/B] (L = batch mean).
 //   accumulate:    G = (init ? 0 : G) + coef·(∂S/∂θ of this stage), elementwise, so the
 //                  whole gradient is built without float atomics, in a fixed order.
+//   commit:        adaptive adjoint: G = (init ? 0 : G) + coef·h·G_attempt, with h the
+//                  step of the attempt if the global controller accepted it, else 0
+//                  (clock[7] of row 0, written by ode.wgsl's global_control).
 // Host wrapper: src/kernels/mle.rs.
 
 struct MleParams {
@@ -26,6 +29,7 @@ struct MleParams {
 @group(0) @binding(3) var<storage, read_write> sample_loss: array<f32>;
 @group(0) @binding(4) var<storage, read> stage_grads: array<f32>;
 @group(0) @binding(5) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(6) var<storage, read> clock: array<f32>;
 
 @compute @workgroup_size(WG1, 1, 1)
 fn adjoint_start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -52,6 +56,20 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         return;
     }
     let g = p.coef * stage_grads[e];
+    if (p.init != 0u) {
+        grads[e] = g;
+    } else {
+        grads[e] += g;
+    }
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn commit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_index(gid, nwg);
+    if (e >= p.n_params) {
+        return;
+    }
+    let g = p.coef * clock[7] * stage_grads[e];
     if (p.init != 0u) {
         grads[e] = g;
     } else {

@@ -11,6 +11,14 @@
 //   adaptive_final: Dormand–Prince 5(4) with per-row step control: x_new, error estimate
 //                   and its norm, accept/reject, new h_i, FSAL, input of stage 1.
 //   snapshot:       copy the first snap_rows states into trajectory slot snap_slot.
+// Batch-global step control (the adjoint solve of MLE training, src/mle.rs): one h for
+// all rows, so that the parameter-gradient quadrature weighs each stage once for the
+// whole batch. An attempt is 7 fresh stages (no FSAL) through adaptive_stage, then:
+//   adaptive_error: stores the last stage and the row's Σ_j (err_j/scale_j)² in clock[5];
+//   global_control: one workgroup: err = √(Σ_rows clock[5] / (rows·sdim)), Hairer's
+//                   controller as in adaptive_final, the decision written into every
+//                   row's clock; clock[7] = h of an accepted attempt, else 0;
+//   adaptive_apply: x ← x + clock[7]·Σ b_q·k_q, and the input of the next attempt.
 // Classifier-free guidance (a class and w ≠ 0): the MLP runs on 2·rows rows, the first
 // half with the class one-hot, the second without, and the stage kernels combine them.
 // With aug = K > 0 the state carries K more components per row after x. Likelihood
@@ -335,4 +343,129 @@ fn snapshot(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let row = e / p.dim;
     traj[p.snap_slot * p.snap_rows * p.dim + e] = state[row * sdim() + e % p.dim];
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn adaptive_error(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    let c0 = i * CLOCK;
+    let h = clock[c0 + 1u];
+    let sd = sdim();
+    for (var j = 0u; j < sd; j++) {
+        k[(p.stage * p.rows + i) * sd + j] = deriv(i, j);
+    }
+    var err_sq = 0.0;
+    for (var j = 0u; j < sd; j++) {
+        var acc = 0.0;
+        var err = 0.0;
+        for (var q = 0u; q < p.n_terms; q++) {
+            let kq = k_at(q, i, j);
+            acc += coef_at(q) * kq;
+            err += err_coef_at(q) * kq;
+        }
+        let x = state[i * sd + j];
+        let scale = p.atol + p.rtol * max(abs(x), abs(x + h * acc));
+        let e = h * err / scale;
+        err_sq += e * e;
+    }
+    clock[c0 + 5u] = err_sq;
+}
+
+var<workgroup> wg_sum: array<f32, WG1>;
+var<workgroup> wg_decision: vec4<f32>;
+
+@compute @workgroup_size(WG1, 1, 1)
+fn global_control(@builtin(local_invocation_id) lid: vec3<u32>) {
+    var s = 0.0;
+    for (var i = lid.x; i < p.rows; i += WG1) {
+        s += clock[i * CLOCK + 5u];
+    }
+    wg_sum[lid.x] = s;
+    workgroupBarrier();
+    for (var w = WG1 / 2u; w > 0u; w >>= 1u) {
+        if (lid.x < w) {
+            wg_sum[lid.x] += wg_sum[lid.x + w];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        // Every row's clock holds the same t, h and status.
+        let t = clock[0];
+        let h = clock[1];
+        var st = clock[4];
+        let err_norm = sqrt(wg_sum[0] / f32(p.rows * sdim()));
+        var t_new = t;
+        var h_new = h;
+        var accepted = -1.0;
+        if (st == RUNNING && !(err_norm <= 1e30)) {
+            st = NONFINITE;
+            h_new = 0.0;
+        } else if (st == RUNNING) {
+            let fac = p.safety * pow(max(err_norm, 1e-10), -0.2);
+            if (err_norm <= 1.0) {
+                accepted = 1.0;
+                t_new = t + h;
+                h_new = h * clamp(fac, p.fac_min, p.fac_max);
+            } else {
+                accepted = 0.0;
+                h_new = h * clamp(fac, p.fac_min, 1.0);
+            }
+            let remaining = p.t_end - t_new;
+            if (abs(remaining) <= 1e-6 * max(1.0, abs(p.t_end))) {
+                st = DONE;
+                h_new = 0.0;
+                t_new = p.t_end;
+            } else {
+                if (abs(h_new) > abs(remaining)) {
+                    h_new = remaining;
+                }
+                if (abs(h_new) < p.h_min) {
+                    st = UNDERFLOW;
+                    h_new = 0.0;
+                }
+            }
+        }
+        wg_decision = vec4<f32>(t_new, h_new, st, accepted);
+    }
+    workgroupBarrier();
+    let dec = wg_decision;
+    for (var i = lid.x; i < p.rows; i += WG1) {
+        let c0 = i * CLOCK;
+        clock[c0 + 7u] = select(0.0, clock[c0 + 1u], dec.w > 0.5);
+        clock[c0] = dec.x;
+        clock[c0 + 1u] = dec.y;
+        clock[c0 + 4u] = dec.z;
+        if (dec.w > 0.5) {
+            clock[c0 + 2u] += 1.0;
+        } else if (dec.w > -0.5) {
+            clock[c0 + 3u] += 1.0;
+        }
+    }
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn adaptive_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    let c0 = i * CLOCK;
+    let h = clock[c0 + 7u];
+    let sd = sdim();
+    for (var j = 0u; j < sd; j++) {
+        var x = state[i * sd + j];
+        if (h != 0.0) {
+            var acc = 0.0;
+            for (var q = 0u; q < p.n_terms; q++) {
+                acc += coef_at(q) * k_at(q, i, j);
+            }
+            x += h * acc;
+            state[i * sd + j] = x;
+        }
+        set_input(i, j, x);
+    }
+    write_time(i, clock[c0]);
 }

@@ -207,12 +207,23 @@ struct MleArgs {
     /// discretized objective; memory O(steps × batch × dim)).
     #[arg(long, default_value = "adjoint")]
     grad: String,
-    /// mle: fixed-step solver of the forward and adjoint solves: euler, midpoint, rk4.
+    /// mle: solver of the forward and gradient solves: euler, midpoint, rk4 (fixed steps,
+    /// one submit per --steps-per-submit steps) or dopri5 (adaptive: per-row steps forward,
+    /// batch-global steps for the adjoint; a few status reads per step).
     #[arg(long, default_value = "rk4")]
     mle_solver: String,
-    /// mle: steps of each solve over [0, 1].
+    /// mle: steps of each fixed-step solve over [0, 1].
     #[arg(long, default_value_t = 8)]
     mle_steps: usize,
+    /// mle, dopri5: relative tolerance.
+    #[arg(long, default_value_t = 1e-5)]
+    mle_rtol: f64,
+    /// mle, dopri5: absolute tolerance.
+    #[arg(long, default_value_t = 1e-5)]
+    mle_atol: f64,
+    /// mle, dopri5: most attempted steps per solve.
+    #[arg(long, default_value_t = 1000)]
+    mle_max_steps: usize,
     /// mle: weight λ_K of the kinetic-energy regularizer ∫‖v‖² dt.
     #[arg(long, default_value_t = 0.0)]
     kinetic: f64,
@@ -266,6 +277,9 @@ impl MleArgs {
             kinetic: self.kinetic,
             frobenius: self.jacobian_frobenius,
             grad,
+            rtol: self.mle_rtol,
+            atol: self.mle_atol,
+            max_steps: self.mle_max_steps,
         };
         c.validate()?;
         Ok(Some(c))

@@ -500,6 +500,23 @@ impl Trainer {
         if let Some(m) = &self.mle {
             m.upload(ctx);
         }
+        if self.mle.as_ref().is_some_and(|m| m.adaptive()) {
+            // dopri5 MLE: each step's solves submit on their own, then its update.
+            for i in 0..n {
+                let step = self.step + i as u64;
+                if let Some(m) = self.mle.as_mut() {
+                    m.run_adaptive_step(ctx, step)?;
+                }
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    self.record_update(&mut pass, i);
+                }
+                ctx.submit(enc)?;
+            }
+            self.step += n as u64;
+            return Ok(());
+        }
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -515,25 +532,30 @@ impl Trainer {
                     self.loss.dispatch(&mut pass, &self.g_loss, i, per_sample);
                     self.pass.record_backward(&mut pass);
                 }
-                self.reduce
-                    .dispatch(&mut pass, &self.g_reduce, i, [1, 1, 1]);
-                self.grad_sq.dispatch(
-                    &mut pass,
-                    &self.g_grad_sq,
-                    k + i,
-                    adam::grad_sq_groups(&self.adam_base, &self.tiles),
-                );
-                self.update.dispatch(
-                    &mut pass,
-                    &self.g_update,
-                    k + i,
-                    adam::update_groups(&self.adam_base, &self.tiles),
-                );
+                self.record_update(&mut pass, i);
             }
         }
         ctx.submit(enc)?;
         self.step += n as u64;
         Ok(())
+    }
+
+    /// Loss of step slot `i` into the history, then the optimizer update.
+    fn record_update(&self, pass: &mut wgpu::ComputePass<'_>, i: usize) {
+        let k = self.cfg.steps_per_submit;
+        self.reduce.dispatch(pass, &self.g_reduce, i, [1, 1, 1]);
+        self.grad_sq.dispatch(
+            pass,
+            &self.g_grad_sq,
+            k + i,
+            adam::grad_sq_groups(&self.adam_base, &self.tiles),
+        );
+        self.update.dispatch(
+            pass,
+            &self.g_update,
+            k + i,
+            adam::update_groups(&self.adam_base, &self.tiles),
+        );
     }
 
     /// Losses of the last `n` steps (n ≤ log_every, all within the current history window).

@@ -306,6 +306,7 @@ fn adjoint_gradient_matches_finite_differences_of_the_discretized_objective() {
             kinetic: 0.05,
             frobenius: 0.02,
             grad,
+            ..Default::default()
         };
         let (got, nll) = one_mle_step(&cfg, &w, &data, &mc, batch);
         let (rows, pr) = drawn_batch(&data, 2, batch, 21, &mc);
@@ -341,6 +342,56 @@ fn adjoint_gradient_matches_finite_differences_of_the_discretized_objective() {
         errors[4] < 1e-4,
         "backprop, 3 steps, Hutchinson: {:.2e}",
         errors[4]
+    );
+}
+
+#[test]
+fn adaptive_adjoint_gradient_converges_as_tolerances_tighten() {
+    let cfg = mlp(Activation::Silu, 2, 8);
+    let mut w = Weights::init(&cfg, &mut rng(31));
+    for l in &mut w.layers {
+        l.w.iter_mut().for_each(|v| *v *= 3.0);
+    }
+    let mut r = rng(32);
+    let data: Vec<f32> = (0..64 * 2).map(|_| r.random_range(-1.5..1.5)).collect();
+    let batch = 16;
+    let base = MleConfig {
+        probes: 0,
+        solver: "dopri5".into(),
+        kinetic: 0.05,
+        frobenius: 0.02,
+        ..Default::default()
+    };
+    // The continuous objective's gradient: FD of the f64 objective with 64 RK4 steps.
+    let (rows, pr) = drawn_batch(&data, 2, batch, 21, &base);
+    let spec = MleSpec {
+        tableau: flowgpu::solve::Tableau::rk4(),
+        steps: 64,
+        kinetic: base.kinetic,
+        frobenius: base.frobenius,
+    };
+    let fd = fd_gradients(&w, 1e-3, &|w| {
+        reference::mle_objective(&cfg, w, &rows, &pr, &spec).0
+    });
+    let want = flat(&cfg, &fd);
+    let mut errors = Vec::new();
+    for tol in [1e-2, 1e-4, 1e-6] {
+        let mc = MleConfig {
+            rtol: tol,
+            atol: tol,
+            ..base.clone()
+        };
+        let (got, _) = one_mle_step(&cfg, &w, &data, &mc, batch);
+        let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+        let rel = max_abs_diff(&got, &want) / max_abs(&want);
+        println!("dopri5 adjoint, rtol = atol = {tol:e}: max rel. error vs the continuous gradient {rel:.2e}");
+        errors.push(rel);
+    }
+    // Measured: 1.6e-2, 1.0e-3, 3.7e-6.
+    assert!(errors[2] < 1e-4, "tightest tolerance: {:.2e}", errors[2]);
+    assert!(
+        errors[0] > errors[1] && errors[1] > errors[2] && errors[0] > 100.0 * errors[2],
+        "no convergence: {errors:?}"
     );
 }
 

@@ -35,6 +35,13 @@ pub fn accumulate(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Mle, "accumulate", ACCUMULATE)
 }
 
+/// attempt gradient (as stage_grads), grads, clock.
+const COMMIT: &[(u32, Access)] = &[(4, Access::Read), (5, Access::ReadWrite), (6, Access::Read)];
+
+pub fn commit(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Mle, "commit", COMMIT)
+}
+
 pub fn per_row_groups(p: &MleParams, t: &Tiles) -> [u32; 3] {
     grid_1d(p.rows as usize, t.wg1)
 }

@@ -103,6 +103,18 @@ pub fn adaptive_stage(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 pub fn adaptive_final(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Ode, "adaptive_final", ALL)
 }
+pub fn adaptive_error(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "adaptive_error", ALL)
+}
+/// clock.
+const GLOBAL_CONTROL: &[(u32, Access)] = &[(5, Access::ReadWrite)];
+
+pub fn global_control(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "global_control", GLOBAL_CONTROL)
+}
+pub fn adaptive_apply(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Ode, "adaptive_apply", ALL)
+}
 pub fn snapshot(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Ode, "snapshot", SNAPSHOT)
 }
