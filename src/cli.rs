@@ -987,13 +987,23 @@ fn train(a: TrainArgs) -> Result<()> {
                 }
             )
         };
+        let solver = if m.adaptive() {
+            format!(
+                "dopri5 (rtol {:e}, atol {:e}; NFE per step reported at the end)",
+                m.rtol, m.atol
+            )
+        } else {
+            format!(
+                "{} × {} steps: {} NFE forward + {} NFE gradient per step",
+                m.solver,
+                m.steps,
+                m.nfe(),
+                m.nfe_gradient()
+            )
+        };
         eprintln!(
-            "maximum likelihood, {:?} gradients: {} × {} steps, {trace}: {} NFE forward + {} NFE gradient per step",
-            m.grad,
-            m.solver,
-            m.steps,
-            m.nfe(),
-            m.nfe_gradient()
+            "maximum likelihood, {} gradients, {trace}, {solver}",
+            m.grad.name()
         );
     }
     let describe = |l: f32| -> String {
@@ -1095,6 +1105,7 @@ fn train(a: TrainArgs) -> Result<()> {
         .map_err(|e| Error::io(&png, e))?;
     }
     let final_loss = mean_tail(&curve, 100);
+    let mle_nfe = trainer.mle().map(|m| m.mean_nfe());
     let steps_per_s = (tc.steps - first_step) as f64 / wall;
     // Held-out NLL in data units: exact trace, RK4 with 50 steps (a fixed, predictable cost).
     let held_out_nll = match &held {
@@ -1116,8 +1127,11 @@ fn train(a: TrainArgs) -> Result<()> {
     eprintln!(
         "done: {} steps in {wall:.1} s ({steps_per_s:.1} steps/s), final {} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, checkpoint.safetensors, loss.csv, loss.png, samples.png}}",
         tc.steps,
-        if tc.mle.is_some() {
-            format!("training {}", describe(final_loss as f32))
+        if let Some((f, g)) = mle_nfe {
+            format!(
+                "training {}, {f:.0} + {g:.0} NFE per step (forward + gradient)",
+                describe(final_loss as f32)
+            )
         } else {
             format!("loss {final_loss:.4}")
         },
@@ -1133,7 +1147,8 @@ fn train(a: TrainArgs) -> Result<()> {
                 "batch": tc.batch,
                 "objective": if tc.mle.is_some() { "mle" } else { "cfm" },
                 "final_loss": final_loss,
-                "nfe_per_step": tc.mle.as_ref().map(|m| m.nfe() + m.nfe_gradient()),
+                "nfe_forward": mle_nfe.map(|n| n.0),
+                "nfe_gradient": mle_nfe.map(|n| n.1),
                 "held_out_nll": held_out_nll,
                 "wall_s": wall,
                 "steps_per_s": steps_per_s,

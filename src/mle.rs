@@ -56,6 +56,15 @@ fn default_max_attempts() -> usize {
     1000
 }
 
+impl MleGrad {
+    pub fn name(self) -> &'static str {
+        match self {
+            MleGrad::Adjoint => "adjoint",
+            MleGrad::Backprop => "backprop",
+        }
+    }
+}
+
 /// Gradient of the maximum-likelihood objective.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -440,6 +449,8 @@ pub struct MleState {
     adaptive: Option<Adaptive>,
     /// Field evaluations of the last step: (forward, gradient).
     last_nfe: (usize, usize),
+    /// Adaptive: total evaluations (forward, gradient) and steps counted.
+    nfe_total: (usize, usize, usize),
     n_stages: usize,
     steps_per_submit: usize,
     seed: u64,
@@ -654,6 +665,7 @@ impl MleState {
             backprop,
             adaptive: None,
             last_nfe: (cfg.nfe(), cfg.nfe_gradient()),
+            nfe_total: (0, 0, 0),
             n_stages: ns,
             steps_per_submit,
             seed,
@@ -901,6 +913,15 @@ impl MleState {
         self.last_nfe
     }
 
+    /// Mean field evaluations per row and step since the start: (forward, gradient).
+    pub fn mean_nfe(&self) -> (f64, f64) {
+        let n = self.nfe_total.2.max(1) as f64;
+        if self.adaptive.is_none() {
+            return (self.last_nfe.0 as f64, self.last_nfe.1 as f64);
+        }
+        (self.nfe_total.0 as f64 / n, self.nfe_total.1 as f64 / n)
+    }
+
     /// dopri5: solve training step `step`'s forward and adjoint ODEs, submitting every
     /// `ATTEMPTS` attempts and reading the step status back in between.
     pub fn run_adaptive_step(&mut self, ctx: &GpuContext, step: u64) -> Result<()> {
@@ -1004,6 +1025,9 @@ impl MleState {
             }
         }
         self.last_nfe = (fwd_nfe, ns * adj_attempts);
+        self.nfe_total.0 += fwd_nfe;
+        self.nfe_total.1 += ns * adj_attempts;
+        self.nfe_total.2 += 1;
         Ok(())
     }
 

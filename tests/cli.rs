@@ -169,6 +169,110 @@ fn bad_training_flags_are_clear_errors() {
 }
 
 #[test]
+fn mle_fine_tunes_a_flow_matching_run_and_bad_mle_flags_are_clear_errors() {
+    let fm = tmp("mle-fm");
+    let tuned = tmp("mle-tuned");
+    let (f, t) = (fm.to_str().unwrap(), tuned.to_str().unwrap());
+    let common = [
+        "--data",
+        "8gaussians",
+        "--plot-samples",
+        "0",
+        "--eval-n",
+        "200",
+    ];
+    let mut args = vec!["train", "--steps", "200", "--width", "16", "--out", f];
+    args.extend(common);
+    let (code, _, err) = flowgpu(&args);
+    assert_eq!(code, 0, "{err}");
+    let mut args = vec![
+        "train",
+        "--objective",
+        "mle",
+        "--init",
+        f,
+        "--steps",
+        "20",
+        "--mle-solver",
+        "midpoint",
+        "--mle-steps",
+        "2",
+        "--kinetic",
+        "0.01",
+        "--out",
+        t,
+        "--json",
+    ];
+    args.extend(common);
+    let (code, out, err) = flowgpu(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("bits/dim"), "{err}");
+    let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(j["objective"], "mle");
+    assert_eq!(j["nfe_forward"], 4.0);
+    assert!(j["held_out_nll"].as_f64().unwrap().is_finite());
+    // The fine-tuned model keeps the shape of --init (width 16), not the default 64.
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tuned.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["mlp"]["width"], 16);
+    assert_eq!(cfg["train"]["mle"]["solver"], "midpoint");
+
+    let never = tmp("mle-never");
+    let o = never.to_str().unwrap();
+    assert_clean_error(
+        &["train", "--objective", "xx", "--out", o],
+        "valid objectives",
+    );
+    assert_clean_error(
+        &["train", "--objective", "mle", "--grad", "xx", "--out", o],
+        "adjoint, backprop",
+    );
+    assert_clean_error(
+        &[
+            "train",
+            "--objective",
+            "mle",
+            "--grad",
+            "backprop",
+            "--mle-solver",
+            "dopri5",
+            "--out",
+            o,
+        ],
+        "fixed-step",
+    );
+    assert_clean_error(
+        &[
+            "train",
+            "--objective",
+            "mle",
+            "--source",
+            "moons",
+            "--out",
+            o,
+        ],
+        "Gaussian source",
+    );
+    assert_clean_error(
+        &["train", "--objective", "mle", "--kinetic=-1", "--out", o],
+        "--kinetic",
+    );
+    assert_clean_error(
+        &[
+            "train",
+            "--objective",
+            "mle",
+            "--init",
+            "/nonexistent-run",
+            "--out",
+            o,
+        ],
+        "nonexistent-run",
+    );
+    assert!(!never.exists(), "a failed run must not leave a folder");
+}
+
+#[test]
 fn adapters_lists_at_least_one() {
     let (code, out, _) = flowgpu(&["adapters", "--json"]);
     assert_eq!(code, 0);
