@@ -16,8 +16,8 @@ use crate::train::{TrainConfig, Trainer};
 use rand::SeedableRng;
 use std::time::Instant;
 
-/// Workload names, in run order.
-pub const WORKLOADS: [&str; 9] = [
+/// Workload names, in run order (M-*: maximum-likelihood training steps, flowgpu only).
+pub const WORKLOADS: [&str; 11] = [
     "G-sgemm",
     "W-small",
     "W-fm",
@@ -27,6 +27,8 @@ pub const WORKLOADS: [&str; 9] = [
     "L-hutch",
     "OT-sinkhorn-256",
     "OT-sinkhorn-1024",
+    "M-adjoint",
+    "M-backprop",
 ];
 
 /// Bench options.
@@ -378,6 +380,73 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
                 peak_buffer_bytes: peak,
                 n: Some(n),
                 steps: Some(cfg.steps),
+                ..base
+            }])
+        }
+        "M-adjoint" | "M-backprop" => {
+            // One MLE step: W-small's 3×64 net with SiLU (MLE needs act''), batch 256,
+            // 8gaussians, exact trace, RK4 × 8 steps. FLOPs: a field evaluation runs the
+            // primal and 2 tangent row sets (3 forwards), a VJP that plus a backward over
+            // them (2× a forward each: 9 forwards); backprop also recomputes 3 stages a step.
+            let (mut mlp, batch, _) = net("W-small");
+            mlp.activation = Activation::Silu;
+            let pool = Dataset::toy("8gaussians", 1 << 16, 0)?;
+            let mc = crate::mle::MleConfig {
+                probes: 0,
+                solver: "rk4".into(),
+                steps: if cfg.quick { 2 } else { 8 },
+                grad: if name == "M-adjoint" {
+                    crate::mle::MleGrad::Adjoint
+                } else {
+                    crate::mle::MleGrad::Backprop
+                },
+                ..Default::default()
+            };
+            let tc = TrainConfig {
+                steps: u64::MAX / 4,
+                batch,
+                warmup: 0,
+                cosine: false,
+                lr: 1e-4,
+                steps_per_submit: 1,
+                log_every: 1,
+                mle: Some(mc.clone()),
+                ..TrainConfig::default()
+            };
+            let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
+            tr.run_steps(ctx, 1)?;
+            ctx.wait()?;
+            let loss_first = tr.recent_losses(ctx, 1)?[0];
+            let f = (mlp.flops_per_sample() * batch as u64) as f64;
+            let sets = (1 + mlp.dim) as f64;
+            let recompute = (mc.nfe_gradient() - mc.nfe()) as f64;
+            let vjps = mc.nfe() as f64;
+            let flops = f * sets * (mc.nfe() as f64 + recompute + 3.0 * vjps);
+            let (calls, secs, ms) = time_calls(cfg.min_time, 3, 1, |c| {
+                for _ in 0..c {
+                    tr.run_steps(ctx, 1)?;
+                }
+                ctx.wait()
+            })?;
+            let loss_last = tr.recent_losses(ctx, 1)?[0];
+            let rate = calls as f64 / secs;
+            let gflops = flops * rate / 1e9;
+            let sg = sgemm_at(batch * (1 + mlp.dim), mlp.width)?;
+            Ok(vec![BenchRecord {
+                unit: "one MLE training step".into(),
+                steps_per_s: Some(rate),
+                nfe_per_s: Some(rate * (mc.nfe() + mc.nfe_gradient()) as f64),
+                gflops,
+                ms_median: ms,
+                timed_calls: calls,
+                flops_per_call: flops,
+                sgemm_gflops: sg,
+                sgemm_pct: 100.0 * gflops / sg,
+                peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
+                loss_first: Some(loss_first),
+                loss_last: Some(loss_last),
+                n: Some(batch),
+                steps: Some(mc.steps),
                 ..base
             }])
         }

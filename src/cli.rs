@@ -1006,6 +1006,7 @@ fn train(a: TrainArgs) -> Result<()> {
             m.grad.name()
         );
     }
+    let nfe = trainer.mle().map(|m| m.nfe_handle());
     let describe = |l: f32| -> String {
         if tc.mle.is_some() {
             let nats = l as f64 + log_jac;
@@ -1038,7 +1039,11 @@ fn train(a: TrainArgs) -> Result<()> {
             curve.extend_from_slice(losses);
             pb.set_position(step);
             if let Some(l) = losses.last() {
-                pb.set_message(describe(*l));
+                let cost = match &nfe {
+                    Some(n) => format!(", NFE {} + {} per step", n.get().0, n.get().1),
+                    None => String::new(),
+                };
+                pb.set_message(format!("{}{cost}", describe(*l)));
             }
             Ok(())
         })?;

@@ -448,7 +448,7 @@ pub struct MleState {
     backprop: Option<Backprop>,
     adaptive: Option<Adaptive>,
     /// Field evaluations of the last step: (forward, gradient).
-    last_nfe: (usize, usize),
+    last_nfe: std::rc::Rc<std::cell::Cell<(usize, usize)>>,
     /// Adaptive: total evaluations (forward, gradient) and steps counted.
     nfe_total: (usize, usize, usize),
     n_stages: usize,
@@ -664,7 +664,7 @@ impl MleState {
             g_accumulate,
             backprop,
             adaptive: None,
-            last_nfe: (cfg.nfe(), cfg.nfe_gradient()),
+            last_nfe: std::rc::Rc::new(std::cell::Cell::new((cfg.nfe(), cfg.nfe_gradient()))),
             nfe_total: (0, 0, 0),
             n_stages: ns,
             steps_per_submit,
@@ -910,14 +910,21 @@ impl MleState {
 
     /// Field evaluations per row of the last training step: (forward, gradient).
     pub fn last_nfe(&self) -> (usize, usize) {
-        self.last_nfe
+        self.last_nfe.get()
+    }
+
+    /// A handle that always reads [`last_nfe`](Self::last_nfe) (progress displays that
+    /// cannot borrow the trainer while it runs).
+    pub fn nfe_handle(&self) -> std::rc::Rc<std::cell::Cell<(usize, usize)>> {
+        self.last_nfe.clone()
     }
 
     /// Mean field evaluations per row and step since the start: (forward, gradient).
     pub fn mean_nfe(&self) -> (f64, f64) {
         let n = self.nfe_total.2.max(1) as f64;
         if self.adaptive.is_none() {
-            return (self.last_nfe.0 as f64, self.last_nfe.1 as f64);
+            let (f, g) = self.last_nfe.get();
+            return (f as f64, g as f64);
         }
         (self.nfe_total.0 as f64 / n, self.nfe_total.1 as f64 / n)
     }
@@ -1024,7 +1031,7 @@ impl MleState {
                 break;
             }
         }
-        self.last_nfe = (fwd_nfe, ns * adj_attempts);
+        self.last_nfe.set((fwd_nfe, ns * adj_attempts));
         self.nfe_total.0 += fwd_nfe;
         self.nfe_total.1 += ns * adj_attempts;
         self.nfe_total.2 += 1;
