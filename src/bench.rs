@@ -100,6 +100,23 @@ pub struct BenchRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_last: Option<f32>,
     pub quick: bool,
+    /// `--profile`: kernel time of one call, per kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<crate::gpu::profile::KernelTime>>,
+}
+
+/// With a profiling context: time one more call dispatch by dispatch.
+fn profile_one(
+    ctx: &GpuContext,
+    mut call: impl FnMut() -> Result<()>,
+) -> Result<Option<Vec<crate::gpu::profile::KernelTime>>> {
+    let Some(p) = &ctx.profiler else {
+        return Ok(None);
+    };
+    ctx.wait()?;
+    p.start();
+    call()?;
+    p.finish(ctx).map(Some)
 }
 
 /// Time `call` in groups until `min_time` s have passed (at least `min_groups` groups);
@@ -299,9 +316,11 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
             let loss_last = tr.recent_losses(ctx, 1)?[0];
             let rate = calls as f64 / secs;
             let gflops = flops * rate / 1e9;
+            let profile = profile_one(ctx, || tr.run_steps(ctx, 1))?;
             let sg = sgemm_at(batch, mlp.width)?;
             Ok(vec![BenchRecord {
                 unit: "one training step".into(),
+                profile,
                 steps_per_s: Some(rate),
                 gflops,
                 ms_median: ms,
@@ -366,9 +385,11 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
             let peak = peak_of_full(ctx) / calls as u64 + (before - bytes0);
             let solves = calls as f64 / secs;
             let gflops = flops * solves / 1e9;
+            let profile = profile_one(ctx, || one(&s))?;
             let sg = sgemm_at(n.min(65536), mlp.width)?;
             Ok(vec![BenchRecord {
                 unit: "one solve".into(),
+                profile,
                 nfe_per_s: Some(solves * nfe as f64),
                 sample_steps_per_s: Some(solves * cfg.steps as f64),
                 gflops,
@@ -431,9 +452,11 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
             let loss_last = tr.recent_losses(ctx, 1)?[0];
             let rate = calls as f64 / secs;
             let gflops = flops * rate / 1e9;
+            let profile = profile_one(ctx, || tr.run_steps(ctx, 1))?;
             let sg = sgemm_at(batch * (1 + mlp.dim), mlp.width)?;
             Ok(vec![BenchRecord {
                 unit: "one MLE training step".into(),
+                profile,
                 steps_per_s: Some(rate),
                 nfe_per_s: Some(rate * (mc.nfe() + mc.nfe_gradient()) as f64),
                 gflops,

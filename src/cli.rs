@@ -63,6 +63,7 @@ impl GpuArgs {
         GpuContext::new(&AdapterChoice {
             name: self.adapter.clone(),
             backend: self.backend,
+            profile: false,
         })
     }
 }
@@ -476,7 +477,7 @@ struct DensityArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Workloads to run, comma separated (default: all): G-sgemm, W-small, W-fm, S-euler, S-rk4, L-exact, L-hutch, OT-sinkhorn-256, OT-sinkhorn-1024.
+    /// Workloads to run, comma separated (default: all): G-sgemm, W-small, W-fm, S-euler, S-rk4, L-exact, L-hutch, OT-sinkhorn-256, OT-sinkhorn-1024, M-adjoint, M-backprop.
     #[arg(long)]
     only: Option<String>,
     /// Smoke run: short timings, small n, 2 solver steps.
@@ -496,6 +497,10 @@ struct BenchArgs {
     /// One JSON line per workload on stdout.
     #[arg(long)]
     json: bool,
+    /// Also time one call of each workload dispatch by dispatch (GPU timestamps) and print
+    /// where its time goes, kernel by kernel.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -533,7 +538,7 @@ fn adapters(a: AdaptersArgs) -> Result<()> {
     }
     for s in &list {
         println!(
-            "{} | {} | {} | driver: {} {} | max buffer {} MiB, storage binding {} MiB, {} storage buffers/stage, {} B workgroup memory, {} invocations/workgroup, subgroups {}..{}",
+            "{} | {} | {} | driver: {} {} | max buffer {} MiB, storage binding {} MiB, {} storage buffers/stage, {} B workgroup memory, {} invocations/workgroup, subgroups {}..{}; features: {}",
             s.name,
             s.backend,
             s.device_type,
@@ -545,7 +550,12 @@ fn adapters(a: AdaptersArgs) -> Result<()> {
             s.max_compute_workgroup_storage_size,
             s.max_compute_invocations_per_workgroup,
             s.subgroup_sizes.0,
-            s.subgroup_sizes.1
+            s.subgroup_sizes.1,
+            if s.features.is_empty() {
+                "none".to_string()
+            } else {
+                s.features.join(", ")
+            }
         );
     }
     if a.gpu.json {
@@ -1602,12 +1612,14 @@ fn bench(a: BenchArgs) -> Result<()> {
                     "dx12" => Some(BackendChoice::Dx12),
                     _ => None,
                 },
+                profile: a.profile,
             })
             .collect()
     } else {
         vec![AdapterChoice {
             name: a.adapter.clone(),
             backend: a.backend,
+            profile: a.profile,
         }]
     };
     let mut lines = Vec::new();
@@ -1645,6 +1657,24 @@ fn bench(a: BenchArgs) -> Result<()> {
                     r.sgemm_pct,
                     r.peak_buffer_bytes as f64 / (1 << 20) as f64
                 );
+                if let Some(p) = &r.profile {
+                    let total: f64 = p.iter().map(|k| k.total_ms).sum();
+                    println!(
+                        "  profile of {}: {} dispatches, {total:.3} ms of kernel time",
+                        r.unit,
+                        p.iter().map(|k| k.dispatches).sum::<usize>()
+                    );
+                    for k in p {
+                        println!(
+                            "    {:<40} {:>5} × {:>9.1} µs = {:>8.3} ms ({:>4.1}%)",
+                            k.kernel,
+                            k.dispatches,
+                            1e3 * k.total_ms / k.dispatches as f64,
+                            k.total_ms,
+                            100.0 * k.total_ms / total
+                        );
+                    }
+                }
                 lines.push(serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?);
             }
         }

@@ -6,6 +6,7 @@
 //! device-lost callback and surface as [`Error::Gpu`] at the next [`GpuContext::check`].
 
 pub mod arena;
+pub mod profile;
 
 pub use arena::UniformArena;
 
@@ -39,6 +40,8 @@ impl BackendChoice {
 pub struct AdapterChoice {
     pub name: Option<String>,
     pub backend: Option<BackendChoice>,
+    /// Open the device with timestamp queries and a [`profile::Profiler`].
+    pub profile: bool,
 }
 
 /// Broad class of an adapter; kernels choose their tile shapes by it.
@@ -65,6 +68,8 @@ pub struct AdapterSummary {
     pub max_compute_invocations_per_workgroup: u32,
     pub max_compute_workgroups_per_dimension: u32,
     pub subgroup_sizes: (u32, u32),
+    /// The optional features that matter to flowgpu's kernels and profiling.
+    pub features: Vec<String>,
 }
 
 fn backend_name(b: wgpu::Backend) -> String {
@@ -95,7 +100,26 @@ fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
         max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
         max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
         subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+        features: notable_features(adapter.features()),
     }
+}
+
+/// Names of the optional features flowgpu can use or report.
+fn notable_features(f: wgpu::Features) -> Vec<String> {
+    [
+        (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+        (
+            wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            "timestamp-query-inside-passes",
+        ),
+        (wgpu::Features::SUBGROUP, "subgroup"),
+        (wgpu::Features::SHADER_F16, "shader-f16"),
+        (wgpu::Features::PIPELINE_CACHE, "pipeline-cache"),
+    ]
+    .iter()
+    .filter(|(flag, _)| f.contains(*flag))
+    .map(|(_, name)| name.to_string())
+    .collect()
 }
 
 fn instance(backend: Option<BackendChoice>) -> wgpu::Instance {
@@ -161,6 +185,8 @@ pub struct GpuContext {
     pub(crate) pipelines: crate::kernels::PipelineCache,
     /// Bytes of storage buffers created so far (benchmarks report the growth).
     allocated: std::sync::atomic::AtomicU64,
+    /// Per-dispatch timestamps, when opened with `AdapterChoice::profile`.
+    pub profiler: Option<Arc<profile::Profiler>>,
 }
 
 impl GpuContext {
@@ -191,15 +217,26 @@ impl GpuContext {
         }
         adapters.sort_by_key(|a| preference(&a.get_info()));
         let adapter = adapters.remove(0);
-        Self::from_adapter(adapter)
+        Self::from_adapter(adapter, choice.profile)
     }
 
-    fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+    fn from_adapter(adapter: wgpu::Adapter, profile: bool) -> Result<Self> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        if profile && !adapter.features().contains(profile::FEATURES) {
+            return Err(Error::invalid(format!(
+                "--profile needs timestamp queries inside compute passes, which {} ({}) does not have",
+                info.name,
+                backend_name(info.backend)
+            )));
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("flowgpu"),
-            required_features: wgpu::Features::empty(),
+            required_features: if profile {
+                profile::FEATURES
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -227,6 +264,7 @@ impl GpuContext {
         } else {
             AdapterClass::Hardware
         };
+        let profiler = profile.then(|| Arc::new(profile::Profiler::new(&device, &queue)));
         Ok(GpuContext {
             device,
             queue,
@@ -236,6 +274,7 @@ impl GpuContext {
             errors,
             pipelines: Default::default(),
             allocated: Default::default(),
+            profiler,
         })
     }
 

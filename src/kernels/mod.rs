@@ -173,6 +173,7 @@ pub struct Kernel {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
     storage: &'static [(u32, Access)],
+    profiler: Option<Arc<crate::gpu::profile::Profiler>>,
 }
 
 /// Compiled kernels of a context, keyed by (family, entry point).
@@ -275,6 +276,7 @@ impl Kernel {
             pipeline,
             layout,
             storage,
+            profiler: ctx.profiler.clone(),
         })
     }
 
@@ -324,9 +326,19 @@ impl Kernel {
         if workgroups.contains(&0) {
             return;
         }
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, group, &[UniformArena::offset(slot)]);
-        pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        let record = |pass: &mut wgpu::ComputePass<'_>| {
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, group, &[UniformArena::offset(slot)]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        };
+        match &self.profiler {
+            Some(p) => p.around(
+                pass,
+                || format!("{}::{}", self.shader.file_name(), self.entry),
+                record,
+            ),
+            None => record(pass),
+        }
     }
 }
 

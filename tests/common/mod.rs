@@ -20,6 +20,7 @@ pub fn ctx() -> &'static GpuContext {
         let choice = AdapterChoice {
             name: std::env::var("FLOWGPU_ADAPTER").ok(),
             backend,
+            ..Default::default()
         };
         let c = GpuContext::new(&choice).expect("tests need a wgpu adapter (see README)");
         eprintln!("test adapter: {} ({})", c.adapter_name(), c.backend_name());
