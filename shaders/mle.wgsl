@@ -69,7 +69,9 @@ fn commit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if (e >= p.n_params) {
         return;
     }
-    let g = p.coef * clock[7] * stage_grads[e];
+    // A rejected attempt (h = 0) adds nothing, even if its gradient overflowed.
+    let h = clock[7];
+    let g = select(0.0, p.coef * h * stage_grads[e], h != 0.0);
     if (p.init != 0u) {
         grads[e] = g;
     } else {

@@ -14,7 +14,7 @@
 //               dS/dv = a + 2·a_kinetic·v in the primal rows and, in tangent row m,
 //               dS/d(J·u_m) = (a_trace·u_m + 2·a_frobenius·J·u_m)/M. The per-row a comes
 //               from the adjoint solver's stage (ode.wgsl, binding cotangent).
-// Host wrapper: src/kernels/trace.rs; log-likelihood: src/density.rs.
+// Host wrapper: src/kernels/trace.rs; log-likelihood: src/solve.rs; MLE: src/mle.rs.
 
 struct TraceParams {
     rows: u32,
@@ -75,6 +75,11 @@ fn probe_init(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             let u = probe_value(i, m, j);
             probes[r * p.dim + j] = u;
             tangent_input[tr * p.in_stride + j] = u;
+        }
+        // Time and class columns are not perturbed. Zeroed here because these rows of the
+        // stacked input buffer may hold primal rows of an earlier, larger chunk.
+        for (var c = p.dim; c < p.in_stride; c++) {
+            tangent_input[tr * p.in_stride + c] = 0.0;
         }
     }
 }

@@ -890,6 +890,15 @@ fn train(a: TrainArgs) -> Result<()> {
                 config.data_dim()
             )));
         }
+        // The model's units are the run's stored ones (an --init run keeps its model's).
+        if config.standardization != std {
+            if let Some(s) = &std {
+                s.undo(&mut train_set.points);
+            }
+            if let Some(s) = &config.standardization {
+                s.apply(&mut train_set.points);
+            }
+        }
     } else {
         config.augment = a.augment;
         config.mlp.classes = train_set
@@ -918,6 +927,11 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     }
     config.mlp.validate()?;
+    if tc.mle.is_some() && config.augment > 0 {
+        return Err(Error::invalid(
+            "--objective mle with --augment: the zero-padded dimensions make the likelihood unbounded; train ANODE models with flow matching",
+        ));
+    }
     let ctx = a.gpu.context()?;
     let weights = if resuming {
         Model::load(&out)?.weights

@@ -112,6 +112,12 @@ impl MleConfig {
         if self.steps == 0 {
             return Err(Error::invalid("--mle-steps must be positive"));
         }
+        // Each step's stage parameters take uniform slots: keep them well inside a buffer.
+        if !m.adaptive() && self.steps > 4096 {
+            return Err(Error::invalid(
+                "--mle-steps must be at most 4096 (use dopri5 for stiff fields)",
+            ));
+        }
         for (name, v) in [
             ("--kinetic", self.kinetic),
             ("--jacobian-frobenius", self.frobenius),
@@ -740,6 +746,11 @@ impl MleState {
                 self.mle_arena.set(2 - init as usize, &mp);
             }
             let h = fwd_times[1] - fwd_times[0];
+            // cot holds h·b_s and h·a_{r,s} for r < S: 1 + S ≤ 8 values.
+            assert!(
+                ns < ode::MAX_STAGES,
+                "backprop supports tableaus of ≤ 7 stages"
+            );
             for (n, t_n) in fwd_times[..n_steps].iter().enumerate() {
                 for s in 0..ns {
                     let mut a_row = [0.0f32; 8];
