@@ -220,10 +220,8 @@ pub fn sgemm(ctx: &GpuContext, m: usize, k: usize, n: usize, min_time: f64) -> R
         b_off: (n * 4 * k4) as u32,
         activation: 0,
         store_pre: 0,
-        tangent: 0,
-        primal_rows: m as u32,
-        row0: 0,
-        _pad: 0,
+        tangents: 0,
+        _pad: [0; 3],
     };
     arena.set(0, &p);
     arena.upload(ctx, 0..1);

@@ -319,7 +319,6 @@ impl LikelihoodField {
     /// v and the likelihood integrands at the current input rows.
     pub fn record_eval(&self, cp: &mut wgpu::ComputePass<'_>) {
         self.pass.record_forward(cp);
-        self.pass.record_tangents(cp);
         self.divergence
             .dispatch(cp, &self.g_div, self.probe_slots, self.groups());
     }
@@ -328,7 +327,6 @@ impl LikelihoodField {
     /// rows, with a from `cotangent` and the weights of cotangent slot `cot_slot`.
     pub fn record_vjp(&self, cp: &mut wgpu::ComputePass<'_>, cot_slot: usize) {
         self.pass.record_forward(cp);
-        self.pass.record_tangents(cp);
         self.seed_cot.dispatch(
             cp,
             &self.g_cot,

@@ -80,16 +80,14 @@ pub struct MlpPass {
     tb_groups: Vec<Option<wgpu::BindGroup>>,
     tiles: Tiles,
     fwd_params: Vec<matmul::LinearParams>,
-    tan_params: Vec<matmul::LinearParams>,
     bwd_params: Vec<mlp_backward::BackwardParams>,
     tb_params: Vec<mlp_backward::BackwardParams>,
 }
 
-/// Arena slot blocks (× layers): forward, backward, tangent forward, tangent backward.
+/// Arena slot blocks (× layers): forward, backward, tangent backward.
 const SLOT_FWD: usize = 0;
 const SLOT_BWD: usize = 1;
-const SLOT_TAN: usize = 2;
-const SLOT_TB: usize = 3;
+const SLOT_TB: usize = 2;
 
 impl MlpPass {
     /// A pass over up to `capacity` rows.
@@ -123,8 +121,13 @@ impl MlpPass {
         // buffer may not be both read-only and read-write in one dispatch.
         let dummy = ctx.storage("unused (read-write)", 4)?;
         let dummy_ro = ctx.storage("unused (read-only)", 4)?;
-        let forward = matmul::linear_forward(ctx)?;
-        let arena = UniformArena::new(ctx, "mlp params", 4 * n_layers);
+        // With tangent rows, one dispatch per layer computes them with the primal rows.
+        let forward = if tangents > 0 {
+            matmul::linear_jvp(ctx)?
+        } else {
+            matmul::linear_forward(ctx)?
+        };
+        let arena = UniformArena::new(ctx, "mlp params", 3 * n_layers);
         let mut fwd_groups = Vec::new();
         for (i, _) in layers.iter().enumerate() {
             let x = if i == 0 { &input } else { &h[i - 1] };
@@ -155,7 +158,6 @@ impl MlpPass {
             tb_groups: Vec::new(),
             tiles,
             fwd_params: Vec::new(),
-            tan_params: Vec::new(),
             bwd_params: Vec::new(),
             tb_params: Vec::new(),
         };
@@ -224,10 +226,11 @@ impl MlpPass {
         let stacked = (1 + t) * rows;
         self.fwd_params.clear();
         self.bwd_params.clear();
-        self.tan_params.clear();
         self.tb_params.clear();
         let chunk = mlp_backward::chunk_rows(stacked, &self.tiles);
         for (i, l) in layers.iter().enumerate() {
+            // With tangents, linear_jvp keeps Z in registers: Z and Ż are stored only for
+            // the backward pass.
             let fp = matmul::LinearParams {
                 rows: rows as u32,
                 out_features: l.out_features as u32,
@@ -236,24 +239,12 @@ impl MlpPass {
                 w_off4: (l.w_off / 4) as u32,
                 b_off: l.b_off as u32,
                 activation: l.activation.gpu_code(),
-                store_pre: (self.train || t > 0) as u32,
-                tangent: 0,
-                primal_rows: rows as u32,
-                row0: 0,
-                _pad: 0,
+                store_pre: self.train as u32,
+                tangents: t as u32,
+                _pad: [0; 3],
             };
             self.arena.set(SLOT_FWD * n + i, &fp);
             self.fwd_params.push(fp);
-            let tp = matmul::LinearParams {
-                rows: (t * rows) as u32,
-                tangent: 1,
-                // Backward through tangents needs Ż.
-                store_pre: self.train as u32,
-                row0: rows as u32,
-                ..fp
-            };
-            self.arena.set(SLOT_TAN * n + i, &tp);
-            self.tan_params.push(tp);
             let below = if i > 0 {
                 layers[i - 1].activation.gpu_code()
             } else {
@@ -284,7 +275,7 @@ impl MlpPass {
             self.arena.set(SLOT_TB * n + i, &tbp);
             self.tb_params.push(tbp);
         }
-        self.arena.upload(ctx, 0..4 * n);
+        self.arena.upload(ctx, 0..3 * n);
     }
 
     /// Output buffer v(x, t): [capacity, pad4(dim)].
@@ -297,6 +288,8 @@ impl MlpPass {
         pad4(cfg.dim)
     }
 
+    /// v(x, t) for the primal rows and, with tangents, J·u for every direction u in the
+    /// tangent rows of `input` (one `linear_jvp` dispatch per layer).
     pub fn record_forward(&self, pass: &mut wgpu::ComputePass<'_>) {
         let n = self.fwd_params.len();
         for (i, p) in self.fwd_params.iter().enumerate() {
@@ -304,23 +297,6 @@ impl MlpPass {
                 pass,
                 &self.fwd_groups[i],
                 SLOT_FWD * n + i,
-                matmul::linear_forward_groups(p, &self.tiles),
-            );
-        }
-    }
-
-    /// Tangents J·u of every direction u in the tangent rows of `input`, after
-    /// `record_forward` (which stores the primal pre-activations they need).
-    pub fn record_tangents(&self, pass: &mut wgpu::ComputePass<'_>) {
-        if self.tangents == 0 {
-            return;
-        }
-        let n = self.tan_params.len();
-        for (i, p) in self.tan_params.iter().enumerate() {
-            self.forward.dispatch(
-                pass,
-                &self.fwd_groups[i],
-                SLOT_TAN * n + i,
                 matmul::linear_forward_groups(p, &self.tiles),
             );
         }

@@ -568,7 +568,6 @@ impl ChunkSolver {
     fn record_eval(&self, cp: &mut wgpu::ComputePass<'_>) {
         self.pass.record_forward(cp);
         if let Some(t) = &self.trace {
-            self.pass.record_tangents(cp);
             let groups = trace::per_row_groups(
                 &trace::TraceParams {
                     rows: self.pass.rows as u32,

@@ -21,10 +21,8 @@ pub struct LinearParams {
     pub b_off: u32,
     pub activation: u32,
     pub store_pre: u32,
-    pub tangent: u32,
-    pub primal_rows: u32,
-    pub row0: u32,
-    pub _pad: u32,
+    pub tangents: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Bindings after the uniform: x, params, z, h.
@@ -37,6 +35,11 @@ const LINEAR_FORWARD: &[(u32, Access)] = &[
 
 pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Matmul, "linear_forward", LINEAR_FORWARD)
+}
+
+/// Primal rows and their tangent rows in one dispatch (same bindings).
+pub fn linear_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+    Kernel::get(ctx, Shader::Matmul, "linear_jvp", LINEAR_FORWARD)
 }
 
 pub fn linear_forward_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
