@@ -251,23 +251,15 @@ fn adaptive_stage(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     write_time(i, t + p.c_next * h);
 }
 
-@compute @workgroup_size(WG1, 1, 1)
-fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= p.rows) {
-        return;
-    }
-    let c0 = i * CLOCK;
-    let t = clock[c0];
-    let h = clock[c0 + 1u];
-    let status = clock[c0 + 4u];
-    // Store the last stage (FSAL: it is v at the proposed point), then the 5th-order
-    // solution (coef = b, b_last = 0) and the embedded error (err_coef = b − b̂).
-    var err_sq = 0.0;
+// Store the last stage (for dopri5 FSAL: v at the proposed point), then return
+// Σ_j (err_j / scale_j)² of row i for the 5th-order solution (coef = b, b_last = 0) and
+// the embedded error (err_coef = b − b̂).
+fn store_last_and_error(i: u32, h: f32) -> f32 {
     let sd = sdim();
     for (var j = 0u; j < sd; j++) {
         k[(p.stage * p.rows + i) * sd + j] = deriv(i, j);
     }
+    var err_sq = 0.0;
     for (var j = 0u; j < sd; j++) {
         var acc = 0.0;
         var err = 0.0;
@@ -277,61 +269,83 @@ fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
             err += err_coef_at(q) * kq;
         }
         let x = state[i * sd + j];
-        let x_new = x + h * acc;
-        let scale = p.atol + p.rtol * max(abs(x), abs(x_new));
+        let scale = p.atol + p.rtol * max(abs(x), abs(x + h * acc));
         let e = h * err / scale;
         err_sq += e * e;
     }
-    let err_norm = sqrt(err_sq / f32(sd));
+    return err_sq;
+}
+
+// Hairer's controller for one step of size h at t with error norm err_norm:
+// (t_new, h_new, status, accepted: 1, rejected: 0, not running: −1). fac = safety·err^(−1/5),
+// clamped, no growth after a rejection, never past the end.
+fn control(t: f32, h: f32, status: f32, err_norm: f32) -> vec4<f32> {
+    if (status != RUNNING) {
+        return vec4<f32>(t, h, status, -1.0);
+    }
+    if (!(err_norm <= 1e30)) {
+        return vec4<f32>(t, 0.0, NONFINITE, -1.0);
+    }
+    let fac = p.safety * pow(max(err_norm, 1e-10), -0.2);
     var t_new = t;
-    var h_new = h;
-    var st = status;
-    if (status == RUNNING && !(err_norm <= 1e30)) {
-        st = NONFINITE;
+    var h_new = h * clamp(fac, p.fac_min, 1.0);
+    var accepted = 0.0;
+    if (err_norm <= 1.0) {
+        accepted = 1.0;
+        t_new = t + h;
+        h_new = h * clamp(fac, p.fac_min, p.fac_max);
+    }
+    var st = RUNNING;
+    let remaining = p.t_end - t_new;
+    if (abs(remaining) <= 1e-6 * max(1.0, abs(p.t_end))) {
+        st = DONE;
         h_new = 0.0;
-    } else if (status == RUNNING) {
-        // Hairer's controller: fac = safety·err^(−1/5), clamped; no growth after a rejection.
-        let fac = p.safety * pow(max(err_norm, 1e-10), -0.2);
-        if (err_norm <= 1.0) {
-            for (var j = 0u; j < sd; j++) {
-                var acc = 0.0;
-                for (var q = 0u; q < p.n_terms; q++) {
-                    acc += coef_at(q) * k_at(q, i, j);
-                }
-                state[i * sd + j] += h * acc;
-                // FSAL: the last stage is the first stage of the next step.
-                k[i * sd + j] = k_at(p.stage, i, j);
-            }
-            t_new = t + h;
-            clock[c0 + 2u] += 1.0;
-            h_new = h * clamp(fac, p.fac_min, p.fac_max);
-        } else {
-            clock[c0 + 3u] += 1.0;
-            h_new = h * clamp(fac, p.fac_min, 1.0);
+        t_new = p.t_end;
+    } else {
+        if (abs(h_new) > abs(remaining)) {
+            h_new = remaining;
         }
-        let remaining = p.t_end - t_new;
-        if (abs(remaining) <= 1e-6 * max(1.0, abs(p.t_end))) {
-            st = DONE;
+        if (abs(h_new) < p.h_min) {
+            st = UNDERFLOW;
             h_new = 0.0;
-            t_new = p.t_end;
-        } else {
-            // Never step past the end.
-            if (abs(h_new) > abs(remaining)) {
-                h_new = remaining;
-            }
-            if (abs(h_new) < p.h_min) {
-                st = UNDERFLOW;
-                h_new = 0.0;
-            }
         }
     }
-    clock[c0] = t_new;
+    return vec4<f32>(t_new, h_new, st, accepted);
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn adaptive_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    let c0 = i * CLOCK;
+    let h = clock[c0 + 1u];
+    let sd = sdim();
+    let err_norm = sqrt(store_last_and_error(i, h) / f32(sd));
+    let dec = control(clock[c0], h, clock[c0 + 4u], err_norm);
+    if (dec.w > 0.5) {
+        for (var j = 0u; j < sd; j++) {
+            var acc = 0.0;
+            for (var q = 0u; q < p.n_terms; q++) {
+                acc += coef_at(q) * k_at(q, i, j);
+            }
+            state[i * sd + j] += h * acc;
+            // FSAL: the last stage is the first stage of the next step.
+            k[i * sd + j] = k_at(p.stage, i, j);
+        }
+        clock[c0 + 2u] += 1.0;
+    } else if (dec.w > -0.5) {
+        clock[c0 + 3u] += 1.0;
+    }
+    let h_new = dec.y;
+    clock[c0] = dec.x;
     clock[c0 + 1u] = h_new;
-    clock[c0 + 4u] = st;
+    clock[c0 + 4u] = dec.z;
     for (var j = 0u; j < sd; j++) {
         set_input(i, j, state[i * sd + j] + h_new * p.a_first * k_at(0u, i, j));
     }
-    write_time(i, t_new + p.c_first * h_new);
+    write_time(i, dec.x + p.c_first * h_new);
 }
 
 @compute @workgroup_size(WG1, 1, 1)
@@ -351,27 +365,7 @@ fn adaptive_error(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if (i >= p.rows) {
         return;
     }
-    let c0 = i * CLOCK;
-    let h = clock[c0 + 1u];
-    let sd = sdim();
-    for (var j = 0u; j < sd; j++) {
-        k[(p.stage * p.rows + i) * sd + j] = deriv(i, j);
-    }
-    var err_sq = 0.0;
-    for (var j = 0u; j < sd; j++) {
-        var acc = 0.0;
-        var err = 0.0;
-        for (var q = 0u; q < p.n_terms; q++) {
-            let kq = k_at(q, i, j);
-            acc += coef_at(q) * kq;
-            err += err_coef_at(q) * kq;
-        }
-        let x = state[i * sd + j];
-        let scale = p.atol + p.rtol * max(abs(x), abs(x + h * acc));
-        let e = h * err / scale;
-        err_sq += e * e;
-    }
-    clock[c0 + 5u] = err_sq;
+    clock[i * CLOCK + 5u] = store_last_and_error(i, clock[i * CLOCK + 1u]);
 }
 
 var<workgroup> wg_sum: array<f32, WG1>;
@@ -393,42 +387,8 @@ fn global_control(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     if (lid.x == 0u) {
         // Every row's clock holds the same t, h and status.
-        let t = clock[0];
-        let h = clock[1];
-        var st = clock[4];
         let err_norm = sqrt(wg_sum[0] / f32(p.rows * sdim()));
-        var t_new = t;
-        var h_new = h;
-        var accepted = -1.0;
-        if (st == RUNNING && !(err_norm <= 1e30)) {
-            st = NONFINITE;
-            h_new = 0.0;
-        } else if (st == RUNNING) {
-            let fac = p.safety * pow(max(err_norm, 1e-10), -0.2);
-            if (err_norm <= 1.0) {
-                accepted = 1.0;
-                t_new = t + h;
-                h_new = h * clamp(fac, p.fac_min, p.fac_max);
-            } else {
-                accepted = 0.0;
-                h_new = h * clamp(fac, p.fac_min, 1.0);
-            }
-            let remaining = p.t_end - t_new;
-            if (abs(remaining) <= 1e-6 * max(1.0, abs(p.t_end))) {
-                st = DONE;
-                h_new = 0.0;
-                t_new = p.t_end;
-            } else {
-                if (abs(h_new) > abs(remaining)) {
-                    h_new = remaining;
-                }
-                if (abs(h_new) < p.h_min) {
-                    st = UNDERFLOW;
-                    h_new = 0.0;
-                }
-            }
-        }
-        wg_decision = vec4<f32>(t_new, h_new, st, accepted);
+        wg_decision = control(clock[0], clock[1], clock[4], err_norm);
     }
     workgroupBarrier();
     let dec = wg_decision;

@@ -1105,28 +1105,16 @@ fn check_status(
     attempts: usize,
     max: usize,
 ) -> Result<bool> {
-    let mut running = 0;
-    for c in clock.chunks(ode::CLOCK).take(rows) {
-        match c[4] {
-            ode::RUNNING => running += 1,
-            ode::DONE => {}
-            ode::UNDERFLOW => {
-                return Err(Error::invalid(format!(
-                    "dopri5 ({which} solve): step size underflow at t = {}; loosen --rtol/--atol",
-                    c[0]
-                )))
-            }
-            _ => {
-                return Err(Error::invalid(format!(
-                    "dopri5 ({which} solve): non-finite error estimate at t = {}; the field blows up (lower --lr, add --kinetic)",
-                    c[0]
-                )))
-            }
-        }
-    }
+    let what = format!("dopri5 ({which} solve)");
+    let running = crate::solve::running_rows(
+        clock,
+        rows,
+        &what,
+        "the field blows up (lower --lr, add --kinetic)",
+    )?;
     if running > 0 && attempts >= max {
         return Err(Error::invalid(format!(
-            "dopri5 ({which} solve): not done within --max-steps {max} attempts; loosen --rtol/--atol or regularize (--kinetic, --jacobian-frobenius)"
+            "{what}: not done within --mle-max-steps {max} attempts; loosen --mle-rtol/--mle-atol or regularize (--kinetic, --jacobian-frobenius)"
         )));
     }
     Ok(running == 0)

@@ -613,6 +613,31 @@ impl ChunkSolver {
     }
 }
 
+/// Rows of an adaptive solve's clock readback still running, or an error naming the first
+/// row that failed (`what`: the solve; `blowup`: advice for a non-finite error estimate).
+pub(crate) fn running_rows(clock: &[f32], rows: usize, what: &str, blowup: &str) -> Result<usize> {
+    let mut running = 0;
+    for (i, c) in clock.chunks(ode::CLOCK).take(rows).enumerate() {
+        match c[4] {
+            ode::RUNNING => running += 1,
+            ode::DONE => {}
+            ode::UNDERFLOW => {
+                return Err(Error::invalid(format!(
+                    "{what}: step size underflow for sample {i} at t = {}; loosen the tolerances (--rtol/--atol, for training --mle-rtol/--mle-atol)",
+                    c[0]
+                )))
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{what}: non-finite error estimate for sample {i} at t = {}; {blowup}",
+                    c[0]
+                )))
+            }
+        }
+    }
+    Ok(running)
+}
+
 /// The parameters of every stage kernel of a fixed-step solve on `times`, step by step:
 /// (params, true for the step's last stage: `rk_final`, else `rk_stage`). Each stage
 /// kernel follows one field evaluation.
@@ -1237,25 +1262,7 @@ impl<'a> Sampler<'a> {
             first = false;
             attempts += ATTEMPTS_PER_SUBMIT;
             let clock = ctx.read(&cs.clock, 0, rows * ode::CLOCK)?;
-            let mut running = 0;
-            for (i, c) in clock.chunks(ode::CLOCK).enumerate() {
-                match c[4] {
-                    ode::RUNNING => running += 1,
-                    ode::DONE => {}
-                    ode::UNDERFLOW => {
-                        return Err(Error::invalid(format!(
-                            "dopri5: step size underflow (|h| < {:e}) for sample {i} at t = {}; loosen --rtol/--atol",
-                            cfg.tol.h_min, c[0]
-                        )))
-                    }
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "dopri5: non-finite error estimate for sample {i} at t = {}; the vector field blows up there",
-                            c[0]
-                        )))
-                    }
-                }
-            }
+            let running = running_rows(&clock, rows, "dopri5", "the vector field blows up there")?;
             if running == 0 {
                 let acc: Vec<f64> = clock.chunks(ode::CLOCK).map(|c| c[2] as f64).collect();
                 let rej: Vec<f64> = clock.chunks(ode::CLOCK).map(|c| c[3] as f64).collect();
