@@ -119,6 +119,75 @@ fn profile_one(
     p.finish(ctx).map(Some)
 }
 
+/// Timings of training steps.
+struct TrainTiming {
+    calls: usize,
+    secs: f64,
+    ms: f64,
+    flops: f64,
+    loss_first: f32,
+    loss_last: f32,
+    profile: Option<Vec<crate::gpu::profile::KernelTime>>,
+}
+
+impl TrainTiming {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.secs
+    }
+
+    /// `base` with the rates, FLOPs and losses filled in.
+    fn record(self, base: BenchRecord, sgemm_gflops: f64) -> BenchRecord {
+        let gflops = self.flops * self.rate() / 1e9;
+        BenchRecord {
+            steps_per_s: Some(self.rate()),
+            gflops,
+            ms_median: self.ms,
+            timed_calls: self.calls,
+            flops_per_call: self.flops,
+            sgemm_gflops,
+            sgemm_pct: 100.0 * gflops / sgemm_gflops,
+            loss_first: Some(self.loss_first),
+            loss_last: Some(self.loss_last),
+            profile: self.profile,
+            ..base
+        }
+    }
+}
+
+/// Time training steps of `tr` (`flops` per step): one submit of warm-up, timed groups of
+/// whole submits, and with a profiling context one more step dispatch by dispatch.
+fn time_training(
+    ctx: &GpuContext,
+    tr: &mut Trainer,
+    flops: f64,
+    min_time: f64,
+) -> Result<TrainTiming> {
+    let k = tr.cfg.steps_per_submit;
+    tr.run_steps(ctx, k)?;
+    let loss_first = tr.recent_losses(ctx, k)?[0];
+    let per_group = (((0.02 / (flops / 5e9)).ceil() as usize).div_ceil(k) * k).clamp(k, 200);
+    let (calls, secs, ms) = time_calls(min_time, 3, per_group, |c| {
+        let mut left = c;
+        while left > 0 {
+            let n = left.min(k);
+            tr.run_steps(ctx, n)?;
+            left -= n;
+        }
+        ctx.wait()
+    })?;
+    let loss_last = tr.recent_losses(ctx, 1)?[0];
+    let profile = profile_one(ctx, || tr.run_steps(ctx, 1))?;
+    Ok(TrainTiming {
+        calls,
+        secs,
+        ms,
+        flops,
+        loss_first,
+        loss_last,
+        profile,
+    })
+}
+
 /// Time `call` in groups until `min_time` s have passed (at least `min_groups` groups);
 /// returns (calls, seconds, median ms per call).
 fn time_calls(
@@ -295,43 +364,18 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
                 ..TrainConfig::default()
             };
             let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
-            let k = tc.steps_per_submit;
-            // Warm-up (pipelines, first submits) and the first loss.
-            tr.run_steps(ctx, k)?;
-            let loss_first = tr.recent_losses(ctx, k)?[0];
             let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
-            let per_group =
-                (((0.02 / (flops / 5e9)).ceil() as usize).div_ceil(k) * k).clamp(k, 200);
-            let (calls, secs, ms) = time_calls(cfg.min_time, 3, per_group, |c| {
-                let mut left = c;
-                while left > 0 {
-                    let n = left.min(k);
-                    tr.run_steps(ctx, n)?;
-                    left -= n;
-                }
-                ctx.wait()
-            })?;
-            let loss_last = tr.recent_losses(ctx, 1)?[0];
-            let rate = calls as f64 / secs;
-            let gflops = flops * rate / 1e9;
-            let profile = profile_one(ctx, || tr.run_steps(ctx, 1))?;
+            let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
             let sg = sgemm_at(batch, mlp.width)?;
-            Ok(vec![BenchRecord {
-                unit: "one training step".into(),
-                profile,
-                steps_per_s: Some(rate),
-                gflops,
-                ms_median: ms,
-                timed_calls: calls,
-                flops_per_call: flops,
-                sgemm_gflops: sg,
-                sgemm_pct: 100.0 * gflops / sg,
-                peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
-                loss_first: Some(loss_first),
-                loss_last: Some(loss_last),
-                n: Some(batch),
-                ..base
-            }])
+            Ok(vec![t.record(
+                BenchRecord {
+                    unit: "one training step".into(),
+                    n: Some(batch),
+                    peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
+                    ..base
+                },
+                sg,
+            )])
         }
         "S-euler" | "S-rk4" | "L-exact" | "L-hutch" => {
             let (mlp, _, _) = net("W-fm");
@@ -433,43 +477,25 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
                 ..TrainConfig::default()
             };
             let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
-            tr.run_steps(ctx, 1)?;
-            ctx.wait()?;
-            let loss_first = tr.recent_losses(ctx, 1)?[0];
             let f = (mlp.flops_per_sample() * batch as u64) as f64;
             let sets = (1 + mlp.dim) as f64;
             let recompute = (mc.nfe_gradient() - mc.nfe()) as f64;
             let vjps = mc.nfe() as f64;
             let flops = f * sets * (mc.nfe() as f64 + recompute + 3.0 * vjps);
-            let (calls, secs, ms) = time_calls(cfg.min_time, 3, 1, |c| {
-                for _ in 0..c {
-                    tr.run_steps(ctx, 1)?;
-                }
-                ctx.wait()
-            })?;
-            let loss_last = tr.recent_losses(ctx, 1)?[0];
-            let rate = calls as f64 / secs;
-            let gflops = flops * rate / 1e9;
-            let profile = profile_one(ctx, || tr.run_steps(ctx, 1))?;
+            let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
             let sg = sgemm_at(batch * (1 + mlp.dim), mlp.width)?;
-            Ok(vec![BenchRecord {
-                unit: "one MLE training step".into(),
-                profile,
-                steps_per_s: Some(rate),
-                nfe_per_s: Some(rate * (mc.nfe() + mc.nfe_gradient()) as f64),
-                gflops,
-                ms_median: ms,
-                timed_calls: calls,
-                flops_per_call: flops,
-                sgemm_gflops: sg,
-                sgemm_pct: 100.0 * gflops / sg,
-                peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
-                loss_first: Some(loss_first),
-                loss_last: Some(loss_last),
-                n: Some(batch),
-                steps: Some(mc.steps),
-                ..base
-            }])
+            let nfe_per_s = t.rate() * (mc.nfe() + mc.nfe_gradient()) as f64;
+            Ok(vec![t.record(
+                BenchRecord {
+                    unit: "one MLE training step".into(),
+                    nfe_per_s: Some(nfe_per_s),
+                    n: Some(batch),
+                    steps: Some(mc.steps),
+                    peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
+                    ..base
+                },
+                sg,
+            )])
         }
         "OT-sinkhorn-256" | "OT-sinkhorn-1024" => {
             // The coupling alone: draw, ε, 50 log-domain Sinkhorn iterations, pair sampling
