@@ -211,7 +211,7 @@ struct MleArgs {
     /// mle: solver of the forward and gradient solves: euler, midpoint, rk4 (fixed steps,
     /// one submit per --steps-per-submit steps) or dopri5 (adaptive: per-row steps forward,
     /// batch-global steps for the adjoint; a few status reads per step).
-    #[arg(long, default_value = "rk4")]
+    #[arg(long, alias = "solver", default_value = "rk4")]
     mle_solver: String,
     /// mle: steps of each fixed-step solve over [0, 1].
     #[arg(long, default_value_t = 8)]
