@@ -191,7 +191,7 @@ struct TrainArgs {
 #[derive(Args, Clone)]
 struct MleArgs {
     /// Training objective: cfm (flow matching) or mle (maximum likelihood through the ODE,
-    /// gradients by the adjoint method).
+    /// gradients by the adjoint method or --grad backprop).
     #[arg(long, default_value = "cfm")]
     objective: String,
     /// mle: divergence by the exact trace or hutchinson (--probes per row, fixed per step).

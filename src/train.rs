@@ -544,12 +544,15 @@ impl Trainer {
     fn record_update(&self, pass: &mut wgpu::ComputePass<'_>, i: usize) {
         let k = self.cfg.steps_per_submit;
         self.reduce.dispatch(pass, &self.g_reduce, i, [1, 1, 1]);
-        self.grad_sq.dispatch(
-            pass,
-            &self.g_grad_sq,
-            k + i,
-            adam::grad_sq_groups(&self.adam_base, &self.tiles),
-        );
+        // The gradient norm only serves clipping: without it, one dispatch less.
+        if self.cfg.clip_norm > 0.0 {
+            self.grad_sq.dispatch(
+                pass,
+                &self.g_grad_sq,
+                k + i,
+                adam::grad_sq_groups(&self.adam_base, &self.tiles),
+            );
+        }
         self.update.dispatch(
             pass,
             &self.g_update,
