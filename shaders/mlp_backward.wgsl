@@ -5,14 +5,14 @@
 //                     writes its own partial sums (or the gradient itself when there is
 //                     one chunk) — no float atomics, so the reduction is deterministic.
 //   reduce_chunks:    gradient = Σ_chunks partial, in a fixed order.
-//   tangent_backward: with tangent rows stacked after the N primal rows (matmul.wgsl),
-//                     backward_input runs with the identity epilogue over all rows and
-//                     this kernel finishes the activation of the layer below: tangent
-//                     rows Ḣ = act'(Z)⊙Ż give dŻ = act'(Z)⊙dḢ, and the primal row also
-//                     collects the dependence of act'(Z) on Z:
-//                     dZ = act'(Z)⊙dH + act''(Z)⊙Σ_m Ż_m⊙dḢ_m.
-//                     This is how the gradient of a divergence (the adjoint of a CNF)
-//                     flows back through the JVP, with no float atomics.
+//   backward_input_jvp: with tangent rows stacked after the N primal rows (matmul.wgsl's
+//                     linear_jvp), dX = dZ·W of every row, then the activation of the
+//                     layer below: tangent rows Ḣ = act'(Z)⊙Ż give dŻ = act'(Z)⊙dḢ, and
+//                     the primal row also collects the dependence of act'(Z) on Z:
+//                     dZ = act'(Z)⊙dH + act''(Z)⊙Σ_m Ż_m⊙dḢ_m. Each thread owns 8 primal
+//                     rows × 1 vec4 and the same rows of every direction, so the Σ_m stays
+//                     in registers. This is how the gradient of a divergence (the adjoint
+//                     of a CNF) flows back through the JVP, with no float atomics.
 // Layouts as in matmul.wgsl: rows padded to vec4 along features, W [out, in_padded].
 // Host wrapper: src/kernels/mlp_backward.rs.
 
@@ -27,7 +27,7 @@ struct BackwardParams {
     n_chunks: u32,      // number of chunks (1: write the gradient directly)
     layer_size: u32,    // floats in this layer's slice: W (N·in_padded) then b (padded N)
     bias_rows: u32,     // rows [0, bias_rows) have a bias (primal rows; tangents do not)
-    n_tangents: u32,    // tangent_backward: tangent directions stacked after the rows
+    n_tangents: u32,    // backward_input_jvp: tangent directions stacked after the rows
     _pad0: u32,
 }
 
@@ -194,28 +194,92 @@ fn reduce_chunks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     grads[4u * p.w_off4 + e] = s;
 }
 
-fn activate_grad2_4(z: vec4<f32>, act: u32) -> vec4<f32> {
-    return vec4<f32>(activate_grad2(z.x, act), activate_grad2(z.y, act), activate_grad2(z.z, act), activate_grad2(z.w, act));
+// act'(Z) of primal row m, feature vec4 kv (1 for the identity: no Z is bound then).
+fn g1_at(m: u32, kv: u32) -> vec4<f32> {
+    if (p.activation == ACT_IDENTITY || m >= p.rows) {
+        return vec4<f32>(1.0);
+    }
+    return activate_grad4(z_below[m * p.in_vec4 + kv], p.activation);
 }
 
-// One thread per (primal row, vec4 of features of the layer below). dx holds the raw
-// dX = dZ·W of every stacked row; z_below the primal Z and the tangent Ż rows.
-@compute @workgroup_size(WG1, 1, 1)
-fn tangent_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_index(gid, nwg);
-    let block = p.rows * p.in_vec4;
-    if (e >= block) {
+// Tangent row t·N + m: writes its dŻ_below = act'(Z)·dḢ and returns the primal row's
+// second-order term act''(Z)·Ż·dḢ.
+fn jvp_tangent(m: u32, t: u32, kv: u32, b: vec4<f32>) -> vec4<f32> {
+    if (m >= p.rows) {
+        return vec4<f32>(0.0);
+    }
+    let o = (t * p.rows + m) * p.in_vec4 + kv;
+    if (p.activation == ACT_IDENTITY) {
+        dx[o] = b;
+        return vec4<f32>(0.0);
+    }
+    let z = z_below[m * p.in_vec4 + kv];
+    let g2 = vec4<f32>(activate_grad2(z.x, p.activation), activate_grad2(z.y, p.activation), activate_grad2(z.z, p.activation), activate_grad2(z.w, p.activation));
+    dx[o] = activate_grad4(z, p.activation) * b;
+    return g2 * z_below[o] * b;
+}
+
+fn jvp_store(m: u32, kv: u32, acc: vec4<f32>) {
+    if (m < p.rows) {
+        dx[m * p.in_vec4 + kv] = acc;
+    }
+}
+
+// Tiles as backward_input (8 primal rows × 1 vec4), plus the same rows of every tangent
+// direction, W re-read per direction.
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn backward_input_jvp(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let kv = gid.x;
+    let m0 = gid.y * DX_ROWS;
+    if (kv >= p.in_vec4 || m0 >= p.rows) {
         return;
     }
-    let z = z_below[e];
-    let g1 = activate_grad4(z, p.activation);
-    let g2 = activate_grad2_4(z, p.activation);
-    var acc = g1 * dx[e];
-    for (var m = 1u; m <= p.n_tangents; m++) {
-        let r = m * block + e;
-        let dt = dx[r];
-        acc += g2 * z_below[r] * dt;
-        dx[r] = g1 * dt;
+    let lr = p.rows - 1u;
+    let ln = p.out_features - 1u;
+    let nv = p.out_vec4;
+    let r0 = min(m0, lr) * nv; let r1 = min(m0 + 1u, lr) * nv; let r2 = min(m0 + 2u, lr) * nv; let r3 = min(m0 + 3u, lr) * nv;
+    let r4 = min(m0 + 4u, lr) * nv; let r5 = min(m0 + 5u, lr) * nv; let r6 = min(m0 + 6u, lr) * nv; let r7 = min(m0 + 7u, lr) * nv;
+    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
+    for (var n4 = 0u; n4 < nv; n4++) {
+        let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
+        let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
+        let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
+        let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
+        a0 += mix4(dz[r0 + n4], w0, w1, w2, w3);
+        a1 += mix4(dz[r1 + n4], w0, w1, w2, w3);
+        a2 += mix4(dz[r2 + n4], w0, w1, w2, w3);
+        a3 += mix4(dz[r3 + n4], w0, w1, w2, w3);
+        a4 += mix4(dz[r4 + n4], w0, w1, w2, w3);
+        a5 += mix4(dz[r5 + n4], w0, w1, w2, w3);
+        a6 += mix4(dz[r6 + n4], w0, w1, w2, w3);
+        a7 += mix4(dz[r7 + n4], w0, w1, w2, w3);
     }
-    dx[e] = acc;
+    a0 *= g1_at(m0, kv); a1 *= g1_at(m0 + 1u, kv); a2 *= g1_at(m0 + 2u, kv); a3 *= g1_at(m0 + 3u, kv);
+    a4 *= g1_at(m0 + 4u, kv); a5 *= g1_at(m0 + 5u, kv); a6 *= g1_at(m0 + 6u, kv); a7 *= g1_at(m0 + 7u, kv);
+    for (var t = 1u; t <= p.n_tangents; t++) {
+        let o = t * p.rows * nv;
+        var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
+        var b4 = vec4<f32>(0.0); var b5 = vec4<f32>(0.0); var b6 = vec4<f32>(0.0); var b7 = vec4<f32>(0.0);
+        for (var n4 = 0u; n4 < nv; n4++) {
+            let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
+            let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
+            let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
+            let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
+            b0 += mix4(dz[o + r0 + n4], w0, w1, w2, w3);
+            b1 += mix4(dz[o + r1 + n4], w0, w1, w2, w3);
+            b2 += mix4(dz[o + r2 + n4], w0, w1, w2, w3);
+            b3 += mix4(dz[o + r3 + n4], w0, w1, w2, w3);
+            b4 += mix4(dz[o + r4 + n4], w0, w1, w2, w3);
+            b5 += mix4(dz[o + r5 + n4], w0, w1, w2, w3);
+            b6 += mix4(dz[o + r6 + n4], w0, w1, w2, w3);
+            b7 += mix4(dz[o + r7 + n4], w0, w1, w2, w3);
+        }
+        a0 += jvp_tangent(m0, t, kv, b0); a1 += jvp_tangent(m0 + 1u, t, kv, b1);
+        a2 += jvp_tangent(m0 + 2u, t, kv, b2); a3 += jvp_tangent(m0 + 3u, t, kv, b3);
+        a4 += jvp_tangent(m0 + 4u, t, kv, b4); a5 += jvp_tangent(m0 + 5u, t, kv, b5);
+        a6 += jvp_tangent(m0 + 6u, t, kv, b6); a7 += jvp_tangent(m0 + 7u, t, kv, b7);
+    }
+    jvp_store(m0, kv, a0); jvp_store(m0 + 1u, kv, a1); jvp_store(m0 + 2u, kv, a2); jvp_store(m0 + 3u, kv, a3);
+    jvp_store(m0 + 4u, kv, a4); jvp_store(m0 + 5u, kv, a5); jvp_store(m0 + 6u, kv, a6); jvp_store(m0 + 7u, kv, a7);
 }

@@ -72,22 +72,21 @@ pub struct MlpPass {
     back_input: Option<Arc<Kernel>>,
     back_weight: Option<Arc<Kernel>>,
     reduce: Option<Arc<Kernel>>,
-    tangent_back: Option<Arc<Kernel>>,
     fwd_groups: Vec<wgpu::BindGroup>,
     bin_groups: Vec<Option<wgpu::BindGroup>>,
     bw_groups: Vec<wgpu::BindGroup>,
     red_groups: Vec<wgpu::BindGroup>,
-    tb_groups: Vec<Option<wgpu::BindGroup>>,
     tiles: Tiles,
     fwd_params: Vec<matmul::LinearParams>,
     bwd_params: Vec<mlp_backward::BackwardParams>,
-    tb_params: Vec<mlp_backward::BackwardParams>,
+    /// backward_input_jvp's parameters (primal rows, activation of the layer below).
+    jvp_params: Vec<mlp_backward::BackwardParams>,
 }
 
-/// Arena slot blocks (× layers): forward, backward, tangent backward.
+/// Arena slot blocks (× layers): forward, backward, input backward through tangents.
 const SLOT_FWD: usize = 0;
 const SLOT_BWD: usize = 1;
-const SLOT_TB: usize = 2;
+const SLOT_JVP: usize = 2;
 
 impl MlpPass {
     /// A pass over up to `capacity` rows.
@@ -150,16 +149,14 @@ impl MlpPass {
             back_input: None,
             back_weight: None,
             reduce: None,
-            tangent_back: None,
             fwd_groups,
             bin_groups: Vec::new(),
             bw_groups: Vec::new(),
             red_groups: Vec::new(),
-            tb_groups: Vec::new(),
             tiles,
             fwd_params: Vec::new(),
             bwd_params: Vec::new(),
-            tb_params: Vec::new(),
+            jvp_params: Vec::new(),
         };
         if let Some(grads) = grads {
             let chunk = mlp_backward::chunk_rows(stacked, &tiles);
@@ -170,10 +167,14 @@ impl MlpPass {
                 1
             };
             let partial = ctx.storage("weight grad partials", partial_len)?;
-            let bi = mlp_backward::backward_input(ctx)?;
+            // With tangents, the input gradient runs through the tangent rows too.
+            let bi = if tangents > 0 {
+                mlp_backward::backward_input_jvp(ctx)?
+            } else {
+                mlp_backward::backward_input(ctx)?
+            };
             let bw = mlp_backward::backward_weight(ctx)?;
             let red = mlp_backward::reduce_chunks(ctx)?;
-            let tb = mlp_backward::tangent_backward(ctx)?;
             for i in 0..n_layers {
                 let x = if i == 0 { &pass.input } else { &pass.h[i - 1] };
                 pass.bw_groups
@@ -188,10 +189,6 @@ impl MlpPass {
                     )
                 });
                 pass.bin_groups.push(below);
-                pass.tb_groups.push(
-                    (i > 0 && tangents > 0)
-                        .then(|| tb.bind(ctx, &pass.arena, &[&pass.z[i - 1], &pass.dz[i - 1]])),
-                );
             }
             if input_grad {
                 let ig = ctx.storage("mlp input grad", stacked * layers[0].in_pad)?;
@@ -207,7 +204,6 @@ impl MlpPass {
             pass.back_input = Some(bi);
             pass.back_weight = Some(bw);
             pass.reduce = Some(red);
-            pass.tangent_back = Some(tb);
         }
         pass.set_rows(ctx, mlp, capacity);
         Ok(pass)
@@ -226,7 +222,7 @@ impl MlpPass {
         let stacked = (1 + t) * rows;
         self.fwd_params.clear();
         self.bwd_params.clear();
-        self.tb_params.clear();
+        self.jvp_params.clear();
         let chunk = mlp_backward::chunk_rows(stacked, &self.tiles);
         for (i, l) in layers.iter().enumerate() {
             // With tangents, linear_jvp keeps Z in registers: Z and Ż are stored only for
@@ -256,7 +252,7 @@ impl MlpPass {
                 out_vec4: (l.out_pad / 4) as u32,
                 in_vec4: (l.in_pad / 4) as u32,
                 w_off4: (l.w_off / 4) as u32,
-                // With tangents, tangent_backward applies the activation.
+                // With tangents, backward_input_jvp applies the activation (SLOT_JVP).
                 activation: if t > 0 { 0 } else { below },
                 chunk_rows: chunk as u32,
                 n_chunks: stacked.div_ceil(chunk) as u32,
@@ -272,8 +268,8 @@ impl MlpPass {
                 activation: below,
                 ..bp
             };
-            self.arena.set(SLOT_TB * n + i, &tbp);
-            self.tb_params.push(tbp);
+            self.arena.set(SLOT_JVP * n + i, &tbp);
+            self.jvp_params.push(tbp);
         }
         self.arena.upload(ctx, 0..3 * n);
     }
@@ -305,13 +301,8 @@ impl MlpPass {
     /// Backward from dL/dv (and dL/d(J·u) in the tangent rows) in `dz.last()` to the flat
     /// gradient buffer (overwritten) and, if asked for, `input_grad`.
     pub fn record_backward(&self, pass: &mut wgpu::ComputePass<'_>) {
-        let (bi, bw, red, tb) = match (
-            &self.back_input,
-            &self.back_weight,
-            &self.reduce,
-            &self.tangent_back,
-        ) {
-            (Some(a), Some(b), Some(c), Some(d)) => (a, b, c, d),
+        let (bi, bw, red) = match (&self.back_input, &self.back_weight, &self.reduce) {
+            (Some(a), Some(b), Some(c)) => (a, b, c),
             _ => panic!("record_backward on an inference pass"),
         };
         let n = self.bwd_params.len();
@@ -332,21 +323,23 @@ impl MlpPass {
                 );
             }
             if let Some(g) = &self.bin_groups[i] {
-                bi.dispatch(
-                    pass,
-                    g,
-                    SLOT_BWD * n + i,
-                    mlp_backward::backward_input_groups(p, &self.tiles),
-                );
-            }
-            if let Some(g) = &self.tb_groups[i] {
-                let tp = &self.tb_params[i];
-                tb.dispatch(
-                    pass,
-                    g,
-                    SLOT_TB * n + i,
-                    mlp_backward::tangent_backward_groups(tp, &self.tiles),
-                );
+                if self.tangents > 0 {
+                    // backward_input_jvp: primal rows, tangent rows handled with them.
+                    let tp = &self.jvp_params[i];
+                    bi.dispatch(
+                        pass,
+                        g,
+                        SLOT_JVP * n + i,
+                        mlp_backward::backward_input_groups(tp, &self.tiles),
+                    );
+                } else {
+                    bi.dispatch(
+                        pass,
+                        g,
+                        SLOT_BWD * n + i,
+                        mlp_backward::backward_input_groups(p, &self.tiles),
+                    );
+                }
             }
         }
     }

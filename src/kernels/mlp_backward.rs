@@ -55,19 +55,14 @@ pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::MlpBackward, "reduce_chunks", REDUCE_CHUNKS)
 }
 
-/// z_below, dx.
-const TANGENT_BACKWARD: &[(u32, Access)] = &[(3, Access::Read), (4, Access::ReadWrite)];
-
-pub fn tangent_backward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+/// backward_input through tangent rows (same bindings as backward_input).
+pub fn backward_input_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(
         ctx,
         Shader::MlpBackward,
-        "tangent_backward",
-        TANGENT_BACKWARD,
+        "backward_input_jvp",
+        BACKWARD_INPUT,
     )
-}
-pub fn tangent_backward_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
-    grid_1d((p.rows * p.in_vec4) as usize, t.wg1)
 }
 
 pub fn backward_input_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
