@@ -532,7 +532,7 @@ impl FieldCotangent<'_> {
 }
 
 /// dS/dx and dS/dθ of one row by reverse mode through the tangent pass (the math of
-/// trace_cotangent + the backward kernels with tangent_backward): returns the gradients,
+/// trace_cotangent + linear_jvp and the backward kernels): returns the gradients,
 /// with `input` the gradient of the whole MLP input row.
 pub fn field_vjp(
     cfg: &MlpConfig,
