@@ -61,15 +61,52 @@ fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// The same run for maximum likelihood: fewer, costlier steps (Hutchinson probes, midpoint).
+fn mle_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    let mut a = train_args(data, out);
+    a[6] = "120"; // --steps
+    a[12] = "20"; // --checkpoint-every
+    a.extend([
+        "--objective",
+        "mle",
+        "--trace",
+        "hutchinson",
+        "--probes",
+        "2",
+        "--mle-solver",
+        "midpoint",
+        "--mle-steps",
+        "2",
+        "--batch",
+        "128",
+    ]);
+    a
+}
+
 #[test]
 fn ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run() {
-    let dir = tmp("resume");
+    resume_matches_uninterrupted("resume", train_args, 600);
+}
+
+#[test]
+fn mle_ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run() {
+    resume_matches_uninterrupted("resume-mle", mle_args, 120);
+}
+
+/// Two uninterrupted runs are identical; a run stopped by SIGINT after its first checkpoint
+/// and resumed ends with the same weights, optimizer state and loss history.
+fn resume_matches_uninterrupted(
+    name: &str,
+    args: for<'a> fn(&'a str, &'a str) -> Vec<&'a str>,
+    steps: u64,
+) {
+    let dir = tmp(name);
     let csv = dir.join("data.csv");
     write_csv(&csv, 3000);
     let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
     // Uninterrupted, twice: same seed, same adapter, same flags → identical files.
     for out in [&a, &c] {
-        let (code, _, err) = run(&train_args(s(&csv), s(out)));
+        let (code, _, err) = run(&args(s(&csv), s(out)));
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("held-out NLL"), "{err}");
     }
@@ -86,7 +123,7 @@ fn ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run() {
 
     // Interrupted by SIGINT at an arbitrary step (after the first checkpoint), then resumed.
     let child = bin()
-        .args(train_args(s(&csv), s(&b)))
+        .args(args(s(&csv), s(&b)))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -115,11 +152,11 @@ fn ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run() {
             (text.lines().count() - 1) as u64
         }
         // The run may have finished before the signal landed; then there is nothing to resume.
-        Some(0) => 600,
+        Some(0) => steps,
         other => panic!("exit {other:?}: {err}"),
     };
     eprintln!("interrupted at step {step}");
-    if step < 600 {
+    if step < steps {
         let (code, _, err) = run(&["train", "--resume", s(&b)]);
         assert_eq!(code, 0, "{err}");
         assert!(
@@ -137,7 +174,7 @@ fn ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run() {
         flowgpu::train::TrainState::load(&b.join("checkpoint.safetensors")).unwrap(),
     );
     assert!(sa == sb, "optimizer state differs");
-    assert_eq!(sa.step, 600);
+    assert_eq!(sa.step, steps);
     assert!(
         std::fs::read(a.join("loss.csv")).unwrap() == std::fs::read(b.join("loss.csv")).unwrap(),
         "loss history differs"
