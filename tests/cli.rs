@@ -279,3 +279,42 @@ fn adapters_lists_at_least_one() {
     let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert!(!json["adapters"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn bench_profile_counts_the_dispatches_of_a_training_step() {
+    // W-small's step: prepare, 4 forward, loss, 4 weight-gradient, 3 input-gradient, loss
+    // reduction, Adam (no gradient-norm pass: the benchmark does not clip). A change that
+    // adds dispatches to the step shows here.
+    let (code, out, err) = flowgpu(&[
+        "bench",
+        "--quick",
+        "--only",
+        "W-small",
+        "--profile",
+        "--json",
+        "--min-time",
+        "0.2",
+    ]);
+    // Needs timestamp queries inside passes: lavapipe, the test adapter, has them.
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let profile = j["profile"].as_array().expect("a profile");
+    let count = |k: &str| {
+        profile
+            .iter()
+            .find(|p| p["kernel"] == k)
+            .map(|p| p["dispatches"].as_u64().unwrap())
+            .unwrap_or(0)
+    };
+    let total: u64 = profile
+        .iter()
+        .map(|p| p["dispatches"].as_u64().unwrap())
+        .sum();
+    assert_eq!(count("matmul.wgsl::linear_forward"), 4);
+    assert_eq!(count("mlp_backward.wgsl::backward_weight"), 4);
+    assert_eq!(count("adam.wgsl::grad_sq_partial"), 0);
+    assert_eq!(total, 15, "{profile:?}");
+    assert!(profile
+        .iter()
+        .all(|p| p["total_ms"].as_f64().unwrap() > 0.0));
+}
