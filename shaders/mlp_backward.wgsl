@@ -226,7 +226,9 @@ fn jvp_store(m: u32, kv: u32, acc: vec4<f32>) {
 }
 
 // Tiles as backward_input (8 primal rows × 1 vec4), plus the same rows of every tangent
-// direction, W re-read per direction.
+// direction, W re-read per direction. The tile is repeated rather than shared with
+// backward_input for the reason given in matmul.wgsl (one kernel for both cost the plain
+// case its registers there); a first version looping one row at a time ran 2.5× slower.
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn backward_input_jvp(@builtin(global_invocation_id) gid: vec3<u32>) {
     let kv = gid.x;

@@ -395,37 +395,10 @@ fn adaptive_adjoint_gradient_converges_as_tolerances_tighten() {
     );
 }
 
-/// Held-out NLL (dopri5, exact trace, 1000 fresh 8gaussians points), the true entropy on
-/// the same points, and KL(p‖q) with its standard error.
+/// Held-out NLL, entropy, KL and its standard error of weights `w` (common::eight_gaussians_gap).
 fn nll_vs_truth(w: &Weights, cfg: &MlpConfig) -> (f64, f64, f64, f64) {
-    use flowgpu::data::toys::eight_gaussians_log_density;
-    use flowgpu::solve::{Method, SolveConfig, Tolerances};
-    let m = common::model_of(cfg.clone(), w.clone());
-    let held = flowgpu::data::Dataset::toy("8gaussians", 1000, 999)
-        .unwrap()
-        .points;
-    let solve = SolveConfig {
-        method: Method::Dopri5,
-        tol: Tolerances {
-            rtol: 1e-5,
-            atol: 1e-5,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let s = flowgpu::Sampler::new(ctx(), &m).unwrap();
-    let (logp, _, _) = s.log_prob(&held, Trace::Exact, &solve).unwrap();
-    let truth: Vec<f64> = held
-        .chunks(2)
-        .map(|r| eight_gaussians_log_density([r[0] as f64, r[1] as f64]))
-        .collect();
-    let n = logp.len() as f64;
-    let nll = -logp.iter().sum::<f64>() / n;
-    let entropy = -truth.iter().sum::<f64>() / n;
-    let diffs: Vec<f64> = truth.iter().zip(&logp).map(|(p, q)| p - q).collect();
-    let kl = diffs.iter().sum::<f64>() / n;
-    let se = (diffs.iter().map(|d| (d - kl).powi(2)).sum::<f64>() / (n * (n - 1.0))).sqrt();
-    (nll, entropy, kl, se)
+    let g = common::eight_gaussians_gap(&common::model_of(cfg.clone(), w.clone()));
+    (g.nll, g.entropy, g.kl, g.se)
 }
 
 fn toy_mlp() -> MlpConfig {

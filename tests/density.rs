@@ -5,7 +5,6 @@
 mod common;
 
 use common::{assert_close, ctx, model_of};
-use flowgpu::data::toys::eight_gaussians_log_density;
 use flowgpu::model::{Activation, MlpConfig, Model, Weights};
 use flowgpu::solve::{Method, SolveConfig, Tolerances, Trace};
 use flowgpu::{reference, GaussianPath, Sampler};
@@ -265,32 +264,12 @@ fn trained_8gaussians_model_is_close_to_the_true_entropy() {
         |_, _| {},
     )
     .unwrap();
-    let held_out = flowgpu::data::Dataset::toy("8gaussians", 1000, 999)
-        .unwrap()
-        .points;
-    let s = Sampler::new(ctx, &m).unwrap();
-    let solve = SolveConfig {
-        method: Method::Dopri5,
-        tol: Tolerances {
-            rtol: 1e-5,
-            atol: 1e-5,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let (logp, _, _) = s.log_prob(&held_out, Trace::Exact, &solve).unwrap();
-    let nll = -logp.iter().sum::<f64>() / logp.len() as f64;
-    let truth: Vec<f64> = held_out
-        .chunks(2)
-        .map(|r| eight_gaussians_log_density([r[0] as f64, r[1] as f64]))
-        .collect();
-    let entropy = -truth.iter().sum::<f64>() / truth.len() as f64;
-    // KL(p‖q) estimated on the same points: mean of log p − log q, with its standard error.
-    let diffs: Vec<f64> = truth.iter().zip(&logp).map(|(p, q)| p - q).collect();
-    let kl = diffs.iter().sum::<f64>() / diffs.len() as f64;
-    let se = (diffs.iter().map(|d| (d - kl).powi(2)).sum::<f64>()
-        / (diffs.len() * (diffs.len() - 1)) as f64)
-        .sqrt();
+    let common::TruthGap {
+        nll,
+        entropy,
+        kl,
+        se,
+    } = common::eight_gaussians_gap(&m);
     eprintln!(
         "8gaussians: held-out NLL {nll:.4} nats, true entropy {entropy:.4}, KL {kl:.4} ± {se:.4}"
     );
