@@ -1,5 +1,5 @@
 // backprop.wgsl — discretize-then-optimize gradients of a fixed-step likelihood solve
-// (`--grad backprop`, src/mle.rs): reverse mode through the Runge–Kutta steps, the exact
+// (`--grad backprop`, src/mle/dto.rs): reverse mode through the Runge–Kutta steps, the exact
 // gradient of the discretized objective (the adjoint ODE's alternative).
 // The forward solve stores x_n after every step in `history` [N + 1][rows][dim]. Step n
 // (x_{n+1} = x_n + h·Σ_s b_s·k_s, k_s = f(X_s), X_s = x_n + h·Σ_{q<s} a_{sq}·k_q) is

@@ -1,4 +1,4 @@
-// mle.wgsl — maximum-likelihood training of a CNF by the adjoint method (src/mle.rs).
+// mle.wgsl — maximum-likelihood training of a CNF by the adjoint method (src/mle/).
 // The forward solve (ode.wgsl, aug = 3) carries [x, ℓ, E, F] from data at t = 1 to the
 // base at t = 0; the adjoint solve (ode.wgsl, adjoint = 1) carries [x, a] back from
 // t = 0 to 1 with da/dt = −∂S/∂x; the parameter gradient is the quadrature

@@ -11,7 +11,7 @@
 //   adaptive_final: Dormand–Prince 5(4) with per-row step control: x_new, error estimate
 //                   and its norm, accept/reject, new h_i, FSAL, input of stage 1.
 //   snapshot:       copy the first snap_rows states into trajectory slot snap_slot.
-// Batch-global step control (the adjoint solve of MLE training, src/mle.rs): one h for
+// Batch-global step control (the adjoint solve of MLE training, src/mle/adaptive.rs): one h for
 // all rows, so that the parameter-gradient quadrature weighs each stage once for the
 // whole batch. An attempt is 7 fresh stages (no FSAL) through adaptive_stage, then:
 //   adaptive_error: stores the last stage and the row's Σ_j (err_j/scale_j)² in clock[5];

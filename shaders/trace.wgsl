@@ -14,7 +14,7 @@
 //               dS/dv = a + 2·a_kinetic·v in the primal rows and, in tangent row m,
 //               dS/d(J·u_m) = (a_trace·u_m + 2·a_frobenius·J·u_m)/M. The per-row a comes
 //               from the adjoint solver's stage (ode.wgsl, binding cotangent).
-// Host wrapper: src/kernels/trace.rs; log-likelihood: src/solve.rs; MLE: src/mle.rs.
+// Host wrapper: src/kernels/trace.rs; log-likelihood: src/solve.rs; MLE: src/mle/.
 
 struct TraceParams {
     rows: u32,

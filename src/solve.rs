@@ -501,7 +501,7 @@ impl ChunkSolver {
         ];
         let trace_arena = UniformArena::new(ctx, "trace params", 2);
         let div = ctx.storage("divergence", capacity * trace::DIV_STRIDE)?;
-        // Only adjoint solves (src/mle.rs) write stage cotangents.
+        // Only adjoint solves (src/mle/) write stage cotangents.
         let cotangent = ctx.storage("unused cotangent", 4)?;
         let trace = match trace_spec {
             Some(spec) => {

@@ -17,8 +17,14 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{backprop, mle, ode, trace, Kernel, Tiles};
-use crate::mlp::{GpuMlp, MlpPass, PassOptions};
+mod adaptive;
+mod dto;
+mod field;
+
+pub use field::{field_vjp, FieldVjp, LikelihoodField};
+
+use crate::kernels::{backprop, mle, ode, Kernel, Tiles};
+use crate::mlp::{GpuMlp, MlpPass};
 use crate::solve::{fixed_stage_params, Method, Tableau, TimeGrid, Trace};
 use std::sync::Arc;
 
@@ -175,225 +181,6 @@ pub fn step_seed(seed: u64, step: u64) -> u32 {
     crate::rng::pcg_hash(seed as u32 ^ crate::rng::pcg_hash(step as u32 ^ 0x6d6c_6500))
 }
 
-/// The field of a likelihood solve on the GPU: the MLP with tangent rows (probes or exact
-/// directions), the integrands of trace.wgsl, and the backward pass of S through the
-/// tangents into a per-stage gradient.
-pub struct LikelihoodField {
-    pub pass: MlpPass,
-    pub trace: Trace,
-    /// Probe directions [T·rows, dim].
-    pub probes: wgpu::Buffer,
-    /// [rows, 4]: divergence, ‖v‖², Frobenius estimate, 0.
-    pub div: wgpu::Buffer,
-    /// The adjoint a at the current stage [rows, dim] (written by ode.wgsl).
-    pub cotangent: wgpu::Buffer,
-    /// ∂S/∂θ of the last backward pass (flat parameter layout).
-    pub stage_grads: wgpu::Buffer,
-    arena: UniformArena,
-    probe_slots: usize,
-    cot_slots: usize,
-    base: trace::TraceParams,
-    init: Arc<Kernel>,
-    divergence: Arc<Kernel>,
-    seed_cot: Arc<Kernel>,
-    g_init: wgpu::BindGroup,
-    g_div: wgpu::BindGroup,
-    g_cot: wgpu::BindGroup,
-    tiles: Tiles,
-}
-
-impl LikelihoodField {
-    /// A field over up to `capacity` rows with `probe_slots` probe-seed slots and
-    /// `cot_slots` sets of weights of S.
-    pub fn new(
-        ctx: &GpuContext,
-        mlp: &GpuMlp,
-        capacity: usize,
-        trace_kind: Trace,
-        probe_slots: usize,
-        cot_slots: usize,
-    ) -> Result<Self> {
-        let d = mlp.cfg.dim;
-        let tangents = trace_kind.tangents(d);
-        let stage_grads = ctx.storage("stage grads", mlp.layout.total)?;
-        let pass = MlpPass::new(
-            ctx,
-            mlp,
-            capacity,
-            PassOptions {
-                grads: Some(&stage_grads),
-                input_grad: true,
-                tangents,
-            },
-        )?;
-        let probes = ctx.storage("probes", tangents * capacity * d)?;
-        let div = ctx.storage("divergence", capacity * trace::DIV_STRIDE)?;
-        let cotangent = ctx.storage("cotangent", capacity * d)?;
-        let arena = UniformArena::new(ctx, "likelihood field params", probe_slots + 1 + cot_slots);
-        let init = trace::probe_init(ctx)?;
-        let divergence = trace::divergence(ctx)?;
-        let seed_cot = trace::trace_cotangent(ctx)?;
-        let g_init = init.bind(ctx, &arena, &[&pass.input, &probes]);
-        let g_div = divergence.bind(ctx, &arena, &[&probes, pass.output(), &div]);
-        let g_cot = seed_cot.bind(
-            ctx,
-            &arena,
-            &[&probes, pass.output(), &cotangent, pass.dz.last().unwrap()],
-        );
-        let base = trace::TraceParams {
-            dim: d as u32,
-            in_stride: mlp.layout.layers[0].in_pad as u32,
-            out_stride: MlpPass::out_stride(&mlp.cfg) as u32,
-            n_tangents: tangents as u32,
-            probe: trace_kind.probe_code(),
-            seed: trace_kind.seed() as u32,
-            ..Default::default()
-        };
-        Ok(LikelihoodField {
-            pass,
-            trace: trace_kind,
-            probes,
-            div,
-            cotangent,
-            stage_grads,
-            arena,
-            probe_slots,
-            cot_slots,
-            base,
-            init,
-            divergence,
-            seed_cot,
-            g_init,
-            g_div,
-            g_cot,
-            tiles: Tiles::for_class(ctx.class),
-        })
-    }
-
-    /// Work on `rows` rows; `weights[c]` are the weights of S's trace, kinetic and
-    /// Frobenius terms in cotangent slot c. Sets every slot; call
-    /// [`upload`](Self::upload) before recording.
-    pub fn set_rows(&mut self, ctx: &GpuContext, mlp: &GpuMlp, rows: usize, weights: &[[f64; 3]]) {
-        assert_eq!(weights.len(), self.cot_slots);
-        self.pass.set_rows(ctx, mlp, rows);
-        self.base.rows = rows as u32;
-        for s in 0..=self.probe_slots {
-            self.arena.set(s, &self.base);
-        }
-        for (c, a) in weights.iter().enumerate() {
-            let p = trace::TraceParams {
-                a_trace: a[0] as f32,
-                a_kinetic: a[1] as f32,
-                a_frobenius: a[2] as f32,
-                ..self.base
-            };
-            self.arena.set(self.probe_slots + 1 + c, &p);
-        }
-    }
-
-    /// Probe seed (and global index of row 0) of probe slot `slot`.
-    pub fn set_probe_seed(&mut self, slot: usize, seed: u32, row_offset: u32) {
-        let p = trace::TraceParams {
-            seed,
-            row_offset,
-            ..self.base
-        };
-        self.arena.set(slot, &p);
-    }
-
-    pub fn upload(&self, ctx: &GpuContext) {
-        self.arena
-            .upload(ctx, 0..self.probe_slots + 1 + self.cot_slots);
-    }
-
-    fn groups(&self) -> [u32; 3] {
-        trace::per_row_groups(&self.base, &self.tiles)
-    }
-
-    /// Draw the tangent directions into the MLP's tangent input rows (fixed until the next
-    /// call: over a whole step, forward and adjoint).
-    pub fn record_probe_init(&self, cp: &mut wgpu::ComputePass<'_>, slot: usize) {
-        self.init.dispatch(cp, &self.g_init, slot, self.groups());
-    }
-
-    /// v and the likelihood integrands at the current input rows.
-    pub fn record_eval(&self, cp: &mut wgpu::ComputePass<'_>) {
-        self.pass.record_forward(cp);
-        self.divergence
-            .dispatch(cp, &self.g_div, self.probe_slots, self.groups());
-    }
-
-    /// ∂S/∂x (the pass's input gradient) and ∂S/∂θ (`stage_grads`) at the current input
-    /// rows, with a from `cotangent` and the weights of cotangent slot `cot_slot`.
-    pub fn record_vjp(&self, cp: &mut wgpu::ComputePass<'_>, cot_slot: usize) {
-        self.pass.record_forward(cp);
-        self.seed_cot.dispatch(
-            cp,
-            &self.g_cot,
-            self.probe_slots + 1 + cot_slot,
-            self.groups(),
-        );
-        self.pass.record_backward(cp);
-    }
-}
-
-/// ∂S/∂(input) rows, ∂S/∂θ and the integrands of S at rows x (model units) and time t:
-/// the GPU side of the adjoint's per-stage work, for tests and tools.
-pub struct FieldVjp {
-    /// [rows, 4]: divergence, ‖v‖², Frobenius estimate, 0.
-    pub integrands: Vec<f32>,
-    /// [rows, in_pad]: gradient of S with respect to each MLP input row.
-    pub input_grad: Vec<f32>,
-    /// Flat parameter layout.
-    pub grads: Vec<f32>,
-}
-
-/// Evaluate [`FieldVjp`] once on the GPU (a per row, weights a_trace, a_kinetic, a_frobenius).
-pub fn field_vjp(
-    ctx: &GpuContext,
-    mlp: &GpuMlp,
-    x: &[f32],
-    t: f64,
-    trace_kind: Trace,
-    a: &[f32],
-    weights: [f64; 3],
-) -> Result<FieldVjp> {
-    let d = mlp.cfg.dim;
-    let n = x.len() / d;
-    let mut field = LikelihoodField::new(ctx, mlp, n, trace_kind, 1, 1)?;
-    field.set_rows(ctx, mlp, n, &[weights]);
-    field.set_probe_seed(0, trace_kind.seed() as u32, 0);
-    field.upload(ctx);
-    let in_pad = mlp.layout.layers[0].in_pad;
-    let mut input = vec![0.0f32; n * in_pad];
-    for (i, r) in x.chunks(d).enumerate() {
-        let xr: Vec<f64> = r.iter().map(|&v| v as f64).collect();
-        for (c, v) in crate::reference::input_row(&mlp.cfg, &xr, t)
-            .iter()
-            .enumerate()
-        {
-            input[i * in_pad + c] = *v as f32;
-        }
-    }
-    ctx.queue
-        .write_buffer(&field.pass.input, 0, bytemuck::cast_slice(&input));
-    ctx.queue
-        .write_buffer(&field.cotangent, 0, bytemuck::cast_slice(a));
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut cp = enc.begin_compute_pass(&Default::default());
-        field.record_probe_init(&mut cp, 0);
-        field.record_eval(&mut cp);
-        field.record_vjp(&mut cp, 0);
-    }
-    ctx.submit(enc)?;
-    Ok(FieldVjp {
-        integrands: ctx.read(&field.div, 0, n * trace::DIV_STRIDE)?,
-        input_grad: ctx.read(field.pass.input_grad.as_ref().unwrap(), 0, n * in_pad)?,
-        grads: ctx.read(&field.stage_grads, 0, mlp.layout.total)?,
-    })
-}
-
 /// Buffers and bind groups of one ODE solve driven by the stage kernels of ode.wgsl.
 struct OdeSolve {
     state: wgpu::Buffer,
@@ -401,27 +188,6 @@ struct OdeSolve {
     g_init: wgpu::BindGroup,
     g_stage: wgpu::BindGroup,
     g_final: wgpu::BindGroup,
-}
-
-/// `--grad backprop`: the stored states and the reverse-mode kernels of backprop.wgsl.
-struct Backprop {
-    _history: wgpu::Buffer,
-    _bars: wgpu::Buffer,
-    /// One slot per (step n, stage s), n-major.
-    arena: UniformArena,
-    base: backprop::BackpropParams,
-    start: Arc<Kernel>,
-    restore: Arc<Kernel>,
-    stage_input: Arc<Kernel>,
-    cotangent: Arc<Kernel>,
-    collect: Arc<Kernel>,
-    snapshot: Arc<Kernel>,
-    g_start: wgpu::BindGroup,
-    g_restore: wgpu::BindGroup,
-    g_stage_input: wgpu::BindGroup,
-    g_cotangent: wgpu::BindGroup,
-    g_collect: wgpu::BindGroup,
-    g_snapshot: wgpu::BindGroup,
 }
 
 /// The GPU state of the maximum-likelihood objective inside a [`crate::train::Trainer`].
@@ -449,8 +215,8 @@ pub struct MleState {
     accumulate: Arc<Kernel>,
     g_adj_start: wgpu::BindGroup,
     g_accumulate: wgpu::BindGroup,
-    backprop: Option<Backprop>,
-    adaptive: Option<Adaptive>,
+    backprop: Option<dto::Backprop>,
+    adaptive: Option<adaptive::Adaptive>,
     /// Field evaluations of the last step: (forward, gradient).
     last_nfe: std::rc::Rc<std::cell::Cell<(usize, usize)>>,
     /// Adaptive: total evaluations (forward, gradient) and steps counted.
@@ -592,7 +358,7 @@ impl MleState {
         };
         let backprop = if backprop_mode {
             let bars = ctx.storage("mle stage cotangents", (ns + 1) * batch * d)?;
-            let bp = BackpropKernels::get(ctx)?;
+            let bp = dto::BackpropKernels::get(ctx)?;
             let all: [&wgpu::Buffer; 7] = [
                 &history,
                 &fwd_state,
@@ -606,7 +372,7 @@ impl MleState {
                 |ids: &[usize]| -> Vec<&wgpu::Buffer> { ids.iter().map(|&i| all[i]).collect() };
             let arena = UniformArena::new(ctx, "backprop params", n_evals);
             let snapshot = ode::snapshot(ctx)?;
-            Some(Backprop {
+            Some(dto::Backprop {
                 g_start: bp.start.bind(ctx, &arena, &pick(&[1, 6])),
                 g_restore: bp.restore.bind(ctx, &arena, &pick(&[0, 1, 2])),
                 g_stage_input: bp.stage_input.bind(ctx, &arena, &pick(&[0, 2, 3])),
@@ -677,7 +443,7 @@ impl MleState {
             tiles: Tiles::for_class(ctx.class),
         };
         if cfg.adaptive() {
-            st.adaptive = Some(Adaptive::new(
+            st.adaptive = Some(adaptive::Adaptive::new(
                 ctx, &st, data, &clock, grads, &history, &fwd_base,
             )?);
         }
@@ -860,40 +626,6 @@ impl MleState {
         }
     }
 
-    /// Reverse mode through the forward solve's steps, last to first.
-    fn record_backprop(&self, cp: &mut wgpu::ComputePass<'_>, bp: &Backprop, params: [u32; 3]) {
-        let ns = self.n_stages;
-        let rows = backprop::per_row_groups(&bp.base, &self.tiles);
-        bp.start.dispatch(cp, &bp.g_start, 0, rows);
-        let mut first = true;
-        for n in (0..self.cfg.steps).rev() {
-            // Recompute k_q, q < S − 1, of step n with the forward's own stage slots.
-            if ns > 1 {
-                bp.restore.dispatch(cp, &bp.g_restore, n * ns, rows);
-                for s in 0..ns - 1 {
-                    self.field.record_eval(cp);
-                    let slot = self.steps_per_submit + 1 + n * ns + s;
-                    self.stage.dispatch(
-                        cp,
-                        &self.fwd.g_stage,
-                        slot,
-                        ode::per_row_groups(&self.ode_base, &self.tiles),
-                    );
-                }
-            }
-            for s in (0..ns).rev() {
-                let slot = n * ns + s;
-                bp.stage_input.dispatch(cp, &bp.g_stage_input, slot, rows);
-                bp.cotangent.dispatch(cp, &bp.g_cotangent, slot, rows);
-                self.field.record_vjp(cp, s);
-                self.accumulate
-                    .dispatch(cp, &self.g_accumulate, if first { 1 } else { 2 }, params);
-                first = false;
-                bp.collect.dispatch(cp, &bp.g_collect, slot, rows);
-            }
-        }
-    }
-
     fn stage_kernel(&self, last: bool) -> &Arc<Kernel> {
         if last {
             &self.final_
@@ -938,115 +670,6 @@ impl MleState {
         (self.nfe_total.0 as f64 / n, self.nfe_total.1 as f64 / n)
     }
 
-    /// dopri5: solve training step `step`'s forward and adjoint ODEs, submitting every
-    /// `ATTEMPTS` attempts and reading the step status back in between.
-    pub fn run_adaptive_step(&mut self, ctx: &GpuContext, step: u64) -> Result<()> {
-        let seed = step_seed(self.seed, step);
-        {
-            let ad = self.adaptive.as_mut().expect("adaptive MLE");
-            let fwd_init = ode::OdeParams {
-                seed,
-                ..ad.fwd_base
-            };
-            ad.arena.set(FWD_INIT, &fwd_init);
-            ad.arena.upload(ctx, FWD_INIT..FWD_INIT + 1);
-        }
-        self.field.set_probe_seed(0, seed, 0);
-        self.field.upload(ctx);
-        let ad = self.adaptive.as_ref().expect("adaptive MLE");
-        let ns = self.n_stages;
-        let rows = ode::per_row_groups(&self.ode_base, &self.tiles);
-        let n_rows = self.ode_base.rows as usize;
-        let max = self.cfg.max_steps;
-        // Forward: per-row Dormand–Prince with FSAL, as the sampler's.
-        let mut attempts = 0;
-        let mut first = true;
-        loop {
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut cp = enc.begin_compute_pass(&Default::default());
-                if first {
-                    ad.noise.dispatch(&mut cp, &ad.g_noise, FWD_INIT, rows);
-                    self.field.record_probe_init(&mut cp, 0);
-                    self.field.record_eval(&mut cp);
-                    ad.astage
-                        .dispatch(&mut cp, &ad.g_fwd_astage, FWD_STAGE, rows);
-                }
-                for _ in 0..ATTEMPTS {
-                    for s in 1..ns - 1 {
-                        self.field.record_eval(&mut cp);
-                        ad.astage
-                            .dispatch(&mut cp, &ad.g_fwd_astage, FWD_STAGE + s, rows);
-                    }
-                    self.field.record_eval(&mut cp);
-                    ad.afinal
-                        .dispatch(&mut cp, &ad.g_fwd_afinal, FWD_STAGE + ns - 1, rows);
-                }
-            }
-            ctx.submit(enc)?;
-            first = false;
-            attempts += ATTEMPTS;
-            let clock = ctx.read(&ad.clock, 0, n_rows * ode::CLOCK)?;
-            if check_status(&clock, n_rows, "forward", attempts, max)? {
-                break;
-            }
-        }
-        let fwd_nfe = 1 + (ns - 1) * attempts;
-        // Adjoint: batch-global steps, 7 fresh stages per attempt, gradient committed
-        // for accepted attempts only.
-        let params = mle::per_param_groups(&self.mle_base, &self.tiles);
-        let mut adj_attempts = 0;
-        let mut first = true;
-        loop {
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut cp = enc.begin_compute_pass(&Default::default());
-                if first {
-                    self.adj_start.dispatch(
-                        &mut cp,
-                        &self.g_adj_start,
-                        0,
-                        mle::per_row_groups(&self.mle_base, &self.tiles),
-                    );
-                    ad.start.dispatch(&mut cp, &ad.g_adj_start, ADJ_START, rows);
-                }
-                for a in 0..ATTEMPTS {
-                    for s in 0..ns {
-                        self.field.record_vjp(&mut cp, 0);
-                        self.accumulate
-                            .dispatch(&mut cp, &ad.g_accumulate, s, params);
-                        if s + 1 < ns {
-                            ad.astage
-                                .dispatch(&mut cp, &ad.g_adj_astage, ADJ_STAGE + s, rows);
-                        } else {
-                            ad.aerror
-                                .dispatch(&mut cp, &ad.g_adj_aerror, ADJ_STAGE + s, rows);
-                        }
-                    }
-                    ad.control
-                        .dispatch(&mut cp, &ad.g_control, ADJ_STAGE + ns, [1, 1, 1]);
-                    ad.apply
-                        .dispatch(&mut cp, &ad.g_adj_apply, ADJ_STAGE + ns + 1, rows);
-                    let init = first && a == 0;
-                    ad.commit
-                        .dispatch(&mut cp, &ad.g_commit, ns + (!init) as usize, params);
-                }
-            }
-            ctx.submit(enc)?;
-            first = false;
-            adj_attempts += ATTEMPTS;
-            let clock = ctx.read(&ad.clock, 0, ode::CLOCK)?;
-            if check_status(&clock, 1, "adjoint", adj_attempts, max)? {
-                break;
-            }
-        }
-        self.last_nfe.set((fwd_nfe, ns * adj_attempts));
-        self.nfe_total.0 += fwd_nfe;
-        self.nfe_total.1 += ns * adj_attempts;
-        self.nfe_total.2 += 1;
-        Ok(())
-    }
-
     /// The forward solve's final state [z, ℓ, E, F] per row (tests, diagnostics).
     pub fn forward_state(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         ctx.read(
@@ -1064,257 +687,5 @@ impl OdeSolve {
         } else {
             &self.g_stage
         }
-    }
-}
-
-/// The entry points of backprop.wgsl.
-struct BackpropKernels {
-    start: Arc<Kernel>,
-    restore: Arc<Kernel>,
-    stage_input: Arc<Kernel>,
-    cotangent: Arc<Kernel>,
-    collect: Arc<Kernel>,
-}
-
-impl BackpropKernels {
-    fn get(ctx: &GpuContext) -> Result<Self> {
-        Ok(BackpropKernels {
-            start: backprop::bp_start(ctx)?,
-            restore: backprop::bp_restore(ctx)?,
-            stage_input: backprop::bp_stage_input(ctx)?,
-            cotangent: backprop::bp_cotangent(ctx)?,
-            collect: backprop::bp_collect(ctx)?,
-        })
-    }
-}
-
-/// Adaptive attempts recorded between two status reads.
-const ATTEMPTS: usize = 2;
-// Slots of the adaptive arena.
-const FWD_INIT: usize = 0;
-const FWD_STAGE: usize = 1; // + s for s < S − 1; + S − 1: adaptive_final
-const ADJ_START: usize = 8;
-const ADJ_STAGE: usize = 9; // + s for s < S − 1; + S − 1: error; + S: control; + S + 1: apply
-const ADAPTIVE_SLOTS: usize = ADJ_STAGE + ode::MAX_STAGES + 2;
-
-/// true when every row is done; an error for a failed or too long solve.
-fn check_status(
-    clock: &[f32],
-    rows: usize,
-    which: &str,
-    attempts: usize,
-    max: usize,
-) -> Result<bool> {
-    let what = format!("dopri5 ({which} solve)");
-    let running = crate::solve::running_rows(
-        clock,
-        rows,
-        &what,
-        "the field blows up (lower --lr, add --kinetic)",
-    )?;
-    if running > 0 && attempts >= max {
-        return Err(Error::invalid(format!(
-            "{what}: not done within --mle-max-steps {max} attempts; loosen --mle-rtol/--mle-atol or regularize (--kinetic, --jacobian-frobenius)"
-        )));
-    }
-    Ok(running == 0)
-}
-
-/// `--mle-solver dopri5`: the forward solve with per-row step control (as sampling), the
-/// adjoint with one step size for the batch (ode.wgsl's global_control), so that the
-/// parameter gradient of an attempt — Σ_s b_s·∂S/∂θ, accumulated per stage — is added
-/// with weight −h once the attempt is accepted (mle.wgsl's commit). A step is several
-/// submits with a status readback between them, like any adaptive solve.
-struct Adaptive {
-    arena: UniformArena,
-    _quad: UniformArena,
-    fwd_base: ode::OdeParams,
-    clock: wgpu::Buffer,
-    _attempt_grads: wgpu::Buffer,
-    noise: Arc<Kernel>,
-    start: Arc<Kernel>,
-    astage: Arc<Kernel>,
-    afinal: Arc<Kernel>,
-    aerror: Arc<Kernel>,
-    control: Arc<Kernel>,
-    apply: Arc<Kernel>,
-    commit: Arc<Kernel>,
-    g_noise: wgpu::BindGroup,
-    g_adj_start: wgpu::BindGroup,
-    g_fwd_astage: wgpu::BindGroup,
-    g_fwd_afinal: wgpu::BindGroup,
-    g_adj_astage: wgpu::BindGroup,
-    g_adj_aerror: wgpu::BindGroup,
-    g_adj_apply: wgpu::BindGroup,
-    g_control: wgpu::BindGroup,
-    g_accumulate: wgpu::BindGroup,
-    g_commit: wgpu::BindGroup,
-}
-
-impl Adaptive {
-    fn new(
-        ctx: &GpuContext,
-        st: &MleState,
-        data: &wgpu::Buffer,
-        clock: &wgpu::Buffer,
-        grads: &wgpu::Buffer,
-        history: &wgpu::Buffer,
-        fwd_base: &ode::OdeParams,
-    ) -> Result<Self> {
-        let cfg = &st.cfg;
-        let tab = Tableau::dopri5();
-        let e = tab.e.clone().expect("dopri5 error weights");
-        let ns = tab.stages();
-        let field = &st.field;
-        let p = &field.pass;
-        let mut arena = UniformArena::new(ctx, "mle adaptive params", ADAPTIVE_SLOTS);
-        let mut quad = UniformArena::new(ctx, "mle adaptive quadrature", ns + 2);
-        let attempt_grads = ctx.storage("attempt grads", st.mle_base.n_params as usize)?;
-        let noise = ode::base_noise(ctx)?;
-        let start = ode::start(ctx)?;
-        let astage = ode::adaptive_stage(ctx)?;
-        let afinal = ode::adaptive_final(ctx)?;
-        let aerror = ode::adaptive_error(ctx)?;
-        let control = ode::global_control(ctx)?;
-        let apply = ode::adaptive_apply(ctx)?;
-        let commit = mle::commit(ctx)?;
-        let input_grad = p.input_grad.as_ref().expect("input grad");
-        let fwd_all = [
-            &st.fwd.state,
-            &p.input,
-            p.output(),
-            &st.fwd.k,
-            clock,
-            history,
-            &field.div,
-            &field.cotangent,
-        ];
-        let adj_all = [
-            &st.adj.state,
-            &p.input,
-            p.output(),
-            &st.adj.k,
-            clock,
-            history,
-            input_grad,
-            &field.cotangent,
-        ];
-        let tol = |base: &ode::OdeParams, t0: f64, t1: f64| ode::OdeParams {
-            t: t0 as f32,
-            h: (0.05 * (t1 - t0)) as f32,
-            t_end: t1 as f32,
-            rtol: cfg.rtol as f32,
-            atol: cfg.atol as f32,
-            safety: 0.9,
-            fac_min: 0.2,
-            fac_max: 10.0,
-            h_min: 1e-6,
-            ..*base
-        };
-        let fwd = tol(fwd_base, 1.0, 0.0);
-        let adj = tol(
-            &ode::OdeParams {
-                aug: st.ode_base.dim,
-                adjoint: 1,
-                ..st.ode_base
-            },
-            0.0,
-            1.0,
-        );
-        let coefs = |v: &[f64]| {
-            let mut c = [0.0f32; 8];
-            for (d, s) in c.iter_mut().zip(v) {
-                *d = *s as f32;
-            }
-            c
-        };
-        arena.set(FWD_INIT, &fwd);
-        arena.set(ADJ_START, &adj);
-        for s in 0..ns - 1 {
-            for (slot, base) in [(FWD_STAGE + s, &fwd), (ADJ_STAGE + s, &adj)] {
-                let sp = ode::OdeParams {
-                    stage: s as u32,
-                    n_terms: tab.a[s + 1].len() as u32,
-                    c_next: tab.c[s + 1] as f32,
-                    coef: coefs(&tab.a[s + 1]),
-                    ..*base
-                };
-                arena.set(slot, &sp);
-            }
-        }
-        for (slot, base) in [(FWD_STAGE + ns - 1, &fwd), (ADJ_STAGE + ns - 1, &adj)] {
-            let fp = ode::OdeParams {
-                stage: (ns - 1) as u32,
-                n_terms: ns as u32,
-                coef: coefs(&tab.b),
-                err_coef: coefs(&e),
-                a_first: tab.a[1][0] as f32,
-                c_first: tab.c[1] as f32,
-                ..*base
-            };
-            arena.set(slot, &fp);
-        }
-        arena.set(ADJ_STAGE + ns, &adj);
-        arena.set(
-            ADJ_STAGE + ns + 1,
-            &ode::OdeParams {
-                n_terms: ns as u32,
-                coef: coefs(&tab.b),
-                ..adj
-            },
-        );
-        arena.upload(ctx, 0..ADAPTIVE_SLOTS);
-        for (s, b) in tab.b.iter().enumerate() {
-            let mp = mle::MleParams {
-                coef: *b as f32,
-                init: (s == 0) as u32,
-                ..st.mle_base
-            };
-            quad.set(s, &mp);
-        }
-        for init in [1u32, 0] {
-            let mp = mle::MleParams {
-                coef: -1.0,
-                init,
-                ..st.mle_base
-            };
-            quad.set(ns + (init == 0) as usize, &mp);
-        }
-        quad.upload(ctx, 0..ns + 2);
-        Ok(Adaptive {
-            g_noise: noise.bind(
-                ctx,
-                &arena,
-                &[&st.fwd.state, &p.input, clock, data, &field.cotangent],
-            ),
-            g_adj_start: start.bind(
-                ctx,
-                &arena,
-                &[&st.adj.state, &p.input, clock, &field.cotangent],
-            ),
-            g_fwd_astage: astage.bind(ctx, &arena, &fwd_all),
-            g_fwd_afinal: afinal.bind(ctx, &arena, &fwd_all),
-            g_adj_astage: astage.bind(ctx, &arena, &adj_all),
-            g_adj_aerror: aerror.bind(ctx, &arena, &adj_all),
-            g_adj_apply: apply.bind(ctx, &arena, &adj_all),
-            g_control: control.bind(ctx, &arena, &[clock]),
-            g_accumulate: st
-                .accumulate
-                .bind(ctx, &quad, &[&field.stage_grads, &attempt_grads]),
-            g_commit: commit.bind(ctx, &quad, &[&attempt_grads, grads, clock]),
-            arena,
-            _quad: quad,
-            fwd_base: fwd,
-            clock: clock.clone(),
-            _attempt_grads: attempt_grads,
-            noise,
-            start,
-            astage,
-            afinal,
-            aerror,
-            control,
-            apply,
-            commit,
-        })
     }
 }

@@ -1,0 +1,228 @@
+//! The field of a likelihood solve on the GPU: the MLP with tangent rows, the integrands of
+//! trace.wgsl, and the vector-Jacobian product of S through the tangents.
+
+use crate::error::Result;
+use crate::gpu::{GpuContext, UniformArena};
+use crate::kernels::{trace, Kernel, Tiles};
+use crate::mlp::{GpuMlp, MlpPass, PassOptions};
+use crate::solve::Trace;
+use std::sync::Arc;
+
+/// The field of a likelihood solve on the GPU: the MLP with tangent rows (probes or exact
+/// directions), the integrands of trace.wgsl, and the backward pass of S through the
+/// tangents into a per-stage gradient.
+pub struct LikelihoodField {
+    pub pass: MlpPass,
+    pub trace: Trace,
+    /// Probe directions [T·rows, dim].
+    pub probes: wgpu::Buffer,
+    /// [rows, 4]: divergence, ‖v‖², Frobenius estimate, 0.
+    pub div: wgpu::Buffer,
+    /// The adjoint a at the current stage [rows, dim] (written by ode.wgsl).
+    pub cotangent: wgpu::Buffer,
+    /// ∂S/∂θ of the last backward pass (flat parameter layout).
+    pub stage_grads: wgpu::Buffer,
+    arena: UniformArena,
+    probe_slots: usize,
+    cot_slots: usize,
+    base: trace::TraceParams,
+    init: Arc<Kernel>,
+    divergence: Arc<Kernel>,
+    seed_cot: Arc<Kernel>,
+    g_init: wgpu::BindGroup,
+    g_div: wgpu::BindGroup,
+    g_cot: wgpu::BindGroup,
+    tiles: Tiles,
+}
+
+impl LikelihoodField {
+    /// A field over up to `capacity` rows with `probe_slots` probe-seed slots and
+    /// `cot_slots` sets of weights of S.
+    pub fn new(
+        ctx: &GpuContext,
+        mlp: &GpuMlp,
+        capacity: usize,
+        trace_kind: Trace,
+        probe_slots: usize,
+        cot_slots: usize,
+    ) -> Result<Self> {
+        let d = mlp.cfg.dim;
+        let tangents = trace_kind.tangents(d);
+        let stage_grads = ctx.storage("stage grads", mlp.layout.total)?;
+        let pass = MlpPass::new(
+            ctx,
+            mlp,
+            capacity,
+            PassOptions {
+                grads: Some(&stage_grads),
+                input_grad: true,
+                tangents,
+            },
+        )?;
+        let probes = ctx.storage("probes", tangents * capacity * d)?;
+        let div = ctx.storage("divergence", capacity * trace::DIV_STRIDE)?;
+        let cotangent = ctx.storage("cotangent", capacity * d)?;
+        let arena = UniformArena::new(ctx, "likelihood field params", probe_slots + 1 + cot_slots);
+        let init = trace::probe_init(ctx)?;
+        let divergence = trace::divergence(ctx)?;
+        let seed_cot = trace::trace_cotangent(ctx)?;
+        let g_init = init.bind(ctx, &arena, &[&pass.input, &probes]);
+        let g_div = divergence.bind(ctx, &arena, &[&probes, pass.output(), &div]);
+        let g_cot = seed_cot.bind(
+            ctx,
+            &arena,
+            &[&probes, pass.output(), &cotangent, pass.dz.last().unwrap()],
+        );
+        let base = trace::TraceParams {
+            dim: d as u32,
+            in_stride: mlp.layout.layers[0].in_pad as u32,
+            out_stride: MlpPass::out_stride(&mlp.cfg) as u32,
+            n_tangents: tangents as u32,
+            probe: trace_kind.probe_code(),
+            seed: trace_kind.seed() as u32,
+            ..Default::default()
+        };
+        Ok(LikelihoodField {
+            pass,
+            trace: trace_kind,
+            probes,
+            div,
+            cotangent,
+            stage_grads,
+            arena,
+            probe_slots,
+            cot_slots,
+            base,
+            init,
+            divergence,
+            seed_cot,
+            g_init,
+            g_div,
+            g_cot,
+            tiles: Tiles::for_class(ctx.class),
+        })
+    }
+
+    /// Work on `rows` rows; `weights[c]` are the weights of S's trace, kinetic and
+    /// Frobenius terms in cotangent slot c. Sets every slot; call
+    /// [`upload`](Self::upload) before recording.
+    pub fn set_rows(&mut self, ctx: &GpuContext, mlp: &GpuMlp, rows: usize, weights: &[[f64; 3]]) {
+        assert_eq!(weights.len(), self.cot_slots);
+        self.pass.set_rows(ctx, mlp, rows);
+        self.base.rows = rows as u32;
+        for s in 0..=self.probe_slots {
+            self.arena.set(s, &self.base);
+        }
+        for (c, a) in weights.iter().enumerate() {
+            let p = trace::TraceParams {
+                a_trace: a[0] as f32,
+                a_kinetic: a[1] as f32,
+                a_frobenius: a[2] as f32,
+                ..self.base
+            };
+            self.arena.set(self.probe_slots + 1 + c, &p);
+        }
+    }
+
+    /// Probe seed (and global index of row 0) of probe slot `slot`.
+    pub fn set_probe_seed(&mut self, slot: usize, seed: u32, row_offset: u32) {
+        let p = trace::TraceParams {
+            seed,
+            row_offset,
+            ..self.base
+        };
+        self.arena.set(slot, &p);
+    }
+
+    pub fn upload(&self, ctx: &GpuContext) {
+        self.arena
+            .upload(ctx, 0..self.probe_slots + 1 + self.cot_slots);
+    }
+
+    fn groups(&self) -> [u32; 3] {
+        trace::per_row_groups(&self.base, &self.tiles)
+    }
+
+    /// Draw the tangent directions into the MLP's tangent input rows (fixed until the next
+    /// call: over a whole step, forward and adjoint).
+    pub fn record_probe_init(&self, cp: &mut wgpu::ComputePass<'_>, slot: usize) {
+        self.init.dispatch(cp, &self.g_init, slot, self.groups());
+    }
+
+    /// v and the likelihood integrands at the current input rows.
+    pub fn record_eval(&self, cp: &mut wgpu::ComputePass<'_>) {
+        self.pass.record_forward(cp);
+        self.divergence
+            .dispatch(cp, &self.g_div, self.probe_slots, self.groups());
+    }
+
+    /// ∂S/∂x (the pass's input gradient) and ∂S/∂θ (`stage_grads`) at the current input
+    /// rows, with a from `cotangent` and the weights of cotangent slot `cot_slot`.
+    pub fn record_vjp(&self, cp: &mut wgpu::ComputePass<'_>, cot_slot: usize) {
+        self.pass.record_forward(cp);
+        self.seed_cot.dispatch(
+            cp,
+            &self.g_cot,
+            self.probe_slots + 1 + cot_slot,
+            self.groups(),
+        );
+        self.pass.record_backward(cp);
+    }
+}
+
+/// ∂S/∂(input) rows, ∂S/∂θ and the integrands of S at rows x (model units) and time t:
+/// the GPU side of the adjoint's per-stage work, for tests and tools.
+pub struct FieldVjp {
+    /// [rows, 4]: divergence, ‖v‖², Frobenius estimate, 0.
+    pub integrands: Vec<f32>,
+    /// [rows, in_pad]: gradient of S with respect to each MLP input row.
+    pub input_grad: Vec<f32>,
+    /// Flat parameter layout.
+    pub grads: Vec<f32>,
+}
+
+/// Evaluate [`FieldVjp`] once on the GPU (a per row, weights a_trace, a_kinetic, a_frobenius).
+pub fn field_vjp(
+    ctx: &GpuContext,
+    mlp: &GpuMlp,
+    x: &[f32],
+    t: f64,
+    trace_kind: Trace,
+    a: &[f32],
+    weights: [f64; 3],
+) -> Result<FieldVjp> {
+    let d = mlp.cfg.dim;
+    let n = x.len() / d;
+    let mut field = LikelihoodField::new(ctx, mlp, n, trace_kind, 1, 1)?;
+    field.set_rows(ctx, mlp, n, &[weights]);
+    field.set_probe_seed(0, trace_kind.seed() as u32, 0);
+    field.upload(ctx);
+    let in_pad = mlp.layout.layers[0].in_pad;
+    let mut input = vec![0.0f32; n * in_pad];
+    for (i, r) in x.chunks(d).enumerate() {
+        let xr: Vec<f64> = r.iter().map(|&v| v as f64).collect();
+        for (c, v) in crate::reference::input_row(&mlp.cfg, &xr, t)
+            .iter()
+            .enumerate()
+        {
+            input[i * in_pad + c] = *v as f32;
+        }
+    }
+    ctx.queue
+        .write_buffer(&field.pass.input, 0, bytemuck::cast_slice(&input));
+    ctx.queue
+        .write_buffer(&field.cotangent, 0, bytemuck::cast_slice(a));
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut cp = enc.begin_compute_pass(&Default::default());
+        field.record_probe_init(&mut cp, 0);
+        field.record_eval(&mut cp);
+        field.record_vjp(&mut cp, 0);
+    }
+    ctx.submit(enc)?;
+    Ok(FieldVjp {
+        integrands: ctx.read(&field.div, 0, n * trace::DIV_STRIDE)?,
+        input_grad: ctx.read(field.pass.input_grad.as_ref().unwrap(), 0, n * in_pad)?,
+        grads: ctx.read(&field.stage_grads, 0, mlp.layout.total)?,
+    })
+}
