@@ -14,6 +14,10 @@
 //!
 //! a_ℓ = −1/B, a_E = −λ_K/B and a_F = −λ_J/B are constant in time (nothing depends on
 //! ℓ, E, F), so the adjoint only carries a for x.
+//!
+//! Files: this one (settings, the fixed-step forward solve and adjoint); `field.rs` (the
+//! MLP with tangents, its integrands and VJP); `dto.rs` (`--grad backprop`);
+//! `adaptive.rs` (dopri5: per-row forward, batch-global adjoint).
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
@@ -644,7 +648,7 @@ impl MleState {
         )
     }
 
-    /// dopri5: the step runs its own submits (see [`Adaptive`]).
+    /// dopri5: the step runs its own submits (see `adaptive.rs`).
     pub fn adaptive(&self) -> bool {
         self.adaptive.is_some()
     }
