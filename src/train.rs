@@ -498,7 +498,7 @@ impl Trainer {
         }
         self.arena.upload(ctx, 0..3 * k);
         if let Some(m) = &self.mle {
-            m.upload(ctx);
+            m.upload_steps(ctx, n);
         }
         if self.mle.as_ref().is_some_and(|m| m.adaptive()) {
             // dopri5 MLE: each step's solves submit on their own, then its update.

@@ -22,7 +22,7 @@ impl MleState {
             ad.arena.upload(ctx, FWD_INIT..FWD_INIT + 1);
         }
         self.field.set_probe_seed(0, seed, 0);
-        self.field.upload(ctx);
+        self.field.upload_probes(ctx, 0..1);
         let ad = self.adaptive.as_ref().expect("adaptive MLE");
         let ns = self.n_stages;
         let rows = ode::per_row_groups(&self.ode_base, &self.tiles);

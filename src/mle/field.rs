@@ -139,6 +139,12 @@ impl LikelihoodField {
             .upload(ctx, 0..self.probe_slots + 1 + self.cot_slots);
     }
 
+    /// Upload only probe slots `slots` (the per-step seeds; the rest is set once).
+    pub fn upload_probes(&self, ctx: &GpuContext, slots: std::ops::Range<usize>) {
+        assert!(slots.end <= self.probe_slots);
+        self.arena.upload(ctx, slots);
+    }
+
     fn groups(&self) -> [u32; 3] {
         trace::per_row_groups(&self.base, &self.tiles)
     }

@@ -561,9 +561,17 @@ impl MleState {
         self.field.set_probe_seed(i, seed, 0);
     }
 
-    pub fn upload(&self, ctx: &GpuContext) {
+    /// Upload every parameter slot (once, at construction).
+    fn upload(&self, ctx: &GpuContext) {
         self.ode_arena.upload(ctx, 0..self.ode_arena_len());
         self.field.upload(ctx);
+    }
+
+    /// Upload the per-step slots of the next `n` steps ([`set_step`](Self::set_step)); the
+    /// stage and quadrature slots do not change between steps.
+    pub fn upload_steps(&self, ctx: &GpuContext, n: usize) {
+        self.ode_arena.upload(ctx, 0..n);
+        self.field.upload_probes(ctx, 0..n);
     }
 
     fn ode_arena_len(&self) -> usize {
