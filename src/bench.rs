@@ -8,7 +8,7 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{matmul, Tiles};
+use crate::kernels::matmul;
 use crate::model::{Activation, MlpConfig, Model, ModelConfig, Weights};
 use crate::path::GaussianPath;
 use crate::solve::{Method, Sampler, SolveConfig, Trace};
@@ -272,7 +272,7 @@ fn bench_trainer(
 
 /// GFLOP/s of flowgpu's `linear_forward` (identity epilogue) on an (M, K, N) problem.
 pub fn sgemm(ctx: &GpuContext, m: usize, k: usize, n: usize, min_time: f64) -> Result<f64> {
-    let tiles = Tiles::for_class(ctx.class);
+    let tiles = ctx.tiles;
     let k4 = k.div_ceil(4);
     let x = ctx.storage("sgemm x", m * 4 * k4)?;
     let w = ctx.storage("sgemm w", n * 4 * k4 + n.div_ceil(4) * 4)?;

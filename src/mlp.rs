@@ -100,7 +100,7 @@ impl MlpPass {
         let stacked = (1 + tangents) * capacity;
         let train = grads.is_some();
         let store_z = train || tangents > 0;
-        let tiles = Tiles::for_class(ctx.class);
+        let tiles = ctx.tiles;
         let layers = &mlp.layout.layers;
         let n_layers = layers.len();
         let input = ctx.storage("mlp input", stacked * layers[0].in_pad)?;
@@ -289,12 +289,13 @@ impl MlpPass {
     pub fn record_forward(&self, pass: &mut wgpu::ComputePass<'_>) {
         let n = self.fwd_params.len();
         for (i, p) in self.fwd_params.iter().enumerate() {
-            self.forward.dispatch(
-                pass,
-                &self.fwd_groups[i],
-                SLOT_FWD * n + i,
-                matmul::linear_forward_groups(p, &self.tiles),
-            );
+            let grid = if self.tangents > 0 {
+                matmul::linear_jvp_groups(p, &self.tiles)
+            } else {
+                matmul::linear_forward_groups(p, &self.tiles)
+            };
+            self.forward
+                .dispatch(pass, &self.fwd_groups[i], SLOT_FWD * n + i, grid);
         }
     }
 
@@ -330,7 +331,7 @@ impl MlpPass {
                         pass,
                         g,
                         SLOT_JVP * n + i,
-                        mlp_backward::backward_input_groups(tp, &self.tiles),
+                        mlp_backward::backward_input_jvp_groups(tp, &self.tiles),
                     );
                 } else {
                     bi.dispatch(

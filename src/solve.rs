@@ -556,7 +556,7 @@ impl ChunkSolver {
             arena,
             kernels,
             groups,
-            tiles: Tiles::for_class(ctx.class),
+            tiles: ctx.tiles,
             trace_arena,
             trace,
             div,

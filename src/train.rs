@@ -248,7 +248,7 @@ impl Trainer {
         }
         let mut cfg = cfg.clone();
         cfg.log_every = cfg.log_every.div_ceil(cfg.steps_per_submit) * cfg.steps_per_submit;
-        let tiles = Tiles::for_class(ctx.class);
+        let tiles = ctx.tiles;
         let mlp = GpuMlp::new(ctx, mlp_cfg, weights)?;
         let n = mlp.layout.total;
         let grads = ctx.storage("grads", n)?;

@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::{assert_close, ctx};
+use common::{assert_close, ctx, tile_variants};
 use flowgpu::gpu::UniformArena;
-use flowgpu::kernels::{adam, cfm, Tiles};
+use flowgpu::kernels::{adam, cfm};
 use flowgpu::mlp::{GpuMlp, MlpPass, PassOptions};
 use flowgpu::model::{pad4, Activation, MlpConfig, Weights};
-use flowgpu::{reference, GaussianPath};
+use flowgpu::{reference, GaussianPath, GpuContext};
 use rand::{Rng, SeedableRng};
 
 fn rng(seed: u64) -> rand::rngs::StdRng {
@@ -59,7 +59,17 @@ const ACTIVATIONS: [Activation; 5] = [
 
 #[test]
 fn linear_forward_matches_reference_for_every_activation() {
-    let ctx = ctx();
+    for ctx in tile_variants() {
+        linear_forward_matches_reference(ctx);
+    }
+}
+
+fn linear_forward_matches_reference(ctx: &GpuContext) {
+    let variant = if ctx.tiles.subgroup8 {
+        "subgroup"
+    } else {
+        "plain"
+    };
     for (a, act) in ACTIVATIONS.into_iter().enumerate() {
         let cfg = cfg(act);
         let w = Weights::init(&cfg, &mut rng(a as u64));
@@ -79,7 +89,7 @@ fn linear_forward_matches_reference_for_every_activation() {
         let want = reference::eval(&cfg, &w, &x);
         // f32 sums of ≤ 38 products of O(1) terms.
         assert_close(
-            &format!("forward {act:?}"),
+            &format!("{variant} forward {act:?}"),
             &unpad(&out, rows, 3, 4),
             &want,
             1e-4,
@@ -90,13 +100,13 @@ fn linear_forward_matches_reference_for_every_activation() {
 
 /// Runs backward on the GPU from a given dL/dv; returns (flat grads, dz of layer 0, dX).
 fn gpu_backward(
+    ctx: &GpuContext,
     cfg: &MlpConfig,
     w: &Weights,
     xg: &[f32],
     dv: &[f64],
     rows: usize,
 ) -> (Weights, Vec<f32>, Vec<f32>) {
-    let ctx = ctx();
     let mlp = GpuMlp::new(ctx, cfg, w).unwrap();
     let grads = ctx.storage("grads", mlp.layout.total).unwrap();
     let pass = MlpPass::new(
@@ -175,26 +185,6 @@ fn backward_matches_reference_single_and_multi_chunk() {
             .collect();
         let acts = reference::forward(&cfg, &w, &x);
         let want = reference::backward(&cfg, &w, &acts, &dv);
-        let (g, dz0, dx) = gpu_backward(&cfg, &w, &xg, &dv, rows);
-        for l in 0..want.w.len() {
-            // Sums over `rows` terms: tolerance relative to the largest entry.
-            let atol = 1e-5 * max_abs(&want.w[l]).max(1.0) * (rows as f64).sqrt();
-            assert_close(
-                &format!("{act:?} rows {rows} dW[{l}]"),
-                &g.layers[l].w,
-                &want.w[l],
-                1e-4,
-                atol,
-            );
-            let atol = 1e-5 * max_abs(&want.b[l]).max(1.0) * (rows as f64).sqrt();
-            assert_close(
-                &format!("{act:?} rows {rows} db[{l}]"),
-                &g.layers[l].b,
-                &want.b[l],
-                1e-4,
-                atol,
-            );
-        }
         // dz of layer 0 = dX of layer 1 ⊙ act'(z0): checks backward_input's epilogue.
         let acts_grad: Vec<f64> = {
             let l1 = &w.layers[1];
@@ -214,8 +204,47 @@ fn backward_matches_reference_single_and_multi_chunk() {
                 .map(|(d, z)| d * act.grad(*z))
                 .collect()
         };
-        assert_close(&format!("{act:?} dz0"), &dz0, &acts_grad, 1e-4, 1e-5);
-        assert_close(&format!("{act:?} dX"), &dx, &want.input, 1e-4, 1e-5);
+        for ctx in tile_variants() {
+            let (g, dz0, dx) = gpu_backward(ctx, &cfg, &w, &xg, &dv, rows);
+            let variant = if ctx.tiles.subgroup8 {
+                "subgroup"
+            } else {
+                "plain"
+            };
+            for l in 0..want.w.len() {
+                // Sums over `rows` terms: tolerance relative to the largest entry.
+                let atol = 1e-5 * max_abs(&want.w[l]).max(1.0) * (rows as f64).sqrt();
+                assert_close(
+                    &format!("{variant} {act:?} rows {rows} dW[{l}]"),
+                    &g.layers[l].w,
+                    &want.w[l],
+                    1e-4,
+                    atol,
+                );
+                let atol = 1e-5 * max_abs(&want.b[l]).max(1.0) * (rows as f64).sqrt();
+                assert_close(
+                    &format!("{variant} {act:?} rows {rows} db[{l}]"),
+                    &g.layers[l].b,
+                    &want.b[l],
+                    1e-4,
+                    atol,
+                );
+            }
+            assert_close(
+                &format!("{variant} {act:?} dz0"),
+                &dz0,
+                &acts_grad,
+                1e-4,
+                1e-5,
+            );
+            assert_close(
+                &format!("{variant} {act:?} dX"),
+                &dx,
+                &want.input,
+                1e-4,
+                1e-5,
+            );
+        }
     }
 }
 
@@ -317,7 +346,7 @@ fn reference_backward_matches_finite_differences() {
 #[test]
 fn cfm_prepare_and_loss_match_reference_for_each_path() {
     let ctx = ctx();
-    let tiles = Tiles::for_class(ctx.class);
+    let tiles = ctx.tiles;
     let cfg = cfg(Activation::Silu); // dim 3, 3 time columns: input stride 8, output 4
     let (batch, n_data) = (300, 1000);
     let mut r = rng(7);
@@ -434,7 +463,7 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
 #[test]
 fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
     let ctx = ctx();
-    let tiles = Tiles::for_class(ctx.class);
+    let tiles = ctx.tiles;
     let n = 70_001; // several grad_sq workgroups, not a multiple of anything
     let mut r = rng(9);
     let mut p: Vec<f64> = (0..n)
@@ -521,7 +550,7 @@ fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
 #[test]
 fn cfm_prepare_writes_class_one_hots_with_label_dropout() {
     let ctx = ctx();
-    let tiles = Tiles::for_class(ctx.class);
+    let tiles = ctx.tiles;
     // dim 3, 3 time columns, 5 classes: 11 inputs, stride 12.
     let cfg = MlpConfig {
         classes: 5,

@@ -181,6 +181,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub class: AdapterClass,
+    /// Tile shapes and kernel variants for this device (see [`crate::kernels::Tiles`]).
+    pub tiles: crate::kernels::Tiles,
     errors: ErrorSlot,
     pub(crate) pipelines: crate::kernels::PipelineCache,
     /// Bytes of storage buffers created so far (benchmarks report the growth).
@@ -232,11 +234,11 @@ impl GpuContext {
         }
         let desc = wgpu::DeviceDescriptor {
             label: Some("flowgpu"),
-            required_features: if profile {
+            required_features: (if profile {
                 profile::FEATURES
             } else {
                 wgpu::Features::empty()
-            },
+            }) | (adapter.features() & wgpu::Features::SUBGROUP),
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -265,12 +267,18 @@ impl GpuContext {
             AdapterClass::Hardware
         };
         let profiler = profile.then(|| Arc::new(profile::Profiler::new(&device, &queue)));
+        let tiles = crate::kernels::Tiles::for_adapter(
+            class,
+            (info.subgroup_min_size, info.subgroup_max_size),
+            device.features().contains(wgpu::Features::SUBGROUP),
+        );
         Ok(GpuContext {
             device,
             queue,
             info,
             limits,
             class,
+            tiles,
             errors,
             pipelines: Default::default(),
             allocated: Default::default(),

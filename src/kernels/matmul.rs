@@ -1,4 +1,6 @@
-//! Wrapper of `shaders/matmul.wgsl`: the batched linear-layer forward.
+//! Wrapper of `shaders/matmul.wgsl` (the batched linear-layer forward) and of its
+//! 8-lane-subgroup variant `shaders/matmul_subgroup.wgsl`, which `linear_forward` picks
+//! when the context's tiles say so (same parameters and bindings).
 
 use super::{div_ceil, Access, Kernel, Shader, Tiles};
 use crate::error::Result;
@@ -8,6 +10,10 @@ use std::sync::Arc;
 /// Outputs per thread (`TILE_ROWS`, `TILE_COLS` in matmul.wgsl).
 pub const TILE_ROWS: u32 = 8;
 pub const TILE_COLS: u32 = 4;
+/// Rows per subgroup of linear_forward_subgroup (`SG_ROWS`); a workgroup is one
+/// 8-lane subgroup covering 8·TILE_COLS output features.
+pub const SG_ROWS: u32 = 16;
+const SG_LANES: u32 = 8;
 
 /// Mirrors `LinearParams` in matmul.wgsl.
 #[repr(C)]
@@ -34,7 +40,16 @@ const LINEAR_FORWARD: &[(u32, Access)] = &[
 ];
 
 pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Matmul, "linear_forward", LINEAR_FORWARD)
+    if ctx.tiles.subgroup8 {
+        Kernel::get(
+            ctx,
+            Shader::MatmulSubgroup,
+            "linear_forward_subgroup",
+            LINEAR_FORWARD,
+        )
+    } else {
+        Kernel::get(ctx, Shader::Matmul, "linear_forward", LINEAR_FORWARD)
+    }
 }
 
 /// Primal rows and their tangent rows in one dispatch (same bindings).
@@ -43,9 +58,30 @@ pub fn linear_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 }
 
 pub fn linear_forward_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
+    if t.subgroup8 {
+        let [y, z] = row_blocks(p.rows as usize, SG_ROWS);
+        return [
+            div_ceil(p.out_features as usize, TILE_COLS * SG_LANES),
+            y,
+            z,
+        ];
+    }
+    linear_jvp_groups(p, t)
+}
+
+/// Grid of linear_jvp (plain tiles only: it has no subgroup variant).
+pub fn linear_jvp_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
     [
         div_ceil(p.out_features as usize, TILE_COLS * t.wg_x),
         div_ceil(p.rows as usize, TILE_ROWS * t.wg_y),
         1,
     ]
+}
+
+/// Workgroups along y and z for `rows` rows in blocks of `block` (one block per
+/// workgroup): the subgroup kernels fold blocks past 65535 into z (`wg.y + wg.z·nwg.y`).
+pub(crate) fn row_blocks(rows: usize, block: u32) -> [u32; 2] {
+    let blocks = rows.div_ceil(block as usize).max(1);
+    let y = blocks.min(65535);
+    [y as u32, blocks.div_ceil(y) as u32]
 }

@@ -1,4 +1,6 @@
-//! Wrapper of `shaders/mlp_backward.wgsl`: input and weight gradients of a linear layer.
+//! Wrapper of `shaders/mlp_backward.wgsl` (input and weight gradients of a linear layer)
+//! and of its 8-lane-subgroup variant `shaders/mlp_backward_subgroup.wgsl`, picked when
+//! the context's tiles say so (same parameters and bindings).
 
 use super::{div_ceil, grid_1d, Access, Kernel, Shader, Tiles};
 use crate::error::Result;
@@ -9,6 +11,11 @@ use std::sync::Arc;
 pub const DX_ROWS: u32 = 8;
 pub const DW_OUT_VEC4: u32 = 2;
 pub const DW_IN_VEC4: u32 = 2;
+/// Subgroup tiles (`SG_DX_ROWS`, `SG_DW_OUT_VEC4` in mlp_backward_subgroup.wgsl): one
+/// 8-lane subgroup per workgroup, one input vec4 per lane.
+pub const SG_DX_ROWS: u32 = 16;
+pub const SG_DW_OUT_VEC4: u32 = 4;
+const SG_LANES: u32 = 8;
 
 /// Mirrors `BackwardParams` in mlp_backward.wgsl.
 #[repr(C)]
@@ -46,10 +53,28 @@ const BACKWARD_WEIGHT: &[(u32, Access)] = &[
 const REDUCE_CHUNKS: &[(u32, Access)] = &[(6, Access::ReadWrite), (7, Access::ReadWrite)];
 
 pub fn backward_input(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::MlpBackward, "backward_input", BACKWARD_INPUT)
+    if ctx.tiles.subgroup8 {
+        Kernel::get(
+            ctx,
+            Shader::MlpBackwardSubgroup,
+            "backward_input_subgroup",
+            BACKWARD_INPUT,
+        )
+    } else {
+        Kernel::get(ctx, Shader::MlpBackward, "backward_input", BACKWARD_INPUT)
+    }
 }
 pub fn backward_weight(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::MlpBackward, "backward_weight", BACKWARD_WEIGHT)
+    if ctx.tiles.subgroup8 {
+        Kernel::get(
+            ctx,
+            Shader::MlpBackwardSubgroup,
+            "backward_weight_subgroup",
+            BACKWARD_WEIGHT,
+        )
+    } else {
+        Kernel::get(ctx, Shader::MlpBackward, "backward_weight", BACKWARD_WEIGHT)
+    }
 }
 pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::MlpBackward, "reduce_chunks", REDUCE_CHUNKS)
@@ -65,7 +90,16 @@ pub fn backward_input_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     )
 }
 
+/// Grid of backward_input (plain or subgroup tiles). Not of backward_input_jvp, which
+/// has no subgroup variant: see `backward_input_jvp_groups`.
 pub fn backward_input_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
+    if t.subgroup8 {
+        let [y, z] = super::matmul::row_blocks(p.rows as usize, SG_DX_ROWS);
+        return [div_ceil(p.in_vec4 as usize, SG_LANES), y, z];
+    }
+    backward_input_jvp_groups(p, t)
+}
+pub fn backward_input_jvp_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
     [
         div_ceil(p.in_vec4 as usize, t.wg_x),
         div_ceil(p.rows as usize, DX_ROWS * t.wg_y),
@@ -73,6 +107,13 @@ pub fn backward_input_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
     ]
 }
 pub fn backward_weight_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
+    if t.subgroup8 {
+        return [
+            div_ceil(p.in_vec4 as usize, SG_LANES),
+            div_ceil(p.out_vec4 as usize, SG_DW_OUT_VEC4),
+            p.n_chunks,
+        ];
+    }
     [
         div_ceil(p.in_vec4 as usize, DW_IN_VEC4 * t.wg_x),
         div_ceil(p.out_vec4 as usize, DW_OUT_VEC4 * t.wg_y),

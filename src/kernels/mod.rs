@@ -32,12 +32,16 @@ pub enum Shader {
     Ot,
     Mle,
     Backprop,
+    /// matmul.wgsl + matmul_subgroup.wgsl (adapters with 8-lane subgroups).
+    MatmulSubgroup,
+    /// mlp_backward.wgsl + mlp_backward_subgroup.wgsl (adapters with 8-lane subgroups).
+    MlpBackwardSubgroup,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Shader {
-    pub const ALL: [Shader; 9] = [
+    pub const ALL: [Shader; 11] = [
         Shader::Matmul,
         Shader::MlpBackward,
         Shader::Cfm,
@@ -47,6 +51,8 @@ impl Shader {
         Shader::Ot,
         Shader::Mle,
         Shader::Backprop,
+        Shader::MatmulSubgroup,
+        Shader::MlpBackwardSubgroup,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -60,6 +66,22 @@ impl Shader {
             Shader::Ot => "ot.wgsl",
             Shader::Mle => "mle.wgsl",
             Shader::Backprop => "backprop.wgsl",
+            Shader::MatmulSubgroup => "matmul_subgroup.wgsl",
+            Shader::MlpBackwardSubgroup => "mlp_backward_subgroup.wgsl",
+        }
+    }
+
+    /// Whether the family uses subgroup operations (and so needs `Features::SUBGROUP`).
+    pub fn needs_subgroups(self) -> bool {
+        matches!(self, Shader::MatmulSubgroup | Shader::MlpBackwardSubgroup)
+    }
+
+    /// The family this one extends: its file is compiled after the base family's.
+    fn base(self) -> Option<Shader> {
+        match self {
+            Shader::MatmulSubgroup => Some(Shader::Matmul),
+            Shader::MlpBackwardSubgroup => Some(Shader::MlpBackward),
+            _ => None,
         }
     }
 
@@ -74,12 +96,23 @@ impl Shader {
             Shader::Ot => include_str!("../../shaders/ot.wgsl"),
             Shader::Mle => include_str!("../../shaders/mle.wgsl"),
             Shader::Backprop => include_str!("../../shaders/backprop.wgsl"),
+            Shader::MatmulSubgroup => include_str!("../../shaders/matmul_subgroup.wgsl"),
+            Shader::MlpBackwardSubgroup => {
+                include_str!("../../shaders/mlp_backward_subgroup.wgsl")
+            }
         }
     }
 
     /// The full WGSL compiled for an adapter class.
     pub fn source(self, tiles: &Tiles) -> String {
-        format!("{}\n{}\n{}", tiles.preamble(), COMMON, self.body())
+        let base = self.base().map_or("", Shader::body);
+        format!(
+            "{}\n{}\n{}\n{}",
+            tiles.preamble(),
+            COMMON,
+            base,
+            self.body()
+        )
     }
 }
 
@@ -94,6 +127,9 @@ pub struct Tiles {
     pub wg1: u32,
     /// Rows per weight-gradient partial sum.
     pub weight_chunk_rows: u32,
+    /// The MLP kernels use the subgroup-broadcast tiles of `matmul_subgroup.wgsl` and
+    /// `mlp_backward_subgroup.wgsl` (adapters whose subgroups are exactly 8 lanes).
+    pub subgroup8: bool,
 }
 
 impl Tiles {
@@ -109,13 +145,26 @@ impl Tiles {
                 wg_y: 8,
                 wg1: 256,
                 weight_chunk_rows: 256,
+                subgroup8: false,
             },
             AdapterClass::Hardware => Tiles {
                 wg_x: 16,
                 wg_y: 16,
                 wg1: 256,
                 weight_chunk_rows: 128,
+                subgroup8: false,
             },
+        }
+    }
+
+    /// The tiles for an adapter: its class's preset, with the subgroup tiles when the
+    /// device has subgroups of exactly 8 lanes (lavapipe: 2–3× the GFLOP/s of the plain
+    /// tiles) unless FLOWGPU_SUBGROUP_TILES=0.
+    pub fn for_adapter(class: AdapterClass, subgroup_sizes: (u32, u32), subgroups: bool) -> Tiles {
+        let off = std::env::var("FLOWGPU_SUBGROUP_TILES").is_ok_and(|v| v == "0");
+        Tiles {
+            subgroup8: subgroups && subgroup_sizes == (8, 8) && !off,
+            ..Self::for_class(class)
         }
     }
 
@@ -134,6 +183,7 @@ impl Tiles {
             wg_y: v[1],
             wg1: 256,
             weight_chunk_rows: v[2],
+            subgroup8: false,
         })
     }
 
@@ -150,12 +200,14 @@ pub fn validate(shader: Shader, tiles: &Tiles) -> std::result::Result<(), String
     let src = shader.source(tiles);
     let module = naga::front::wgsl::parse_str(&src)
         .map_err(|e| format!("{}: {}", shader.file_name(), e.emit_to_string(&src)))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
-    )
-    .validate(&module)
-    .map_err(|e| format!("{}: {}", shader.file_name(), e.emit_to_string(&src)))?;
+    let caps = if shader.needs_subgroups() {
+        naga::valid::Capabilities::SUBGROUP
+    } else {
+        naga::valid::Capabilities::default()
+    };
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .map_err(|e| format!("{}: {}", shader.file_name(), e.emit_to_string(&src)))?;
     Ok(())
 }
 
@@ -202,7 +254,7 @@ impl Kernel {
         entry: &'static str,
         storage: &'static [(u32, Access)],
     ) -> Result<Kernel> {
-        let tiles = Tiles::for_class(ctx.class);
+        let tiles = ctx.tiles;
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.file_name()),

@@ -99,7 +99,7 @@ impl LikelihoodField {
             g_init,
             g_div,
             g_cot,
-            tiles: Tiles::for_class(ctx.class),
+            tiles: ctx.tiles,
         })
     }
 

@@ -444,7 +444,7 @@ impl MleState {
             steps_per_submit,
             seed,
             n_data: n_data as u32,
-            tiles: Tiles::for_class(ctx.class),
+            tiles: ctx.tiles,
         };
         if cfg.adaptive() {
             st.adaptive = Some(adaptive::Adaptive::new(

@@ -7,7 +7,25 @@ use std::sync::OnceLock;
 
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
+    CTX.get_or_init(new_ctx)
+}
+
+/// Every kernel variant the test adapter runs: the context above and, when it uses the
+/// 8-lane subgroup tiles, a second one on the same adapter with the plain tiles.
+pub fn tile_variants() -> Vec<&'static GpuContext> {
+    static PLAIN: OnceLock<Option<GpuContext>> = OnceLock::new();
+    let plain = PLAIN.get_or_init(|| {
+        ctx().tiles.subgroup8.then(|| {
+            let mut c = new_ctx();
+            c.tiles.subgroup8 = false;
+            c
+        })
+    });
+    std::iter::once(ctx()).chain(plain.as_ref()).collect()
+}
+
+fn new_ctx() -> GpuContext {
+    {
         let backend = std::env::var("FLOWGPU_BACKEND")
             .ok()
             .map(|b| match b.as_str() {
@@ -23,9 +41,14 @@ pub fn ctx() -> &'static GpuContext {
             ..Default::default()
         };
         let c = GpuContext::new(&choice).expect("tests need a wgpu adapter (see README)");
-        eprintln!("test adapter: {} ({})", c.adapter_name(), c.backend_name());
+        eprintln!(
+            "test adapter: {} ({}), subgroup tiles: {}",
+            c.adapter_name(),
+            c.backend_name(),
+            c.tiles.subgroup8
+        );
         c
-    })
+    }
 }
 
 /// Largest violation of |a − b| ≤ atol + rtol·|b|, as a ratio (≤ 1 passes).

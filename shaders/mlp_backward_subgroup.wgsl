@@ -1,0 +1,187 @@
+// mlp_backward_subgroup.wgsl — backward_input and backward_weight for adapters whose
+// subgroups are exactly 8 SIMD lanes (lavapipe): compiled after mlp_backward.wgsl, whose
+// parameters, bindings and store helpers they use (see matmul_subgroup.wgsl for when and
+// why). Same math as backward_input and backward_weight.
+//   backward_input_subgroup:  lane l owns input vec4 8·wg.x + l of the subgroup's 16 rows;
+//                             rows of dZ are loaded one per lane and broadcast.
+//   backward_weight_subgroup: lane l owns input vec4 8·wg.x + l of 16 output features
+//                             (dW rows 16·wg.y ..); per block of 8 rows, lane r loads
+//                             row r's 16 dZ values and broadcasts them, each lane loads
+//                             its own X vec4 of each row (48 gathered floats per 512 FMAs
+//                             against 16 per 64 in the plain 8×8 tile). db: every lane sums
+//                             the dZ of its own rows, one subgroupAdd at the end.
+// Host wrapper: src/kernels/mlp_backward.rs.
+
+const SG_DX_ROWS: u32 = 16u;
+const SG_DW_OUT_VEC4: u32 = 4u;
+
+@compute @workgroup_size(8, 1, 1)
+fn backward_input_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let kv_real = wg.x * 8u + lane;
+    let kv = min(kv_real, p.in_vec4 - 1u);
+    let m0 = (wg.y + wg.z * nwg.y) * SG_DX_ROWS;
+    let lr = p.rows - 1u;
+    let ln = p.out_features - 1u;
+    let nv = p.out_vec4;
+    let ra = min(m0 + lane, lr) * nv;
+    let rb = min(m0 + 8u + lane, lr) * nv;
+    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
+    var a8 = vec4<f32>(0.0); var a9 = vec4<f32>(0.0); var a10 = vec4<f32>(0.0); var a11 = vec4<f32>(0.0);
+    var a12 = vec4<f32>(0.0); var a13 = vec4<f32>(0.0); var a14 = vec4<f32>(0.0); var a15 = vec4<f32>(0.0);
+    for (var n4 = 0u; n4 < nv; n4++) {
+        // Rows of W past N are clamped: dZ's padding columns are zero, so they add 0.
+        let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
+        let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
+        let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
+        let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
+        let da = dz[ra + n4];
+        let db = dz[rb + n4];
+        a0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
+        a1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
+        a2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
+        a3 += mix4(subgroupBroadcast(da, 3u), w0, w1, w2, w3);
+        a4 += mix4(subgroupBroadcast(da, 4u), w0, w1, w2, w3);
+        a5 += mix4(subgroupBroadcast(da, 5u), w0, w1, w2, w3);
+        a6 += mix4(subgroupBroadcast(da, 6u), w0, w1, w2, w3);
+        a7 += mix4(subgroupBroadcast(da, 7u), w0, w1, w2, w3);
+        a8 += mix4(subgroupBroadcast(db, 0u), w0, w1, w2, w3);
+        a9 += mix4(subgroupBroadcast(db, 1u), w0, w1, w2, w3);
+        a10 += mix4(subgroupBroadcast(db, 2u), w0, w1, w2, w3);
+        a11 += mix4(subgroupBroadcast(db, 3u), w0, w1, w2, w3);
+        a12 += mix4(subgroupBroadcast(db, 4u), w0, w1, w2, w3);
+        a13 += mix4(subgroupBroadcast(db, 5u), w0, w1, w2, w3);
+        a14 += mix4(subgroupBroadcast(db, 6u), w0, w1, w2, w3);
+        a15 += mix4(subgroupBroadcast(db, 7u), w0, w1, w2, w3);
+    }
+    if (kv_real < p.in_vec4) {
+        dx_store(m0, kv, a0); dx_store(m0 + 1u, kv, a1); dx_store(m0 + 2u, kv, a2); dx_store(m0 + 3u, kv, a3);
+        dx_store(m0 + 4u, kv, a4); dx_store(m0 + 5u, kv, a5); dx_store(m0 + 6u, kv, a6); dx_store(m0 + 7u, kv, a7);
+        dx_store(m0 + 8u, kv, a8); dx_store(m0 + 9u, kv, a9); dx_store(m0 + 10u, kv, a10); dx_store(m0 + 11u, kv, a11);
+        dx_store(m0 + 12u, kv, a12); dx_store(m0 + 13u, kv, a13); dx_store(m0 + 14u, kv, a14); dx_store(m0 + 15u, kv, a15);
+    }
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn backward_weight_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let kv_real = wg.x * 8u + lane;
+    let kv = min(kv_real, p.in_vec4 - 1u);
+    let nv0 = wg.y * SG_DW_OUT_VEC4;
+    let lv = p.out_vec4 - 1u;
+    let n0 = min(nv0, lv); let n1 = min(nv0 + 1u, lv); let n2 = min(nv0 + 2u, lv); let n3 = min(nv0 + 3u, lv);
+    let chunk = wg.z;
+    let m_begin = chunk * p.chunk_rows;
+    let m_end = min(m_begin + p.chunk_rows, p.rows);
+    // g{4·q + r}: dW row 4·(nv0 + q) + r, input vec4 kv.
+    var g0 = vec4<f32>(0.0); var g1 = vec4<f32>(0.0); var g2 = vec4<f32>(0.0); var g3 = vec4<f32>(0.0);
+    var g4 = vec4<f32>(0.0); var g5 = vec4<f32>(0.0); var g6 = vec4<f32>(0.0); var g7 = vec4<f32>(0.0);
+    var g8 = vec4<f32>(0.0); var g9 = vec4<f32>(0.0); var g10 = vec4<f32>(0.0); var g11 = vec4<f32>(0.0);
+    var g12 = vec4<f32>(0.0); var g13 = vec4<f32>(0.0); var g14 = vec4<f32>(0.0); var g15 = vec4<f32>(0.0);
+    var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
+    for (var mb = m_begin; mb < m_end; mb += 8u) {
+        // Lane l's row of dZ (zero past the chunk, so the broadcast rows add nothing).
+        let ml = mb + lane;
+        let mc = min(ml, m_end - 1u) * p.out_vec4;
+        let keep = ml < m_end;
+        let d0 = select(vec4<f32>(0.0), dz[mc + n0], keep);
+        let d1 = select(vec4<f32>(0.0), dz[mc + n1], keep);
+        let d2 = select(vec4<f32>(0.0), dz[mc + n2], keep);
+        let d3 = select(vec4<f32>(0.0), dz[mc + n3], keep);
+        let with_bias = keep && ml < p.bias_rows;
+        b0 += select(vec4<f32>(0.0), d0, with_bias); b1 += select(vec4<f32>(0.0), d1, with_bias);
+        b2 += select(vec4<f32>(0.0), d2, with_bias); b3 += select(vec4<f32>(0.0), d3, with_bias);
+        // Row mb + r: its dZ values come from lane r, its X vec4 from this lane's column.
+        {
+            let xr = x_in[min(mb, m_end - 1u) * p.in_vec4 + kv];
+            let e0 = subgroupBroadcast(d0, 0u); let e1 = subgroupBroadcast(d1, 0u);
+            let e2 = subgroupBroadcast(d2, 0u); let e3 = subgroupBroadcast(d3, 0u);
+            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
+            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
+            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
+            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
+        }
+        {
+            let xr = x_in[min(mb + 1u, m_end - 1u) * p.in_vec4 + kv];
+            let e0 = subgroupBroadcast(d0, 1u); let e1 = subgroupBroadcast(d1, 1u);
+            let e2 = subgroupBroadcast(d2, 1u); let e3 = subgroupBroadcast(d3, 1u);
+            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
+            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
+            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
+            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
+        }
+        {
+            let xr = x_in[min(mb + 2u, m_end - 1u) * p.in_vec4 + kv];
+            let e0 = subgroupBroadcast(d0, 2u); let e1 = subgroupBroadcast(d1, 2u);
+            let e2 = subgroupBroadcast(d2, 2u); let e3 = subgroupBroadcast(d3, 2u);
+            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
+            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
+            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
+            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
+        }
+        {
+            let xr = x_in[min(mb + 3u, m_end - 1u) * p.in_vec4 + kv];
+            let e0 = subgroupBroadcast(d0, 3u); let e1 = subgroupBroadcast(d1, 3u);
+            let e2 = subgroupBroadcast(d2, 3u); let e3 = subgroupBroadcast(d3, 3u);
+            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
+            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
+            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
+            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
+        }
+        {
+            let xr = x_in[min(mb + 4u, m_end - 1u) * p.in_vec4 + kv];
+            let e0 = subgroupBroadcast(d0, 4u); let e1 = subgroupBroadcast(d1, 4u);
+            let e2 = subgroupBroadcast(d2, 4u); let e3 = subgroupBroadcast(d3, 4u);
+            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
+            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
+            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
+            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
+        }
+        {
+            let xr = x_in[min(mb + 5u, m_end - 1u) * p.in_vec4 + kv];
+            let e0 = subgroupBroadcast(d0, 5u); let e1 = subgroupBroadcast(d1, 5u);
+            let e2 = subgroupBroadcast(d2, 5u); let e3 = subgroupBroadcast(d3, 5u);
+            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
+            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
+            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
+            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
+        }
+        {
+            let xr = x_in[min(mb + 6u, m_end - 1u) * p.in_vec4 + kv];
+            let e0 = subgroupBroadcast(d0, 6u); let e1 = subgroupBroadcast(d1, 6u);
+            let e2 = subgroupBroadcast(d2, 6u); let e3 = subgroupBroadcast(d3, 6u);
+            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
+            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
+            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
+            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
+        }
+        {
+            let xr = x_in[min(mb + 7u, m_end - 1u) * p.in_vec4 + kv];
+            let e0 = subgroupBroadcast(d0, 7u); let e1 = subgroupBroadcast(d1, 7u);
+            let e2 = subgroupBroadcast(d2, 7u); let e3 = subgroupBroadcast(d3, 7u);
+            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
+            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
+            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
+            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
+        }
+    }
+    b0 = subgroupAdd(b0); b1 = subgroupAdd(b1); b2 = subgroupAdd(b2); b3 = subgroupAdd(b3);
+    if (kv_real < p.in_vec4) {
+        let na = 4u * nv0;
+        dw_store(chunk, na, kv, g0); dw_store(chunk, na + 1u, kv, g1); dw_store(chunk, na + 2u, kv, g2); dw_store(chunk, na + 3u, kv, g3);
+        dw_store(chunk, na + 4u, kv, g4); dw_store(chunk, na + 5u, kv, g5); dw_store(chunk, na + 6u, kv, g6); dw_store(chunk, na + 7u, kv, g7);
+        dw_store(chunk, na + 8u, kv, g8); dw_store(chunk, na + 9u, kv, g9); dw_store(chunk, na + 10u, kv, g10); dw_store(chunk, na + 11u, kv, g11);
+        dw_store(chunk, na + 12u, kv, g12); dw_store(chunk, na + 13u, kv, g13); dw_store(chunk, na + 14u, kv, g14); dw_store(chunk, na + 15u, kv, g15);
+    }
+    // db_store skips features past N (and so the clamped copies past the last vec4).
+    if (wg.x == 0u && lane == 0u) {
+        db_store(chunk, nv0, b0); db_store(chunk, nv0 + 1u, b1);
+        db_store(chunk, nv0 + 2u, b2); db_store(chunk, nv0 + 3u, b3);
+    }
+}
