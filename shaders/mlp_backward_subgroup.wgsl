@@ -1,4 +1,5 @@
-// mlp_backward_subgroup.wgsl — backward_input and backward_weight for adapters whose
+// mlp_backward_subgroup.wgsl — backward_input, backward_weight and backward_input_jvp
+// for adapters whose
 // subgroups are exactly 8 SIMD lanes (lavapipe): compiled after mlp_backward.wgsl, whose
 // parameters, bindings and store helpers they use (see matmul_subgroup.wgsl for when and
 // why). Same math as backward_input and backward_weight.
@@ -10,6 +11,7 @@
 //                             its own X vec4 of each row (48 gathered floats per 512 FMAs
 //                             against 16 per 64 in the plain 8×8 tile). db: every lane sums
 //                             the dZ of its own rows, one subgroupAdd at the end.
+//   backward_input_jvp_subgroup: backward_input_jvp's math, 8 primal rows per subgroup.
 // Host wrapper: src/kernels/mlp_backward.rs.
 
 const SG_DX_ROWS: u32 = 16u;
@@ -184,4 +186,69 @@ fn backward_weight_subgroup(
         db_store(chunk, nv0, b0); db_store(chunk, nv0 + 1u, b1);
         db_store(chunk, nv0 + 2u, b2); db_store(chunk, nv0 + 3u, b3);
     }
+}
+
+// backward_input_jvp with 8 primal rows per subgroup (one dZ row loaded per lane), for the
+// register reason given at linear_jvp_subgroup. A lane past the last input vec4 computes
+// a clamped copy and stores nothing (its rows are passed to the helpers as out of range).
+@compute @workgroup_size(8, 1, 1)
+fn backward_input_jvp_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let own = wg.x * 8u + lane < p.in_vec4;
+    let kv = min(wg.x * 8u + lane, p.in_vec4 - 1u);
+    let m0 = (wg.y + wg.z * nwg.y) * 8u;
+    // Row m0 + i as the helpers see it: past the end when this lane stores nothing.
+    let s0 = select(p.rows, m0, own);
+    let lr = p.rows - 1u;
+    let ln = p.out_features - 1u;
+    let nv = p.out_vec4;
+    let ra = min(m0 + lane, lr) * nv;
+    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
+    for (var n4 = 0u; n4 < nv; n4++) {
+        let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
+        let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
+        let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
+        let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
+        let da = dz[ra + n4];
+        a0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
+        a1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
+        a2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
+        a3 += mix4(subgroupBroadcast(da, 3u), w0, w1, w2, w3);
+        a4 += mix4(subgroupBroadcast(da, 4u), w0, w1, w2, w3);
+        a5 += mix4(subgroupBroadcast(da, 5u), w0, w1, w2, w3);
+        a6 += mix4(subgroupBroadcast(da, 6u), w0, w1, w2, w3);
+        a7 += mix4(subgroupBroadcast(da, 7u), w0, w1, w2, w3);
+    }
+    a0 *= g1_at(m0, kv); a1 *= g1_at(m0 + 1u, kv); a2 *= g1_at(m0 + 2u, kv); a3 *= g1_at(m0 + 3u, kv);
+    a4 *= g1_at(m0 + 4u, kv); a5 *= g1_at(m0 + 5u, kv); a6 *= g1_at(m0 + 6u, kv); a7 *= g1_at(m0 + 7u, kv);
+    for (var t = 1u; t <= p.n_tangents; t++) {
+        let o = t * p.rows * nv;
+        var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
+        var b4 = vec4<f32>(0.0); var b5 = vec4<f32>(0.0); var b6 = vec4<f32>(0.0); var b7 = vec4<f32>(0.0);
+        for (var n4 = 0u; n4 < nv; n4++) {
+            let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
+            let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
+            let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
+            let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
+            let da = dz[o + ra + n4];
+            b0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
+            b1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
+            b2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
+            b3 += mix4(subgroupBroadcast(da, 3u), w0, w1, w2, w3);
+            b4 += mix4(subgroupBroadcast(da, 4u), w0, w1, w2, w3);
+            b5 += mix4(subgroupBroadcast(da, 5u), w0, w1, w2, w3);
+            b6 += mix4(subgroupBroadcast(da, 6u), w0, w1, w2, w3);
+            b7 += mix4(subgroupBroadcast(da, 7u), w0, w1, w2, w3);
+        }
+        a0 += jvp_tangent(s0, t, kv, b0); a1 += jvp_tangent(s0 + 1u, t, kv, b1);
+        a2 += jvp_tangent(s0 + 2u, t, kv, b2); a3 += jvp_tangent(s0 + 3u, t, kv, b3);
+        a4 += jvp_tangent(s0 + 4u, t, kv, b4); a5 += jvp_tangent(s0 + 5u, t, kv, b5);
+        a6 += jvp_tangent(s0 + 6u, t, kv, b6); a7 += jvp_tangent(s0 + 7u, t, kv, b7);
+    }
+    jvp_store(s0, kv, a0); jvp_store(s0 + 1u, kv, a1); jvp_store(s0 + 2u, kv, a2); jvp_store(s0 + 3u, kv, a3);
+    jvp_store(s0 + 4u, kv, a4); jvp_store(s0 + 5u, kv, a5); jvp_store(s0 + 6u, kv, a6); jvp_store(s0 + 7u, kv, a7);
 }

@@ -5,13 +5,13 @@
 
 mod common;
 
-use common::{assert_close, ctx};
+use common::{assert_close, ctx, tile_variants};
 use flowgpu::mle::{self, MleConfig, MleGrad};
 use flowgpu::mlp::GpuMlp;
 use flowgpu::model::{Activation, Linear, MlpConfig, ParamLayout, Weights};
 use flowgpu::reference::{self, FieldCotangent, MleSpec, Probes};
 use flowgpu::solve::Trace;
-use flowgpu::{GaussianPath, TrainConfig, Trainer};
+use flowgpu::{GaussianPath, GpuContext, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 
 fn mlp(act: Activation, dim: usize, width: usize) -> MlpConfig {
@@ -157,6 +157,14 @@ fn trace_gradient_matches_finite_differences() {
 
 #[test]
 fn gpu_trace_gradient_matches_reference() {
+    // Every kernel variant of the adapter (linear_jvp and backward_input_jvp have subgroup
+    // variants).
+    for ctx in tile_variants() {
+        trace_gradient_matches_reference_on(ctx);
+    }
+}
+
+fn trace_gradient_matches_reference_on(ctx: &GpuContext) {
     let n = 37;
     for (act, trace) in [
         (Activation::Silu, Trace::Exact),
@@ -172,13 +180,13 @@ fn gpu_trace_gradient_matches_reference() {
     ] {
         let cfg = mlp(act, 3, 21);
         let w = Weights::init(&cfg, &mut rng(8));
-        let gm = GpuMlp::new(ctx(), &cfg, &w).unwrap();
+        let gm = GpuMlp::new(ctx, &cfg, &w).unwrap();
         let mut r = rng(9);
         let x: Vec<f32> = (0..n * 3).map(|_| r.random_range(-1.5..1.5)).collect();
         let a: Vec<f32> = (0..n * 3).map(|_| r.random_range(-1.0..1.0)).collect();
         let weights = [0.7, 0.3, -0.4];
         let t = 0.6;
-        let got = mle::field_vjp(ctx(), &gm, &x, t, trace, &a, weights).unwrap();
+        let got = mle::field_vjp(ctx, &gm, &x, t, trace, &a, weights).unwrap();
         let in_pad = gm.layout.layers[0].in_pad;
         let mut want_theta = vec![0.0; gm.layout.total];
         let mut want_integrands = Vec::new();
@@ -203,7 +211,7 @@ fn gpu_trace_gradient_matches_reference() {
             want_gx.extend_from_slice(&g.input[..3]);
             got_gx.extend_from_slice(&got.input_grad[i * in_pad..i * in_pad + 3]);
         }
-        let tag = format!("{act:?} {trace:?}");
+        let tag = format!("subgroup tiles {}: {act:?} {trace:?}", ctx.tiles.subgroup8);
         assert_close(
             &format!("{tag} integrands"),
             &got.integrands,

@@ -54,7 +54,16 @@ pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 
 /// Primal rows and their tangent rows in one dispatch (same bindings).
 pub fn linear_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Matmul, "linear_jvp", LINEAR_FORWARD)
+    if ctx.tiles.subgroup8 {
+        Kernel::get(
+            ctx,
+            Shader::MatmulSubgroup,
+            "linear_jvp_subgroup",
+            LINEAR_FORWARD,
+        )
+    } else {
+        Kernel::get(ctx, Shader::Matmul, "linear_jvp", LINEAR_FORWARD)
+    }
 }
 
 pub fn linear_forward_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
@@ -69,8 +78,20 @@ pub fn linear_forward_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
     linear_jvp_groups(p, t)
 }
 
-/// Grid of linear_jvp (plain tiles only: it has no subgroup variant).
+/// Grid of linear_jvp (its subgroup variant takes 8 rows per subgroup).
 pub fn linear_jvp_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
+    if t.subgroup8 {
+        let [y, z] = row_blocks(p.rows as usize, SG_LANES);
+        return [
+            div_ceil(p.out_features as usize, TILE_COLS * SG_LANES),
+            y,
+            z,
+        ];
+    }
+    plain_groups(p, t)
+}
+
+fn plain_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
     [
         div_ceil(p.out_features as usize, TILE_COLS * t.wg_x),
         div_ceil(p.rows as usize, TILE_ROWS * t.wg_y),

@@ -82,24 +82,35 @@ pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 
 /// backward_input through tangent rows (same bindings as backward_input).
 pub fn backward_input_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(
-        ctx,
-        Shader::MlpBackward,
-        "backward_input_jvp",
-        BACKWARD_INPUT,
-    )
+    if ctx.tiles.subgroup8 {
+        Kernel::get(
+            ctx,
+            Shader::MlpBackwardSubgroup,
+            "backward_input_jvp_subgroup",
+            BACKWARD_INPUT,
+        )
+    } else {
+        Kernel::get(
+            ctx,
+            Shader::MlpBackward,
+            "backward_input_jvp",
+            BACKWARD_INPUT,
+        )
+    }
 }
 
-/// Grid of backward_input (plain or subgroup tiles). Not of backward_input_jvp, which
-/// has no subgroup variant: see `backward_input_jvp_groups`.
 pub fn backward_input_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
+    input_groups(p, t, SG_DX_ROWS)
+}
+/// backward_input_jvp's subgroup variant takes 8 primal rows per subgroup.
+pub fn backward_input_jvp_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
+    input_groups(p, t, SG_LANES)
+}
+fn input_groups(p: &BackwardParams, t: &Tiles, sg_rows: u32) -> [u32; 3] {
     if t.subgroup8 {
-        let [y, z] = super::matmul::row_blocks(p.rows as usize, SG_DX_ROWS);
+        let [y, z] = super::matmul::row_blocks(p.rows as usize, sg_rows);
         return [div_ceil(p.in_vec4 as usize, SG_LANES), y, z];
     }
-    backward_input_jvp_groups(p, t)
-}
-pub fn backward_input_jvp_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
     [
         div_ceil(p.in_vec4 as usize, t.wg_x),
         div_ceil(p.rows as usize, DX_ROWS * t.wg_y),
