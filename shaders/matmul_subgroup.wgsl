@@ -17,34 +17,67 @@
 
 const SG_ROWS: u32 = 16u;
 
-// Row block of a subgroup: the grid folds blocks past 65535 into z (host: sg_row_grid).
-fn sg_row_block(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.y + wg.z * nwg.y;
+// The 16 rows × 4 features of one lane (NIR inlines the function: all in registers).
+struct Tile16 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+    r4: vec4<f32>,
+    r5: vec4<f32>,
+    r6: vec4<f32>,
+    r7: vec4<f32>,
+    r8: vec4<f32>,
+    r9: vec4<f32>,
+    r10: vec4<f32>,
+    r11: vec4<f32>,
+    r12: vec4<f32>,
+    r13: vec4<f32>,
+    r14: vec4<f32>,
+    r15: vec4<f32>,
 }
 
-@compute @workgroup_size(8, 1, 1)
-fn linear_forward_subgroup(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(subgroup_invocation_id) lane: u32,
-) {
-    let n0 = (wg.x * 8u + lane) * TILE_COLS;
-    let m0 = sg_row_block(wg, nwg) * SG_ROWS;
+// Where a subgroup works: its 4 output features per lane, its 16 rows, the clamped rows
+// each lane loads and the clamped rows of W its features read.
+struct SgForward {
+    n0: u32,
+    m0: u32,
+    ra: u32,
+    rb: u32,
+    c0: u32,
+    c1: u32,
+    c2: u32,
+    c3: u32,
+}
+
+// The grid folds row blocks past 65535 into z (host: `row_blocks`).
+fn sg_forward(wg: vec3<u32>, nwg: vec3<u32>, lane: u32) -> SgForward {
+    var s: SgForward;
+    s.n0 = (wg.x * 8u + lane) * TILE_COLS;
+    s.m0 = (wg.y + wg.z * nwg.y) * SG_ROWS;
     let lr = p.rows - 1u;
     let lc = p.out_features - 1u;
     let kv = p.in_vec4;
-    let ra = min(m0 + lane, lr) * kv;
-    let rb = min(m0 + 8u + lane, lr) * kv;
-    let c0 = p.w_off4 + min(n0, lc) * kv; let c1 = p.w_off4 + min(n0 + 1u, lc) * kv;
-    let c2 = p.w_off4 + min(n0 + 2u, lc) * kv; let c3 = p.w_off4 + min(n0 + 3u, lc) * kv;
-    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
-    var a8 = vec4<f32>(0.0); var a9 = vec4<f32>(0.0); var a10 = vec4<f32>(0.0); var a11 = vec4<f32>(0.0);
-    var a12 = vec4<f32>(0.0); var a13 = vec4<f32>(0.0); var a14 = vec4<f32>(0.0); var a15 = vec4<f32>(0.0);
-    for (var k = 0u; k < kv; k++) {
-        let w0 = params[c0 + k]; let w1 = params[c1 + k]; let w2 = params[c2 + k]; let w3 = params[c3 + k];
-        let xa = x[ra + k];
-        let xb = x[rb + k];
+    s.ra = min(s.m0 + lane, lr) * kv;
+    s.rb = min(s.m0 + 8u + lane, lr) * kv;
+    s.c0 = p.w_off4 + min(s.n0, lc) * kv;
+    s.c1 = p.w_off4 + min(s.n0 + 1u, lc) * kv;
+    s.c2 = p.w_off4 + min(s.n0 + 2u, lc) * kv;
+    s.c3 = p.w_off4 + min(s.n0 + 3u, lc) * kv;
+    return s;
+}
+
+// X·Wᵀ of the subgroup's rows, read at row offset `xo` (vec4s) of x: 0 for the primal
+// rows, t·rows·in_vec4 for tangent direction t.
+fn sg_tile(s: SgForward, xo: u32) -> Tile16 {
+    var a0 = vec4<f32>(0.0);    var a1 = vec4<f32>(0.0);    var a2 = vec4<f32>(0.0);    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);    var a5 = vec4<f32>(0.0);    var a6 = vec4<f32>(0.0);    var a7 = vec4<f32>(0.0);
+    var a8 = vec4<f32>(0.0);    var a9 = vec4<f32>(0.0);    var a10 = vec4<f32>(0.0);    var a11 = vec4<f32>(0.0);
+    var a12 = vec4<f32>(0.0);    var a13 = vec4<f32>(0.0);    var a14 = vec4<f32>(0.0);    var a15 = vec4<f32>(0.0);
+    for (var k = 0u; k < p.in_vec4; k++) {
+        let w0 = params[s.c0 + k]; let w1 = params[s.c1 + k]; let w2 = params[s.c2 + k]; let w3 = params[s.c3 + k];
+        let xa = x[xo + s.ra + k];
+        let xb = x[xo + s.rb + k];
         a0 += dot4(subgroupBroadcast(xa, 0u), w0, w1, w2, w3);
         a1 += dot4(subgroupBroadcast(xa, 1u), w0, w1, w2, w3);
         a2 += dot4(subgroupBroadcast(xa, 2u), w0, w1, w2, w3);
@@ -62,67 +95,86 @@ fn linear_forward_subgroup(
         a14 += dot4(subgroupBroadcast(xb, 6u), w0, w1, w2, w3);
         a15 += dot4(subgroupBroadcast(xb, 7u), w0, w1, w2, w3);
     }
-    epilogue(m0, n0, a0); epilogue(m0 + 1u, n0, a1); epilogue(m0 + 2u, n0, a2); epilogue(m0 + 3u, n0, a3);
-    epilogue(m0 + 4u, n0, a4); epilogue(m0 + 5u, n0, a5); epilogue(m0 + 6u, n0, a6); epilogue(m0 + 7u, n0, a7);
-    epilogue(m0 + 8u, n0, a8); epilogue(m0 + 9u, n0, a9); epilogue(m0 + 10u, n0, a10); epilogue(m0 + 11u, n0, a11);
-    epilogue(m0 + 12u, n0, a12); epilogue(m0 + 13u, n0, a13); epilogue(m0 + 14u, n0, a14); epilogue(m0 + 15u, n0, a15);
+    return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
 }
 
-// linear_jvp with 8 rows per subgroup (one loaded per lane): its primal Z stays in
-// registers for the tangent epilogues, as in linear_jvp, so 16 rows would not fit.
+@compute @workgroup_size(8, 1, 1)
+fn linear_forward_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let s = sg_forward(wg, nwg, lane);
+    let a = sg_tile(s, 0u);
+    let m = s.m0;
+    let n = s.n0;
+    epilogue(m, n, a.r0);    epilogue(m + 1u, n, a.r1);    epilogue(m + 2u, n, a.r2);    epilogue(m + 3u, n, a.r3);
+    epilogue(m + 4u, n, a.r4);    epilogue(m + 5u, n, a.r5);    epilogue(m + 6u, n, a.r6);    epilogue(m + 7u, n, a.r7);
+    epilogue(m + 8u, n, a.r8);    epilogue(m + 9u, n, a.r9);    epilogue(m + 10u, n, a.r10);    epilogue(m + 11u, n, a.r11);
+    epilogue(m + 12u, n, a.r12);    epilogue(m + 13u, n, a.r13);    epilogue(m + 14u, n, a.r14);    epilogue(m + 15u, n, a.r15);
+}
+
+// Primal outputs of linear_jvp_subgroup: Z is stored whatever store_pre says (with
+// tangents the pass always has Z buffers), for the tangent epilogues to read back.
+fn jvp_primal(m: u32, n0: u32, acc: vec4<f32>) {
+    if (m >= p.rows) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        if (n < p.out_features) {
+            let o = m * p.y_stride + n;
+            let zv = acc[j] + bias_at(n);
+            z[o] = zv;
+            h[o] = activate(zv, p.activation);
+        }
+    }
+}
+
+// Tangent outputs of row `row` (primal row m): Ḣ = act'(Z)·Ż with the primal Z read back
+// from what this lane stored (same features, same rows).
+fn jvp_tangent_out(m: u32, row: u32, n0: u32, acc: vec4<f32>) {
+    if (m >= p.rows) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        if (n < p.out_features) {
+            let o = row * p.y_stride + n;
+            if (p.store_pre != 0u) {
+                z[o] = acc[j];
+            }
+            h[o] = acc[j] * activate_grad(z[m * p.y_stride + n], p.activation);
+        }
+    }
+}
+
+// linear_jvp's math with 16-row tiles: the primal Z goes through memory (the plain kernel
+// keeps it in registers, which 16 rows of primal, Z and tangent would overflow).
 @compute @workgroup_size(8, 1, 1)
 fn linear_jvp_subgroup(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let n0 = (wg.x * 8u + lane) * TILE_COLS;
-    let m0 = sg_row_block(wg, nwg) * 8u;
-    let lr = p.rows - 1u;
-    let lc = p.out_features - 1u;
-    let kv = p.in_vec4;
-    let ra = min(m0 + lane, lr) * kv;
-    let c0 = p.w_off4 + min(n0, lc) * kv; let c1 = p.w_off4 + min(n0 + 1u, lc) * kv;
-    let c2 = p.w_off4 + min(n0 + 2u, lc) * kv; let c3 = p.w_off4 + min(n0 + 3u, lc) * kv;
-    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
-    for (var k = 0u; k < kv; k++) {
-        let w0 = params[c0 + k]; let w1 = params[c1 + k]; let w2 = params[c2 + k]; let w3 = params[c3 + k];
-        let xa = x[ra + k];
-        a0 += dot4(subgroupBroadcast(xa, 0u), w0, w1, w2, w3);
-        a1 += dot4(subgroupBroadcast(xa, 1u), w0, w1, w2, w3);
-        a2 += dot4(subgroupBroadcast(xa, 2u), w0, w1, w2, w3);
-        a3 += dot4(subgroupBroadcast(xa, 3u), w0, w1, w2, w3);
-        a4 += dot4(subgroupBroadcast(xa, 4u), w0, w1, w2, w3);
-        a5 += dot4(subgroupBroadcast(xa, 5u), w0, w1, w2, w3);
-        a6 += dot4(subgroupBroadcast(xa, 6u), w0, w1, w2, w3);
-        a7 += dot4(subgroupBroadcast(xa, 7u), w0, w1, w2, w3);
-    }
-    epilogue(m0, n0, a0); epilogue(m0 + 1u, n0, a1); epilogue(m0 + 2u, n0, a2); epilogue(m0 + 3u, n0, a3);
-    epilogue(m0 + 4u, n0, a4); epilogue(m0 + 5u, n0, a5); epilogue(m0 + 6u, n0, a6); epilogue(m0 + 7u, n0, a7);
-    let b = bias4(n0);
-    let z0 = a0 + b; let z1 = a1 + b; let z2 = a2 + b; let z3 = a3 + b;
-    let z4 = a4 + b; let z5 = a5 + b; let z6 = a6 + b; let z7 = a7 + b;
+    let s = sg_forward(wg, nwg, lane);
+    let m = s.m0;
+    let n = s.n0;
+    let a = sg_tile(s, 0u);
+    jvp_primal(m, n, a.r0);    jvp_primal(m + 1u, n, a.r1);    jvp_primal(m + 2u, n, a.r2);    jvp_primal(m + 3u, n, a.r3);
+    jvp_primal(m + 4u, n, a.r4);    jvp_primal(m + 5u, n, a.r5);    jvp_primal(m + 6u, n, a.r6);    jvp_primal(m + 7u, n, a.r7);
+    jvp_primal(m + 8u, n, a.r8);    jvp_primal(m + 9u, n, a.r9);    jvp_primal(m + 10u, n, a.r10);    jvp_primal(m + 11u, n, a.r11);
+    jvp_primal(m + 12u, n, a.r12);    jvp_primal(m + 13u, n, a.r13);    jvp_primal(m + 14u, n, a.r14);    jvp_primal(m + 15u, n, a.r15);
     for (var t = 1u; t <= p.tangents; t++) {
         let base = t * p.rows;
-        let o = base * kv;
-        var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
-        var b4 = vec4<f32>(0.0); var b5 = vec4<f32>(0.0); var b6 = vec4<f32>(0.0); var b7 = vec4<f32>(0.0);
-        for (var k = 0u; k < kv; k++) {
-            let w0 = params[c0 + k]; let w1 = params[c1 + k]; let w2 = params[c2 + k]; let w3 = params[c3 + k];
-            let xa = x[o + ra + k];
-            b0 += dot4(subgroupBroadcast(xa, 0u), w0, w1, w2, w3);
-            b1 += dot4(subgroupBroadcast(xa, 1u), w0, w1, w2, w3);
-            b2 += dot4(subgroupBroadcast(xa, 2u), w0, w1, w2, w3);
-            b3 += dot4(subgroupBroadcast(xa, 3u), w0, w1, w2, w3);
-            b4 += dot4(subgroupBroadcast(xa, 4u), w0, w1, w2, w3);
-            b5 += dot4(subgroupBroadcast(xa, 5u), w0, w1, w2, w3);
-            b6 += dot4(subgroupBroadcast(xa, 6u), w0, w1, w2, w3);
-            b7 += dot4(subgroupBroadcast(xa, 7u), w0, w1, w2, w3);
-        }
-        jvp_epilogue(m0, base + m0, n0, b0, z0); jvp_epilogue(m0 + 1u, base + m0 + 1u, n0, b1, z1);
-        jvp_epilogue(m0 + 2u, base + m0 + 2u, n0, b2, z2); jvp_epilogue(m0 + 3u, base + m0 + 3u, n0, b3, z3);
-        jvp_epilogue(m0 + 4u, base + m0 + 4u, n0, b4, z4); jvp_epilogue(m0 + 5u, base + m0 + 5u, n0, b5, z5);
-        jvp_epilogue(m0 + 6u, base + m0 + 6u, n0, b6, z6); jvp_epilogue(m0 + 7u, base + m0 + 7u, n0, b7, z7);
+        let b = sg_tile(s, base * p.in_vec4);
+        jvp_tangent_out(m, base + m, n, b.r0);        jvp_tangent_out(m + 1u, base + m + 1u, n, b.r1);
+        jvp_tangent_out(m + 2u, base + m + 2u, n, b.r2);        jvp_tangent_out(m + 3u, base + m + 3u, n, b.r3);
+        jvp_tangent_out(m + 4u, base + m + 4u, n, b.r4);        jvp_tangent_out(m + 5u, base + m + 5u, n, b.r5);
+        jvp_tangent_out(m + 6u, base + m + 6u, n, b.r6);        jvp_tangent_out(m + 7u, base + m + 7u, n, b.r7);
+        jvp_tangent_out(m + 8u, base + m + 8u, n, b.r8);        jvp_tangent_out(m + 9u, base + m + 9u, n, b.r9);
+        jvp_tangent_out(m + 10u, base + m + 10u, n, b.r10);        jvp_tangent_out(m + 11u, base + m + 11u, n, b.r11);
+        jvp_tangent_out(m + 12u, base + m + 12u, n, b.r12);        jvp_tangent_out(m + 13u, base + m + 13u, n, b.r13);
+        jvp_tangent_out(m + 14u, base + m + 14u, n, b.r14);        jvp_tangent_out(m + 15u, base + m + 15u, n, b.r15);
     }
 }

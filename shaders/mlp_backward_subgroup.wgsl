@@ -1,48 +1,81 @@
-// mlp_backward_subgroup.wgsl — backward_input, backward_weight and backward_input_jvp
-// for adapters whose
-// subgroups are exactly 8 SIMD lanes (lavapipe): compiled after mlp_backward.wgsl, whose
-// parameters, bindings and store helpers they use (see matmul_subgroup.wgsl for when and
-// why). Same math as backward_input and backward_weight.
+// mlp_backward_subgroup.wgsl — backward_input, backward_weight and backward_input_jvp for
+// adapters whose subgroups are exactly 8 SIMD lanes (lavapipe): compiled after
+// mlp_backward.wgsl, whose parameters, bindings and store helpers they use (see
+// matmul_subgroup.wgsl for when and why). Same math as the plain entry points.
 //   backward_input_subgroup:  lane l owns input vec4 8·wg.x + l of the subgroup's 16 rows;
 //                             rows of dZ are loaded one per lane and broadcast.
+//   backward_input_jvp_subgroup: the same tile for the primal rows and then for each
+//                             tangent direction; the primal dZ goes through memory
+//                             between directions (this lane's own rows and vec4).
 //   backward_weight_subgroup: lane l owns input vec4 8·wg.x + l of 16 output features
 //                             (dW rows 16·wg.y ..); per block of 8 rows, lane r loads
 //                             row r's 16 dZ values and broadcasts them, each lane loads
 //                             its own X vec4 of each row (48 gathered floats per 512 FMAs
 //                             against 16 per 64 in the plain 8×8 tile). db: every lane sums
 //                             the dZ of its own rows, one subgroupAdd at the end.
-//   backward_input_jvp_subgroup: backward_input_jvp's math, 8 primal rows per subgroup.
 // Host wrapper: src/kernels/mlp_backward.rs.
 
 const SG_DX_ROWS: u32 = 16u;
 const SG_DW_OUT_VEC4: u32 = 4u;
 
-@compute @workgroup_size(8, 1, 1)
-fn backward_input_subgroup(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(subgroup_invocation_id) lane: u32,
-) {
-    let kv_real = wg.x * 8u + lane;
-    let kv = min(kv_real, p.in_vec4 - 1u);
-    let m0 = (wg.y + wg.z * nwg.y) * SG_DX_ROWS;
+// The 16 rows × 1 input vec4 of one lane (NIR inlines the function: all in registers).
+struct Tile16 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+    r4: vec4<f32>,
+    r5: vec4<f32>,
+    r6: vec4<f32>,
+    r7: vec4<f32>,
+    r8: vec4<f32>,
+    r9: vec4<f32>,
+    r10: vec4<f32>,
+    r11: vec4<f32>,
+    r12: vec4<f32>,
+    r13: vec4<f32>,
+    r14: vec4<f32>,
+    r15: vec4<f32>,
+}
+
+// Where a subgroup works: its input vec4 (clamped for loads; `own` is false for a lane
+// past the last one, which computes a copy and stores nothing), its 16 rows and the
+// clamped rows of dZ each lane loads.
+struct SgInput {
+    own: bool,
+    kv: u32,
+    m0: u32,
+    ra: u32,
+    rb: u32,
+}
+
+fn sg_input(wg: vec3<u32>, nwg: vec3<u32>, lane: u32) -> SgInput {
+    var s: SgInput;
+    s.own = wg.x * 8u + lane < p.in_vec4;
+    s.kv = min(wg.x * 8u + lane, p.in_vec4 - 1u);
+    s.m0 = (wg.y + wg.z * nwg.y) * SG_DX_ROWS;
     let lr = p.rows - 1u;
+    s.ra = min(s.m0 + lane, lr) * p.out_vec4;
+    s.rb = min(s.m0 + 8u + lane, lr) * p.out_vec4;
+    return s;
+}
+
+// dZ·W of the subgroup's rows, dZ read at row offset `o` (vec4s): 0 for the primal rows,
+// t·rows·out_vec4 for tangent direction t.
+fn sg_dx_tile(s: SgInput, o: u32) -> Tile16 {
     let ln = p.out_features - 1u;
-    let nv = p.out_vec4;
-    let ra = min(m0 + lane, lr) * nv;
-    let rb = min(m0 + 8u + lane, lr) * nv;
-    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
-    var a8 = vec4<f32>(0.0); var a9 = vec4<f32>(0.0); var a10 = vec4<f32>(0.0); var a11 = vec4<f32>(0.0);
-    var a12 = vec4<f32>(0.0); var a13 = vec4<f32>(0.0); var a14 = vec4<f32>(0.0); var a15 = vec4<f32>(0.0);
-    for (var n4 = 0u; n4 < nv; n4++) {
+    var a0 = vec4<f32>(0.0);    var a1 = vec4<f32>(0.0);    var a2 = vec4<f32>(0.0);    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);    var a5 = vec4<f32>(0.0);    var a6 = vec4<f32>(0.0);    var a7 = vec4<f32>(0.0);
+    var a8 = vec4<f32>(0.0);    var a9 = vec4<f32>(0.0);    var a10 = vec4<f32>(0.0);    var a11 = vec4<f32>(0.0);
+    var a12 = vec4<f32>(0.0);    var a13 = vec4<f32>(0.0);    var a14 = vec4<f32>(0.0);    var a15 = vec4<f32>(0.0);
+    for (var n4 = 0u; n4 < p.out_vec4; n4++) {
         // Rows of W past N are clamped: dZ's padding columns are zero, so they add 0.
-        let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
-        let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
-        let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
-        let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
-        let da = dz[ra + n4];
-        let db = dz[rb + n4];
+        let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + s.kv];
+        let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + s.kv];
+        let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + s.kv];
+        let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + s.kv];
+        let da = dz[o + s.ra + n4];
+        let db = dz[o + s.rb + n4];
         a0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
         a1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
         a2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
@@ -60,11 +93,72 @@ fn backward_input_subgroup(
         a14 += mix4(subgroupBroadcast(db, 6u), w0, w1, w2, w3);
         a15 += mix4(subgroupBroadcast(db, 7u), w0, w1, w2, w3);
     }
-    if (kv_real < p.in_vec4) {
-        dx_store(m0, kv, a0); dx_store(m0 + 1u, kv, a1); dx_store(m0 + 2u, kv, a2); dx_store(m0 + 3u, kv, a3);
-        dx_store(m0 + 4u, kv, a4); dx_store(m0 + 5u, kv, a5); dx_store(m0 + 6u, kv, a6); dx_store(m0 + 7u, kv, a7);
-        dx_store(m0 + 8u, kv, a8); dx_store(m0 + 9u, kv, a9); dx_store(m0 + 10u, kv, a10); dx_store(m0 + 11u, kv, a11);
-        dx_store(m0 + 12u, kv, a12); dx_store(m0 + 13u, kv, a13); dx_store(m0 + 14u, kv, a14); dx_store(m0 + 15u, kv, a15);
+    return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn backward_input_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let s = sg_input(wg, nwg, lane);
+    let a = sg_dx_tile(s, 0u);
+    if (s.own) {
+        let m = s.m0;
+        let kv = s.kv;
+        dx_store(m, kv, a.r0);        dx_store(m + 1u, kv, a.r1);        dx_store(m + 2u, kv, a.r2);        dx_store(m + 3u, kv, a.r3);
+        dx_store(m + 4u, kv, a.r4);        dx_store(m + 5u, kv, a.r5);        dx_store(m + 6u, kv, a.r6);        dx_store(m + 7u, kv, a.r7);
+        dx_store(m + 8u, kv, a.r8);        dx_store(m + 9u, kv, a.r9);        dx_store(m + 10u, kv, a.r10);        dx_store(m + 11u, kv, a.r11);
+        dx_store(m + 12u, kv, a.r12);        dx_store(m + 13u, kv, a.r13);        dx_store(m + 14u, kv, a.r14);        dx_store(m + 15u, kv, a.r15);
+    }
+}
+
+// One tangent row's share: writes the tangent's dŻ_below and adds the act'' term to the
+// primal row's dZ_below, which this lane stored before (same row, same vec4).
+fn sg_jvp_tangent(m: u32, t: u32, kv: u32, b: vec4<f32>) {
+    if (m < p.rows) {
+        dx[m * p.in_vec4 + kv] += jvp_tangent(m, t, kv, b);
+    }
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn backward_input_jvp_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let s = sg_input(wg, nwg, lane);
+    // Rows as the store helpers see them: past the end for a lane that stores nothing.
+    let m = select(p.rows, s.m0, s.own);
+    let kv = s.kv;
+    let a = sg_dx_tile(s, 0u);
+    jvp_store(m, kv, a.r0 * g1_at(m, kv));
+    jvp_store(m + 1u, kv, a.r1 * g1_at(m + 1u, kv));
+    jvp_store(m + 2u, kv, a.r2 * g1_at(m + 2u, kv));
+    jvp_store(m + 3u, kv, a.r3 * g1_at(m + 3u, kv));
+    jvp_store(m + 4u, kv, a.r4 * g1_at(m + 4u, kv));
+    jvp_store(m + 5u, kv, a.r5 * g1_at(m + 5u, kv));
+    jvp_store(m + 6u, kv, a.r6 * g1_at(m + 6u, kv));
+    jvp_store(m + 7u, kv, a.r7 * g1_at(m + 7u, kv));
+    jvp_store(m + 8u, kv, a.r8 * g1_at(m + 8u, kv));
+    jvp_store(m + 9u, kv, a.r9 * g1_at(m + 9u, kv));
+    jvp_store(m + 10u, kv, a.r10 * g1_at(m + 10u, kv));
+    jvp_store(m + 11u, kv, a.r11 * g1_at(m + 11u, kv));
+    jvp_store(m + 12u, kv, a.r12 * g1_at(m + 12u, kv));
+    jvp_store(m + 13u, kv, a.r13 * g1_at(m + 13u, kv));
+    jvp_store(m + 14u, kv, a.r14 * g1_at(m + 14u, kv));
+    jvp_store(m + 15u, kv, a.r15 * g1_at(m + 15u, kv));
+    for (var t = 1u; t <= p.n_tangents; t++) {
+        let b = sg_dx_tile(s, t * p.rows * p.out_vec4);
+        sg_jvp_tangent(m, t, kv, b.r0);        sg_jvp_tangent(m + 1u, t, kv, b.r1);
+        sg_jvp_tangent(m + 2u, t, kv, b.r2);        sg_jvp_tangent(m + 3u, t, kv, b.r3);
+        sg_jvp_tangent(m + 4u, t, kv, b.r4);        sg_jvp_tangent(m + 5u, t, kv, b.r5);
+        sg_jvp_tangent(m + 6u, t, kv, b.r6);        sg_jvp_tangent(m + 7u, t, kv, b.r7);
+        sg_jvp_tangent(m + 8u, t, kv, b.r8);        sg_jvp_tangent(m + 9u, t, kv, b.r9);
+        sg_jvp_tangent(m + 10u, t, kv, b.r10);        sg_jvp_tangent(m + 11u, t, kv, b.r11);
+        sg_jvp_tangent(m + 12u, t, kv, b.r12);        sg_jvp_tangent(m + 13u, t, kv, b.r13);
+        sg_jvp_tangent(m + 14u, t, kv, b.r14);        sg_jvp_tangent(m + 15u, t, kv, b.r15);
     }
 }
 
@@ -186,69 +280,4 @@ fn backward_weight_subgroup(
         db_store(chunk, nv0, b0); db_store(chunk, nv0 + 1u, b1);
         db_store(chunk, nv0 + 2u, b2); db_store(chunk, nv0 + 3u, b3);
     }
-}
-
-// backward_input_jvp with 8 primal rows per subgroup (one dZ row loaded per lane), for the
-// register reason given at linear_jvp_subgroup. A lane past the last input vec4 computes
-// a clamped copy and stores nothing (its rows are passed to the helpers as out of range).
-@compute @workgroup_size(8, 1, 1)
-fn backward_input_jvp_subgroup(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(subgroup_invocation_id) lane: u32,
-) {
-    let own = wg.x * 8u + lane < p.in_vec4;
-    let kv = min(wg.x * 8u + lane, p.in_vec4 - 1u);
-    let m0 = (wg.y + wg.z * nwg.y) * 8u;
-    // Row m0 + i as the helpers see it: past the end when this lane stores nothing.
-    let s0 = select(p.rows, m0, own);
-    let lr = p.rows - 1u;
-    let ln = p.out_features - 1u;
-    let nv = p.out_vec4;
-    let ra = min(m0 + lane, lr) * nv;
-    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
-    for (var n4 = 0u; n4 < nv; n4++) {
-        let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
-        let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
-        let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
-        let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
-        let da = dz[ra + n4];
-        a0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
-        a1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
-        a2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
-        a3 += mix4(subgroupBroadcast(da, 3u), w0, w1, w2, w3);
-        a4 += mix4(subgroupBroadcast(da, 4u), w0, w1, w2, w3);
-        a5 += mix4(subgroupBroadcast(da, 5u), w0, w1, w2, w3);
-        a6 += mix4(subgroupBroadcast(da, 6u), w0, w1, w2, w3);
-        a7 += mix4(subgroupBroadcast(da, 7u), w0, w1, w2, w3);
-    }
-    a0 *= g1_at(m0, kv); a1 *= g1_at(m0 + 1u, kv); a2 *= g1_at(m0 + 2u, kv); a3 *= g1_at(m0 + 3u, kv);
-    a4 *= g1_at(m0 + 4u, kv); a5 *= g1_at(m0 + 5u, kv); a6 *= g1_at(m0 + 6u, kv); a7 *= g1_at(m0 + 7u, kv);
-    for (var t = 1u; t <= p.n_tangents; t++) {
-        let o = t * p.rows * nv;
-        var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
-        var b4 = vec4<f32>(0.0); var b5 = vec4<f32>(0.0); var b6 = vec4<f32>(0.0); var b7 = vec4<f32>(0.0);
-        for (var n4 = 0u; n4 < nv; n4++) {
-            let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + kv];
-            let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + kv];
-            let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + kv];
-            let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + kv];
-            let da = dz[o + ra + n4];
-            b0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
-            b1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
-            b2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
-            b3 += mix4(subgroupBroadcast(da, 3u), w0, w1, w2, w3);
-            b4 += mix4(subgroupBroadcast(da, 4u), w0, w1, w2, w3);
-            b5 += mix4(subgroupBroadcast(da, 5u), w0, w1, w2, w3);
-            b6 += mix4(subgroupBroadcast(da, 6u), w0, w1, w2, w3);
-            b7 += mix4(subgroupBroadcast(da, 7u), w0, w1, w2, w3);
-        }
-        a0 += jvp_tangent(s0, t, kv, b0); a1 += jvp_tangent(s0 + 1u, t, kv, b1);
-        a2 += jvp_tangent(s0 + 2u, t, kv, b2); a3 += jvp_tangent(s0 + 3u, t, kv, b3);
-        a4 += jvp_tangent(s0 + 4u, t, kv, b4); a5 += jvp_tangent(s0 + 5u, t, kv, b5);
-        a6 += jvp_tangent(s0 + 6u, t, kv, b6); a7 += jvp_tangent(s0 + 7u, t, kv, b7);
-    }
-    jvp_store(s0, kv, a0); jvp_store(s0 + 1u, kv, a1); jvp_store(s0 + 2u, kv, a2); jvp_store(s0 + 3u, kv, a3);
-    jvp_store(s0 + 4u, kv, a4); jvp_store(s0 + 5u, kv, a5); jvp_store(s0 + 6u, kv, a6); jvp_store(s0 + 7u, kv, a7);
 }

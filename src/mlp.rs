@@ -289,11 +289,7 @@ impl MlpPass {
     pub fn record_forward(&self, pass: &mut wgpu::ComputePass<'_>) {
         let n = self.fwd_params.len();
         for (i, p) in self.fwd_params.iter().enumerate() {
-            let grid = if self.tangents > 0 {
-                matmul::linear_jvp_groups(p, &self.tiles)
-            } else {
-                matmul::linear_forward_groups(p, &self.tiles)
-            };
+            let grid = matmul::linear_forward_groups(p, &self.tiles);
             self.forward
                 .dispatch(pass, &self.fwd_groups[i], SLOT_FWD * n + i, grid);
         }
@@ -331,7 +327,7 @@ impl MlpPass {
                         pass,
                         g,
                         SLOT_JVP * n + i,
-                        mlp_backward::backward_input_jvp_groups(tp, &self.tiles),
+                        mlp_backward::backward_input_groups(tp, &self.tiles),
                     );
                 } else {
                     bi.dispatch(

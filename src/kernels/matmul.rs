@@ -10,7 +10,7 @@ use std::sync::Arc;
 /// Outputs per thread (`TILE_ROWS`, `TILE_COLS` in matmul.wgsl).
 pub const TILE_ROWS: u32 = 8;
 pub const TILE_COLS: u32 = 4;
-/// Rows per subgroup of linear_forward_subgroup (`SG_ROWS`); a workgroup is one
+/// Rows per subgroup of linear_forward_subgroup and linear_jvp_subgroup (`SG_ROWS`); a workgroup is one
 /// 8-lane subgroup covering 8·TILE_COLS output features.
 pub const SG_ROWS: u32 = 16;
 const SG_LANES: u32 = 8;
@@ -66,6 +66,7 @@ pub fn linear_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     }
 }
 
+/// Grid of linear_forward and linear_jvp (both variants: same tiles for both entries).
 pub fn linear_forward_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
     if t.subgroup8 {
         let [y, z] = row_blocks(p.rows as usize, SG_ROWS);
@@ -75,23 +76,6 @@ pub fn linear_forward_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
             z,
         ];
     }
-    linear_jvp_groups(p, t)
-}
-
-/// Grid of linear_jvp (its subgroup variant takes 8 rows per subgroup).
-pub fn linear_jvp_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
-    if t.subgroup8 {
-        let [y, z] = row_blocks(p.rows as usize, SG_LANES);
-        return [
-            div_ceil(p.out_features as usize, TILE_COLS * SG_LANES),
-            y,
-            z,
-        ];
-    }
-    plain_groups(p, t)
-}
-
-fn plain_groups(p: &LinearParams, t: &Tiles) -> [u32; 3] {
     [
         div_ceil(p.out_features as usize, TILE_COLS * t.wg_x),
         div_ceil(p.rows as usize, TILE_ROWS * t.wg_y),

@@ -99,16 +99,10 @@ pub fn backward_input_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     }
 }
 
+/// Grid of backward_input and backward_input_jvp (same tiles for both entries).
 pub fn backward_input_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
-    input_groups(p, t, SG_DX_ROWS)
-}
-/// backward_input_jvp's subgroup variant takes 8 primal rows per subgroup.
-pub fn backward_input_jvp_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
-    input_groups(p, t, SG_LANES)
-}
-fn input_groups(p: &BackwardParams, t: &Tiles, sg_rows: u32) -> [u32; 3] {
     if t.subgroup8 {
-        let [y, z] = super::matmul::row_blocks(p.rows as usize, sg_rows);
+        let [y, z] = super::matmul::row_blocks(p.rows as usize, SG_DX_ROWS);
         return [div_ceil(p.in_vec4 as usize, SG_LANES), y, z];
     }
     [
