@@ -105,6 +105,11 @@ fn activate_grad2(z: f32, act: u32) -> f32 {
     }
 }
 
+fn activate4(z: vec4<f32>, act: u32) -> vec4<f32> {
+    if (act == ACT_IDENTITY) { return z; }
+    return vec4<f32>(activate(z.x, act), activate(z.y, act), activate(z.z, act), activate(z.w, act));
+}
+
 fn activate_grad4(z: vec4<f32>, act: u32) -> vec4<f32> {
     if (act == ACT_IDENTITY) { return vec4<f32>(1.0); }
     return vec4<f32>(activate_grad(z.x, act), activate_grad(z.y, act), activate_grad(z.z, act), activate_grad(z.w, act));

@@ -40,29 +40,42 @@ const TILE_COLS: u32 = 4u;
 @group(0) @binding(0) var<uniform> p: LinearParams;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> params: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> z: array<f32>;
-@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+// Z and H as vec4s: the epilogues store whole vec4s (4 scalar stores cost ~4× one vec4
+// store on lavapipe, where each is a scatter), with zeros in the padding features past N.
+@group(0) @binding(3) var<storage, read_write> z: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> h: array<vec4<f32>>;
 
-fn bias_at(n: u32) -> f32 {
-    let i = p.b_off + n;
-    return params[i >> 2u][i & 3u];
+// b[n0 .. n0 + 4): b_off and n0 are multiples of 4 and b's padding is zero.
+fn bias4(n0: u32) -> vec4<f32> {
+    return params[(p.b_off + n0) >> 2u];
+}
+
+// Which of the 4 features from n0 exist.
+fn real4(n0: u32) -> vec4<bool> {
+    return vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.out_features);
+}
+
+// Vec4 index of row m, features n0 .. n0 + 4 (y_stride and n0 are multiples of 4).
+fn out4(m: u32, n0: u32) -> u32 {
+    return (m * p.y_stride + n0) >> 2u;
+}
+
+// Z = acc + b and H = act(Z) of row m, features n0 .. n0 + 4; Z is stored if `keep_z`.
+fn store_out(m: u32, n0: u32, acc: vec4<f32>, keep_z: bool) {
+    if (m >= p.rows || n0 >= p.out_features) {
+        return;
+    }
+    let real = real4(n0);
+    let zv = select(vec4<f32>(0.0), acc + bias4(n0), real);
+    let o = out4(m, n0);
+    if (keep_z) {
+        z[o] = zv;
+    }
+    h[o] = select(vec4<f32>(0.0), activate4(zv, p.activation), real);
 }
 
 fn epilogue(m: u32, n0: u32, acc: vec4<f32>) {
-    if (m >= p.rows) {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        if (n < p.out_features) {
-            let o = m * p.y_stride + n;
-            let zv = acc[j] + bias_at(n);
-            if (p.store_pre != 0u) {
-                z[o] = zv;
-            }
-            h[o] = activate(zv, p.activation);
-        }
-    }
+    store_out(m, n0, acc, p.store_pre != 0u);
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -103,24 +116,15 @@ fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // Tangent outputs of direction row `row` (primal row m) from their accumulators and the
 // primal Z of the same outputs. W is re-read per direction (from cache).
 fn jvp_epilogue(m: u32, row: u32, n0: u32, acc: vec4<f32>, zp: vec4<f32>) {
-    if (m >= p.rows) {
+    if (m >= p.rows || n0 >= p.out_features) {
         return;
     }
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        if (n < p.out_features) {
-            let o = row * p.y_stride + n;
-            if (p.store_pre != 0u) {
-                z[o] = acc[j];
-            }
-            h[o] = acc[j] * activate_grad(zp[j], p.activation);
-        }
+    let zt = select(vec4<f32>(0.0), acc, real4(n0));
+    let o = out4(row, n0);
+    if (p.store_pre != 0u) {
+        z[o] = zt;
     }
-}
-
-fn bias4(n0: u32) -> vec4<f32> {
-    let lc = p.out_features - 1u;
-    return vec4<f32>(bias_at(min(n0, lc)), bias_at(min(n0 + 1u, lc)), bias_at(min(n0 + 2u, lc)), bias_at(min(n0 + 3u, lc)));
+    h[o] = zt * activate_grad4(zp, p.activation);
 }
 
 @compute @workgroup_size(WG_X, WG_Y, 1)

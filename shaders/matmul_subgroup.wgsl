@@ -117,35 +117,14 @@ fn linear_forward_subgroup(
 // Primal outputs of linear_jvp_subgroup: Z is stored whatever store_pre says (with
 // tangents the pass always has Z buffers), for the tangent epilogues to read back.
 fn jvp_primal(m: u32, n0: u32, acc: vec4<f32>) {
-    if (m >= p.rows) {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        if (n < p.out_features) {
-            let o = m * p.y_stride + n;
-            let zv = acc[j] + bias_at(n);
-            z[o] = zv;
-            h[o] = activate(zv, p.activation);
-        }
-    }
+    store_out(m, n0, acc, true);
 }
 
 // Tangent outputs of row `row` (primal row m): Ḣ = act'(Z)·Ż with the primal Z read back
 // from what this lane stored (same features, same rows).
 fn jvp_tangent_out(m: u32, row: u32, n0: u32, acc: vec4<f32>) {
-    if (m >= p.rows) {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        if (n < p.out_features) {
-            let o = row * p.y_stride + n;
-            if (p.store_pre != 0u) {
-                z[o] = acc[j];
-            }
-            h[o] = acc[j] * activate_grad(z[m * p.y_stride + n], p.activation);
-        }
+    if (m < p.rows) {
+        jvp_epilogue(m, row, n0, acc, z[out4(m, n0)]);
     }
 }
 

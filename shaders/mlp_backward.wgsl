@@ -4,7 +4,7 @@
 //   backward_weight:  dW = dZᵀ·X and db = Σ_rows dZ over one chunk of rows; each chunk
 //                     writes its own partial sums (or the gradient itself when there is
 //                     one chunk) — no float atomics, so the reduction is deterministic.
-//   reduce_chunks:    gradient = Σ_chunks partial, in a fixed order.
+//   reduce_chunks:    gradient = Σ_chunks partial, in a fixed order (one vec4 per thread).
 //   backward_input_jvp: with tangent rows stacked after the N primal rows (matmul.wgsl's
 //                     linear_jvp), dX = dZ·W of every row, then the activation of the
 //                     layer below: tangent rows Ḣ = act'(Z)⊙Ż give dŻ = act'(Z)⊙dḢ, and
@@ -37,8 +37,10 @@ struct BackwardParams {
 @group(0) @binding(3) var<storage, read> z_below: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> dx: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> x_in: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(7) var<storage, read_write> grads: array<f32>;
+// Gradients as vec4s: whole-vec4 stores (a scalar store is a scatter on lavapipe). A
+// layer's slice (w_off4, layer_size) starts and ends on a vec4.
+@group(0) @binding(6) var<storage, read_write> partial: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> grads: array<vec4<f32>>;
 
 // dX tile of one thread: 8 rows × 4 input features (one vec4), in eight vec4 variables.
 // dW tile: 8 output features (two vec4 of dZ) × 8 input features (two vec4 of X), in
@@ -98,11 +100,12 @@ fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
     dx_store(m0 + 4u, kv, a4); dx_store(m0 + 5u, kv, a5); dx_store(m0 + 6u, kv, a6); dx_store(m0 + 7u, kv, a7);
 }
 
-fn store_weight_grad(chunk: u32, local: u32, v: f32) {
+// Vec4 `local4` of this layer's slice: into the gradient, or chunk's partial sums.
+fn store_weight_grad(chunk: u32, local4: u32, v: vec4<f32>) {
     if (p.n_chunks == 1u) {
-        grads[4u * p.w_off4 + local] = v;
+        grads[p.w_off4 + local4] = v;
     } else {
-        partial[chunk * p.layer_size + local] = v;
+        partial[chunk * (p.layer_size >> 2u) + local4] = v;
     }
 }
 
@@ -111,21 +114,16 @@ fn dw_store(chunk: u32, n: u32, kv: u32, g: vec4<f32>) {
     if (n >= p.out_features || kv >= p.in_vec4) {
         return;
     }
-    let local = n * 4u * p.in_vec4 + 4u * kv;
-    store_weight_grad(chunk, local, g.x);
-    store_weight_grad(chunk, local + 1u, g.y);
-    store_weight_grad(chunk, local + 2u, g.z);
-    store_weight_grad(chunk, local + 3u, g.w);
+    store_weight_grad(chunk, n * p.in_vec4 + kv, g);
 }
 
+// Bias features 4·nv .. 4·nv + 4, if any exists (zeros in the padding past N).
 fn db_store(chunk: u32, nv: u32, g: vec4<f32>) {
-    let base = p.out_features * 4u * p.in_vec4;
-    for (var r = 0u; r < 4u; r++) {
-        let n = 4u * nv + r;
-        if (n < p.out_features) {
-            store_weight_grad(chunk, base + n, g[r]);
-        }
+    if (4u * nv >= p.out_features) {
+        return;
     }
+    let real = vec4<u32>(4u * nv) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.out_features);
+    store_weight_grad(chunk, p.out_features * p.in_vec4 + nv, select(vec4<f32>(0.0), g, real));
 }
 
 @compute @workgroup_size(WG_X, WG_Y, 1)
@@ -184,14 +182,15 @@ fn backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
 @compute @workgroup_size(WG1, 1, 1)
 fn reduce_chunks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = flat_index(gid, nwg);
-    if (e >= p.layer_size) {
+    let n4 = p.layer_size >> 2u;
+    if (e >= n4) {
         return;
     }
-    var s = 0.0;
+    var s = vec4<f32>(0.0);
     for (var c = 0u; c < p.n_chunks; c++) {
-        s += partial[c * p.layer_size + e];
+        s += partial[c * n4 + e];
     }
-    grads[4u * p.w_off4 + e] = s;
+    grads[p.w_off4 + e] = s;
 }
 
 // act'(Z) of primal row m, feature vec4 kv (1 for the identity: no Z is bound then).

@@ -72,6 +72,8 @@ pub struct BenchRecord {
     pub workload: String,
     pub adapter: String,
     pub backend: String,
+    /// The MLP kernel variant: "subgroup8" (8-lane subgroup tiles) or "plain".
+    pub tiles: String,
     pub unit: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps_per_s: Option<f64>,
@@ -317,6 +319,7 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
         workload: name.to_string(),
         adapter: ctx.adapter_name().to_string(),
         backend: ctx.backend_name(),
+        tiles: ctx.tiles.variant().to_string(),
         quick: cfg.quick,
         ..Default::default()
     };

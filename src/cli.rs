@@ -538,7 +538,7 @@ fn adapters(a: AdaptersArgs) -> Result<()> {
     }
     for s in &list {
         println!(
-            "{} | {} | {} | driver: {} {} | max buffer {} MiB, storage binding {} MiB, {} storage buffers/stage, {} B workgroup memory, {} invocations/workgroup, subgroups {}..{}; features: {}",
+            "{} | {} | {} | driver: {} {} | max buffer {} MiB, storage binding {} MiB, {} storage buffers/stage, {} B workgroup memory, {} invocations/workgroup, subgroups {}..{}; features: {}; kernel tiles: {}",
             s.name,
             s.backend,
             s.device_type,
@@ -555,7 +555,8 @@ fn adapters(a: AdaptersArgs) -> Result<()> {
                 "none".to_string()
             } else {
                 s.features.join(", ")
-            }
+            },
+            s.kernel_tiles
         );
     }
     if a.gpu.json {
@@ -1645,9 +1646,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         let ctx = GpuContext::new(choice)?;
         for name in &names {
             eprintln!(
-                "bench: {name} on {} ({})",
+                "bench: {name} on {} ({}, {} tiles)",
                 ctx.adapter_name(),
-                ctx.backend_name()
+                ctx.backend_name(),
+                ctx.tiles.variant()
             );
             for r in bench::run(&ctx, name, &cfg)? {
                 let rate = if let Some(s) = r.steps_per_s {

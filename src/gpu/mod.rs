@@ -68,6 +68,8 @@ pub struct AdapterSummary {
     pub max_compute_invocations_per_workgroup: u32,
     pub max_compute_workgroups_per_dimension: u32,
     pub subgroup_sizes: (u32, u32),
+    /// The MLP kernel variant flowgpu runs on it ("subgroup8" or "plain").
+    pub kernel_tiles: String,
     /// The optional features that matter to flowgpu's kernels and profiling.
     pub features: Vec<String>,
 }
@@ -100,8 +102,27 @@ fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
         max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
         max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
         subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+        kernel_tiles: tiles_of(adapter).variant().to_string(),
         features: notable_features(adapter.features()),
     }
+}
+
+fn class_of(info: &wgpu::AdapterInfo) -> AdapterClass {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        AdapterClass::Software
+    } else {
+        AdapterClass::Hardware
+    }
+}
+
+/// The kernel tiles for an adapter (a device opened on it requests its subgroup feature).
+fn tiles_of(adapter: &wgpu::Adapter) -> crate::kernels::Tiles {
+    let info = adapter.get_info();
+    crate::kernels::Tiles::for_adapter(
+        class_of(&info),
+        (info.subgroup_min_size, info.subgroup_max_size),
+        adapter.features().contains(wgpu::Features::SUBGROUP),
+    )
 }
 
 /// Names of the optional features flowgpu can use or report.
@@ -261,17 +282,9 @@ impl GpuContext {
                 *s = Some(format!("device lost ({reason:?}): {msg}"));
             }
         });
-        let class = if info.device_type == wgpu::DeviceType::Cpu {
-            AdapterClass::Software
-        } else {
-            AdapterClass::Hardware
-        };
+        let class = class_of(&info);
         let profiler = profile.then(|| Arc::new(profile::Profiler::new(&device, &queue)));
-        let tiles = crate::kernels::Tiles::for_adapter(
-            class,
-            (info.subgroup_min_size, info.subgroup_max_size),
-            device.features().contains(wgpu::Features::SUBGROUP),
-        );
+        let tiles = tiles_of(&adapter);
         Ok(GpuContext {
             device,
             queue,

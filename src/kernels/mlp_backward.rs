@@ -126,7 +126,7 @@ pub fn backward_weight_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
     ]
 }
 pub fn reduce_chunks_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
-    grid_1d(p.layer_size as usize, t.wg1)
+    grid_1d(p.layer_size as usize / 4, t.wg1)
 }
 
 /// Rows per weight-gradient chunk: enough chunks to occupy the adapter, few enough that

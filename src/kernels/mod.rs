@@ -168,6 +168,15 @@ impl Tiles {
         }
     }
 
+    /// Name of the MLP kernel variant, as `flowgpu bench` and `adapters` report it.
+    pub fn variant(&self) -> &'static str {
+        if self.subgroup8 {
+            "subgroup8"
+        } else {
+            "plain"
+        }
+    }
+
     /// FLOWGPU_TILES="wg_x,wg_y,weight_chunk_rows" overrides the preset (tuning runs).
     fn from_env() -> Option<Tiles> {
         let v: Vec<u32> = std::env::var("FLOWGPU_TILES")
