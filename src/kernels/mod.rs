@@ -162,9 +162,17 @@ impl Tiles {
     /// tiles) unless FLOWGPU_SUBGROUP_TILES=0.
     pub fn for_adapter(class: AdapterClass, subgroup_sizes: (u32, u32), subgroups: bool) -> Tiles {
         let off = std::env::var("FLOWGPU_SUBGROUP_TILES").is_ok_and(|v| v == "0");
+        let base = Self::for_class(class);
+        if !subgroups || subgroup_sizes != (8, 8) || off {
+            return base;
+        }
         Tiles {
-            subgroup8: subgroups && subgroup_sizes == (8, 8) && !off,
-            ..Self::for_class(class)
+            subgroup8: true,
+            // A subgroup weight-gradient workgroup covers 16 × 32 weights: even one chunk
+            // gives 2 cores enough workgroups at width 64, and fewer chunks save the
+            // reduction pass (MLE steps at batch 256 × 3 stacked rows: 128 dispatches).
+            weight_chunk_rows: base.weight_chunk_rows.max(1024),
+            ..base
         }
     }
 
