@@ -72,6 +72,10 @@ pub struct MlpPass {
     back_input: Option<Arc<Kernel>>,
     back_weight: Option<Arc<Kernel>>,
     reduce: Option<Arc<Kernel>>,
+    /// backward_weight + backward_input in one dispatch (subgroup tiles, no tangents), with
+    /// a bind group for each layer that has an input gradient.
+    back_layer: Option<Arc<Kernel>>,
+    layer_groups: Vec<Option<wgpu::BindGroup>>,
     fwd_groups: Vec<wgpu::BindGroup>,
     bin_groups: Vec<Option<wgpu::BindGroup>>,
     bw_groups: Vec<wgpu::BindGroup>,
@@ -149,6 +153,8 @@ impl MlpPass {
             back_input: None,
             back_weight: None,
             reduce: None,
+            back_layer: None,
+            layer_groups: Vec::new(),
             fwd_groups,
             bin_groups: Vec::new(),
             bw_groups: Vec::new(),
@@ -199,6 +205,27 @@ impl MlpPass {
                     &[&pass.dz[0], &mlp.params, &dummy_ro, &ig],
                 ));
                 pass.input_grad = Some(ig);
+            }
+            if tangents == 0 {
+                if let Some(fused) = mlp_backward::backward_layer(ctx)? {
+                    for i in 0..n_layers {
+                        let x = if i == 0 { &pass.input } else { &pass.h[i - 1] };
+                        // The input-gradient half's buffers, as bound for backward_input.
+                        let below = match (i, &pass.input_grad) {
+                            (0, Some(ig)) => Some((&dummy_ro, ig)),
+                            (0, None) => None,
+                            _ => Some((&pass.z[i - 1], &pass.dz[i - 1])),
+                        };
+                        pass.layer_groups.push(below.map(|(zb, dx)| {
+                            fused.bind(
+                                ctx,
+                                &pass.arena,
+                                &[&pass.dz[i], &mlp.params, zb, dx, x, &partial, grads],
+                            )
+                        }));
+                    }
+                    pass.back_layer = Some(fused);
+                }
             }
             pass.partial = Some(partial);
             pass.back_input = Some(bi);
@@ -305,6 +332,23 @@ impl MlpPass {
         let n = self.bwd_params.len();
         for i in (0..n).rev() {
             let p = &self.bwd_params[i];
+            if let (Some(fused), Some(Some(g))) = (&self.back_layer, self.layer_groups.get(i)) {
+                fused.dispatch(
+                    pass,
+                    g,
+                    SLOT_BWD * n + i,
+                    mlp_backward::backward_layer_groups(p, &self.tiles),
+                );
+                if p.n_chunks > 1 {
+                    red.dispatch(
+                        pass,
+                        &self.red_groups[i],
+                        SLOT_BWD * n + i,
+                        mlp_backward::reduce_chunks_groups(p, &self.tiles),
+                    );
+                }
+                continue;
+            }
             bw.dispatch(
                 pass,
                 &self.bw_groups[i],

@@ -49,6 +49,16 @@ const BACKWARD_WEIGHT: &[(u32, Access)] = &[
     (6, Access::ReadWrite),
     (7, Access::ReadWrite),
 ];
+/// dz, params, z_below, dx, x_in, partial, grads: backward_layer_subgroup does both.
+const BACKWARD_LAYER: &[(u32, Access)] = &[
+    (1, Access::Read),
+    (2, Access::Read),
+    (3, Access::Read),
+    (4, Access::ReadWrite),
+    (5, Access::Read),
+    (6, Access::ReadWrite),
+    (7, Access::ReadWrite),
+];
 /// partial, grads.
 const REDUCE_CHUNKS: &[(u32, Access)] = &[(6, Access::ReadWrite), (7, Access::ReadWrite)];
 
@@ -75,6 +85,20 @@ pub fn backward_weight(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     } else {
         Kernel::get(ctx, Shader::MlpBackward, "backward_weight", BACKWARD_WEIGHT)
     }
+}
+/// backward_weight and backward_input of one layer in one dispatch: subgroup tiles only
+/// (None with the plain tiles, whose two kernels have different workgroup shapes).
+pub fn backward_layer(ctx: &GpuContext) -> Result<Option<Arc<Kernel>>> {
+    if !ctx.tiles.subgroup8 {
+        return Ok(None);
+    }
+    Kernel::get(
+        ctx,
+        Shader::MlpBackwardSubgroup,
+        "backward_layer_subgroup",
+        BACKWARD_LAYER,
+    )
+    .map(Some)
 }
 pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::MlpBackward, "reduce_chunks", REDUCE_CHUNKS)
@@ -124,6 +148,13 @@ pub fn backward_weight_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
         div_ceil(p.out_vec4 as usize, DW_OUT_VEC4 * t.wg_y),
         p.n_chunks,
     ]
+}
+/// backward_layer_subgroup: the weight workgroups, then the input ones, in a folded 1-D grid.
+pub fn backward_layer_groups(p: &BackwardParams, _t: &Tiles) -> [u32; 3] {
+    let gx = p.in_vec4.div_ceil(SG_LANES) as usize;
+    let weight = gx * p.out_vec4.div_ceil(SG_DW_OUT_VEC4) as usize * p.n_chunks as usize;
+    let input = gx * (p.rows as usize).div_ceil(SG_DX_ROWS as usize);
+    grid_1d(weight + input, 1)
 }
 pub fn reduce_chunks_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
     grid_1d(p.layer_size as usize / 4, t.wg1)
