@@ -1,5 +1,7 @@
 // adam.wgsl — AdamW over one flat parameter buffer, with global gradient-norm clipping
-// and an optional EMA of the weights fused into the same pass.
+// and an optional EMA of the weights fused into the same pass. Every buffer is read as
+// vec4s, one per thread (a flat parameter buffer's length is a multiple of 4): a quarter of
+// the invocations, which is most of the cost of this pass on a software adapter.
 //   grad_sq_partial: each workgroup sums the squares of its slice of the gradient.
 //   adam_update:     with clipping, one thread of every workgroup first sums all partial
 //                    sums (same order in every workgroup, so the clip factor is identical
@@ -9,7 +11,7 @@
 // Host wrapper: src/kernels/adam.rs.
 
 struct AdamParams {
-    n: u32,             // parameters
+    n: u32,             // parameters (a multiple of 4)
     n_partials: u32,    // workgroups of grad_sq_partial
     use_ema: u32,
     step: u32,          // 1-based step (informative; bias corrections come precomputed)
@@ -28,13 +30,13 @@ struct AdamParams {
 }
 
 @group(0) @binding(0) var<uniform> p: AdamParams;
-@group(0) @binding(1) var<storage, read> grads: array<f32>;
+@group(0) @binding(1) var<storage, read> grads: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(3) var<storage, read_write> params: array<f32>;
-@group(0) @binding(4) var<storage, read_write> moments: array<f32>; // m in [0, n), v in [n, 2n)
-@group(0) @binding(5) var<storage, read_write> ema: array<f32>;
+@group(0) @binding(3) var<storage, read_write> params: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> moments: array<vec4<f32>>; // m in [0, n), v in [n, 2n)
+@group(0) @binding(5) var<storage, read_write> ema: array<vec4<f32>>;
 
-const ITEMS: u32 = 16u; // gradient elements per thread in grad_sq_partial
+const ITEMS: u32 = 16u; // gradient vec4s per thread in grad_sq_partial
 
 var<workgroup> red: array<f32, WG1>;
 var<workgroup> clip_scale: f32;
@@ -60,9 +62,9 @@ fn grad_sq_partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     var s = 0.0;
     for (var k = 0u; k < ITEMS; k++) {
         let e = base + k * WG1 + lid.x;
-        if (e < p.n) {
+        if (e < p.n / 4u) {
             let g = grads[e];
-            s += g * g;
+            s += dot(g, g);
         }
     }
     let total = reduce_workgroup(lid.x, s);
@@ -91,15 +93,16 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_inv
         scale = clip_scale;
     }
     let e = flat_index(gid, nwg);
-    if (e >= p.n) {
+    let n4 = p.n / 4u;
+    if (e >= n4) {
         return;
     }
     let g = grads[e] * scale;
     var w = params[e] * (1.0 - p.lr * p.weight_decay);
     let m = p.beta1 * moments[e] + (1.0 - p.beta1) * g;
-    let v = p.beta2 * moments[p.n + e] + (1.0 - p.beta2) * g * g;
+    let v = p.beta2 * moments[n4 + e] + (1.0 - p.beta2) * g * g;
     moments[e] = m;
-    moments[p.n + e] = v;
+    moments[n4 + e] = v;
     let m_hat = m / p.bias_corr1;
     let v_hat = v / p.bias_corr2;
     w -= p.lr * m_hat / (sqrt(v_hat) + p.eps);

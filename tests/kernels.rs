@@ -465,7 +465,9 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
 fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
     let ctx = ctx();
     let tiles = ctx.tiles;
-    let n = 70_001; // several grad_sq workgroups, not a multiple of anything
+    // Several grad_sq workgroups, not a multiple of a workgroup (a multiple of 4, as every
+    // flat parameter buffer: the kernels read vec4s).
+    let n = 70_004;
     let mut r = rng(9);
     let mut p: Vec<f64> = (0..n)
         .map(|_| r.random_range(-1.0..1.0f32) as f64)

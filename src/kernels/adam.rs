@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use std::sync::Arc;
 
-/// Gradient elements per thread in `grad_sq_partial` (`ITEMS` in adam.wgsl).
+/// Gradient vec4s per thread in `grad_sq_partial` (`ITEMS` in adam.wgsl).
 pub const ITEMS: usize = 16;
 
 /// Mirrors `AdamParams` in adam.wgsl.
@@ -46,13 +46,19 @@ pub fn adam_update(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Adam, "adam_update", UPDATE)
 }
 
-/// Workgroups (= partial sums) of `grad_sq_partial` for `n` parameters.
+/// Workgroups (= partial sums) of `grad_sq_partial` for `n` parameters (a multiple of 4:
+/// the kernels read vec4s).
 pub fn n_partials(n: usize, t: &Tiles) -> usize {
-    n.div_ceil(t.wg1 as usize * ITEMS).max(1)
+    assert_eq!(
+        n % 4,
+        0,
+        "adam.wgsl needs a parameter count that is a multiple of 4"
+    );
+    (n / 4).div_ceil(t.wg1 as usize * ITEMS).max(1)
 }
 pub fn grad_sq_groups(p: &AdamParams, _t: &Tiles) -> [u32; 3] {
     grid_1d(p.n_partials as usize, 1)
 }
 pub fn update_groups(p: &AdamParams, t: &Tiles) -> [u32; 3] {
-    grid_1d(p.n as usize, t.wg1)
+    grid_1d(p.n as usize / 4, t.wg1)
 }
