@@ -332,7 +332,11 @@ impl MlpPass {
         let n = self.bwd_params.len();
         for i in (0..n).rev() {
             let p = &self.bwd_params[i];
-            if let (Some(fused), Some(Some(g))) = (&self.back_layer, self.layer_groups.get(i)) {
+            let fused = self
+                .back_layer
+                .as_ref()
+                .filter(|_| mlp_backward::fuse_backward(p));
+            if let (Some(fused), Some(Some(g))) = (fused, self.layer_groups.get(i)) {
                 fused.dispatch(
                     pass,
                     g,

@@ -168,16 +168,19 @@ fn max_abs(v: &[f64]) -> f64 {
 #[test]
 fn backward_matches_reference_single_and_multi_chunk() {
     // 50 rows: one chunk (direct write); 600 and 1100 rows: several chunks + reduction pass
-    // (chunks of 256 rows with the plain tiles, 1024 with the subgroup tiles).
-    for (a, (act, rows)) in [
-        (Activation::Silu, 50),
-        (Activation::Tanh, 600),
-        (Activation::Selu, 1100),
+    // (past 256 rows with the plain tiles, past 1024 with the subgroup tiles). Width 41 runs
+    // the subgroup tiles' fused weight+input kernel, width 97 the two separate ones
+    // (`mlp_backward::fuse_backward`).
+    for (a, (act, rows, width)) in [
+        (Activation::Silu, 50, 41),
+        (Activation::Tanh, 600, 41),
+        (Activation::Selu, 1100, 41),
+        (Activation::Silu, 1100, 97),
     ]
     .into_iter()
     .enumerate()
     {
-        let cfg = cfg(act);
+        let cfg = MlpConfig { width, ..cfg(act) };
         let w = Weights::init(&cfg, &mut rng(100 + a as u64));
         let (x, xg) = random_inputs(&cfg, rows, 200 + a as u64);
         let mut r = rng(300 + a as u64);

@@ -87,7 +87,8 @@ pub fn backward_weight(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     }
 }
 /// backward_weight and backward_input of one layer in one dispatch: subgroup tiles only
-/// (None with the plain tiles, whose two kernels have different workgroup shapes).
+/// (None with the plain tiles, whose two kernels have different workgroup shapes). Worth it
+/// for small layers only (`fuse_backward`).
 pub fn backward_layer(ctx: &GpuContext) -> Result<Option<Arc<Kernel>>> {
     if !ctx.tiles.subgroup8 {
         return Ok(None);
@@ -149,6 +150,14 @@ pub fn backward_weight_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
         p.n_chunks,
     ]
 }
+/// Whether a layer's backward runs as one backward_layer dispatch: the fused kernel saves a
+/// dispatch (~50–100 µs on lavapipe) but compiles to slower code (W-fm's 4096×512×512
+/// layers: 132 ms against 48 + 53 ms for the two kernels), so only small layers use it.
+pub fn fuse_backward(p: &BackwardParams) -> bool {
+    const MAX_MULTIPLY_ADDS: u64 = 1 << 22;
+    p.rows as u64 * 16 * p.in_vec4 as u64 * p.out_vec4 as u64 <= MAX_MULTIPLY_ADDS
+}
+
 /// backward_layer_subgroup: the weight workgroups, then the input ones, in a folded 1-D grid.
 pub fn backward_layer_groups(p: &BackwardParams, _t: &Tiles) -> [u32; 3] {
     let gx = p.in_vec4.div_ceil(SG_LANES) as usize;
@@ -163,10 +172,9 @@ pub fn reduce_chunks_groups(p: &BackwardParams, t: &Tiles) -> [u32; 3] {
 /// Rows per weight-gradient chunk: enough chunks to occupy the adapter, few enough that
 /// the reduction stays cheap. One chunk (no reduction pass) for small batches.
 pub fn chunk_rows(rows: usize, t: &Tiles) -> usize {
-    let target = t.weight_chunk_rows as usize;
-    if rows <= target {
+    if rows <= t.single_chunk_rows as usize {
         rows.max(1)
     } else {
-        target
+        t.weight_chunk_rows as usize
     }
 }

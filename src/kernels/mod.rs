@@ -127,6 +127,8 @@ pub struct Tiles {
     pub wg1: u32,
     /// Rows per weight-gradient partial sum.
     pub weight_chunk_rows: u32,
+    /// Batches up to this many rows take one chunk (no reduction pass).
+    pub single_chunk_rows: u32,
     /// The MLP kernels use the subgroup-broadcast tiles of `matmul_subgroup.wgsl` and
     /// `mlp_backward_subgroup.wgsl` (adapters whose subgroups are exactly 8 lanes).
     pub subgroup8: bool,
@@ -145,6 +147,7 @@ impl Tiles {
                 wg_y: 8,
                 wg1: 256,
                 weight_chunk_rows: 256,
+                single_chunk_rows: 256,
                 subgroup8: false,
             },
             AdapterClass::Hardware => Tiles {
@@ -152,6 +155,7 @@ impl Tiles {
                 wg_y: 16,
                 wg1: 256,
                 weight_chunk_rows: 128,
+                single_chunk_rows: 128,
                 subgroup8: false,
             },
         }
@@ -168,10 +172,11 @@ impl Tiles {
         }
         Tiles {
             subgroup8: true,
-            // A subgroup weight-gradient workgroup covers 16 × 32 weights: even one chunk
-            // gives 2 cores enough workgroups at width 64, and fewer chunks save the
-            // reduction pass (MLE steps at batch 256 × 3 stacked rows: 128 dispatches).
-            weight_chunk_rows: base.weight_chunk_rows.max(1024),
+            // A subgroup weight-gradient workgroup covers 16 × 32 weights: one chunk of up to
+            // 1024 rows still gives 2 cores enough workgroups at width 64 and saves the
+            // reduction pass (MLE steps at batch 256 × 3 stacked rows: 128 dispatches);
+            // longer batches keep 256-row chunks (1024 measured ~10% slower at W-fm).
+            single_chunk_rows: 1024,
             ..base
         }
     }
@@ -200,6 +205,7 @@ impl Tiles {
             wg_y: v[1],
             wg1: 256,
             weight_chunk_rows: v[2],
+            single_chunk_rows: v[2],
             subgroup8: false,
         })
     }
