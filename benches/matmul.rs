@@ -33,7 +33,7 @@ fn main() {
     let mut variants = vec![ctx];
     if variants[0].tiles.subgroup8 {
         let mut plain = GpuContext::new(&AdapterChoice::default()).expect("no adapter");
-        plain.tiles.subgroup8 = false;
+        plain.tiles = flowgpu::kernels::Tiles::for_class(plain.class);
         variants.push(plain);
     }
     // (name, rows, width, depth, activation, calls per timed group)

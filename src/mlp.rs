@@ -252,8 +252,8 @@ impl MlpPass {
         self.jvp_params.clear();
         let chunk = mlp_backward::chunk_rows(stacked, &self.tiles);
         for (i, l) in layers.iter().enumerate() {
-            // With tangents, linear_jvp keeps Z in registers: Z and Ż are stored only for
-            // the backward pass.
+            // With tangents, linear_jvp keeps Z in registers (its subgroup variant always
+            // stores the primal Z, to read it back): Ż is stored only for the backward pass.
             let fp = matmul::LinearParams {
                 rows: rows as u32,
                 out_features: l.out_features as u32,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, ctx, model_of};
+use common::{assert_close, ctx, model_of, tile_variants};
 use flowgpu::model::{Activation, MlpConfig, Model, Weights};
 use flowgpu::solve::{Method, SolveConfig, Tolerances, Trace};
 use flowgpu::{reference, GaussianPath, Sampler};
@@ -196,8 +196,15 @@ fn exact_log_density_of_an_analytic_flow() {
 
 #[test]
 fn gpu_log_likelihood_matches_f64_reference() {
+    // Every kernel variant of the adapter (linear_jvp without stored Z in inference).
+    for ctx in tile_variants() {
+        log_likelihood_matches_reference_on(ctx);
+    }
+}
+
+fn log_likelihood_matches_reference_on(ctx: &flowgpu::GpuContext) {
     let m = random_model(7, Activation::Silu);
-    let s = Sampler::new(ctx(), &m).unwrap();
+    let s = Sampler::new(ctx, &m).unwrap();
     let x = points(50, 3, 8);
     let cfg = SolveConfig {
         method: Method::Rk4,

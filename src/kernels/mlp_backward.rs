@@ -178,3 +178,59 @@ pub fn chunk_rows(rows: usize, t: &Tiles) -> usize {
         t.weight_chunk_rows as usize
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::AdapterClass;
+    use crate::kernels::matmul::row_blocks;
+
+    fn subgroup_tiles() -> Tiles {
+        Tiles {
+            subgroup8: true,
+            ..Tiles::for_class(AdapterClass::Software)
+        }
+    }
+
+    #[test]
+    fn row_blocks_cover_every_row_within_the_grid_limit() {
+        for rows in [1, 15, 16, 17, 65535 * 16, 65535 * 16 + 1, 3_000_001] {
+            let [y, z] = row_blocks(rows, 16);
+            assert!(y <= 65535 && z <= 65535, "{rows}: {y} × {z}");
+            let blocks = (y as usize) * (z as usize);
+            // Every block exists; the fold adds at most one partial row of y blocks.
+            assert!(blocks * 16 >= rows, "{rows}");
+            assert!(blocks < rows.div_ceil(16) + y as usize, "{rows}");
+        }
+    }
+
+    #[test]
+    fn backward_layer_grid_holds_both_halves() {
+        let t = subgroup_tiles();
+        for (rows, in_vec4, out_vec4, n_chunks) in [
+            (256, 16, 16, 1),
+            (1100, 11, 11, 5),
+            (50, 1, 1, 1),
+            (2_000_000, 2, 1, 1),
+        ] {
+            let p = BackwardParams {
+                rows,
+                in_vec4,
+                out_vec4,
+                n_chunks,
+                ..Default::default()
+            };
+            let gx = in_vec4.div_ceil(8) as u64;
+            let weight = gx * out_vec4.div_ceil(SG_DW_OUT_VEC4) as u64 * n_chunks as u64;
+            let input = gx * rows.div_ceil(SG_DX_ROWS) as u64;
+            let [x, y, z] = backward_layer_groups(&p, &t);
+            assert_eq!(z, 1);
+            assert!(x <= 65535 && y <= 65535);
+            let n = x as u64 * y as u64;
+            assert!(
+                n >= weight + input && n < weight + input + x as u64,
+                "{rows}"
+            );
+        }
+    }
+}

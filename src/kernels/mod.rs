@@ -163,9 +163,11 @@ impl Tiles {
 
     /// The tiles for an adapter: its class's preset, with the subgroup tiles when the
     /// device has subgroups of exactly 8 lanes (lavapipe: 2–3× the GFLOP/s of the plain
-    /// tiles) unless FLOWGPU_SUBGROUP_TILES=0.
+    /// tiles) unless FLOWGPU_SUBGROUP_TILES=0 or FLOWGPU_TILES is set.
     pub fn for_adapter(class: AdapterClass, subgroup_sizes: (u32, u32), subgroups: bool) -> Tiles {
-        let off = std::env::var("FLOWGPU_SUBGROUP_TILES").is_ok_and(|v| v == "0");
+        // FLOWGPU_TILES tunes the plain tiles: it keeps them.
+        let off = std::env::var("FLOWGPU_SUBGROUP_TILES").is_ok_and(|v| v == "0")
+            || Self::from_env().is_some();
         let base = Self::for_class(class);
         if !subgroups || subgroup_sizes != (8, 8) || off {
             return base;

@@ -11,13 +11,13 @@ pub fn ctx() -> &'static GpuContext {
 }
 
 /// Every kernel variant the test adapter runs: the context above and, when it uses the
-/// 8-lane subgroup tiles, a second one on the same adapter with the plain tiles.
+/// 8-lane subgroup tiles, a second one on the same adapter with its class's plain tiles.
 pub fn tile_variants() -> Vec<&'static GpuContext> {
     static PLAIN: OnceLock<Option<GpuContext>> = OnceLock::new();
     let plain = PLAIN.get_or_init(|| {
         ctx().tiles.subgroup8.then(|| {
             let mut c = new_ctx();
-            c.tiles.subgroup8 = false;
+            c.tiles = flowgpu::kernels::Tiles::for_class(c.class);
             c
         })
     });
