@@ -4,9 +4,11 @@
 // ε ~ N(0, I) extra noise and t ~ U(0, 1), all from the counter RNG (no host work per
 // step), then the squared error, its gradient and the batch loss.
 //   cfm_prepare: builds the MLP input rows [x_t, time features] and the targets.
-//   cfm_loss:    per-sample MSE and dL/dv for L = mean over batch and dims.
-//   loss_reduce: one workgroup sums the per-sample losses in a fixed order into the
-//                loss history slot of this step (the host reads it every K steps).
+//   cfm_loss:    per-sample MSE and dL/dv for L = mean over batch and dims, and the batch
+//                loss into the history slot of this step (the host reads it every K
+//                steps): one workgroup, so the step needs no separate reduction dispatch.
+//   loss_reduce: the batch mean of per-sample losses written by another kernel (MLE).
+// Both sum in a fixed order: every thread its rows, then thread 0 the threads' sums.
 // Host wrapper: src/kernels/cfm.rs; paths: src/path.rs.
 
 struct CfmParams {
@@ -136,24 +138,40 @@ fn cfm_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
 }
 
-@compute @workgroup_size(WG1, 1, 1)
-fn cfm_loss(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg);
-    if (i >= p.batch) {
-        return;
+var<workgroup> partial_sum: array<f32, WG1>;
+
+// Batch mean of the threads' sums into the history (one barrier; thread 0 adds the WG1
+// sums serially: a barrier tree measured slower on lavapipe).
+fn store_mean_loss(lid: u32, s: f32) {
+    partial_sum[lid] = s;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var total = 0.0;
+        for (var k = 0u; k < WG1; k++) {
+            total += partial_sum[k];
+        }
+        loss_history[p.loss_slot] = total / f32(p.batch);
     }
-    let row = i * p.out_stride;
-    let scale = 2.0 / f32(p.batch * p.dim);
-    var se = 0.0;
-    for (var j = 0u; j < p.dim; j++) {
-        let d = v[row + j] - target_u[row + j];
-        se += d * d;
-        grad_v[row + j] = scale * d;
-    }
-    sample_loss[i] = se / f32(p.dim);
 }
 
-var<workgroup> partial_sum: array<f32, WG1>;
+// One workgroup: thread l handles rows l, l + WG1, ...
+@compute @workgroup_size(WG1, 1, 1)
+fn cfm_loss(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let scale = 2.0 / f32(p.batch * p.dim);
+    var s = 0.0;
+    for (var i = lid.x; i < p.batch; i += WG1) {
+        let row = i * p.out_stride;
+        var se = 0.0;
+        for (var j = 0u; j < p.dim; j++) {
+            let d = v[row + j] - target_u[row + j];
+            se += d * d;
+            grad_v[row + j] = scale * d;
+        }
+        sample_loss[i] = se / f32(p.dim);
+        s += se / f32(p.dim);
+    }
+    store_mean_loss(lid.x, s);
+}
 
 @compute @workgroup_size(WG1, 1, 1)
 fn loss_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
@@ -161,15 +179,5 @@ fn loss_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
     for (var i = lid.x; i < p.batch; i += WG1) {
         s += sample_loss[i];
     }
-    partial_sum[lid.x] = s;
-    workgroupBarrier();
-    for (var w = WG1 / 2u; w > 0u; w >>= 1u) {
-        if (lid.x < w) {
-            partial_sum[lid.x] += partial_sum[lid.x + w];
-        }
-        workgroupBarrier();
-    }
-    if (lid.x == 0u) {
-        loss_history[p.loss_slot] = partial_sum[0] / f32(p.batch);
-    }
+    store_mean_loss(lid.x, s);
 }

@@ -1,8 +1,8 @@
 //! Conditional flow matching training on the GPU.
 //!
 //! One step, as recorded into the encoder: `cfm_prepare` draws x1, t and ε on the GPU and
-//! writes the MLP inputs and targets → `linear_forward` per layer → `cfm_loss` →
-//! backward per layer into the flat gradient buffer → `loss_reduce` → `grad_sq_partial`
+//! writes the MLP inputs and targets → `linear_forward` per layer → `cfm_loss` (with the
+//! batch loss) → backward per layer into the flat gradient buffer → `grad_sq_partial`
 //! → `adam_update`. `steps_per_submit` steps share one encoder and one submit; the host
 //! writes their learning rates into uniform slots before the submit and reads the loss
 //! history back only every `log_every` steps.
@@ -324,6 +324,7 @@ impl Trainer {
                 pass.output(),
                 pass.dz.last().unwrap(),
                 &sample_loss,
+                &loss_history,
             ],
         );
         let g_reduce = reduce.bind(ctx, &arena, &[&sample_loss, &loss_history]);
@@ -529,7 +530,8 @@ impl Trainer {
                     self.prepare
                         .dispatch(&mut pass, &self.g_prepare, i, per_sample);
                     self.pass.record_forward(&mut pass);
-                    self.loss.dispatch(&mut pass, &self.g_loss, i, per_sample);
+                    // Also writes this step's batch loss (no loss_reduce for flow matching).
+                    self.loss.dispatch(&mut pass, &self.g_loss, i, [1, 1, 1]);
                     self.pass.record_backward(&mut pass);
                 }
                 self.record_update(&mut pass, i);
@@ -540,10 +542,13 @@ impl Trainer {
         Ok(())
     }
 
-    /// Loss of step slot `i` into the history, then the optimizer update.
+    /// The MLE loss of step slot `i` into the history (cfm_loss writes the flow-matching
+    /// one itself), then the optimizer update.
     fn record_update(&self, pass: &mut wgpu::ComputePass<'_>, i: usize) {
         let k = self.cfg.steps_per_submit;
-        self.reduce.dispatch(pass, &self.g_reduce, i, [1, 1, 1]);
+        if self.mle.is_some() {
+            self.reduce.dispatch(pass, &self.g_reduce, i, [1, 1, 1]);
+        }
         // The gradient norm only serves clipping: without it, one dispatch less.
         if self.cfg.clip_norm > 0.0 {
             self.grad_sq.dispatch(

@@ -424,15 +424,14 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
                 &no_labels,
             ],
         );
-        let gl = kl.bind(ctx, &arena, &[&target, &v, &grad, &sample_loss]);
+        let gl = kl.bind(ctx, &arena, &[&target, &v, &grad, &sample_loss, &history]);
         let gr = kr.bind(ctx, &arena, &[&sample_loss, &history]);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
             let groups = cfm::per_sample_groups(&p, &tiles);
             kp.dispatch(&mut cp, &gp, 0, groups);
-            kl.dispatch(&mut cp, &gl, 0, groups);
-            kr.dispatch(&mut cp, &gr, 0, [1, 1, 1]);
+            kl.dispatch(&mut cp, &gl, 0, [1, 1, 1]);
         }
         ctx.submit(enc).unwrap();
         let draw = reference::CfmDraw {
@@ -461,6 +460,17 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
         assert_close("dL/dv", &got_grad, &want_grad, 1e-4, 1e-8);
         let got_loss = ctx.read(&history, 5, 1).unwrap()[0];
         assert_close("loss", &[got_loss], &[want_loss], 1e-4, 0.0);
+        // loss_reduce (the MLE path's) gives the same mean from the per-sample losses.
+        ctx.queue
+            .write_buffer(&history, 20, bytemuck::bytes_of(&0.0f32));
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            kr.dispatch(&mut cp, &gr, 0, [1, 1, 1]);
+        }
+        ctx.submit(enc).unwrap();
+        let reduced = ctx.read(&history, 5, 1).unwrap()[0];
+        assert_close("loss_reduce", &[reduced], &[want_loss], 1e-4, 0.0);
     }
 }
 

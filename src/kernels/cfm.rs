@@ -36,12 +36,13 @@ const PREPARE: &[(u32, Access)] = &[
     (9, Access::Read),
     (10, Access::Read),
 ];
-/// target, v, grad_v, sample_loss.
+/// target, v, grad_v, sample_loss, loss_history.
 const LOSS: &[(u32, Access)] = &[
     (3, Access::ReadWrite),
     (4, Access::Read),
     (5, Access::ReadWrite),
     (6, Access::ReadWrite),
+    (7, Access::ReadWrite),
 ];
 /// sample_loss, loss_history.
 const REDUCE: &[(u32, Access)] = &[(6, Access::ReadWrite), (7, Access::ReadWrite)];
@@ -49,6 +50,7 @@ const REDUCE: &[(u32, Access)] = &[(6, Access::ReadWrite), (7, Access::ReadWrite
 pub fn cfm_prepare(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Cfm, "cfm_prepare", PREPARE)
 }
+/// One workgroup (dispatch `[1, 1, 1]`): per-sample loss and gradient, and the batch loss.
 pub fn cfm_loss(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Cfm, "cfm_loss", LOSS)
 }
