@@ -1639,8 +1639,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     let mut lines = Vec::new();
     println!(
-        "{:<10} {:<34} {:>22} {:>9} {:>10} {:>8} {:>10}",
-        "workload", "adapter", "rate", "GFLOP/s", "SGEMM", "% SGEMM", "peak MiB"
+        "{:<10} {:<24} {:<17} {:>18} {:>9} {:>10} {:>8} {:>10}",
+        "workload", "adapter", "backend, tiles", "rate", "GFLOP/s", "SGEMM", "% SGEMM", "peak MiB"
     );
     for choice in &choices {
         let ctx = GpuContext::new(choice)?;
@@ -1662,11 +1662,12 @@ fn bench(a: BenchArgs) -> Result<()> {
                     let s = r.shape.unwrap_or_default();
                     format!("{}x{}x{}", s[0], s[1], s[2])
                 };
-                let adapter = format!("{} ({})", r.adapter, r.backend);
+                // Long adapter names are cut: the backend and kernel tiles keep rows apart.
                 println!(
-                    "{:<10} {:<34} {:>22} {:>9.2} {:>10.2} {:>7.0}% {:>10.1}",
+                    "{:<10} {:<24} {:<17} {:>18} {:>9.2} {:>10.2} {:>7.0}% {:>10.1}",
                     r.workload,
-                    adapter.chars().take(34).collect::<String>(),
+                    r.adapter.chars().take(24).collect::<String>(),
+                    format!("{}, {}", r.backend, r.tiles),
                     rate,
                     r.gflops,
                     r.sgemm_gflops,
