@@ -68,7 +68,9 @@ pub struct MlpPass {
     pub tangents: usize,
     partial: Option<wgpu::Buffer>,
     arena: UniformArena,
-    forward: Arc<Kernel>,
+    /// Forward kernel of each layer and the tiles its grid follows (narrow layers take
+    /// the plain tile: `matmul::forward_for_layer`).
+    forward: Vec<(Arc<Kernel>, Tiles)>,
     back_input: Option<Arc<Kernel>>,
     back_weight: Option<Arc<Kernel>>,
     reduce: Option<Arc<Kernel>>,
@@ -125,17 +127,16 @@ impl MlpPass {
         let dummy = ctx.storage("unused (read-write)", 4)?;
         let dummy_ro = ctx.storage("unused (read-only)", 4)?;
         // With tangent rows, one dispatch per layer computes them with the primal rows.
-        let forward = if tangents > 0 {
-            matmul::linear_jvp(ctx)?
-        } else {
-            matmul::linear_forward(ctx)?
-        };
+        let forward = layers
+            .iter()
+            .map(|l| matmul::forward_for_layer(ctx, l.out_features, tangents))
+            .collect::<Result<Vec<_>>>()?;
         let arena = UniformArena::new(ctx, "mlp params", 3 * n_layers);
         let mut fwd_groups = Vec::new();
         for (i, _) in layers.iter().enumerate() {
             let x = if i == 0 { &input } else { &h[i - 1] };
             let zb = if store_z { &z[i] } else { &dummy };
-            fwd_groups.push(forward.bind(ctx, &arena, &[x, &mlp.params, zb, &h[i]]));
+            fwd_groups.push(forward[i].0.bind(ctx, &arena, &[x, &mlp.params, zb, &h[i]]));
         }
         let mut pass = MlpPass {
             capacity,
@@ -316,9 +317,9 @@ impl MlpPass {
     pub fn record_forward(&self, pass: &mut wgpu::ComputePass<'_>) {
         let n = self.fwd_params.len();
         for (i, p) in self.fwd_params.iter().enumerate() {
-            let grid = matmul::linear_forward_groups(p, &self.tiles);
-            self.forward
-                .dispatch(pass, &self.fwd_groups[i], SLOT_FWD * n + i, grid);
+            let (kernel, tiles) = &self.forward[i];
+            let grid = matmul::linear_forward_groups(p, tiles);
+            kernel.dispatch(pass, &self.fwd_groups[i], SLOT_FWD * n + i, grid);
         }
     }
 

@@ -39,6 +39,29 @@ const LINEAR_FORWARD: &[(u32, Access)] = &[
     (4, Access::ReadWrite),
 ];
 
+/// The forward kernel for a layer with `out_features` outputs and `tangents` tangent
+/// directions, and the tiles its grid follows. The subgroup tile covers 32 output
+/// features per subgroup, so for a narrow layer (the 2-D output layer: 2 of 32 real) its
+/// lanes would mostly compute clamped copies: such layers take the plain tile.
+pub fn forward_for_layer(
+    ctx: &GpuContext,
+    out_features: usize,
+    tangents: usize,
+) -> Result<(Arc<Kernel>, Tiles)> {
+    let narrow = out_features <= 8;
+    let tiles = Tiles {
+        subgroup8: ctx.tiles.subgroup8 && !narrow,
+        ..ctx.tiles
+    };
+    let kernel = match (tangents > 0, tiles.subgroup8) {
+        (false, true) => linear_forward(ctx)?,
+        (true, true) => linear_jvp(ctx)?,
+        (false, false) => Kernel::get(ctx, Shader::Matmul, "linear_forward", LINEAR_FORWARD)?,
+        (true, false) => Kernel::get(ctx, Shader::Matmul, "linear_jvp", LINEAR_FORWARD)?,
+    };
+    Ok((kernel, tiles))
+}
+
 pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     if ctx.tiles.subgroup8 {
         Kernel::get(
