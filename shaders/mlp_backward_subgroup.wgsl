@@ -4,7 +4,8 @@
 // matmul_subgroup.wgsl for when and why). Same math as the plain entry points.
 //   backward_input_subgroup:  lane l owns input vec4 8·wg.x + l of the subgroup's 16 rows;
 //                             rows of dZ are loaded one per lane and broadcast.
-//   backward_layer_subgroup:  the two above in one dispatch (training without tangents).
+//   backward_layer_subgroup:  the two above in one dispatch (small layers, see the host);
+//                             backward_layer_jvp_subgroup the same with backward_input_jvp.
 //   backward_input_jvp_subgroup: the same tile for the primal rows and then for each
 //                             tangent direction; the primal dZ goes through memory
 //                             between directions (this lane's own rows and vec4).
@@ -135,7 +136,11 @@ fn backward_input_jvp_subgroup(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let s = sg_input(wg.x, wg.y + wg.z * nwg.y, lane);
+    sg_backward_input_jvp(wg.x, wg.y + wg.z * nwg.y, lane);
+}
+
+fn sg_backward_input_jvp(x: u32, block: u32, lane: u32) {
+    let s = sg_input(x, block, lane);
     // Rows as the store helpers see them: past the end for a lane that stores nothing.
     let m = select(p.rows, s.m0, s.own);
     let kv = s.kv;
@@ -174,18 +179,19 @@ fn backward_weight_subgroup(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    sg_backward_weight(wg.x, wg.y, wg.z, lane);
+    sg_backward_weight(wg.x, wg.y, wg.z, lane, p.rows);
 }
 
-// Workgroup (x, y) of row chunk `chunk`: input vec4s 8·x .., output features 16·y ...
-fn sg_backward_weight(x: u32, y: u32, chunk: u32, lane: u32) {
+// Workgroup (x, y) of row chunk `chunk`: input vec4s 8·x .., output features 16·y ..,
+// over `rows` rows (p.rows, or the stacked rows when p describes the primal ones).
+fn sg_backward_weight(x: u32, y: u32, chunk: u32, lane: u32, rows: u32) {
     let kv_real = x * 8u + lane;
     let kv = min(kv_real, p.in_vec4 - 1u);
     let nv0 = y * SG_DW_OUT_VEC4;
     let lv = p.out_vec4 - 1u;
     let n0 = min(nv0, lv); let n1 = min(nv0 + 1u, lv); let n2 = min(nv0 + 2u, lv); let n3 = min(nv0 + 3u, lv);
     let m_begin = chunk * p.chunk_rows;
-    let m_end = min(m_begin + p.chunk_rows, p.rows);
+    let m_end = min(m_begin + p.chunk_rows, rows);
     // g{4·q + r}: dW row 4·(nv0 + q) + r, input vec4 kv.
     var g0 = vec4<f32>(0.0); var g1 = vec4<f32>(0.0); var g2 = vec4<f32>(0.0); var g3 = vec4<f32>(0.0);
     var g4 = vec4<f32>(0.0); var g5 = vec4<f32>(0.0); var g6 = vec4<f32>(0.0); var g7 = vec4<f32>(0.0);
@@ -303,14 +309,32 @@ fn backward_layer_subgroup(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let flat = wg.x + wg.y * nwg.x;
+    backward_layer(wg.x + wg.y * nwg.x, lane, false);
+}
+
+// The same with tangent rows: p holds backward_input_jvp's parameters (primal rows, the
+// activation below); the weight half runs over all (1 + T)·rows stacked rows.
+@compute @workgroup_size(8, 1, 1)
+fn backward_layer_jvp_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    backward_layer(wg.x + wg.y * nwg.x, lane, true);
+}
+
+fn backward_layer(flat: u32, lane: u32, jvp: bool) {
     let gx = (p.in_vec4 + 7u) / 8u;
     let gy = (p.out_vec4 + SG_DW_OUT_VEC4 - 1u) / SG_DW_OUT_VEC4;
     let n_weight = gx * gy * p.n_chunks;
     // Uniform per workgroup, and a workgroup is one subgroup: the subgroup operations in
     // either branch run in uniform control flow.
     if (flat < n_weight) {
-        sg_backward_weight(flat % gx, (flat / gx) % gy, flat / (gx * gy), lane);
+        let rows = select(p.rows, p.rows * (1u + p.n_tangents), jvp);
+        sg_backward_weight(flat % gx, (flat / gx) % gy, flat / (gx * gy), lane, rows);
+    } else if (jvp) {
+        let f = flat - n_weight;
+        sg_backward_input_jvp(f % gx, f / gx, lane);
     } else {
         let f = flat - n_weight;
         sg_backward_input(f % gx, f / gx, lane);

@@ -74,8 +74,8 @@ pub struct MlpPass {
     back_input: Option<Arc<Kernel>>,
     back_weight: Option<Arc<Kernel>>,
     reduce: Option<Arc<Kernel>>,
-    /// backward_weight + backward_input in one dispatch (subgroup tiles, no tangents), with
-    /// a bind group for each layer that has an input gradient.
+    /// backward_weight + backward_input(_jvp) in one dispatch (subgroup tiles), with a
+    /// bind group for each layer that has an input gradient.
     back_layer: Option<Arc<Kernel>>,
     layer_groups: Vec<Option<wgpu::BindGroup>>,
     fwd_groups: Vec<wgpu::BindGroup>,
@@ -207,8 +207,8 @@ impl MlpPass {
                 ));
                 pass.input_grad = Some(ig);
             }
-            if tangents == 0 {
-                if let Some(fused) = mlp_backward::backward_layer(ctx)? {
+            {
+                if let Some(fused) = mlp_backward::backward_layer(ctx, tangents > 0)? {
                     for i in 0..n_layers {
                         let x = if i == 0 { &pass.input } else { &pass.h[i - 1] };
                         // The input-gradient half's buffers, as bound for backward_input.
@@ -333,6 +333,12 @@ impl MlpPass {
         let n = self.bwd_params.len();
         for i in (0..n).rev() {
             let p = &self.bwd_params[i];
+            // With tangents the fused kernel takes backward_input_jvp's parameters.
+            let (fp, slot) = if self.tangents > 0 {
+                (&self.jvp_params[i], SLOT_JVP * n + i)
+            } else {
+                (p, SLOT_BWD * n + i)
+            };
             let fused = self
                 .back_layer
                 .as_ref()
@@ -341,8 +347,8 @@ impl MlpPass {
                 fused.dispatch(
                     pass,
                     g,
-                    SLOT_BWD * n + i,
-                    mlp_backward::backward_layer_groups(p, &self.tiles),
+                    slot,
+                    mlp_backward::backward_layer_groups(fp, &self.tiles),
                 );
                 if p.n_chunks > 1 {
                     red.dispatch(

@@ -89,17 +89,17 @@ pub fn backward_weight(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 /// backward_weight and backward_input of one layer in one dispatch: subgroup tiles only
 /// (None with the plain tiles, whose two kernels have different workgroup shapes). Worth it
 /// for small layers only (`fuse_backward`).
-pub fn backward_layer(ctx: &GpuContext) -> Result<Option<Arc<Kernel>>> {
+/// With tangents (`backward_layer_jvp_subgroup`) it takes backward_input_jvp's parameters.
+pub fn backward_layer(ctx: &GpuContext, tangents: bool) -> Result<Option<Arc<Kernel>>> {
     if !ctx.tiles.subgroup8 {
         return Ok(None);
     }
-    Kernel::get(
-        ctx,
-        Shader::MlpBackwardSubgroup,
-        "backward_layer_subgroup",
-        BACKWARD_LAYER,
-    )
-    .map(Some)
+    let entry = if tangents {
+        "backward_layer_jvp_subgroup"
+    } else {
+        "backward_layer_subgroup"
+    };
+    Kernel::get(ctx, Shader::MlpBackwardSubgroup, entry, BACKWARD_LAYER).map(Some)
 }
 pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::MlpBackward, "reduce_chunks", REDUCE_CHUNKS)
@@ -158,7 +158,9 @@ pub fn fuse_backward(p: &BackwardParams) -> bool {
     p.rows as u64 * 16 * p.in_vec4 as u64 * p.out_vec4 as u64 <= MAX_MULTIPLY_ADDS
 }
 
-/// backward_layer_subgroup: the weight workgroups, then the input ones, in a folded 1-D grid.
+/// backward_layer_(jvp_)subgroup: the weight workgroups, then the input ones, in a folded
+/// 1-D grid (with tangents, `p` is backward_input_jvp's: rows are the primal rows, and the
+/// weight half's chunks are those of the stacked rows, as n_chunks says).
 pub fn backward_layer_groups(p: &BackwardParams, _t: &Tiles) -> [u32; 3] {
     let gx = p.in_vec4.div_ceil(SG_LANES) as usize;
     let weight = gx * p.out_vec4.div_ceil(SG_DW_OUT_VEC4) as usize * p.n_chunks as usize;
