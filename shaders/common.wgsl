@@ -129,3 +129,13 @@ fn time_feature(c: u32, t: f32) -> f32 {
 fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG1;
 }
+
+// 16 vec4 accumulators of one thread, returned by the subgroup tile functions
+// (matmul_subgroup.wgsl, mlp_backward_subgroup.wgsl); NIR inlines every function, so they
+// stay in registers.
+struct Tile16 {
+    r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>,
+    r4: vec4<f32>, r5: vec4<f32>, r6: vec4<f32>, r7: vec4<f32>,
+    r8: vec4<f32>, r9: vec4<f32>, r10: vec4<f32>, r11: vec4<f32>,
+    r12: vec4<f32>, r13: vec4<f32>, r14: vec4<f32>, r15: vec4<f32>,
+}

@@ -17,26 +17,6 @@
 
 const SG_ROWS: u32 = 16u;
 
-// The 16 rows × 4 features of one lane (NIR inlines the function: all in registers).
-struct Tile16 {
-    r0: vec4<f32>,
-    r1: vec4<f32>,
-    r2: vec4<f32>,
-    r3: vec4<f32>,
-    r4: vec4<f32>,
-    r5: vec4<f32>,
-    r6: vec4<f32>,
-    r7: vec4<f32>,
-    r8: vec4<f32>,
-    r9: vec4<f32>,
-    r10: vec4<f32>,
-    r11: vec4<f32>,
-    r12: vec4<f32>,
-    r13: vec4<f32>,
-    r14: vec4<f32>,
-    r15: vec4<f32>,
-}
-
 // Where a subgroup works: its 4 output features per lane, its 16 rows, the clamped rows
 // each lane loads and the clamped rows of W its features read.
 struct SgForward {

@@ -20,26 +20,6 @@
 const SG_DX_ROWS: u32 = 16u;
 const SG_DW_OUT_VEC4: u32 = 4u;
 
-// The 16 rows × 1 input vec4 of one lane (NIR inlines the function: all in registers).
-struct Tile16 {
-    r0: vec4<f32>,
-    r1: vec4<f32>,
-    r2: vec4<f32>,
-    r3: vec4<f32>,
-    r4: vec4<f32>,
-    r5: vec4<f32>,
-    r6: vec4<f32>,
-    r7: vec4<f32>,
-    r8: vec4<f32>,
-    r9: vec4<f32>,
-    r10: vec4<f32>,
-    r11: vec4<f32>,
-    r12: vec4<f32>,
-    r13: vec4<f32>,
-    r14: vec4<f32>,
-    r15: vec4<f32>,
-}
-
 // Where a subgroup works: its input vec4 (clamped for loads; `own` is false for a lane
 // past the last one, which computes a copy and stores nothing), its 16 rows and the
 // clamped rows of dZ each lane loads.
@@ -174,6 +154,15 @@ fn sg_backward_input_jvp(x: u32, block: u32, lane: u32) {
     }
 }
 
+// One row's share of a 16-output × 1-vec4 weight-gradient tile: dZ values e (4 outputs
+// each) times this lane's X vec4 of the row.
+fn dw_row(g: ptr<function, Tile16>, e0: vec4<f32>, e1: vec4<f32>, e2: vec4<f32>, e3: vec4<f32>, xr: vec4<f32>) {
+    (*g).r0 += e0.x * xr; (*g).r1 += e0.y * xr; (*g).r2 += e0.z * xr; (*g).r3 += e0.w * xr;
+    (*g).r4 += e1.x * xr; (*g).r5 += e1.y * xr; (*g).r6 += e1.z * xr; (*g).r7 += e1.w * xr;
+    (*g).r8 += e2.x * xr; (*g).r9 += e2.y * xr; (*g).r10 += e2.z * xr; (*g).r11 += e2.w * xr;
+    (*g).r12 += e3.x * xr; (*g).r13 += e3.y * xr; (*g).r14 += e3.z * xr; (*g).r15 += e3.w * xr;
+}
+
 @compute @workgroup_size(8, 1, 1)
 fn backward_weight_subgroup(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -192,11 +181,8 @@ fn sg_backward_weight(x: u32, y: u32, chunk: u32, lane: u32, rows: u32) {
     let n0 = min(nv0, lv); let n1 = min(nv0 + 1u, lv); let n2 = min(nv0 + 2u, lv); let n3 = min(nv0 + 3u, lv);
     let m_begin = chunk * p.chunk_rows;
     let m_end = min(m_begin + p.chunk_rows, rows);
-    // g{4·q + r}: dW row 4·(nv0 + q) + r, input vec4 kv.
-    var g0 = vec4<f32>(0.0); var g1 = vec4<f32>(0.0); var g2 = vec4<f32>(0.0); var g3 = vec4<f32>(0.0);
-    var g4 = vec4<f32>(0.0); var g5 = vec4<f32>(0.0); var g6 = vec4<f32>(0.0); var g7 = vec4<f32>(0.0);
-    var g8 = vec4<f32>(0.0); var g9 = vec4<f32>(0.0); var g10 = vec4<f32>(0.0); var g11 = vec4<f32>(0.0);
-    var g12 = vec4<f32>(0.0); var g13 = vec4<f32>(0.0); var g14 = vec4<f32>(0.0); var g15 = vec4<f32>(0.0);
+    // g.r{4·q + r}: dW row 4·(nv0 + q) + r, input vec4 kv.
+    var g = Tile16(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
     for (var mb = m_begin; mb < m_end; mb += 8u) {
         // Lane l's row of dZ (zero past the chunk, so the broadcast rows add nothing).
@@ -211,86 +197,22 @@ fn sg_backward_weight(x: u32, y: u32, chunk: u32, lane: u32, rows: u32) {
         b0 += select(vec4<f32>(0.0), d0, with_bias); b1 += select(vec4<f32>(0.0), d1, with_bias);
         b2 += select(vec4<f32>(0.0), d2, with_bias); b3 += select(vec4<f32>(0.0), d3, with_bias);
         // Row mb + r: its dZ values come from lane r, its X vec4 from this lane's column.
-        {
-            let xr = x_in[min(mb, m_end - 1u) * p.in_vec4 + kv];
-            let e0 = subgroupBroadcast(d0, 0u); let e1 = subgroupBroadcast(d1, 0u);
-            let e2 = subgroupBroadcast(d2, 0u); let e3 = subgroupBroadcast(d3, 0u);
-            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
-            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
-            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
-            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
-        }
-        {
-            let xr = x_in[min(mb + 1u, m_end - 1u) * p.in_vec4 + kv];
-            let e0 = subgroupBroadcast(d0, 1u); let e1 = subgroupBroadcast(d1, 1u);
-            let e2 = subgroupBroadcast(d2, 1u); let e3 = subgroupBroadcast(d3, 1u);
-            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
-            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
-            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
-            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
-        }
-        {
-            let xr = x_in[min(mb + 2u, m_end - 1u) * p.in_vec4 + kv];
-            let e0 = subgroupBroadcast(d0, 2u); let e1 = subgroupBroadcast(d1, 2u);
-            let e2 = subgroupBroadcast(d2, 2u); let e3 = subgroupBroadcast(d3, 2u);
-            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
-            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
-            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
-            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
-        }
-        {
-            let xr = x_in[min(mb + 3u, m_end - 1u) * p.in_vec4 + kv];
-            let e0 = subgroupBroadcast(d0, 3u); let e1 = subgroupBroadcast(d1, 3u);
-            let e2 = subgroupBroadcast(d2, 3u); let e3 = subgroupBroadcast(d3, 3u);
-            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
-            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
-            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
-            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
-        }
-        {
-            let xr = x_in[min(mb + 4u, m_end - 1u) * p.in_vec4 + kv];
-            let e0 = subgroupBroadcast(d0, 4u); let e1 = subgroupBroadcast(d1, 4u);
-            let e2 = subgroupBroadcast(d2, 4u); let e3 = subgroupBroadcast(d3, 4u);
-            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
-            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
-            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
-            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
-        }
-        {
-            let xr = x_in[min(mb + 5u, m_end - 1u) * p.in_vec4 + kv];
-            let e0 = subgroupBroadcast(d0, 5u); let e1 = subgroupBroadcast(d1, 5u);
-            let e2 = subgroupBroadcast(d2, 5u); let e3 = subgroupBroadcast(d3, 5u);
-            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
-            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
-            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
-            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
-        }
-        {
-            let xr = x_in[min(mb + 6u, m_end - 1u) * p.in_vec4 + kv];
-            let e0 = subgroupBroadcast(d0, 6u); let e1 = subgroupBroadcast(d1, 6u);
-            let e2 = subgroupBroadcast(d2, 6u); let e3 = subgroupBroadcast(d3, 6u);
-            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
-            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
-            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
-            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
-        }
-        {
-            let xr = x_in[min(mb + 7u, m_end - 1u) * p.in_vec4 + kv];
-            let e0 = subgroupBroadcast(d0, 7u); let e1 = subgroupBroadcast(d1, 7u);
-            let e2 = subgroupBroadcast(d2, 7u); let e3 = subgroupBroadcast(d3, 7u);
-            g0 += e0.x * xr; g1 += e0.y * xr; g2 += e0.z * xr; g3 += e0.w * xr;
-            g4 += e1.x * xr; g5 += e1.y * xr; g6 += e1.z * xr; g7 += e1.w * xr;
-            g8 += e2.x * xr; g9 += e2.y * xr; g10 += e2.z * xr; g11 += e2.w * xr;
-            g12 += e3.x * xr; g13 += e3.y * xr; g14 += e3.z * xr; g15 += e3.w * xr;
-        }
+        dw_row(&g, subgroupBroadcast(d0, 0u), subgroupBroadcast(d1, 0u), subgroupBroadcast(d2, 0u), subgroupBroadcast(d3, 0u), x_in[min(mb, m_end - 1u) * p.in_vec4 + kv]);
+        dw_row(&g, subgroupBroadcast(d0, 1u), subgroupBroadcast(d1, 1u), subgroupBroadcast(d2, 1u), subgroupBroadcast(d3, 1u), x_in[min(mb + 1u, m_end - 1u) * p.in_vec4 + kv]);
+        dw_row(&g, subgroupBroadcast(d0, 2u), subgroupBroadcast(d1, 2u), subgroupBroadcast(d2, 2u), subgroupBroadcast(d3, 2u), x_in[min(mb + 2u, m_end - 1u) * p.in_vec4 + kv]);
+        dw_row(&g, subgroupBroadcast(d0, 3u), subgroupBroadcast(d1, 3u), subgroupBroadcast(d2, 3u), subgroupBroadcast(d3, 3u), x_in[min(mb + 3u, m_end - 1u) * p.in_vec4 + kv]);
+        dw_row(&g, subgroupBroadcast(d0, 4u), subgroupBroadcast(d1, 4u), subgroupBroadcast(d2, 4u), subgroupBroadcast(d3, 4u), x_in[min(mb + 4u, m_end - 1u) * p.in_vec4 + kv]);
+        dw_row(&g, subgroupBroadcast(d0, 5u), subgroupBroadcast(d1, 5u), subgroupBroadcast(d2, 5u), subgroupBroadcast(d3, 5u), x_in[min(mb + 5u, m_end - 1u) * p.in_vec4 + kv]);
+        dw_row(&g, subgroupBroadcast(d0, 6u), subgroupBroadcast(d1, 6u), subgroupBroadcast(d2, 6u), subgroupBroadcast(d3, 6u), x_in[min(mb + 6u, m_end - 1u) * p.in_vec4 + kv]);
+        dw_row(&g, subgroupBroadcast(d0, 7u), subgroupBroadcast(d1, 7u), subgroupBroadcast(d2, 7u), subgroupBroadcast(d3, 7u), x_in[min(mb + 7u, m_end - 1u) * p.in_vec4 + kv]);
     }
     b0 = subgroupAdd(b0); b1 = subgroupAdd(b1); b2 = subgroupAdd(b2); b3 = subgroupAdd(b3);
     if (kv_real < p.in_vec4) {
         let na = 4u * nv0;
-        dw_store(chunk, na, kv, g0); dw_store(chunk, na + 1u, kv, g1); dw_store(chunk, na + 2u, kv, g2); dw_store(chunk, na + 3u, kv, g3);
-        dw_store(chunk, na + 4u, kv, g4); dw_store(chunk, na + 5u, kv, g5); dw_store(chunk, na + 6u, kv, g6); dw_store(chunk, na + 7u, kv, g7);
-        dw_store(chunk, na + 8u, kv, g8); dw_store(chunk, na + 9u, kv, g9); dw_store(chunk, na + 10u, kv, g10); dw_store(chunk, na + 11u, kv, g11);
-        dw_store(chunk, na + 12u, kv, g12); dw_store(chunk, na + 13u, kv, g13); dw_store(chunk, na + 14u, kv, g14); dw_store(chunk, na + 15u, kv, g15);
+        dw_store(chunk, na, kv, g.r0); dw_store(chunk, na + 1u, kv, g.r1); dw_store(chunk, na + 2u, kv, g.r2); dw_store(chunk, na + 3u, kv, g.r3);
+        dw_store(chunk, na + 4u, kv, g.r4); dw_store(chunk, na + 5u, kv, g.r5); dw_store(chunk, na + 6u, kv, g.r6); dw_store(chunk, na + 7u, kv, g.r7);
+        dw_store(chunk, na + 8u, kv, g.r8); dw_store(chunk, na + 9u, kv, g.r9); dw_store(chunk, na + 10u, kv, g.r10); dw_store(chunk, na + 11u, kv, g.r11);
+        dw_store(chunk, na + 12u, kv, g.r12); dw_store(chunk, na + 13u, kv, g.r13); dw_store(chunk, na + 14u, kv, g.r14); dw_store(chunk, na + 15u, kv, g.r15);
     }
     // db_store skips features past N (and so the clamped copies past the last vec4).
     if (x == 0u && lane == 0u) {
