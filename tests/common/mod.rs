@@ -138,11 +138,33 @@ pub fn linear_field_model(a: f64, omega: f64, c: [f64; 2], d: [f64; 2]) -> flowg
 /// A model's fit to 8gaussians: held-out NLL of 1000 fresh points (seed 999; dopri5 at 1e-5,
 /// exact trace), the true entropy on the same points, and KL(p‖q) = mean(log p − log q)
 /// with its standard error.
+#[derive(Clone, Copy, Debug)]
 pub struct TruthGap {
     pub nll: f64,
     pub entropy: f64,
     pub kl: f64,
     pub se: f64,
+}
+
+impl TruthGap {
+    /// Prints the gap and asserts 0 ≤ KL < `bound` (the lower side within 3 standard errors:
+    /// a model may not beat the true density).
+    pub fn assert_kl_below(&self, what: &str, bound: f64) {
+        let TruthGap {
+            nll,
+            entropy,
+            kl,
+            se,
+        } = *self;
+        eprintln!(
+            "{what}: held-out NLL {nll:.4} nats, true entropy {entropy:.4}, KL {kl:.4} ± {se:.4}"
+        );
+        assert!(
+            kl > -3.0 * se,
+            "model beats the true density: KL {kl} ± {se}"
+        );
+        assert!(kl < bound, "KL {kl} too large");
+    }
 }
 
 pub fn eight_gaussians_gap(m: &flowgpu::Model) -> TruthGap {
