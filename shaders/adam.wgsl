@@ -1,5 +1,9 @@
 // adam.wgsl — AdamW over one flat parameter buffer, with global gradient-norm clipping
-// and an optional EMA of the weights fused into the same pass. Every buffer is read as
+// and an optional EMA of the weights fused into the same pass. The gradient may come in
+// `grad_parts` partial sums (slots of `part_vec4` vec4s, cfm_step_subgroup.wgsl's
+// workgroups): both kernels add them in slot order, adam_update stores the sum in slot 0
+// (the gradient as every other path leaves it) and, with `loss_rows` > 0, one extra
+// thread adds the slots' loss sums (the vec4 after the parameters) into the history. Every buffer is read as
 // vec4s, one per thread (a flat parameter buffer's length is a multiple of 4): a quarter of
 // the invocations, which is most of the cost of this pass on a software adapter.
 //   grad_sq_partial: each workgroup sums the squares of its slice of the gradient.
@@ -24,21 +28,35 @@ struct AdamParams {
     bias_corr2: f32,    // 1 − β2^step
     clip_norm: f32,     // ≤ 0: no clipping
     ema_decay: f32,
+    grad_parts: u32,    // ≤ 1: the gradient itself; else partial sums to add up
+    part_vec4: u32,     // vec4s per partial slot
+    loss_slot: u32,     // history slot of this step's loss (with loss_rows > 0)
+    loss_rows: u32,     // > 0: the batch loss is Σ_slots loss sum / loss_rows
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: AdamParams;
-@group(0) @binding(1) var<storage, read> grads: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> grads: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> moments: array<vec4<f32>>; // m in [0, n), v in [n, 2n)
 @group(0) @binding(5) var<storage, read_write> ema: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> loss_history: array<f32>;
 
 const ITEMS: u32 = 16u; // gradient vec4s per thread in grad_sq_partial
 
 var<workgroup> red: array<f32, WG1>;
+
+// Gradient vec4 e: the sum of the partial slots in order.
+fn grad_at(e: u32) -> vec4<f32> {
+    var g = grads[e];
+    for (var c = 1u; c < p.grad_parts; c++) {
+        g += grads[c * p.part_vec4 + e];
+    }
+    return g;
+}
 var<workgroup> clip_scale: f32;
 
 fn reduce_workgroup(lid: u32, v: f32) -> f32 {
@@ -63,7 +81,7 @@ fn grad_sq_partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     for (var k = 0u; k < ITEMS; k++) {
         let e = base + k * WG1 + lid.x;
         if (e < p.n / 4u) {
-            let g = grads[e];
+            let g = grad_at(e);
             s += dot(g, g);
         }
     }
@@ -94,10 +112,22 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_inv
     }
     let e = flat_index(gid, nwg);
     let n4 = p.n / 4u;
+    if (e == n4 && p.loss_rows > 0u) {
+        var total = 0.0;
+        for (var c = 0u; c < max(p.grad_parts, 1u); c++) {
+            total += grads[c * p.part_vec4 + n4].x;
+        }
+        loss_history[p.loss_slot] = total / f32(p.loss_rows);
+    }
     if (e >= n4) {
         return;
     }
-    let g = grads[e] * scale;
+    var g = grads[e];
+    if (p.grad_parts > 1u) {
+        g = grad_at(e);
+        grads[e] = g;
+    }
+    g *= scale;
     var w = params[e] * (1.0 - p.lr * p.weight_decay);
     let m = p.beta1 * moments[e] + (1.0 - p.beta1) * g;
     let v = p.beta2 * moments[n4 + e] + (1.0 - p.beta2) * g * g;

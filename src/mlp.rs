@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{matmul, mlp_backward, Kernel, Tiles};
+use crate::kernels::{cfm_step, matmul, mlp_backward, Kernel, Tiles};
 use crate::model::{pad4, MlpConfig, ParamLayout, Weights};
 use std::sync::Arc;
 
@@ -394,5 +394,150 @@ impl MlpPass {
                 }
             }
         }
+    }
+}
+
+/// A whole flow-matching step's MLP work in one dispatch (`cfm_step_subgroup.wgsl`) for
+/// small models on adapters with 8-lane subgroups: the batch is cut into row groups, one
+/// workgroup each, and each writes its own slot of partial weight gradients and loss sum,
+/// which `adam_update` adds up (`AdamParams::grad_parts`).
+pub struct FusedCfmPass {
+    pub rows: usize,
+    /// Workgroups (= gradient slots).
+    pub groups: usize,
+    /// Floats per gradient slot: the parameters, then one vec4 holding the loss sum.
+    pub slot_len: usize,
+    /// Input rows at offset 0 ([rows, in_pad], cfm_prepare writes them), then Z and H of
+    /// every layer ([rows, out_pad] each).
+    pub act: wgpu::Buffer,
+    /// Offset (floats) of the output v(x, t) in `act`.
+    pub out_off: usize,
+    kernel: Arc<Kernel>,
+    group: wgpu::BindGroup,
+    params: cfm_step::StepParams,
+    // Kept alive for the bind group.
+    _arena: UniformArena,
+    _layers: wgpu::Buffer,
+}
+
+/// The fused step serves models whose forward pass is at most this many multiply-adds per
+/// batch: W-small is 2.2M; past ~8M the per-layer kernels' wider grids pay for their
+/// dispatches (W-fm is 3.2G).
+const FUSED_MAX_MACS: usize = 8 << 20;
+
+impl FusedCfmPass {
+    /// Whether a training run takes the fused step: the adapter's tiles have it
+    /// (`Tiles::fused_step`) and the model is small.
+    pub fn suits(ctx: &GpuContext, layout: &ParamLayout, rows: usize) -> bool {
+        let macs: usize = layout.layers.iter().map(|l| l.in_pad * l.out_pad).sum();
+        ctx.tiles.subgroup8
+            && ctx.tiles.fused_step
+            && layout.layers.len() <= cfm_step::MAX_LAYERS
+            && rows * macs <= FUSED_MAX_MACS
+    }
+
+    /// Floats per gradient slot of a model.
+    pub fn slot_len(layout: &ParamLayout) -> usize {
+        layout.total + 4
+    }
+
+    /// Rows per workgroup: 64 (multiples of 16, the kernel's row tile); fewer, longer
+    /// groups mean fewer gradient slots for adam to add, more mean more cores busy.
+    pub fn group_rows(rows: usize) -> usize {
+        let want = std::env::var("FLOWGPU_STEP_GROUP_ROWS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(64);
+        let tile = cfm_step::TILE_ROWS;
+        let all = rows.div_ceil(tile).max(1) * tile;
+        (want.div_ceil(tile).max(1) * tile).min(all)
+    }
+
+    /// Gradient slots for `rows` rows.
+    pub fn groups_for(rows: usize) -> usize {
+        rows.div_ceil(Self::group_rows(rows))
+    }
+
+    /// A pass over `rows` rows: targets [rows, pad4(dim)] (cfm_prepare's), and
+    /// `grad_parts` with room for `groups_for(rows)` slots.
+    pub fn new(
+        ctx: &GpuContext,
+        mlp: &GpuMlp,
+        rows: usize,
+        target: &wgpu::Buffer,
+        grad_parts: &wgpu::Buffer,
+    ) -> Result<Self> {
+        let layers = &mlp.layout.layers;
+        let mut off = rows * layers[0].in_pad;
+        let mut descs: Vec<cfm_step::StepLayer> = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            let (z_off, h_off) = (off, off + rows * l.out_pad);
+            off += 2 * rows * l.out_pad;
+            let below = i.checked_sub(1).map(|j| (&layers[j], descs[j]));
+            descs.push(cfm_step::StepLayer {
+                in_vec4: (l.in_pad / 4) as u32,
+                out_features: l.out_features as u32,
+                out_vec4: (l.out_pad / 4) as u32,
+                w_off4: (l.w_off / 4) as u32,
+                b_off4: (l.b_off / 4) as u32,
+                activation: l.activation.gpu_code(),
+                x_off4: below.map_or(0, |(_, d)| d.h_off4),
+                z_off4: (z_off / 4) as u32,
+                h_off4: (h_off / 4) as u32,
+                below_act: below.map_or(0, |(bl, _)| bl.activation.gpu_code()),
+                below_z_off4: below.map_or(0, |(_, d)| d.z_off4),
+                _pad: 0,
+            });
+        }
+        let top = descs.last().copied().unwrap_or_default();
+        let act = ctx.storage("fused step activations", off)?;
+        if descs.len() > cfm_step::MAX_LAYERS {
+            return Err(crate::error::Error::invalid(format!(
+                "the fused step takes at most {} layers",
+                cfm_step::MAX_LAYERS
+            )));
+        }
+        let mut table = descs.clone();
+        table.resize(cfm_step::MAX_LAYERS, Default::default());
+        let layer_buf = ctx.uniform_from("fused step layers", bytemuck::cast_slice(&table));
+        let slot_len = Self::slot_len(&mlp.layout);
+        let dim = mlp.cfg.dim;
+        let params = cfm_step::StepParams {
+            rows: rows as u32,
+            n_layers: layers.len() as u32,
+            group_rows: Self::group_rows(rows) as u32,
+            slot_vec4: (slot_len / 4) as u32,
+            dim: dim as u32,
+            target_vec4: top.out_vec4,
+            loss_scale: 2.0 / (rows * dim) as f32,
+            _pad: 0,
+        };
+        let mut arena = UniformArena::new(ctx, "fused step params", 1);
+        arena.set(0, &params);
+        arena.upload(ctx, 0..1);
+        let kernel = cfm_step::cfm_step_subgroup(ctx)?;
+        let group = kernel.bind(
+            ctx,
+            &arena,
+            &[&layer_buf, &mlp.params, &act, target, grad_parts],
+        );
+        Ok(FusedCfmPass {
+            rows,
+            groups: Self::groups_for(rows),
+            slot_len,
+            act,
+            out_off: 4 * top.h_off4 as usize,
+            kernel,
+            group,
+            params,
+            _arena: arena,
+            _layers: layer_buf,
+        })
+    }
+
+    /// Forward, loss and backward of the batch in `act`'s input rows: one dispatch.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.kernel
+            .dispatch(pass, &self.group, 0, cfm_step::step_groups(&self.params));
     }
 }

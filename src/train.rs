@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
 use crate::kernels::{adam, cfm, ot, Kernel, Tiles};
-use crate::mlp::{GpuMlp, MlpPass, PassOptions};
+use crate::mlp::{FusedCfmPass, GpuMlp, MlpPass, PassOptions};
 use crate::model::{MlpConfig, Weights};
 use crate::path::GaussianPath;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,7 +165,9 @@ pub struct Trainer {
     pub step: u64,
     /// Step up to which losses were read back.
     last_read: u64,
-    pass: MlpPass,
+    step_mlp: StepMlp,
+    /// The gradient; with the fused step, its partial slots (slot 0 holds the sum after
+    /// the update).
     grads: wgpu::Buffer,
     moments: wgpu::Buffer,
     ema: wgpu::Buffer,
@@ -176,12 +178,10 @@ pub struct Trainer {
     cfm_base: cfm::CfmParams,
     adam_base: adam::AdamParams,
     prepare: Arc<Kernel>,
-    loss: Arc<Kernel>,
     reduce: Arc<Kernel>,
     grad_sq: Arc<Kernel>,
     update: Arc<Kernel>,
     g_prepare: wgpu::BindGroup,
-    g_loss: wgpu::BindGroup,
     g_reduce: wgpu::BindGroup,
     g_grad_sq: wgpu::BindGroup,
     g_update: wgpu::BindGroup,
@@ -195,6 +195,19 @@ pub struct Trainer {
     _labels: wgpu::Buffer,
     ot: Option<OtState>,
     mle: Option<crate::mle::MleState>,
+}
+
+/// How a flow-matching step runs the MLP.
+enum StepMlp {
+    /// Per-layer kernels (any adapter) with cfm_loss between forward and backward.
+    Layers {
+        pass: Box<MlpPass>,
+        loss: Arc<Kernel>,
+        g_loss: wgpu::BindGroup,
+    },
+    /// One dispatch for forward, loss and backward (small models, 8-lane subgroups); adam
+    /// adds its gradient slots and writes the loss.
+    Fused(FusedCfmPass),
 }
 
 /// GPU state of the minibatch-OT coupling.
@@ -251,16 +264,13 @@ impl Trainer {
         let tiles = ctx.tiles;
         let mlp = GpuMlp::new(ctx, mlp_cfg, weights)?;
         let n = mlp.layout.total;
-        let grads = ctx.storage("grads", n)?;
-        let pass = MlpPass::new(
-            ctx,
-            &mlp,
-            cfg.batch,
-            PassOptions {
-                grads: Some(&grads),
-                ..Default::default()
-            },
-        )?;
+        let fused = cfg.mle.is_none() && FusedCfmPass::suits(ctx, &mlp.layout, cfg.batch);
+        let grads = if fused {
+            let slots = FusedCfmPass::groups_for(cfg.batch);
+            ctx.storage("grad slots", slots * FusedCfmPass::slot_len(&mlp.layout))?
+        } else {
+            ctx.storage("grads", n)?
+        };
         let data_buf = ctx.storage_from("data pool", data)?;
         if let Some(s) = source {
             if s.is_empty() || !s.len().is_multiple_of(d) {
@@ -299,8 +309,41 @@ impl Trainer {
         let k = cfg.steps_per_submit;
         let arena = UniformArena::new(ctx, "train step params", 3 * k);
 
+        let step_mlp = if fused {
+            StepMlp::Fused(FusedCfmPass::new(ctx, &mlp, cfg.batch, &target, &grads)?)
+        } else {
+            let pass = MlpPass::new(
+                ctx,
+                &mlp,
+                cfg.batch,
+                PassOptions {
+                    grads: Some(&grads),
+                    ..Default::default()
+                },
+            )?;
+            let loss = cfm::cfm_loss(ctx)?;
+            let g_loss = loss.bind(
+                ctx,
+                &arena,
+                &[
+                    &target,
+                    pass.output(),
+                    pass.dz.last().unwrap(),
+                    &sample_loss,
+                    &loss_history,
+                ],
+            );
+            StepMlp::Layers {
+                pass: Box::new(pass),
+                loss,
+                g_loss,
+            }
+        };
+        let input = match &step_mlp {
+            StepMlp::Layers { pass, .. } => &pass.input,
+            StepMlp::Fused(f) => &f.act,
+        };
         let prepare = cfm::cfm_prepare(ctx)?;
-        let loss = cfm::cfm_loss(ctx)?;
         let reduce = cfm::loss_reduce(ctx)?;
         let grad_sq = adam::grad_sq_partial(ctx)?;
         let update = adam::adam_update(ctx)?;
@@ -309,22 +352,11 @@ impl Trainer {
             &arena,
             &[
                 &data_buf,
-                &pass.input,
+                input,
                 &target,
                 &source_buf,
                 &label_buf,
                 &pairs_buf,
-            ],
-        );
-        let g_loss = loss.bind(
-            ctx,
-            &arena,
-            &[
-                &target,
-                pass.output(),
-                pass.dz.last().unwrap(),
-                &sample_loss,
-                &loss_history,
             ],
         );
         let g_reduce = reduce.bind(ctx, &arena, &[&sample_loss, &loss_history]);
@@ -332,7 +364,14 @@ impl Trainer {
         let g_update = update.bind(
             ctx,
             &arena,
-            &[&grads, &partials, &mlp.params, &moments, &ema],
+            &[
+                &grads,
+                &partials,
+                &mlp.params,
+                &moments,
+                &ema,
+                &loss_history,
+            ],
         );
         let cfm_base = cfm::CfmParams {
             batch: cfg.batch as u32,
@@ -362,6 +401,15 @@ impl Trainer {
             clip_norm: cfg.clip_norm as f32,
             ema_decay: cfg.ema.unwrap_or(0.0) as f32,
             ..Default::default()
+        };
+        let adam_base = match &step_mlp {
+            StepMlp::Fused(f) => adam::AdamParams {
+                grad_parts: f.groups as u32,
+                part_vec4: (f.slot_len / 4) as u32,
+                loss_rows: cfg.batch as u32,
+                ..adam_base
+            },
+            StepMlp::Layers { .. } => adam_base,
         };
         let ot_state = match cfg.coupling {
             Coupling::Independent => None,
@@ -431,7 +479,7 @@ impl Trainer {
             path,
             step: 0,
             last_read: 0,
-            pass,
+            step_mlp,
             grads,
             moments,
             ema,
@@ -440,12 +488,10 @@ impl Trainer {
             cfm_base,
             adam_base,
             prepare,
-            loss,
             reduce,
             grad_sq,
             update,
             g_prepare,
-            g_loss,
             g_reduce,
             g_grad_sq,
             g_update,
@@ -481,6 +527,7 @@ impl Trainer {
                 lr: self.cfg.lr_at(s.min(total.saturating_sub(1))) as f32,
                 bias_corr1: (1.0 - self.cfg.beta1.powi(t)) as f32,
                 bias_corr2: (1.0 - self.cfg.beta2.powi(t)) as f32,
+                loss_slot: (s % self.cfg.log_every as u64) as u32,
                 ..self.adam_base
             };
             self.arena.set(k + i, &ap);
@@ -529,10 +576,20 @@ impl Trainer {
                     self.record_coupling(&mut pass, 2 * k + i);
                     self.prepare
                         .dispatch(&mut pass, &self.g_prepare, i, per_sample);
-                    self.pass.record_forward(&mut pass);
-                    // Also writes this step's batch loss (no loss_reduce for flow matching).
-                    self.loss.dispatch(&mut pass, &self.g_loss, i, [1, 1, 1]);
-                    self.pass.record_backward(&mut pass);
+                    match &self.step_mlp {
+                        StepMlp::Layers {
+                            pass: p,
+                            loss,
+                            g_loss,
+                        } => {
+                            p.record_forward(&mut pass);
+                            // Also writes this step's batch loss (no loss_reduce).
+                            loss.dispatch(&mut pass, g_loss, i, [1, 1, 1]);
+                            p.record_backward(&mut pass);
+                        }
+                        // Its loss and gradient slots are added up by adam_update.
+                        StepMlp::Fused(f) => f.record(&mut pass),
+                    }
                 }
                 self.record_update(&mut pass, i);
             }

@@ -5,8 +5,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn flowgpu(args: &[&str]) -> (i32, String, String) {
+    flowgpu_env(args, &[])
+}
+
+fn flowgpu_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flowgpu"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run flowgpu");
     (
@@ -282,54 +287,74 @@ fn adapters_lists_at_least_one() {
 
 #[test]
 fn bench_profile_counts_the_dispatches_of_a_training_step() {
-    // W-small's step: prepare, 4 forward, loss (with the batch loss), 4 weight-gradient, 3
-    // input-gradient (with the subgroup tiles: 3 fused weight+input and 1 weight-gradient),
-    // Adam (no gradient-norm pass: the benchmark does not clip). A change that adds
-    // dispatches to the step shows here.
-    let (code, out, err) = flowgpu(&[
-        "bench",
-        "--quick",
-        "--only",
-        "W-small",
-        "--profile",
-        "--json",
-        "--min-time",
-        "0.2",
-    ]);
-    // Needs timestamp queries inside passes: lavapipe, the test adapter, has them.
-    assert_eq!(code, 0, "{err}");
-    let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    let profile = j["profile"].as_array().expect("a profile");
-    // Kernels are named "file::entry"; the subgroup variant of an entry adds "_subgroup".
-    let count = |entry: &str| {
-        profile
+    // W-small's step, three ways. Per-layer kernels: prepare, 4 forward, loss (with the
+    // batch loss), 4 weight-gradient, 3 input-gradient (with the subgroup tiles: 3 fused
+    // weight+input and 1 weight-gradient), Adam (no gradient-norm pass: the benchmark
+    // does not clip). The fused step (8-lane subgroups, the default there): prepare, one
+    // step kernel, Adam (which adds the gradient slots and writes the loss). A change that
+    // adds dispatches to the step shows here.
+    for env in [
+        vec![],
+        vec![("FLOWGPU_FUSED_STEP", "0")],
+        vec![("FLOWGPU_SUBGROUP_TILES", "0")],
+    ] {
+        let (code, out, err) = flowgpu_env(
+            &[
+                "bench",
+                "--quick",
+                "--only",
+                "W-small",
+                "--profile",
+                "--json",
+                "--min-time",
+                "0.2",
+            ],
+            &env,
+        );
+        // Needs timestamp queries inside passes: lavapipe, the test adapter, has them.
+        assert_eq!(code, 0, "{err}");
+        let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let profile = j["profile"].as_array().expect("a profile");
+        // Kernels are named "file::entry"; the subgroup variant of an entry adds "_subgroup".
+        let count = |entry: &str| {
+            profile
+                .iter()
+                .filter(|p| {
+                    let k = p["kernel"].as_str().unwrap();
+                    k.ends_with(&format!("::{entry}"))
+                        || k.ends_with(&format!("::{entry}_subgroup"))
+                })
+                .map(|p| p["dispatches"].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        let total: u64 = profile
             .iter()
-            .filter(|p| {
-                let k = p["kernel"].as_str().unwrap();
-                k.ends_with(&format!("::{entry}")) || k.ends_with(&format!("::{entry}_subgroup"))
-            })
             .map(|p| p["dispatches"].as_u64().unwrap())
-            .sum::<u64>()
-    };
-    let total: u64 = profile
-        .iter()
-        .map(|p| p["dispatches"].as_u64().unwrap())
-        .sum();
-    assert_eq!(count("linear_forward"), 4);
-    assert_eq!(count("grad_sq_partial"), 0);
-    assert_eq!(count("loss_reduce"), 0);
-    if j["tiles"] == "subgroup8" {
-        // The subgroup tiles do dW and dX of layers 1–3 in one dispatch each.
-        assert_eq!(count("backward_layer"), 3);
-        assert_eq!(count("backward_weight"), 1);
-        assert_eq!(count("backward_input"), 0);
-        assert_eq!(total, 11, "{profile:?}");
-    } else {
-        assert_eq!(count("backward_weight"), 4);
-        assert_eq!(count("backward_input"), 3);
-        assert_eq!(total, 14, "{profile:?}");
+            .sum();
+        assert_eq!(count("grad_sq_partial"), 0);
+        assert_eq!(count("loss_reduce"), 0);
+        assert_eq!(count("cfm_prepare"), 1);
+        assert_eq!(count("adam_update"), 1);
+        let fused = j["tiles"] == "subgroup8" && env.is_empty();
+        if fused {
+            assert_eq!(count("cfm_step"), 1);
+            assert_eq!(total, 3, "{profile:?}");
+            continue;
+        }
+        assert_eq!(count("linear_forward"), 4);
+        if j["tiles"] == "subgroup8" {
+            // The subgroup tiles do dW and dX of layers 1–3 in one dispatch each.
+            assert_eq!(count("backward_layer"), 3);
+            assert_eq!(count("backward_weight"), 1);
+            assert_eq!(count("backward_input"), 0);
+            assert_eq!(total, 11, "{profile:?}");
+        } else {
+            assert_eq!(count("backward_weight"), 4);
+            assert_eq!(count("backward_input"), 3);
+            assert_eq!(total, 14, "{profile:?}");
+        }
+        assert!(profile
+            .iter()
+            .all(|p| p["total_ms"].as_f64().unwrap() > 0.0));
     }
-    assert!(profile
-        .iter()
-        .all(|p| p["total_ms"].as_f64().unwrap() > 0.0));
 }

@@ -476,11 +476,20 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
 
 #[test]
 fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
+    // The gradient as one buffer, and as 3 partial slots (cfm_step_subgroup.wgsl's
+    // layout: parameters, then a loss-sum vec4) that adam adds up with the batch loss.
+    for parts in [1usize, 3] {
+        adam_case(parts);
+    }
+}
+
+fn adam_case(parts: usize) {
     let ctx = ctx();
     let tiles = ctx.tiles;
     // Several grad_sq workgroups, not a multiple of a workgroup (a multiple of 4, as every
     // flat parameter buffer: the kernels read vec4s).
     let n = 70_004;
+    let slot = n + 4;
     let mut r = rng(9);
     let mut p: Vec<f64> = (0..n)
         .map(|_| r.random_range(-1.0..1.0f32) as f64)
@@ -497,25 +506,39 @@ fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
     let moments = ctx.storage("m", 2 * n).unwrap();
     let n_partials = adam::n_partials(n, &tiles);
     let partials = ctx.storage("partials", n_partials).unwrap();
-    let grads = ctx.storage("g", n).unwrap();
+    let grads = ctx.storage("g", parts * slot).unwrap();
+    let history = ctx.storage("loss history", 4).unwrap();
     let (kq, ku) = (
         adam::grad_sq_partial(ctx).unwrap(),
         adam::adam_update(ctx).unwrap(),
     );
     let mut arena = UniformArena::new(ctx, "p", 1);
     let gq = kq.bind(ctx, &arena, &[&grads, &partials]);
-    let gu = ku.bind(ctx, &arena, &[&grads, &partials, &params, &moments, &ema]);
+    let gu = ku.bind(
+        ctx,
+        &arena,
+        &[&grads, &partials, &params, &moments, &ema, &history],
+    );
+    let mut want_loss = 0.0;
     for step in 1..=3u32 {
         // Step 1 and 3 are clipped (norm ≫ 1), step 2 is not.
         let scale = if step == 2 { 1e-3 } else { 1.0 };
-        let g: Vec<f64> = (0..n)
-            .map(|_| (r.random_range(-1.0..1.0f32) * scale) as f64)
-            .collect();
-        ctx.queue.write_buffer(
-            &grads,
-            0,
-            bytemuck::cast_slice(&g.iter().map(|&x| x as f32).collect::<Vec<_>>()),
-        );
+        // Each slot holds random parts; the gradient is their sum.
+        let mut host = vec![0f32; parts * slot];
+        let mut g = vec![0f64; n];
+        want_loss = 0.0;
+        for c in 0..parts {
+            for (j, gj) in g.iter_mut().enumerate() {
+                let x = r.random_range(-1.0..1.0f32) * scale;
+                host[c * slot + j] = x;
+                *gj += x as f64;
+            }
+            let l = r.random_range(0.0..10.0f32);
+            host[c * slot + n] = l;
+            want_loss += l as f64 / 256.0;
+        }
+        ctx.queue
+            .write_buffer(&grads, 0, bytemuck::cast_slice(&host));
         let h = reference::AdamStep {
             lr: 1e-2,
             beta1: 0.9,
@@ -539,6 +562,10 @@ fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
             bias_corr2: (1.0 - h.beta2.powi(step as i32)) as f32,
             clip_norm: 1.0,
             ema_decay: 0.9,
+            grad_parts: parts as u32,
+            part_vec4: (slot / 4) as u32,
+            loss_slot: 2,
+            loss_rows: if parts > 1 { 256 } else { 0 },
             _pad: [0; 3],
         };
         arena.set(0, &ap);
@@ -550,10 +577,24 @@ fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
             ku.dispatch(&mut cp, &gu, 0, adam::update_groups(&ap, &tiles));
         }
         ctx.submit(enc).unwrap();
+        if parts > 1 {
+            // Slot 0 now holds the summed gradient, as the one-buffer path has it.
+            assert_close(
+                "summed grads",
+                &ctx.read(&grads, 0, n).unwrap(),
+                &g,
+                1e-6,
+                1e-6,
+            );
+        }
         reference::adam_step(&mut p, &g, &mut m, &mut v, &h);
         for (e, &w) in ema_ref.iter_mut().zip(&p) {
             *e = 0.9 * *e + 0.1 * w;
         }
+    }
+    if parts > 1 {
+        let loss = ctx.read(&history, 2, 1).unwrap();
+        assert_close("loss from slots", &loss, &[want_loss], 1e-6, 0.0);
     }
     // Adam's step is ~lr per element whatever the gradient: compare to 1e-5 of lr scale.
     assert_close("params", &ctx.read(&params, 0, n).unwrap(), &p, 1e-5, 1e-6);

@@ -29,13 +29,38 @@ fn model(cfg: &MlpConfig, seed: u64) -> Model {
 
 #[test]
 fn one_training_step_matches_reference() {
-    let ctx = ctx();
-    let cfg = small_cfg();
+    // A width past one 32-feature column block, and a deeper SELU net (W-small's kind).
+    let selu = MlpConfig {
+        width: 64,
+        depth: 3,
+        activation: Activation::Selu,
+        time_features: 0,
+        ..small_cfg()
+    };
+    for ctx in common::train_step_variants() {
+        for (cfg, path) in [
+            (small_cfg(), GaussianPath::Ot { sigma_min: 0.05 }),
+            (small_cfg(), GaussianPath::Vp),
+            (selu.clone(), GaussianPath::Ot { sigma_min: 0.0 }),
+        ] {
+            eprintln!(
+                "step variant: subgroup {} fused {}, width {}",
+                ctx.tiles.subgroup8, ctx.tiles.fused_step, cfg.width
+            );
+            training_step_case(ctx, &cfg, path);
+        }
+    }
+}
+
+fn training_step_case(ctx: &flowgpu::GpuContext, cfg: &MlpConfig, path: GaussianPath) {
+    let cfg = cfg.clone();
     let data = Dataset::toy("moons", 5000, 1).unwrap();
     let w0 = model(&cfg, 3).weights;
-    for path in [GaussianPath::Ot { sigma_min: 0.05 }, GaussianPath::Vp] {
+    {
         let tc = TrainConfig {
-            batch: 300, // > one weight-gradient chunk on software adapters
+            // > one weight-gradient chunk on software adapters; 4 full fused-step row
+            // groups and a partial one.
+            batch: 300,
             steps: 10,
             warmup: 0,
             seed: 77,

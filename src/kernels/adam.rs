@@ -25,18 +25,28 @@ pub struct AdamParams {
     pub bias_corr2: f32,
     pub clip_norm: f32,
     pub ema_decay: f32,
+    /// ≤ 1: `grads` is the gradient; else it holds this many partial sums to add up.
+    pub grad_parts: u32,
+    /// Vec4s per partial slot (the parameters, then the slot's loss sum).
+    pub part_vec4: u32,
+    /// History slot of this step's loss (with `loss_rows` > 0).
+    pub loss_slot: u32,
+    /// > 0: adam_update also writes the batch loss, Σ_slots loss sum / loss_rows.
+    pub loss_rows: u32,
     pub _pad: [u32; 3],
 }
 
-/// grads, partials.
-const GRAD_SQ: &[(u32, Access)] = &[(1, Access::Read), (2, Access::ReadWrite)];
-/// grads, partials, params, moments, ema.
+/// grads, partials (grads is read-write in the module: adam_update stores the sum of
+/// partial slots into slot 0).
+const GRAD_SQ: &[(u32, Access)] = &[(1, Access::ReadWrite), (2, Access::ReadWrite)];
+/// grads, partials, params, moments, ema, loss history.
 const UPDATE: &[(u32, Access)] = &[
-    (1, Access::Read),
+    (1, Access::ReadWrite),
     (2, Access::ReadWrite),
     (3, Access::ReadWrite),
     (4, Access::ReadWrite),
     (5, Access::ReadWrite),
+    (6, Access::ReadWrite),
 ];
 
 pub fn grad_sq_partial(ctx: &GpuContext) -> Result<Arc<Kernel>> {
@@ -59,6 +69,7 @@ pub fn n_partials(n: usize, t: &Tiles) -> usize {
 pub fn grad_sq_groups(p: &AdamParams, _t: &Tiles) -> [u32; 3] {
     grid_1d(p.n_partials as usize, 1)
 }
+/// One thread per parameter vec4, and one more for the loss when `loss_rows` > 0.
 pub fn update_groups(p: &AdamParams, t: &Tiles) -> [u32; 3] {
-    grid_1d(p.n as usize / 4, t.wg1)
+    grid_1d(p.n as usize / 4 + (p.loss_rows > 0) as usize, t.wg1)
 }

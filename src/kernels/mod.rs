@@ -8,6 +8,7 @@
 pub mod adam;
 pub mod backprop;
 pub mod cfm;
+pub mod cfm_step;
 pub mod matmul;
 pub mod mle;
 pub mod mlp_backward;
@@ -36,12 +37,14 @@ pub enum Shader {
     MatmulSubgroup,
     /// mlp_backward.wgsl + mlp_backward_subgroup.wgsl (adapters with 8-lane subgroups).
     MlpBackwardSubgroup,
+    /// A fused flow-matching step for small models (adapters with 8-lane subgroups).
+    CfmStepSubgroup,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Shader {
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 12] = [
         Shader::Matmul,
         Shader::MlpBackward,
         Shader::Cfm,
@@ -53,6 +56,7 @@ impl Shader {
         Shader::Backprop,
         Shader::MatmulSubgroup,
         Shader::MlpBackwardSubgroup,
+        Shader::CfmStepSubgroup,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -68,12 +72,16 @@ impl Shader {
             Shader::Backprop => "backprop.wgsl",
             Shader::MatmulSubgroup => "matmul_subgroup.wgsl",
             Shader::MlpBackwardSubgroup => "mlp_backward_subgroup.wgsl",
+            Shader::CfmStepSubgroup => "cfm_step_subgroup.wgsl",
         }
     }
 
     /// Whether the family uses subgroup operations (and so needs `Features::SUBGROUP`).
     pub fn needs_subgroups(self) -> bool {
-        matches!(self, Shader::MatmulSubgroup | Shader::MlpBackwardSubgroup)
+        matches!(
+            self,
+            Shader::MatmulSubgroup | Shader::MlpBackwardSubgroup | Shader::CfmStepSubgroup
+        )
     }
 
     /// The family this one extends: its file is compiled after the base family's.
@@ -100,6 +108,7 @@ impl Shader {
             Shader::MlpBackwardSubgroup => {
                 include_str!("../../shaders/mlp_backward_subgroup.wgsl")
             }
+            Shader::CfmStepSubgroup => include_str!("../../shaders/cfm_step_subgroup.wgsl"),
         }
     }
 
@@ -132,6 +141,9 @@ pub struct Tiles {
     /// The MLP kernels use the subgroup-broadcast tiles of `matmul_subgroup.wgsl` and
     /// `mlp_backward_subgroup.wgsl` (adapters whose subgroups are exactly 8 lanes).
     pub subgroup8: bool,
+    /// Small models train with the one-dispatch step of `cfm_step_subgroup.wgsl` (needs
+    /// `subgroup8`; FLOWGPU_FUSED_STEP=0 turns it off).
+    pub fused_step: bool,
 }
 
 impl Tiles {
@@ -149,6 +161,7 @@ impl Tiles {
                 weight_chunk_rows: 256,
                 single_chunk_rows: 256,
                 subgroup8: false,
+                fused_step: false,
             },
             AdapterClass::Hardware => Tiles {
                 wg_x: 16,
@@ -157,6 +170,7 @@ impl Tiles {
                 weight_chunk_rows: 128,
                 single_chunk_rows: 128,
                 subgroup8: false,
+                fused_step: false,
             },
         }
     }
@@ -174,6 +188,7 @@ impl Tiles {
         }
         Tiles {
             subgroup8: true,
+            fused_step: !std::env::var("FLOWGPU_FUSED_STEP").is_ok_and(|v| v == "0"),
             // A subgroup weight-gradient workgroup covers 16 × 32 weights: one chunk of up to
             // 1024 rows still gives 2 cores enough workgroups at width 64 and saves the
             // reduction pass (MLE steps at batch 256 × 3 stacked rows: 128 dispatches);
@@ -209,6 +224,7 @@ impl Tiles {
             weight_chunk_rows: v[2],
             single_chunk_rows: v[2],
             subgroup8: false,
+            fused_step: false,
         })
     }
 
@@ -236,11 +252,14 @@ pub fn validate(shader: Shader, tiles: &Tiles) -> std::result::Result<(), String
     Ok(())
 }
 
-/// How a storage binding is used.
+/// How a binding after binding 0 is used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Read,
     ReadWrite,
+    /// A small constant table as a uniform buffer: a software adapter knows its values are
+    /// the same in every lane (real branches, scalar loads) where a storage read is per lane.
+    Uniform,
 }
 
 /// One compiled entry point with its bind-group layout.
@@ -305,13 +324,17 @@ impl Kernel {
             count: None,
         }];
         for &(binding, access) in storage {
+            let ty = match access {
+                Access::Uniform => wgpu::BufferBindingType::Uniform,
+                _ => wgpu::BufferBindingType::Storage {
+                    read_only: access == Access::Read,
+                },
+            };
             entries.push(wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage {
-                        read_only: access == Access::Read,
-                    },
+                    ty,
                     has_dynamic_offset: false,
                     min_binding_size: None,
                 },

@@ -24,6 +24,21 @@ pub fn tile_variants() -> Vec<&'static GpuContext> {
     std::iter::once(ctx()).chain(plain.as_ref()).collect()
 }
 
+/// The ways a flow-matching training step can run on the test adapter: the context's own
+/// (the fused one-dispatch step for small models with 8-lane subgroups), the plain tiles,
+/// and with subgroup tiles, the per-layer subgroup kernels.
+pub fn train_step_variants() -> Vec<&'static GpuContext> {
+    static LAYERS: OnceLock<Option<GpuContext>> = OnceLock::new();
+    let layers = LAYERS.get_or_init(|| {
+        ctx().tiles.fused_step.then(|| {
+            let mut c = new_ctx();
+            c.tiles.fused_step = false;
+            c
+        })
+    });
+    tile_variants().into_iter().chain(layers.as_ref()).collect()
+}
+
 fn new_ctx() -> GpuContext {
     {
         let backend = std::env::var("FLOWGPU_BACKEND")

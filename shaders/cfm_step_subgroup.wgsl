@@ -1,0 +1,322 @@
+// cfm_step_subgroup.wgsl — the MLP work of a whole flow-matching training step in one
+// dispatch, for small models on adapters whose subgroups are exactly 8 SIMD lanes
+// (lavapipe): forward through every layer, the squared error against the targets of
+// cfm_prepare, and backward to the weight gradient. Each workgroup (one subgroup) owns
+// `group_rows` batch rows: a row's forward and backward never need another row, so only
+// the weight gradient crosses workgroups, as one partial sum per workgroup that
+// adam.wgsl adds up in a fixed order (`grad_parts`).
+// Why: W-small (3→64→64→64→2, batch 256) spent half its step in dispatch overhead on
+// lavapipe — 11 dispatches at ~50–90 µs each, whatever their work (a 256×64×64 matmul is
+// ~120 µs of arithmetic and ~90 µs of launch) — so the step becomes cfm_prepare, this
+// kernel and adam_update.
+// Tiles as in matmul_subgroup.wgsl and mlp_backward_subgroup.wgsl (which explain the
+// broadcast): forward lane = 4 output features of 16 rows; input gradient lane = 1 input
+// vec4 of 16 rows; weight gradient lane = 1 input vec4 of 16 output features over the
+// group's rows. Activations live in one buffer (`act`): the input rows, then Z and H of
+// every layer, [rows, out_pad] each; the backward pass overwrites each Z with dL/dZ
+// once act'(Z) has been used, the last layer's Z with dL/dv.
+// Subgroup operations need uniform control flow: every loop bound here depends only on
+// the parameters and the workgroup; rows and features past the end are clamped for
+// loading and skipped when storing.
+// Host wrapper: src/kernels/cfm_step.rs; state: src/mlp.rs (`FusedCfmPass`).
+
+struct StepParams {
+    rows: u32,          // batch rows
+    n_layers: u32,
+    group_rows: u32,    // rows per workgroup (a multiple of 16)
+    slot_vec4: u32,     // vec4s per gradient slot: the parameters, then the loss sum
+    dim: u32,           // data dimension (columns of v and the target)
+    target_vec4: u32,   // row stride of the targets in vec4s
+    loss_scale: f32,    // 2 / (rows · dim): dL/dv of the mean squared error
+    _pad0: u32,
+}
+
+// One linear layer Z = X·Wᵀ + b, H = act(Z); offsets in vec4s.
+struct StepLayer {
+    in_vec4: u32,       // padded inputs / 4 (row stride of X and of W)
+    out_features: u32,
+    out_vec4: u32,      // padded outputs / 4 (row stride of Z and H)
+    w_off4: u32,        // W [out, in_pad] in params and in a gradient slot
+    b_off4: u32,        // b [out_pad]
+    activation: u32,
+    x_off4: u32,        // X in act: the input rows, or H of the layer below
+    z_off4: u32,        // Z in act (dL/dZ after the backward pass reaches it)
+    h_off4: u32,        // H in act
+    below_act: u32,     // activation of the layer below (for act'(Z_below))
+    below_z_off4: u32,  // Z of the layer below in act (unused for layer 0)
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: StepParams;
+// A uniform table, not storage: llvmpipe then knows every lane sees the same layer, so
+// loop bounds and the activation switch are real branches and loads are scalar.
+const MAX_LAYERS: u32 = 16u;
+@group(0) @binding(1) var<uniform> layers: array<StepLayer, MAX_LAYERS>;
+@group(0) @binding(2) var<storage, read> params: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> act: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> target_u: array<vec4<f32>>;
+// Slot g (workgroup g): its partial dL/dθ in the parameter layout, then (loss sum, 0, 0, 0).
+@group(0) @binding(5) var<storage, read_write> grad_parts: array<vec4<f32>>;
+
+// a.x·w0 + ... : one broadcast vec4 of X against four rows of W (forward, 4 outputs).
+fn dot4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(a, w0), dot(a, w1), dot(a, w2), dot(a, w3));
+}
+
+// a.x·w0 + ...: one broadcast vec4 of dZ against four rows of W (input gradient).
+fn mix4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
+    return a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
+}
+
+// Forward tile: X·Wᵀ for rows m0 .. m0 + 16 (clamped to `last`) and this lane's output
+// features n0 .. n0 + 4.
+fn fwd_tile(l: StepLayer, m0: u32, last: u32, n0: u32, lane: u32) -> Tile16 {
+    let kv = l.in_vec4;
+    let lc = l.out_features - 1u;
+    let ra = l.x_off4 + min(m0 + lane, last) * kv;
+    let rb = l.x_off4 + min(m0 + 8u + lane, last) * kv;
+    let c0 = l.w_off4 + min(n0, lc) * kv;
+    let c1 = l.w_off4 + min(n0 + 1u, lc) * kv;
+    let c2 = l.w_off4 + min(n0 + 2u, lc) * kv;
+    let c3 = l.w_off4 + min(n0 + 3u, lc) * kv;
+    var a0 = vec4<f32>(0.0);    var a1 = vec4<f32>(0.0);    var a2 = vec4<f32>(0.0);    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);    var a5 = vec4<f32>(0.0);    var a6 = vec4<f32>(0.0);    var a7 = vec4<f32>(0.0);
+    var a8 = vec4<f32>(0.0);    var a9 = vec4<f32>(0.0);    var a10 = vec4<f32>(0.0);    var a11 = vec4<f32>(0.0);
+    var a12 = vec4<f32>(0.0);    var a13 = vec4<f32>(0.0);    var a14 = vec4<f32>(0.0);    var a15 = vec4<f32>(0.0);
+    for (var k = 0u; k < kv; k++) {
+        let w0 = params[c0 + k]; let w1 = params[c1 + k]; let w2 = params[c2 + k]; let w3 = params[c3 + k];
+        let xa = act[ra + k];
+        let xb = act[rb + k];
+        a0 += dot4(subgroupBroadcast(xa, 0u), w0, w1, w2, w3);
+        a1 += dot4(subgroupBroadcast(xa, 1u), w0, w1, w2, w3);
+        a2 += dot4(subgroupBroadcast(xa, 2u), w0, w1, w2, w3);
+        a3 += dot4(subgroupBroadcast(xa, 3u), w0, w1, w2, w3);
+        a4 += dot4(subgroupBroadcast(xa, 4u), w0, w1, w2, w3);
+        a5 += dot4(subgroupBroadcast(xa, 5u), w0, w1, w2, w3);
+        a6 += dot4(subgroupBroadcast(xa, 6u), w0, w1, w2, w3);
+        a7 += dot4(subgroupBroadcast(xa, 7u), w0, w1, w2, w3);
+        a8 += dot4(subgroupBroadcast(xb, 0u), w0, w1, w2, w3);
+        a9 += dot4(subgroupBroadcast(xb, 1u), w0, w1, w2, w3);
+        a10 += dot4(subgroupBroadcast(xb, 2u), w0, w1, w2, w3);
+        a11 += dot4(subgroupBroadcast(xb, 3u), w0, w1, w2, w3);
+        a12 += dot4(subgroupBroadcast(xb, 4u), w0, w1, w2, w3);
+        a13 += dot4(subgroupBroadcast(xb, 5u), w0, w1, w2, w3);
+        a14 += dot4(subgroupBroadcast(xb, 6u), w0, w1, w2, w3);
+        a15 += dot4(subgroupBroadcast(xb, 7u), w0, w1, w2, w3);
+    }
+    return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+}
+
+// Z = acc + b and H = act(Z) of row m, features n0 .. n0 + 4 (zeros in the padding).
+fn fwd_store(l: StepLayer, m: u32, last: u32, n0: u32, acc: vec4<f32>) {
+    if (m > last || n0 >= l.out_features) {
+        return;
+    }
+    let real = vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(l.out_features);
+    let zv = select(vec4<f32>(0.0), acc + params[l.b_off4 + n0 / 4u], real);
+    let o = m * l.out_vec4 + n0 / 4u;
+    act[l.z_off4 + o] = zv;
+    act[l.h_off4 + o] = select(vec4<f32>(0.0), activate4(zv, l.activation), real);
+}
+
+fn forward_layer(l: StepLayer, first: u32, last: u32, lane: u32) {
+    let col_blocks = (l.out_vec4 + 7u) / 8u;
+    for (var m = first; m <= last; m += 16u) {
+        for (var cb = 0u; cb < col_blocks; cb++) {
+            let n0 = (cb * 8u + lane) * 4u;
+            let a = fwd_tile(l, m, last, n0, lane);
+            fwd_store(l, m, last, n0, a.r0);    fwd_store(l, m + 1u, last, n0, a.r1);
+            fwd_store(l, m + 2u, last, n0, a.r2);    fwd_store(l, m + 3u, last, n0, a.r3);
+            fwd_store(l, m + 4u, last, n0, a.r4);    fwd_store(l, m + 5u, last, n0, a.r5);
+            fwd_store(l, m + 6u, last, n0, a.r6);    fwd_store(l, m + 7u, last, n0, a.r7);
+            fwd_store(l, m + 8u, last, n0, a.r8);    fwd_store(l, m + 9u, last, n0, a.r9);
+            fwd_store(l, m + 10u, last, n0, a.r10);    fwd_store(l, m + 11u, last, n0, a.r11);
+            fwd_store(l, m + 12u, last, n0, a.r12);    fwd_store(l, m + 13u, last, n0, a.r13);
+            fwd_store(l, m + 14u, last, n0, a.r14);    fwd_store(l, m + 15u, last, n0, a.r15);
+        }
+    }
+}
+
+// dL/dv = loss_scale·(v − u) into the last layer's Z (the output has no activation), and
+// this lane's share of Σ_rows |v − u|²/dim (cfm.wgsl's cfm_loss, row by row).
+fn loss_rows(l: StepLayer, first: u32, last: u32, lane: u32) -> f32 {
+    var s = 0.0;
+    for (var m = first + lane; m <= last; m += 8u) {
+        var se = 0.0;
+        for (var j = 0u; j < l.out_vec4; j++) {
+            let d = act[l.h_off4 + m * l.out_vec4 + j] - target_u[m * p.target_vec4 + j];
+            se += dot(d, d);
+            act[l.z_off4 + m * l.out_vec4 + j] = p.loss_scale * d;
+        }
+        s += se / f32(p.dim);
+    }
+    return s;
+}
+
+// dZ·W for rows m0 .. m0 + 16 and input vec4 kv (dZ in the layer's Z slot).
+fn dx_tile(l: StepLayer, m0: u32, last: u32, kv: u32, lane: u32) -> Tile16 {
+    let ln = l.out_features - 1u;
+    let ra = l.z_off4 + min(m0 + lane, last) * l.out_vec4;
+    let rb = l.z_off4 + min(m0 + 8u + lane, last) * l.out_vec4;
+    var a0 = vec4<f32>(0.0);    var a1 = vec4<f32>(0.0);    var a2 = vec4<f32>(0.0);    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);    var a5 = vec4<f32>(0.0);    var a6 = vec4<f32>(0.0);    var a7 = vec4<f32>(0.0);
+    var a8 = vec4<f32>(0.0);    var a9 = vec4<f32>(0.0);    var a10 = vec4<f32>(0.0);    var a11 = vec4<f32>(0.0);
+    var a12 = vec4<f32>(0.0);    var a13 = vec4<f32>(0.0);    var a14 = vec4<f32>(0.0);    var a15 = vec4<f32>(0.0);
+    for (var n4 = 0u; n4 < l.out_vec4; n4++) {
+        // Rows of W past N are clamped: dZ's padding columns are zero, so they add 0.
+        let w0 = params[l.w_off4 + min(4u * n4, ln) * l.in_vec4 + kv];
+        let w1 = params[l.w_off4 + min(4u * n4 + 1u, ln) * l.in_vec4 + kv];
+        let w2 = params[l.w_off4 + min(4u * n4 + 2u, ln) * l.in_vec4 + kv];
+        let w3 = params[l.w_off4 + min(4u * n4 + 3u, ln) * l.in_vec4 + kv];
+        let da = act[ra + n4];
+        let db = act[rb + n4];
+        a0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
+        a1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
+        a2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
+        a3 += mix4(subgroupBroadcast(da, 3u), w0, w1, w2, w3);
+        a4 += mix4(subgroupBroadcast(da, 4u), w0, w1, w2, w3);
+        a5 += mix4(subgroupBroadcast(da, 5u), w0, w1, w2, w3);
+        a6 += mix4(subgroupBroadcast(da, 6u), w0, w1, w2, w3);
+        a7 += mix4(subgroupBroadcast(da, 7u), w0, w1, w2, w3);
+        a8 += mix4(subgroupBroadcast(db, 0u), w0, w1, w2, w3);
+        a9 += mix4(subgroupBroadcast(db, 1u), w0, w1, w2, w3);
+        a10 += mix4(subgroupBroadcast(db, 2u), w0, w1, w2, w3);
+        a11 += mix4(subgroupBroadcast(db, 3u), w0, w1, w2, w3);
+        a12 += mix4(subgroupBroadcast(db, 4u), w0, w1, w2, w3);
+        a13 += mix4(subgroupBroadcast(db, 5u), w0, w1, w2, w3);
+        a14 += mix4(subgroupBroadcast(db, 6u), w0, w1, w2, w3);
+        a15 += mix4(subgroupBroadcast(db, 7u), w0, w1, w2, w3);
+    }
+    return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+}
+
+// dL/dZ_below = (dZ·W)·act'(Z_below) of row m, input vec4 kv, over Z_below in place.
+fn dx_store(l: StepLayer, m: u32, last: u32, kv: u32, own: bool, g: vec4<f32>) {
+    if (!own || m > last) {
+        return;
+    }
+    let o = l.below_z_off4 + m * l.in_vec4 + kv;
+    act[o] = g * activate_grad4(act[o], l.below_act);
+}
+
+fn backward_input_layer(l: StepLayer, first: u32, last: u32, lane: u32) {
+    let blocks = (l.in_vec4 + 7u) / 8u;
+    for (var m = first; m <= last; m += 16u) {
+        for (var kb = 0u; kb < blocks; kb++) {
+            let own = kb * 8u + lane < l.in_vec4;
+            let kv = min(kb * 8u + lane, l.in_vec4 - 1u);
+            let a = dx_tile(l, m, last, kv, lane);
+            dx_store(l, m, last, kv, own, a.r0);    dx_store(l, m + 1u, last, kv, own, a.r1);
+            dx_store(l, m + 2u, last, kv, own, a.r2);    dx_store(l, m + 3u, last, kv, own, a.r3);
+            dx_store(l, m + 4u, last, kv, own, a.r4);    dx_store(l, m + 5u, last, kv, own, a.r5);
+            dx_store(l, m + 6u, last, kv, own, a.r6);    dx_store(l, m + 7u, last, kv, own, a.r7);
+            dx_store(l, m + 8u, last, kv, own, a.r8);    dx_store(l, m + 9u, last, kv, own, a.r9);
+            dx_store(l, m + 10u, last, kv, own, a.r10);    dx_store(l, m + 11u, last, kv, own, a.r11);
+            dx_store(l, m + 12u, last, kv, own, a.r12);    dx_store(l, m + 13u, last, kv, own, a.r13);
+            dx_store(l, m + 14u, last, kv, own, a.r14);    dx_store(l, m + 15u, last, kv, own, a.r15);
+        }
+    }
+}
+
+// One row's share of a 16-output × 1-vec4 weight-gradient tile (as in
+// mlp_backward_subgroup.wgsl): dZ values e (4 outputs each) times this lane's X vec4.
+fn dw_row(g: ptr<function, Tile16>, e0: vec4<f32>, e1: vec4<f32>, e2: vec4<f32>, e3: vec4<f32>, xr: vec4<f32>) {
+    (*g).r0 += e0.x * xr; (*g).r1 += e0.y * xr; (*g).r2 += e0.z * xr; (*g).r3 += e0.w * xr;
+    (*g).r4 += e1.x * xr; (*g).r5 += e1.y * xr; (*g).r6 += e1.z * xr; (*g).r7 += e1.w * xr;
+    (*g).r8 += e2.x * xr; (*g).r9 += e2.y * xr; (*g).r10 += e2.z * xr; (*g).r11 += e2.w * xr;
+    (*g).r12 += e3.x * xr; (*g).r13 += e3.y * xr; (*g).r14 += e3.z * xr; (*g).r15 += e3.w * xr;
+}
+
+// Row n of this group's dW slot, input vec4 kv, if the row exists.
+fn dw_store(l: StepLayer, slot: u32, n: u32, kv: u32, g: vec4<f32>) {
+    if (n < l.out_features) {
+        grad_parts[slot + l.w_off4 + n * l.in_vec4 + kv] = g;
+    }
+}
+
+// db of features 4·nv .. 4·nv + 4 (zeros in the padding), if any exists.
+fn db_store(l: StepLayer, slot: u32, nv: u32, g: vec4<f32>) {
+    if (nv < l.out_vec4) {
+        let real = vec4<u32>(4u * nv) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(l.out_features);
+        grad_parts[slot + l.b_off4 + nv] = select(vec4<f32>(0.0), g, real);
+    }
+}
+
+// dW = Σ_rows dZᵀ·X and db = Σ_rows dZ over the group's rows, into its slot: per tile,
+// lane r loads row mb + r's 16 dZ values and broadcasts them, every lane its X vec4.
+fn backward_weight_layer(l: StepLayer, first: u32, last: u32, lane: u32, slot: u32) {
+    let blocks = (l.in_vec4 + 7u) / 8u;
+    let out_blocks = (l.out_vec4 + 3u) / 4u;
+    let lv = l.out_vec4 - 1u;
+    for (var kb = 0u; kb < blocks; kb++) {
+        let kv_real = kb * 8u + lane;
+        let kv = min(kv_real, l.in_vec4 - 1u);
+        for (var ob = 0u; ob < out_blocks; ob++) {
+            let nv0 = ob * 4u;
+            let n0 = min(nv0, lv); let n1 = min(nv0 + 1u, lv); let n2 = min(nv0 + 2u, lv); let n3 = min(nv0 + 3u, lv);
+            var g = Tile16(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+            var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
+            for (var mb = first; mb <= last; mb += 8u) {
+                // Lane r's row of dZ (zero past the group's rows: broadcast, it adds nothing).
+                let ml = mb + lane;
+                let keep = ml <= last;
+                let mc = l.z_off4 + min(ml, last) * l.out_vec4;
+                let d0 = select(vec4<f32>(0.0), act[mc + n0], keep);
+                let d1 = select(vec4<f32>(0.0), act[mc + n1], keep);
+                let d2 = select(vec4<f32>(0.0), act[mc + n2], keep);
+                let d3 = select(vec4<f32>(0.0), act[mc + n3], keep);
+                b0 += d0; b1 += d1; b2 += d2; b3 += d3;
+                let xo = l.x_off4 + kv;
+                let iv = l.in_vec4;
+                dw_row(&g, subgroupBroadcast(d0, 0u), subgroupBroadcast(d1, 0u), subgroupBroadcast(d2, 0u), subgroupBroadcast(d3, 0u), act[xo + min(mb, last) * iv]);
+                dw_row(&g, subgroupBroadcast(d0, 1u), subgroupBroadcast(d1, 1u), subgroupBroadcast(d2, 1u), subgroupBroadcast(d3, 1u), act[xo + min(mb + 1u, last) * iv]);
+                dw_row(&g, subgroupBroadcast(d0, 2u), subgroupBroadcast(d1, 2u), subgroupBroadcast(d2, 2u), subgroupBroadcast(d3, 2u), act[xo + min(mb + 2u, last) * iv]);
+                dw_row(&g, subgroupBroadcast(d0, 3u), subgroupBroadcast(d1, 3u), subgroupBroadcast(d2, 3u), subgroupBroadcast(d3, 3u), act[xo + min(mb + 3u, last) * iv]);
+                dw_row(&g, subgroupBroadcast(d0, 4u), subgroupBroadcast(d1, 4u), subgroupBroadcast(d2, 4u), subgroupBroadcast(d3, 4u), act[xo + min(mb + 4u, last) * iv]);
+                dw_row(&g, subgroupBroadcast(d0, 5u), subgroupBroadcast(d1, 5u), subgroupBroadcast(d2, 5u), subgroupBroadcast(d3, 5u), act[xo + min(mb + 5u, last) * iv]);
+                dw_row(&g, subgroupBroadcast(d0, 6u), subgroupBroadcast(d1, 6u), subgroupBroadcast(d2, 6u), subgroupBroadcast(d3, 6u), act[xo + min(mb + 6u, last) * iv]);
+                dw_row(&g, subgroupBroadcast(d0, 7u), subgroupBroadcast(d1, 7u), subgroupBroadcast(d2, 7u), subgroupBroadcast(d3, 7u), act[xo + min(mb + 7u, last) * iv]);
+            }
+            b0 = subgroupAdd(b0); b1 = subgroupAdd(b1); b2 = subgroupAdd(b2); b3 = subgroupAdd(b3);
+            if (kv_real < l.in_vec4) {
+                let na = 4u * nv0;
+                dw_store(l, slot, na, kv, g.r0); dw_store(l, slot, na + 1u, kv, g.r1); dw_store(l, slot, na + 2u, kv, g.r2); dw_store(l, slot, na + 3u, kv, g.r3);
+                dw_store(l, slot, na + 4u, kv, g.r4); dw_store(l, slot, na + 5u, kv, g.r5); dw_store(l, slot, na + 6u, kv, g.r6); dw_store(l, slot, na + 7u, kv, g.r7);
+                dw_store(l, slot, na + 8u, kv, g.r8); dw_store(l, slot, na + 9u, kv, g.r9); dw_store(l, slot, na + 10u, kv, g.r10); dw_store(l, slot, na + 11u, kv, g.r11);
+                dw_store(l, slot, na + 12u, kv, g.r12); dw_store(l, slot, na + 13u, kv, g.r13); dw_store(l, slot, na + 14u, kv, g.r14); dw_store(l, slot, na + 15u, kv, g.r15);
+            }
+            if (kb == 0u && lane == 0u) {
+                db_store(l, slot, nv0, b0); db_store(l, slot, nv0 + 1u, b1);
+                db_store(l, slot, nv0 + 2u, b2); db_store(l, slot, nv0 + 3u, b3);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn cfm_step_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let first = wg.x * p.group_rows;
+    let last = min(first + p.group_rows, p.rows) - 1u;
+    let slot = wg.x * p.slot_vec4;
+    for (var i = 0u; i < p.n_layers; i++) {
+        forward_layer(layers[i], first, last, lane);
+        storageBarrier();
+    }
+    let top = layers[p.n_layers - 1u];
+    let s = subgroupAdd(loss_rows(top, first, last, lane));
+    if (lane == 0u) {
+        grad_parts[slot + p.slot_vec4 - 1u] = vec4<f32>(s, 0.0, 0.0, 0.0);
+    }
+    storageBarrier();
+    for (var i = p.n_layers; i > 0u; i--) {
+        let l = layers[i - 1u];
+        backward_weight_layer(l, first, last, lane, slot);
+        if (i > 1u) {
+            backward_input_layer(l, first, last, lane);
+        }
+        storageBarrier();
+    }
+}
