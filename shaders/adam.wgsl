@@ -1,9 +1,9 @@
 // adam.wgsl — AdamW over one flat parameter buffer, with global gradient-norm clipping
 // and an optional EMA of the weights fused into the same pass. The gradient may come in
 // `grad_parts` partial sums (slots of `part_vec4` vec4s, cfm_step_subgroup.wgsl's
-// workgroups): both kernels add them in slot order, adam_update stores the sum in slot 0
-// (the gradient as every other path leaves it) and, with `loss_rows` > 0, one extra
-// thread adds the slots' loss sums (the vec4 after the parameters) into the history. Every buffer is read as
+// workgroups): both kernels add them in slot order (the host does the same to read the
+// gradient) and, with `loss_rows` > 0, one extra thread of adam_update adds the slots'
+// loss sums (the vec4 after the parameters) into the history. Every buffer is read as
 // vec4s, one per thread (a flat parameter buffer's length is a multiple of 4): a quarter of
 // the invocations, which is most of the cost of this pass on a software adapter.
 //   grad_sq_partial: each workgroup sums the squares of its slice of the gradient.
@@ -38,7 +38,7 @@ struct AdamParams {
 }
 
 @group(0) @binding(0) var<uniform> p: AdamParams;
-@group(0) @binding(1) var<storage, read_write> grads: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> grads: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> moments: array<vec4<f32>>; // m in [0, n), v in [n, 2n)
@@ -122,12 +122,7 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_inv
     if (e >= n4) {
         return;
     }
-    var g = grads[e];
-    if (p.grad_parts > 1u) {
-        g = grad_at(e);
-        grads[e] = g;
-    }
-    g *= scale;
+    let g = grad_at(e) * scale;
     var w = params[e] * (1.0 - p.lr * p.weight_decay);
     let m = p.beta1 * moments[e] + (1.0 - p.beta1) * g;
     let v = p.beta2 * moments[n4 + e] + (1.0 - p.beta2) * g * g;

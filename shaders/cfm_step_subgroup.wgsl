@@ -14,7 +14,9 @@
 // vec4 of 16 rows; weight gradient lane = 1 input vec4 of 16 output features over the
 // group's rows. Activations live in one buffer (`act`): the input rows, then Z and H of
 // every layer, [rows, out_pad] each; the backward pass overwrites each Z with dL/dZ
-// once act'(Z) has been used, the last layer's Z with dL/dv.
+// once act'(Z) has been used, the last layer's Z with dL/dv. Z is stored only where
+// act'(Z) needs it (SiLU, softplus): for the others act' comes from H
+// (activate_grad_from_output4), a third fewer stores in the forward pass.
 // Subgroup operations need uniform control flow: every loop bound here depends only on
 // the parameters and the workgroup; rows and features past the end are clamped for
 // loading and skipped when storing.
@@ -44,7 +46,7 @@ struct StepLayer {
     h_off4: u32,        // H in act
     below_act: u32,     // activation of the layer below (for act'(Z_below))
     below_z_off4: u32,  // Z of the layer below in act (unused for layer 0)
-    _pad0: u32,
+    store_z: u32,       // 1: the forward pass stores Z (act' needs it), else only H
 }
 
 @group(0) @binding(0) var<uniform> p: StepParams;
@@ -107,32 +109,36 @@ fn fwd_tile(l: StepLayer, m0: u32, last: u32, n0: u32, lane: u32) -> Tile16 {
     return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
 }
 
-// Z = acc + b and H = act(Z) of row m, features n0 .. n0 + 4 (zeros in the padding).
-fn fwd_store(l: StepLayer, m: u32, last: u32, n0: u32, acc: vec4<f32>) {
+// Z = acc + b and H = act(Z) of row m, features n0 .. n0 + 4 (zeros in the padding; b
+// is the bias of those features, loaded once per tile).
+fn fwd_store(l: StepLayer, m: u32, last: u32, n0: u32, b: vec4<f32>, acc: vec4<f32>) {
     if (m > last || n0 >= l.out_features) {
         return;
     }
     let real = vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(l.out_features);
-    let zv = select(vec4<f32>(0.0), acc + params[l.b_off4 + n0 / 4u], real);
+    let zv = select(vec4<f32>(0.0), acc + b, real);
     let o = m * l.out_vec4 + n0 / 4u;
-    act[l.z_off4 + o] = zv;
+    if (l.store_z != 0u) {
+        act[l.z_off4 + o] = zv;
+    }
     act[l.h_off4 + o] = select(vec4<f32>(0.0), activate4(zv, l.activation), real);
 }
 
 fn forward_layer(l: StepLayer, first: u32, last: u32, lane: u32) {
     let col_blocks = (l.out_vec4 + 7u) / 8u;
-    for (var m = first; m <= last; m += 16u) {
-        for (var cb = 0u; cb < col_blocks; cb++) {
-            let n0 = (cb * 8u + lane) * 4u;
+    for (var cb = 0u; cb < col_blocks; cb++) {
+        let n0 = (cb * 8u + lane) * 4u;
+        let b = params[l.b_off4 + min(n0 / 4u, l.out_vec4 - 1u)];
+        for (var m = first; m <= last; m += 16u) {
             let a = fwd_tile(l, m, last, n0, lane);
-            fwd_store(l, m, last, n0, a.r0);    fwd_store(l, m + 1u, last, n0, a.r1);
-            fwd_store(l, m + 2u, last, n0, a.r2);    fwd_store(l, m + 3u, last, n0, a.r3);
-            fwd_store(l, m + 4u, last, n0, a.r4);    fwd_store(l, m + 5u, last, n0, a.r5);
-            fwd_store(l, m + 6u, last, n0, a.r6);    fwd_store(l, m + 7u, last, n0, a.r7);
-            fwd_store(l, m + 8u, last, n0, a.r8);    fwd_store(l, m + 9u, last, n0, a.r9);
-            fwd_store(l, m + 10u, last, n0, a.r10);    fwd_store(l, m + 11u, last, n0, a.r11);
-            fwd_store(l, m + 12u, last, n0, a.r12);    fwd_store(l, m + 13u, last, n0, a.r13);
-            fwd_store(l, m + 14u, last, n0, a.r14);    fwd_store(l, m + 15u, last, n0, a.r15);
+            fwd_store(l, m, last, n0, b, a.r0);    fwd_store(l, m + 1u, last, n0, b, a.r1);
+            fwd_store(l, m + 2u, last, n0, b, a.r2);    fwd_store(l, m + 3u, last, n0, b, a.r3);
+            fwd_store(l, m + 4u, last, n0, b, a.r4);    fwd_store(l, m + 5u, last, n0, b, a.r5);
+            fwd_store(l, m + 6u, last, n0, b, a.r6);    fwd_store(l, m + 7u, last, n0, b, a.r7);
+            fwd_store(l, m + 8u, last, n0, b, a.r8);    fwd_store(l, m + 9u, last, n0, b, a.r9);
+            fwd_store(l, m + 10u, last, n0, b, a.r10);    fwd_store(l, m + 11u, last, n0, b, a.r11);
+            fwd_store(l, m + 12u, last, n0, b, a.r12);    fwd_store(l, m + 13u, last, n0, b, a.r13);
+            fwd_store(l, m + 14u, last, n0, b, a.r14);    fwd_store(l, m + 15u, last, n0, b, a.r15);
         }
     }
 }
@@ -190,13 +196,19 @@ fn dx_tile(l: StepLayer, m0: u32, last: u32, kv: u32, lane: u32) -> Tile16 {
     return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
 }
 
-// dL/dZ_below = (dZ·W)·act'(Z_below) of row m, input vec4 kv, over Z_below in place.
+// dL/dZ_below = (dZ·W)·act'(Z_below) of row m, input vec4 kv, into Z_below's slot; act'
+// from Z_below, or from H_below (this layer's input) when that determines it.
 fn dx_store(l: StepLayer, m: u32, last: u32, kv: u32, own: bool, g: vec4<f32>) {
     if (!own || m > last) {
         return;
     }
-    let o = l.below_z_off4 + m * l.in_vec4 + kv;
-    act[o] = g * activate_grad4(act[o], l.below_act);
+    let i = m * l.in_vec4 + kv;
+    let o = l.below_z_off4 + i;
+    if (grad_from_output(l.below_act)) {
+        act[o] = g * activate_grad_from_output4(act[l.x_off4 + i], l.below_act);
+    } else {
+        act[o] = g * activate_grad4(act[o], l.below_act);
+    }
 }
 
 fn backward_input_layer(l: StepLayer, first: u32, last: u32, lane: u32) {

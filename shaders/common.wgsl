@@ -94,6 +94,22 @@ fn activate_grad(z: f32, act: u32) -> f32 {
     }
 }
 
+// Whether act'(z) is a function of h = act(z) (then the backward pass needs only H).
+fn grad_from_output(act: u32) -> bool {
+    return act == ACT_IDENTITY || act == ACT_RELU || act == ACT_TANH || act == ACT_SELU;
+}
+
+// act'(z) from h = act(z), for the activations of grad_from_output: ReLU h > 0 ⇔ z > 0;
+// tanh 1 − h²; SELU λ for h > 0, else λα·e^z = h + λα.
+fn activate_grad_from_output4(h: vec4<f32>, act: u32) -> vec4<f32> {
+    switch act {
+        case 1u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), h > vec4<f32>(0.0)); }
+        case 3u: { return 1.0 - h * h; }
+        case 5u: { return select(h + SELU_LAMBDA * SELU_ALPHA, vec4<f32>(SELU_LAMBDA), h > vec4<f32>(0.0)); }
+        default: { return vec4<f32>(1.0); }
+    }
+}
+
 // d² act / dz² (the gradient of a divergence goes through act'(z)).
 fn activate_grad2(z: f32, act: u32) -> f32 {
     switch act {

@@ -40,6 +40,15 @@ impl Activation {
         })
     }
 
+    /// Whether act'(z) is a function of act(z) (`grad_from_output` in common.wgsl): the
+    /// fused training step then keeps only the layer outputs for the backward pass.
+    pub fn grad_from_output(self) -> bool {
+        matches!(
+            self,
+            Activation::Identity | Activation::Relu | Activation::Tanh | Activation::Selu
+        )
+    }
+
     /// Code of the activation in common.wgsl (ACT_*).
     pub fn gpu_code(self) -> u32 {
         match self {

@@ -166,8 +166,7 @@ pub struct Trainer {
     /// Step up to which losses were read back.
     last_read: u64,
     step_mlp: StepMlp,
-    /// The gradient; with the fused step, its partial slots (slot 0 holds the sum after
-    /// the update).
+    /// The gradient; with the fused step, its partial slots (adam adds them up).
     grads: wgpu::Buffer,
     moments: wgpu::Buffer,
     ema: wgpu::Buffer,
@@ -652,7 +651,19 @@ impl Trainer {
 
     /// The flat gradient buffer of the last step (tests).
     pub fn grads(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        ctx.read(&self.grads, 0, self.mlp.layout.total)
+        let n = self.mlp.layout.total;
+        let StepMlp::Fused(f) = &self.step_mlp else {
+            return ctx.read(&self.grads, 0, n);
+        };
+        // The fused step's slots, added in adam.wgsl's order.
+        let all = ctx.read(&self.grads, 0, f.groups * f.slot_len)?;
+        let mut g = all[..n].to_vec();
+        for slot in all.chunks(f.slot_len).skip(1) {
+            for (a, b) in g.iter_mut().zip(slot) {
+                *a += b;
+            }
+        }
+        Ok(g)
     }
 
     /// Record and submit `n` coupling solves alone (benchmarks): draw, Sinkhorn, pairs.

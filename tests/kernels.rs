@@ -577,16 +577,6 @@ fn adam_case(parts: usize) {
             ku.dispatch(&mut cp, &gu, 0, adam::update_groups(&ap, &tiles));
         }
         ctx.submit(enc).unwrap();
-        if parts > 1 {
-            // Slot 0 now holds the summed gradient, as the one-buffer path has it.
-            assert_close(
-                "summed grads",
-                &ctx.read(&grads, 0, n).unwrap(),
-                &g,
-                1e-6,
-                1e-6,
-            );
-        }
         reference::adam_step(&mut p, &g, &mut m, &mut v, &h);
         for (e, &w) in ema_ref.iter_mut().zip(&p) {
             *e = 0.9 * *e + 0.1 * w;

@@ -37,11 +37,19 @@ fn one_training_step_matches_reference() {
         time_features: 0,
         ..small_cfg()
     };
+    // The fused step takes act' from the layer output for tanh, ReLU and SELU, from Z for
+    // SiLU.
+    let with = |activation| MlpConfig {
+        activation,
+        ..small_cfg()
+    };
     for ctx in common::train_step_variants() {
         for (cfg, path) in [
             (small_cfg(), GaussianPath::Ot { sigma_min: 0.05 }),
             (small_cfg(), GaussianPath::Vp),
             (selu.clone(), GaussianPath::Ot { sigma_min: 0.0 }),
+            (with(Activation::Tanh), GaussianPath::Ot { sigma_min: 0.0 }),
+            (with(Activation::Relu), GaussianPath::Ot { sigma_min: 0.0 }),
         ] {
             eprintln!(
                 "step variant: subgroup {} fused {}, width {}",

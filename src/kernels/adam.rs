@@ -36,12 +36,11 @@ pub struct AdamParams {
     pub _pad: [u32; 3],
 }
 
-/// grads, partials (grads is read-write in the module: adam_update stores the sum of
-/// partial slots into slot 0).
-const GRAD_SQ: &[(u32, Access)] = &[(1, Access::ReadWrite), (2, Access::ReadWrite)];
+/// grads, partials.
+const GRAD_SQ: &[(u32, Access)] = &[(1, Access::Read), (2, Access::ReadWrite)];
 /// grads, partials, params, moments, ema, loss history.
 const UPDATE: &[(u32, Access)] = &[
-    (1, Access::ReadWrite),
+    (1, Access::Read),
     (2, Access::ReadWrite),
     (3, Access::ReadWrite),
     (4, Access::ReadWrite),

@@ -39,7 +39,7 @@ pub struct StepLayer {
     pub h_off4: u32,
     pub below_act: u32,
     pub below_z_off4: u32,
-    pub _pad: u32,
+    pub store_z: u32,
 }
 
 /// Layers `StepLayer` a uniform table holds (`MAX_LAYERS` in cfm_step_subgroup.wgsl).
