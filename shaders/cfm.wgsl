@@ -3,7 +3,8 @@
 // with x1 drawn from the data pool, x0 from the source (N(0, I), or a source pool),
 // ε ~ N(0, I) extra noise and t ~ U(0, 1), all from the counter RNG (no host work per
 // step), then the squared error, its gradient and the batch loss.
-//   cfm_prepare: builds the MLP input rows [x_t, time features] and the targets.
+//   cfm_prepare: builds the MLP input rows [x_t, time features] and the targets (one
+//                thread per row, `prepare_row`, which cfm_step_subgroup.wgsl calls too).
 //   cfm_loss:    per-sample MSE and dL/dv for L = mean over batch and dims, and the batch
 //                loss into the history slot of this step (the host reads it every K
 //                steps): one workgroup, so the step needs no separate reduction dispatch.
@@ -91,9 +92,13 @@ fn schedule(t: f32) -> Coefs {
 @compute @workgroup_size(WG1, 1, 1)
 fn cfm_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if (i >= p.batch) {
-        return;
+    if (i < p.batch) {
+        prepare_row(i);
     }
+}
+
+// Input row i ([x_t, time features, one-hot]) and its target (also cfm_step_subgroup.wgsl's).
+fn prepare_row(i: u32) {
     // The data row: this row's own draw, or (coupled) the draw of its OT partner row.
     var partner = i;
     if (p.coupled != 0u) {

@@ -1,14 +1,16 @@
-// cfm_step_subgroup.wgsl — the MLP work of a whole flow-matching training step in one
+// cfm_step_subgroup.wgsl — a whole flow-matching training step but the optimizer in one
 // dispatch, for small models on adapters whose subgroups are exactly 8 SIMD lanes
-// (lavapipe): forward through every layer, the squared error against the targets of
-// cfm_prepare, and backward to the weight gradient. Each workgroup (one subgroup) owns
+// (lavapipe): compiled after cfm.wgsl, whose parameters (binding 0: this step's CfmParams)
+// and buffers it uses, it draws the batch rows (cfm.wgsl's prepare_row), runs them forward
+// through every layer, takes the squared error against their targets and runs backward to
+// the weight gradient. Each workgroup (one subgroup) owns
 // `group_rows` batch rows: a row's forward and backward never need another row, so only
 // the weight gradient crosses workgroups, as one partial sum per workgroup that
 // adam.wgsl adds up in a fixed order (`grad_parts`).
 // Why: W-small (3→64→64→64→2, batch 256) spent half its step in dispatch overhead on
 // lavapipe — 11 dispatches at ~50–90 µs each, whatever their work (a 256×64×64 matmul is
-// ~120 µs of arithmetic and ~90 µs of launch) — so the step becomes cfm_prepare, this
-// kernel and adam_update.
+// ~120 µs of arithmetic and ~90 µs of launch) — so the step becomes this kernel and
+// adam_update.
 // Tiles as in matmul_subgroup.wgsl and mlp_backward_subgroup.wgsl (which explain the
 // broadcast): forward lane = 4 output features of 16 rows; input gradient lane = 1 input
 // vec4 of 16 rows; weight gradient lane = 1 input vec4 of 16 output features over the
@@ -23,13 +25,9 @@
 // Host wrapper: src/kernels/cfm_step.rs; state: src/mlp.rs (`FusedCfmPass`).
 
 struct StepParams {
-    rows: u32,          // batch rows
     n_layers: u32,
     group_rows: u32,    // rows per workgroup (a multiple of 16)
     slot_vec4: u32,     // vec4s per gradient slot: the parameters, then the loss sum
-    dim: u32,           // data dimension (columns of v and the target)
-    target_vec4: u32,   // row stride of the targets in vec4s
-    loss_scale: f32,    // 2 / (rows · dim): dL/dv of the mean squared error
     _pad0: u32,
 }
 
@@ -49,16 +47,19 @@ struct StepLayer {
     store_z: u32,       // 1: the forward pass stores Z (act' needs it), else only H
 }
 
-@group(0) @binding(0) var<uniform> p: StepParams;
-// A uniform table, not storage: llvmpipe then knows every lane sees the same layer, so
-// loop bounds and the activation switch are real branches and loads are scalar.
+// The step's shape and layers, fixed for a run. A uniform table, not storage: llvmpipe then
+// knows every lane sees the same layer, so loop bounds and the activation switch are real
+// branches and loads are scalar.
 const MAX_LAYERS: u32 = 16u;
-@group(0) @binding(1) var<uniform> layers: array<StepLayer, MAX_LAYERS>;
-@group(0) @binding(2) var<storage, read> params: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> act: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> target_u: array<vec4<f32>>;
+struct StepTable {
+    s: StepParams,
+    layers: array<StepLayer, MAX_LAYERS>,
+}
+@group(0) @binding(11) var<uniform> table: StepTable;
+@group(0) @binding(12) var<storage, read> params: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> act: array<vec4<f32>>;
 // Slot g (workgroup g): its partial dL/dθ in the parameter layout, then (loss sum, 0, 0, 0).
-@group(0) @binding(5) var<storage, read_write> grad_parts: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read_write> grad_parts: array<vec4<f32>>;
 
 // a.x·w0 + ... : one broadcast vec4 of X against four rows of W (forward, 4 outputs).
 fn dot4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -143,16 +144,19 @@ fn forward_layer(l: StepLayer, first: u32, last: u32, lane: u32) {
     }
 }
 
-// dL/dv = loss_scale·(v − u) into the last layer's Z (the output has no activation), and
-// this lane's share of Σ_rows |v − u|²/dim (cfm.wgsl's cfm_loss, row by row).
+// dL/dv = 2·(v − u)/(batch·dim) into the last layer's Z (the output has no activation),
+// and this lane's share of Σ_rows |v − u|²/dim (cfm.wgsl's cfm_loss, row by row).
 fn loss_rows(l: StepLayer, first: u32, last: u32, lane: u32) -> f32 {
+    let scale = 2.0 / f32(p.batch * p.dim);
     var s = 0.0;
     for (var m = first + lane; m <= last; m += 8u) {
         var se = 0.0;
         for (var j = 0u; j < l.out_vec4; j++) {
-            let d = act[l.h_off4 + m * l.out_vec4 + j] - target_u[m * p.target_vec4 + j];
+            let t = m * p.out_stride + 4u * j;
+            let u = vec4<f32>(target_u[t], target_u[t + 1u], target_u[t + 2u], target_u[t + 3u]);
+            let d = act[l.h_off4 + m * l.out_vec4 + j] - u;
             se += dot(d, d);
-            act[l.z_off4 + m * l.out_vec4 + j] = p.loss_scale * d;
+            act[l.z_off4 + m * l.out_vec4 + j] = scale * d;
         }
         s += se / f32(p.dim);
     }
@@ -310,21 +314,33 @@ fn cfm_step_subgroup(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let first = wg.x * p.group_rows;
-    let last = min(first + p.group_rows, p.rows) - 1u;
-    let slot = wg.x * p.slot_vec4;
-    for (var i = 0u; i < p.n_layers; i++) {
-        forward_layer(layers[i], first, last, lane);
-        storageBarrier();
-    }
-    let top = layers[p.n_layers - 1u];
-    let s = subgroupAdd(loss_rows(top, first, last, lane));
-    if (lane == 0u) {
-        grad_parts[slot + p.slot_vec4 - 1u] = vec4<f32>(s, 0.0, 0.0, 0.0);
+    let st = table.s;
+    let first = wg.x * st.group_rows;
+    let last = min(first + st.group_rows, p.batch) - 1u;
+    let slot = wg.x * st.slot_vec4;
+    // The group's rows: drawn by cfm.wgsl into `input` (and the targets), then copied as
+    // vec4s into the activation buffer, each by the lane that drew it.
+    let in_vec4 = table.layers[0].in_vec4;
+    for (var m = first + lane; m <= last; m += 8u) {
+        prepare_row(m);
+        for (var j = 0u; j < in_vec4; j++) {
+            let o = m * p.in_stride + 4u * j;
+            act[m * in_vec4 + j] = vec4<f32>(input[o], input[o + 1u], input[o + 2u], input[o + 3u]);
+        }
     }
     storageBarrier();
-    for (var i = p.n_layers; i > 0u; i--) {
-        let l = layers[i - 1u];
+    for (var i = 0u; i < st.n_layers; i++) {
+        forward_layer(table.layers[i], first, last, lane);
+        storageBarrier();
+    }
+    let top = table.layers[st.n_layers - 1u];
+    let s = subgroupAdd(loss_rows(top, first, last, lane));
+    if (lane == 0u) {
+        grad_parts[slot + st.slot_vec4 - 1u] = vec4<f32>(s, 0.0, 0.0, 0.0);
+    }
+    storageBarrier();
+    for (var i = st.n_layers; i > 0u; i--) {
+        let l = table.layers[i - 1u];
         backward_weight_layer(l, first, last, lane, slot);
         if (i > 1u) {
             backward_input_layer(l, first, last, lane);

@@ -397,18 +397,20 @@ impl MlpPass {
     }
 }
 
-/// A whole flow-matching step's MLP work in one dispatch (`cfm_step_subgroup.wgsl`) for
-/// small models on adapters with 8-lane subgroups: the batch is cut into row groups, one
-/// workgroup each, and each writes its own slot of partial weight gradients and loss sum,
-/// which `adam_update` adds up (`AdamParams::grad_parts`).
+/// A whole flow-matching step but the optimizer in one dispatch (`cfm_step_subgroup.wgsl`)
+/// for small models on adapters with 8-lane subgroups: the batch is cut into row groups,
+/// one workgroup each, which draws its rows (cfm.wgsl's `prepare_row`), runs them forward
+/// and backward and writes its own slot of partial weight gradients and loss sum, which
+/// `adam_update` adds up (`AdamParams::grad_parts`).
 pub struct FusedCfmPass {
     pub rows: usize,
     /// Workgroups (= gradient slots).
     pub groups: usize,
     /// Floats per gradient slot: the parameters, then one vec4 holding the loss sum.
     pub slot_len: usize,
-    /// Input rows at offset 0 ([rows, in_pad], cfm_prepare writes them), then Z and H of
-    /// every layer ([rows, out_pad] each).
+    /// Input rows [rows, in_pad] as cfm.wgsl draws them.
+    pub input: wgpu::Buffer,
+    /// The input rows again as vec4s, then Z and H of every layer ([rows, out_pad] each).
     pub act: wgpu::Buffer,
     /// Offset (floats) of the output v(x, t) in `act`.
     pub out_off: usize,
@@ -416,8 +418,16 @@ pub struct FusedCfmPass {
     group: wgpu::BindGroup,
     params: cfm_step::StepParams,
     // Kept alive for the bind group.
-    _arena: UniformArena,
-    _layers: wgpu::Buffer,
+    _table: wgpu::Buffer,
+}
+
+/// The buffers of cfm.wgsl the fused step binds, as the trainer binds them for cfm_prepare.
+pub struct CfmBuffers<'a> {
+    pub data: &'a wgpu::Buffer,
+    pub target: &'a wgpu::Buffer,
+    pub source: &'a wgpu::Buffer,
+    pub labels: &'a wgpu::Buffer,
+    pub pairs: &'a wgpu::Buffer,
 }
 
 /// The fused step serves models whose forward pass is at most this many multiply-adds per
@@ -427,11 +437,12 @@ const FUSED_MAX_MACS: usize = 8 << 20;
 
 impl FusedCfmPass {
     /// Whether a training run takes the fused step: the adapter's tiles have it
-    /// (`Tiles::fused_step`) and the model is small.
+    /// (`Tiles::fused_step`), binds enough storage buffers, and the model is small.
     pub fn suits(ctx: &GpuContext, layout: &ParamLayout, rows: usize) -> bool {
         let macs: usize = layout.layers.iter().map(|l| l.in_pad * l.out_pad).sum();
         ctx.tiles.subgroup8
             && ctx.tiles.fused_step
+            && ctx.limits.max_storage_buffers_per_shader_stage >= cfm_step::STORAGE_BUFFERS
             && layout.layers.len() <= cfm_step::MAX_LAYERS
             && rows * macs <= FUSED_MAX_MACS
     }
@@ -460,23 +471,33 @@ impl FusedCfmPass {
         rows.div_ceil(Self::group_rows(rows))
     }
 
-    /// A pass over `rows` rows: targets [rows, pad4(dim)] (cfm_prepare's), and
-    /// `grad_parts` with room for `groups_for(rows)` slots.
+    /// A pass over `rows` rows, its parameters (cfm.wgsl's CfmParams, one slot per step) in
+    /// `arena`; `grad_parts` has room for `groups_for(rows)` slots.
     pub fn new(
         ctx: &GpuContext,
         mlp: &GpuMlp,
         rows: usize,
-        target: &wgpu::Buffer,
+        arena: &UniformArena,
+        cfm: &CfmBuffers,
         grad_parts: &wgpu::Buffer,
     ) -> Result<Self> {
         let layers = &mlp.layout.layers;
+        if layers.len() > cfm_step::MAX_LAYERS {
+            return Err(crate::error::Error::invalid(format!(
+                "the fused step takes at most {} layers",
+                cfm_step::MAX_LAYERS
+            )));
+        }
         let mut off = rows * layers[0].in_pad;
-        let mut descs: Vec<cfm_step::StepLayer> = Vec::new();
+        let mut table = cfm_step::StepTable {
+            s: Default::default(),
+            layers: [Default::default(); cfm_step::MAX_LAYERS],
+        };
         for (i, l) in layers.iter().enumerate() {
             let (z_off, h_off) = (off, off + rows * l.out_pad);
             off += 2 * rows * l.out_pad;
-            let below = i.checked_sub(1).map(|j| (&layers[j], descs[j]));
-            descs.push(cfm_step::StepLayer {
+            let below = i.checked_sub(1).map(|j| (&layers[j], table.layers[j]));
+            table.layers[i] = cfm_step::StepLayer {
                 in_vec4: (l.in_pad / 4) as u32,
                 out_features: l.out_features as u32,
                 out_vec4: (l.out_pad / 4) as u32,
@@ -489,57 +510,58 @@ impl FusedCfmPass {
                 below_act: below.map_or(0, |(bl, _)| bl.activation.gpu_code()),
                 below_z_off4: below.map_or(0, |(_, d)| d.z_off4),
                 store_z: !l.activation.grad_from_output() as u32,
-            });
+            };
         }
-        let top = descs.last().copied().unwrap_or_default();
-        let act = ctx.storage("fused step activations", off)?;
-        if descs.len() > cfm_step::MAX_LAYERS {
-            return Err(crate::error::Error::invalid(format!(
-                "the fused step takes at most {} layers",
-                cfm_step::MAX_LAYERS
-            )));
-        }
-        let mut table = descs.clone();
-        table.resize(cfm_step::MAX_LAYERS, Default::default());
-        let layer_buf = ctx.uniform_from("fused step layers", bytemuck::cast_slice(&table));
+        let top = table.layers[layers.len() - 1];
         let slot_len = Self::slot_len(&mlp.layout);
-        let dim = mlp.cfg.dim;
         let params = cfm_step::StepParams {
-            rows: rows as u32,
             n_layers: layers.len() as u32,
             group_rows: Self::group_rows(rows) as u32,
             slot_vec4: (slot_len / 4) as u32,
-            dim: dim as u32,
-            target_vec4: top.out_vec4,
-            loss_scale: 2.0 / (rows * dim) as f32,
             _pad: 0,
         };
-        let mut arena = UniformArena::new(ctx, "fused step params", 1);
-        arena.set(0, &params);
-        arena.upload(ctx, 0..1);
+        table.s = params;
+        let table_buf = ctx.uniform_from("fused step table", bytemuck::bytes_of(&table));
+        let input = ctx.storage("fused step input", rows * layers[0].in_pad)?;
+        let act = ctx.storage("fused step activations", off)?;
         let kernel = cfm_step::cfm_step_subgroup(ctx)?;
         let group = kernel.bind(
             ctx,
-            &arena,
-            &[&layer_buf, &mlp.params, &act, target, grad_parts],
+            arena,
+            &[
+                cfm.data,
+                &input,
+                cfm.target,
+                cfm.source,
+                cfm.labels,
+                cfm.pairs,
+                &table_buf,
+                &mlp.params,
+                &act,
+                grad_parts,
+            ],
         );
         Ok(FusedCfmPass {
             rows,
             groups: Self::groups_for(rows),
             slot_len,
+            input,
             act,
             out_off: 4 * top.h_off4 as usize,
             kernel,
             group,
             params,
-            _arena: arena,
-            _layers: layer_buf,
+            _table: table_buf,
         })
     }
 
-    /// Forward, loss and backward of the batch in `act`'s input rows: one dispatch.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        self.kernel
-            .dispatch(pass, &self.group, 0, cfm_step::step_groups(&self.params));
+    /// The step with the CfmParams of arena slot `slot`: one dispatch.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, slot: usize) {
+        self.kernel.dispatch(
+            pass,
+            &self.group,
+            slot,
+            cfm_step::step_groups(self.rows, &self.params),
+        );
     }
 }

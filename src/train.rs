@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
 use crate::kernels::{adam, cfm, ot, Kernel, Tiles};
-use crate::mlp::{FusedCfmPass, GpuMlp, MlpPass, PassOptions};
+use crate::mlp::{CfmBuffers, FusedCfmPass, GpuMlp, MlpPass, PassOptions};
 use crate::model::{MlpConfig, Weights};
 use crate::path::GaussianPath;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -309,7 +309,16 @@ impl Trainer {
         let arena = UniformArena::new(ctx, "train step params", 3 * k);
 
         let step_mlp = if fused {
-            StepMlp::Fused(FusedCfmPass::new(ctx, &mlp, cfg.batch, &target, &grads)?)
+            let bufs = CfmBuffers {
+                data: &data_buf,
+                target: &target,
+                source: &source_buf,
+                labels: &label_buf,
+                pairs: &pairs_buf,
+            };
+            StepMlp::Fused(FusedCfmPass::new(
+                ctx, &mlp, cfg.batch, &arena, &bufs, &grads,
+            )?)
         } else {
             let pass = MlpPass::new(
                 ctx,
@@ -340,7 +349,8 @@ impl Trainer {
         };
         let input = match &step_mlp {
             StepMlp::Layers { pass, .. } => &pass.input,
-            StepMlp::Fused(f) => &f.act,
+            // Unused: the fused kernel draws its rows itself.
+            StepMlp::Fused(f) => &f.input,
         };
         let prepare = cfm::cfm_prepare(ctx)?;
         let reduce = cfm::loss_reduce(ctx)?;
@@ -573,21 +583,22 @@ impl Trainer {
                     m.record_step(&mut pass, i);
                 } else {
                     self.record_coupling(&mut pass, 2 * k + i);
-                    self.prepare
-                        .dispatch(&mut pass, &self.g_prepare, i, per_sample);
                     match &self.step_mlp {
                         StepMlp::Layers {
                             pass: p,
                             loss,
                             g_loss,
                         } => {
+                            self.prepare
+                                .dispatch(&mut pass, &self.g_prepare, i, per_sample);
                             p.record_forward(&mut pass);
                             // Also writes this step's batch loss (no loss_reduce).
                             loss.dispatch(&mut pass, g_loss, i, [1, 1, 1]);
                             p.record_backward(&mut pass);
                         }
-                        // Its loss and gradient slots are added up by adam_update.
-                        StepMlp::Fused(f) => f.record(&mut pass),
+                        // Draws its rows itself; adam_update adds up its loss and
+                        // gradient slots.
+                        StepMlp::Fused(f) => f.record(&mut pass, i),
                     }
                 }
                 self.record_update(&mut pass, i);

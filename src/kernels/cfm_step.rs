@@ -1,6 +1,7 @@
-//! Wrapper of `shaders/cfm_step_subgroup.wgsl`: a whole flow-matching step's MLP work
-//! (forward, squared error, backward to per-workgroup gradient slots) in one dispatch, on
-//! adapters with 8-lane subgroups. The state that runs it is `mlp::FusedCfmPass`.
+//! Wrapper of `shaders/cfm_step_subgroup.wgsl` (compiled after cfm.wgsl): a whole
+//! flow-matching step but the optimizer (draw the rows, forward, squared error, backward to
+//! per-workgroup gradient slots) in one dispatch, on adapters with 8-lane subgroups. The
+//! state that runs it is `mlp::FusedCfmPass`.
 
 use super::{Access, Kernel, Shader};
 use crate::error::Result;
@@ -14,13 +15,9 @@ pub const TILE_ROWS: usize = 16;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepParams {
-    pub rows: u32,
     pub n_layers: u32,
     pub group_rows: u32,
     pub slot_vec4: u32,
-    pub dim: u32,
-    pub target_vec4: u32,
-    pub loss_scale: f32,
     pub _pad: u32,
 }
 
@@ -45,20 +42,37 @@ pub struct StepLayer {
 /// Layers `StepLayer` a uniform table holds (`MAX_LAYERS` in cfm_step_subgroup.wgsl).
 pub const MAX_LAYERS: usize = 16;
 
-/// layers (uniform), params, act, target, grad_parts.
+/// Mirrors `StepTable` in cfm_step_subgroup.wgsl: the uniform table of a run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepTable {
+    pub s: StepParams,
+    pub layers: [StepLayer; MAX_LAYERS],
+}
+
+/// cfm.wgsl's data, input, target, source, labels, pairs (as bound for cfm_prepare), then
+/// the table (uniform), params, act, grad_parts.
 const STEP: &[(u32, Access)] = &[
-    (1, Access::Uniform),
-    (2, Access::Read),
+    (1, Access::Read),
+    (2, Access::ReadWrite),
     (3, Access::ReadWrite),
-    (4, Access::Read),
-    (5, Access::ReadWrite),
+    (8, Access::Read),
+    (9, Access::Read),
+    (10, Access::Read),
+    (11, Access::Uniform),
+    (12, Access::Read),
+    (13, Access::ReadWrite),
+    (14, Access::ReadWrite),
 ];
+
+/// Storage buffers the kernel binds (an adapter with fewer per stage cannot run it).
+pub const STORAGE_BUFFERS: u32 = 9;
 
 pub fn cfm_step_subgroup(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::CfmStepSubgroup, "cfm_step_subgroup", STEP)
 }
 
-/// One workgroup per `group_rows` rows.
-pub fn step_groups(p: &StepParams) -> [u32; 3] {
-    [p.rows.div_ceil(p.group_rows), 1, 1]
+/// One workgroup per `group_rows` of `rows` rows.
+pub fn step_groups(rows: usize, p: &StepParams) -> [u32; 3] {
+    [(rows as u32).div_ceil(p.group_rows), 1, 1]
 }

@@ -37,7 +37,8 @@ pub enum Shader {
     MatmulSubgroup,
     /// mlp_backward.wgsl + mlp_backward_subgroup.wgsl (adapters with 8-lane subgroups).
     MlpBackwardSubgroup,
-    /// A fused flow-matching step for small models (adapters with 8-lane subgroups).
+    /// cfm.wgsl + cfm_step_subgroup.wgsl: a fused flow-matching step for small models
+    /// (adapters with 8-lane subgroups).
     CfmStepSubgroup,
 }
 
@@ -89,6 +90,7 @@ impl Shader {
         match self {
             Shader::MatmulSubgroup => Some(Shader::Matmul),
             Shader::MlpBackwardSubgroup => Some(Shader::MlpBackward),
+            Shader::CfmStepSubgroup => Some(Shader::Cfm),
             _ => None,
         }
     }
