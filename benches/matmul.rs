@@ -1,11 +1,15 @@
 //! Micro-benchmark of the MLP kernels: `linear_forward` alone (SGEMM + epilogue) and a
 //! full forward + backward, at the layer shapes of the standard workloads. Prints achieved
 //! GFLOP/s (2·M·K·N per linear layer; a backward is 2× a forward), for every kernel variant
-//! the adapter runs (on lavapipe: the 8-lane subgroup tiles, then the plain tiles).
+//! the adapter runs (on lavapipe: the 8-lane subgroup tiles, then the plain tiles), and the
+//! fused training step (`cfm_step_subgroup.wgsl`: draw, forward, loss, backward) where the
+//! adapter and shape take it.
 //!
 //! cargo bench --bench matmul [-- --quick]
 
-use flowgpu::mlp::{GpuMlp, MlpPass, PassOptions};
+use flowgpu::gpu::UniformArena;
+use flowgpu::kernels::cfm::CfmParams;
+use flowgpu::mlp::{CfmBuffers, FusedCfmPass, GpuMlp, MlpPass, PassOptions};
 use flowgpu::model::{Activation, MlpConfig, Weights};
 use flowgpu::{AdapterChoice, GpuContext};
 use rand::SeedableRng;
@@ -110,6 +114,63 @@ fn main() {
             3.0 * flops / (tf + tb) / 1e9,
             100.0 * hidden * (depth - 1) as f64 / flops
         );
+            if FusedCfmPass::suits(ctx, &mlp.layout, rows) {
+                let t = fused_step(ctx, &mlp, rows, calls, reps);
+                println!(
+                    "{name} fused step (draw, forward, loss, backward; one dispatch): {:.3} ms ({:.2} GFLOP/s)",
+                    t * 1e3,
+                    3.0 * flops / t / 1e9
+                );
+            }
         }
     }
+}
+
+/// Seconds per call of the fused training step on `rows` rows of moons-like data.
+fn fused_step(ctx: &GpuContext, mlp: &GpuMlp, rows: usize, calls: usize, reps: usize) -> f64 {
+    let layout = &mlp.layout;
+    let data: Vec<f32> = (0..2000).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+    let data = ctx.storage_from("data", &data).unwrap();
+    let target = ctx.storage("target", rows * 4).unwrap();
+    let unused = ctx.storage("unused", 4).unwrap();
+    let pairs = ctx.storage("pairs", rows).unwrap();
+    let grads = ctx
+        .storage(
+            "grad slots",
+            FusedCfmPass::groups_for(rows) * FusedCfmPass::slot_len(layout),
+        )
+        .unwrap();
+    let mut arena = UniformArena::new(ctx, "cfm params", 1);
+    arena.set(
+        0,
+        &CfmParams {
+            batch: rows as u32,
+            dim: 2,
+            n_data: 1000,
+            in_stride: layout.layers[0].in_pad as u32,
+            out_stride: 4,
+            time_cols: 1,
+            ..Default::default()
+        },
+    );
+    arena.upload(ctx, 0..1);
+    let bufs = CfmBuffers {
+        data: &data,
+        target: &target,
+        source: &unused,
+        labels: &unused,
+        pairs: &pairs,
+    };
+    let step = FusedCfmPass::new(ctx, mlp, rows, &arena, &bufs, &grads).unwrap();
+    let t = time(ctx, reps, || {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            for _ in 0..calls {
+                step.record(&mut cp, 0);
+            }
+        }
+        ctx.submit(enc).unwrap();
+    });
+    t / calls as f64
 }
