@@ -61,18 +61,6 @@ struct StepTable {
 // Slot g (workgroup g): its partial dL/dθ in the parameter layout, then (loss sum, 0, 0, 0).
 @group(0) @binding(14) var<storage, read_write> grad_parts: array<vec4<f32>>;
 
-// a.x·w0 + ... : one broadcast vec4 of X against four rows of W (forward, 4 outputs).
-fn dot4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(a, w0), dot(a, w1), dot(a, w2), dot(a, w3));
-}
-
-// a.x·w0 + ...: one broadcast vec4 of dZ against four rows of W (input gradient).
-fn mix4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
-    return a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
-}
-
-// Forward tile: X·Wᵀ for rows m0 .. m0 + 16 (clamped to `last`) and this lane's output
-// features n0 .. n0 + 4.
 fn fwd_tile(l: StepLayer, m0: u32, last: u32, n0: u32, lane: u32) -> Tile16 {
     let kv = l.in_vec4;
     let lc = l.out_features - 1u;
@@ -82,32 +70,11 @@ fn fwd_tile(l: StepLayer, m0: u32, last: u32, n0: u32, lane: u32) -> Tile16 {
     let c1 = l.w_off4 + min(n0 + 1u, lc) * kv;
     let c2 = l.w_off4 + min(n0 + 2u, lc) * kv;
     let c3 = l.w_off4 + min(n0 + 3u, lc) * kv;
-    var a0 = vec4<f32>(0.0);    var a1 = vec4<f32>(0.0);    var a2 = vec4<f32>(0.0);    var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0);    var a5 = vec4<f32>(0.0);    var a6 = vec4<f32>(0.0);    var a7 = vec4<f32>(0.0);
-    var a8 = vec4<f32>(0.0);    var a9 = vec4<f32>(0.0);    var a10 = vec4<f32>(0.0);    var a11 = vec4<f32>(0.0);
-    var a12 = vec4<f32>(0.0);    var a13 = vec4<f32>(0.0);    var a14 = vec4<f32>(0.0);    var a15 = vec4<f32>(0.0);
+    var a = tile16_zero();
     for (var k = 0u; k < kv; k++) {
-        let w0 = params[c0 + k]; let w1 = params[c1 + k]; let w2 = params[c2 + k]; let w3 = params[c3 + k];
-        let xa = act[ra + k];
-        let xb = act[rb + k];
-        a0 += dot4(subgroupBroadcast(xa, 0u), w0, w1, w2, w3);
-        a1 += dot4(subgroupBroadcast(xa, 1u), w0, w1, w2, w3);
-        a2 += dot4(subgroupBroadcast(xa, 2u), w0, w1, w2, w3);
-        a3 += dot4(subgroupBroadcast(xa, 3u), w0, w1, w2, w3);
-        a4 += dot4(subgroupBroadcast(xa, 4u), w0, w1, w2, w3);
-        a5 += dot4(subgroupBroadcast(xa, 5u), w0, w1, w2, w3);
-        a6 += dot4(subgroupBroadcast(xa, 6u), w0, w1, w2, w3);
-        a7 += dot4(subgroupBroadcast(xa, 7u), w0, w1, w2, w3);
-        a8 += dot4(subgroupBroadcast(xb, 0u), w0, w1, w2, w3);
-        a9 += dot4(subgroupBroadcast(xb, 1u), w0, w1, w2, w3);
-        a10 += dot4(subgroupBroadcast(xb, 2u), w0, w1, w2, w3);
-        a11 += dot4(subgroupBroadcast(xb, 3u), w0, w1, w2, w3);
-        a12 += dot4(subgroupBroadcast(xb, 4u), w0, w1, w2, w3);
-        a13 += dot4(subgroupBroadcast(xb, 5u), w0, w1, w2, w3);
-        a14 += dot4(subgroupBroadcast(xb, 6u), w0, w1, w2, w3);
-        a15 += dot4(subgroupBroadcast(xb, 7u), w0, w1, w2, w3);
+        bcast_dot16(&a, act[ra + k], act[rb + k], params[c0 + k], params[c1 + k], params[c2 + k], params[c3 + k]);
     }
-    return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+    return a;
 }
 
 // Z = acc + b and H = act(Z) of row m, features n0 .. n0 + 4 (zeros in the padding; b
@@ -168,36 +135,16 @@ fn dx_tile(l: StepLayer, m0: u32, last: u32, kv: u32, lane: u32) -> Tile16 {
     let ln = l.out_features - 1u;
     let ra = l.z_off4 + min(m0 + lane, last) * l.out_vec4;
     let rb = l.z_off4 + min(m0 + 8u + lane, last) * l.out_vec4;
-    var a0 = vec4<f32>(0.0);    var a1 = vec4<f32>(0.0);    var a2 = vec4<f32>(0.0);    var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0);    var a5 = vec4<f32>(0.0);    var a6 = vec4<f32>(0.0);    var a7 = vec4<f32>(0.0);
-    var a8 = vec4<f32>(0.0);    var a9 = vec4<f32>(0.0);    var a10 = vec4<f32>(0.0);    var a11 = vec4<f32>(0.0);
-    var a12 = vec4<f32>(0.0);    var a13 = vec4<f32>(0.0);    var a14 = vec4<f32>(0.0);    var a15 = vec4<f32>(0.0);
+    var a = tile16_zero();
     for (var n4 = 0u; n4 < l.out_vec4; n4++) {
         // Rows of W past N are clamped: dZ's padding columns are zero, so they add 0.
         let w0 = params[l.w_off4 + min(4u * n4, ln) * l.in_vec4 + kv];
         let w1 = params[l.w_off4 + min(4u * n4 + 1u, ln) * l.in_vec4 + kv];
         let w2 = params[l.w_off4 + min(4u * n4 + 2u, ln) * l.in_vec4 + kv];
         let w3 = params[l.w_off4 + min(4u * n4 + 3u, ln) * l.in_vec4 + kv];
-        let da = act[ra + n4];
-        let db = act[rb + n4];
-        a0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
-        a1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
-        a2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
-        a3 += mix4(subgroupBroadcast(da, 3u), w0, w1, w2, w3);
-        a4 += mix4(subgroupBroadcast(da, 4u), w0, w1, w2, w3);
-        a5 += mix4(subgroupBroadcast(da, 5u), w0, w1, w2, w3);
-        a6 += mix4(subgroupBroadcast(da, 6u), w0, w1, w2, w3);
-        a7 += mix4(subgroupBroadcast(da, 7u), w0, w1, w2, w3);
-        a8 += mix4(subgroupBroadcast(db, 0u), w0, w1, w2, w3);
-        a9 += mix4(subgroupBroadcast(db, 1u), w0, w1, w2, w3);
-        a10 += mix4(subgroupBroadcast(db, 2u), w0, w1, w2, w3);
-        a11 += mix4(subgroupBroadcast(db, 3u), w0, w1, w2, w3);
-        a12 += mix4(subgroupBroadcast(db, 4u), w0, w1, w2, w3);
-        a13 += mix4(subgroupBroadcast(db, 5u), w0, w1, w2, w3);
-        a14 += mix4(subgroupBroadcast(db, 6u), w0, w1, w2, w3);
-        a15 += mix4(subgroupBroadcast(db, 7u), w0, w1, w2, w3);
+        bcast_mix16(&a, act[ra + n4], act[rb + n4], w0, w1, w2, w3);
     }
-    return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+    return a;
 }
 
 // dL/dZ_below = (dZ·W)·act'(Z_below) of row m, input vec4 kv, into Z_below's slot; act'
@@ -234,15 +181,6 @@ fn backward_input_layer(l: StepLayer, first: u32, last: u32, lane: u32) {
     }
 }
 
-// One row's share of a 16-output × 1-vec4 weight-gradient tile (as in
-// mlp_backward_subgroup.wgsl): dZ values e (4 outputs each) times this lane's X vec4.
-fn dw_row(g: ptr<function, Tile16>, e0: vec4<f32>, e1: vec4<f32>, e2: vec4<f32>, e3: vec4<f32>, xr: vec4<f32>) {
-    (*g).r0 += e0.x * xr; (*g).r1 += e0.y * xr; (*g).r2 += e0.z * xr; (*g).r3 += e0.w * xr;
-    (*g).r4 += e1.x * xr; (*g).r5 += e1.y * xr; (*g).r6 += e1.z * xr; (*g).r7 += e1.w * xr;
-    (*g).r8 += e2.x * xr; (*g).r9 += e2.y * xr; (*g).r10 += e2.z * xr; (*g).r11 += e2.w * xr;
-    (*g).r12 += e3.x * xr; (*g).r13 += e3.y * xr; (*g).r14 += e3.z * xr; (*g).r15 += e3.w * xr;
-}
-
 // Row n of this group's dW slot, input vec4 kv, if the row exists.
 fn dw_store(l: StepLayer, slot: u32, n: u32, kv: u32, g: vec4<f32>) {
     if (n < l.out_features) {
@@ -270,7 +208,7 @@ fn backward_weight_layer(l: StepLayer, first: u32, last: u32, lane: u32, slot: u
         for (var ob = 0u; ob < out_blocks; ob++) {
             let nv0 = ob * 4u;
             let n0 = min(nv0, lv); let n1 = min(nv0 + 1u, lv); let n2 = min(nv0 + 2u, lv); let n3 = min(nv0 + 3u, lv);
-            var g = Tile16(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+            var g = tile16_zero();
             var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
             for (var mb = first; mb <= last; mb += 8u) {
                 // Lane r's row of dZ (zero past the group's rows: broadcast, it adds nothing).

@@ -146,12 +146,12 @@ fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG1;
 }
 
-// 16 vec4 accumulators of one thread, returned by the subgroup tile functions
-// (matmul_subgroup.wgsl, mlp_backward_subgroup.wgsl); NIR inlines every function, so they
-// stay in registers.
-struct Tile16 {
-    r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>,
-    r4: vec4<f32>, r5: vec4<f32>, r6: vec4<f32>, r7: vec4<f32>,
-    r8: vec4<f32>, r9: vec4<f32>, r10: vec4<f32>, r11: vec4<f32>,
-    r12: vec4<f32>, r13: vec4<f32>, r14: vec4<f32>, r15: vec4<f32>,
+// (a·w0, a·w1, a·w2, a·w3): a vec4 of inputs against four rows of W (forward, 4 outputs).
+fn dot4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(a, w0), dot(a, w1), dot(a, w2), dot(a, w3));
+}
+
+// a.x·w0 + a.y·w1 + a.z·w2 + a.w·w3: a vec4 of dZ against four rows of W (input gradient).
+fn mix4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
+    return a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
 }

@@ -78,10 +78,6 @@ fn epilogue(m: u32, n0: u32, acc: vec4<f32>) {
     store_out(m, n0, acc, p.store_pre != 0u);
 }
 
-fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(dot(x, w0), dot(x, w1), dot(x, w2), dot(x, w3));
-}
-
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n0 = gid.x * TILE_COLS;

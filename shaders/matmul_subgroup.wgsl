@@ -50,32 +50,11 @@ fn sg_forward(wg: vec3<u32>, nwg: vec3<u32>, lane: u32) -> SgForward {
 // X·Wᵀ of the subgroup's rows, read at row offset `xo` (vec4s) of x: 0 for the primal
 // rows, t·rows·in_vec4 for tangent direction t.
 fn sg_tile(s: SgForward, xo: u32) -> Tile16 {
-    var a0 = vec4<f32>(0.0);    var a1 = vec4<f32>(0.0);    var a2 = vec4<f32>(0.0);    var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0);    var a5 = vec4<f32>(0.0);    var a6 = vec4<f32>(0.0);    var a7 = vec4<f32>(0.0);
-    var a8 = vec4<f32>(0.0);    var a9 = vec4<f32>(0.0);    var a10 = vec4<f32>(0.0);    var a11 = vec4<f32>(0.0);
-    var a12 = vec4<f32>(0.0);    var a13 = vec4<f32>(0.0);    var a14 = vec4<f32>(0.0);    var a15 = vec4<f32>(0.0);
+    var a = tile16_zero();
     for (var k = 0u; k < p.in_vec4; k++) {
-        let w0 = params[s.c0 + k]; let w1 = params[s.c1 + k]; let w2 = params[s.c2 + k]; let w3 = params[s.c3 + k];
-        let xa = x[xo + s.ra + k];
-        let xb = x[xo + s.rb + k];
-        a0 += dot4(subgroupBroadcast(xa, 0u), w0, w1, w2, w3);
-        a1 += dot4(subgroupBroadcast(xa, 1u), w0, w1, w2, w3);
-        a2 += dot4(subgroupBroadcast(xa, 2u), w0, w1, w2, w3);
-        a3 += dot4(subgroupBroadcast(xa, 3u), w0, w1, w2, w3);
-        a4 += dot4(subgroupBroadcast(xa, 4u), w0, w1, w2, w3);
-        a5 += dot4(subgroupBroadcast(xa, 5u), w0, w1, w2, w3);
-        a6 += dot4(subgroupBroadcast(xa, 6u), w0, w1, w2, w3);
-        a7 += dot4(subgroupBroadcast(xa, 7u), w0, w1, w2, w3);
-        a8 += dot4(subgroupBroadcast(xb, 0u), w0, w1, w2, w3);
-        a9 += dot4(subgroupBroadcast(xb, 1u), w0, w1, w2, w3);
-        a10 += dot4(subgroupBroadcast(xb, 2u), w0, w1, w2, w3);
-        a11 += dot4(subgroupBroadcast(xb, 3u), w0, w1, w2, w3);
-        a12 += dot4(subgroupBroadcast(xb, 4u), w0, w1, w2, w3);
-        a13 += dot4(subgroupBroadcast(xb, 5u), w0, w1, w2, w3);
-        a14 += dot4(subgroupBroadcast(xb, 6u), w0, w1, w2, w3);
-        a15 += dot4(subgroupBroadcast(xb, 7u), w0, w1, w2, w3);
+        bcast_dot16(&a, x[xo + s.ra + k], x[xo + s.rb + k], params[s.c0 + k], params[s.c1 + k], params[s.c2 + k], params[s.c3 + k]);
     }
-    return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+    return a;
 }
 
 @compute @workgroup_size(8, 1, 1)

@@ -62,11 +62,6 @@ fn dx_store(m: u32, kv: u32, g: vec4<f32>) {
     }
 }
 
-// a.x·w0 + a.y·w1 + a.z·w2 + a.w·w3: one vec4 of dZ times four rows of W.
-fn mix4(a: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
-    return a.x * w0 + a.y * w1 + a.z * w2 + a.w * w3;
-}
-
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
     let kv = gid.x;

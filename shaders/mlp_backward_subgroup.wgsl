@@ -47,36 +47,16 @@ fn sg_input(x: u32, block: u32, lane: u32) -> SgInput {
 // t·rows·out_vec4 for tangent direction t.
 fn sg_dx_tile(s: SgInput, o: u32) -> Tile16 {
     let ln = p.out_features - 1u;
-    var a0 = vec4<f32>(0.0);    var a1 = vec4<f32>(0.0);    var a2 = vec4<f32>(0.0);    var a3 = vec4<f32>(0.0);
-    var a4 = vec4<f32>(0.0);    var a5 = vec4<f32>(0.0);    var a6 = vec4<f32>(0.0);    var a7 = vec4<f32>(0.0);
-    var a8 = vec4<f32>(0.0);    var a9 = vec4<f32>(0.0);    var a10 = vec4<f32>(0.0);    var a11 = vec4<f32>(0.0);
-    var a12 = vec4<f32>(0.0);    var a13 = vec4<f32>(0.0);    var a14 = vec4<f32>(0.0);    var a15 = vec4<f32>(0.0);
+    var a = tile16_zero();
     for (var n4 = 0u; n4 < p.out_vec4; n4++) {
         // Rows of W past N are clamped: dZ's padding columns are zero, so they add 0.
         let w0 = params[p.w_off4 + min(4u * n4, ln) * p.in_vec4 + s.kv];
         let w1 = params[p.w_off4 + min(4u * n4 + 1u, ln) * p.in_vec4 + s.kv];
         let w2 = params[p.w_off4 + min(4u * n4 + 2u, ln) * p.in_vec4 + s.kv];
         let w3 = params[p.w_off4 + min(4u * n4 + 3u, ln) * p.in_vec4 + s.kv];
-        let da = dz[o + s.ra + n4];
-        let db = dz[o + s.rb + n4];
-        a0 += mix4(subgroupBroadcast(da, 0u), w0, w1, w2, w3);
-        a1 += mix4(subgroupBroadcast(da, 1u), w0, w1, w2, w3);
-        a2 += mix4(subgroupBroadcast(da, 2u), w0, w1, w2, w3);
-        a3 += mix4(subgroupBroadcast(da, 3u), w0, w1, w2, w3);
-        a4 += mix4(subgroupBroadcast(da, 4u), w0, w1, w2, w3);
-        a5 += mix4(subgroupBroadcast(da, 5u), w0, w1, w2, w3);
-        a6 += mix4(subgroupBroadcast(da, 6u), w0, w1, w2, w3);
-        a7 += mix4(subgroupBroadcast(da, 7u), w0, w1, w2, w3);
-        a8 += mix4(subgroupBroadcast(db, 0u), w0, w1, w2, w3);
-        a9 += mix4(subgroupBroadcast(db, 1u), w0, w1, w2, w3);
-        a10 += mix4(subgroupBroadcast(db, 2u), w0, w1, w2, w3);
-        a11 += mix4(subgroupBroadcast(db, 3u), w0, w1, w2, w3);
-        a12 += mix4(subgroupBroadcast(db, 4u), w0, w1, w2, w3);
-        a13 += mix4(subgroupBroadcast(db, 5u), w0, w1, w2, w3);
-        a14 += mix4(subgroupBroadcast(db, 6u), w0, w1, w2, w3);
-        a15 += mix4(subgroupBroadcast(db, 7u), w0, w1, w2, w3);
+        bcast_mix16(&a, dz[o + s.ra + n4], dz[o + s.rb + n4], w0, w1, w2, w3);
     }
-    return Tile16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+    return a;
 }
 
 @compute @workgroup_size(8, 1, 1)
@@ -154,15 +134,6 @@ fn sg_backward_input_jvp(x: u32, block: u32, lane: u32) {
     }
 }
 
-// One row's share of a 16-output × 1-vec4 weight-gradient tile: dZ values e (4 outputs
-// each) times this lane's X vec4 of the row.
-fn dw_row(g: ptr<function, Tile16>, e0: vec4<f32>, e1: vec4<f32>, e2: vec4<f32>, e3: vec4<f32>, xr: vec4<f32>) {
-    (*g).r0 += e0.x * xr; (*g).r1 += e0.y * xr; (*g).r2 += e0.z * xr; (*g).r3 += e0.w * xr;
-    (*g).r4 += e1.x * xr; (*g).r5 += e1.y * xr; (*g).r6 += e1.z * xr; (*g).r7 += e1.w * xr;
-    (*g).r8 += e2.x * xr; (*g).r9 += e2.y * xr; (*g).r10 += e2.z * xr; (*g).r11 += e2.w * xr;
-    (*g).r12 += e3.x * xr; (*g).r13 += e3.y * xr; (*g).r14 += e3.z * xr; (*g).r15 += e3.w * xr;
-}
-
 @compute @workgroup_size(8, 1, 1)
 fn backward_weight_subgroup(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -182,7 +153,7 @@ fn sg_backward_weight(x: u32, y: u32, chunk: u32, lane: u32, rows: u32) {
     let m_begin = chunk * p.chunk_rows;
     let m_end = min(m_begin + p.chunk_rows, rows);
     // g.r{4·q + r}: dW row 4·(nv0 + q) + r, input vec4 kv.
-    var g = Tile16(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var g = tile16_zero();
     var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
     for (var mb = m_begin; mb < m_end; mb += 8u) {
         // Lane l's row of dZ (zero past the chunk, so the broadcast rows add nothing).

@@ -43,6 +43,8 @@ pub enum Shader {
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
+/// The tile and broadcast steps the subgroup families share (after common.wgsl).
+const SUBGROUP_TILES: &str = include_str!("../../shaders/subgroup_tiles.wgsl");
 
 impl Shader {
     pub const ALL: [Shader; 12] = [
@@ -117,10 +119,16 @@ impl Shader {
     /// The full WGSL compiled for an adapter class.
     pub fn source(self, tiles: &Tiles) -> String {
         let base = self.base().map_or("", Shader::body);
+        let subgroup = if self.needs_subgroups() {
+            SUBGROUP_TILES
+        } else {
+            ""
+        };
         format!(
-            "{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}",
             tiles.preamble(),
             COMMON,
+            subgroup,
             base,
             self.body()
         )
