@@ -167,7 +167,7 @@ fn time_training(
     let k = tr.cfg.steps_per_submit;
     tr.run_steps(ctx, k)?;
     let loss_first = tr.recent_losses(ctx, k)?[0];
-    let per_group = (((0.02 / (flops / 5e9)).ceil() as usize).div_ceil(k) * k).clamp(k, 200);
+    let per_group = (((0.1 / (flops / 5e9)).ceil() as usize).div_ceil(k) * k).clamp(k, 200);
     let (calls, secs, ms) = time_calls(min_time, 3, per_group, |c| {
         let mut left = c;
         while left > 0 {
