@@ -19,9 +19,10 @@
 // once act'(Z) has been used, the last layer's Z with dL/dv. Z is stored only where
 // act'(Z) needs it (SiLU, softplus): for the others act' comes from H
 // (activate_grad_from_output4), a third fewer stores in the forward pass.
-// Subgroup operations need uniform control flow: every loop bound here depends only on
-// the parameters and the workgroup; rows and features past the end are clamped for
-// loading and skipped when storing.
+// Subgroup operations and barriers need uniform control flow: every loop that contains one
+// has bounds that depend only on the parameters and the workgroup (the lane-strided loops
+// over rows, drawing them and taking the loss, contain none); rows and features past the
+// end are clamped for loading and skipped when storing.
 // Host wrapper: src/kernels/cfm_step.rs; state: src/mlp.rs (`FusedCfmPass`).
 
 struct StepParams {

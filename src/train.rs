@@ -3,7 +3,10 @@
 //! One step, as recorded into the encoder: `cfm_prepare` draws x1, t and ε on the GPU and
 //! writes the MLP inputs and targets → `linear_forward` per layer → `cfm_loss` (with the
 //! batch loss) → backward per layer into the flat gradient buffer → `grad_sq_partial`
-//! → `adam_update`. `steps_per_submit` steps share one encoder and one submit; the host
+//! (when clipping) → `adam_update`. Small models on 8-lane-subgroup adapters take the fused
+//! step instead: `cfm_step_subgroup` (draw, forward, loss, backward into one gradient slot
+//! per row group) → `grad_sq_partial` (when clipping) → `adam_update` (adds the slots and
+//! writes the batch loss). `steps_per_submit` steps share one encoder and one submit; the host
 //! writes their learning rates into uniform slots before the submit and reads the loss
 //! history back only every `log_every` steps.
 
@@ -609,8 +612,8 @@ impl Trainer {
         Ok(())
     }
 
-    /// The MLE loss of step slot `i` into the history (cfm_loss writes the flow-matching
-    /// one itself), then the optimizer update.
+    /// The MLE loss of step slot `i` into the history (cfm_loss, or with the fused step
+    /// adam_update, writes the flow-matching one), then the optimizer update.
     fn record_update(&self, pass: &mut wgpu::ComputePass<'_>, i: usize) {
         let k = self.cfg.steps_per_submit;
         if self.mle.is_some() {

@@ -9,7 +9,17 @@ fn flowgpu(args: &[&str]) -> (i32, String, String) {
 }
 
 fn flowgpu_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_flowgpu"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowgpu"));
+    // Kernel-choice switches of the test's own environment would change what a test sees.
+    for var in [
+        "FLOWGPU_FUSED_STEP",
+        "FLOWGPU_SUBGROUP_TILES",
+        "FLOWGPU_TILES",
+        "FLOWGPU_STEP_GROUP_ROWS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
         .args(args)
         .envs(env.iter().copied())
         .output()

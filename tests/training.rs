@@ -66,8 +66,8 @@ fn training_step_case(ctx: &flowgpu::GpuContext, cfg: &MlpConfig, path: Gaussian
     let w0 = model(&cfg, 3).weights;
     {
         let tc = TrainConfig {
-            // > one weight-gradient chunk on software adapters; 4 full fused-step row
-            // groups and a partial one.
+            // > one weight-gradient chunk on software adapters; 2 full fused-step row
+            // groups (128 rows) and a partial one (44).
             batch: 300,
             steps: 10,
             warmup: 0,
@@ -104,6 +104,14 @@ fn training_step_case(ctx: &flowgpu::GpuContext, cfg: &MlpConfig, path: Gaussian
                 &format!("{} dW[{l}]", path.name()),
                 &got_g.layers[l].w,
                 &g.w[l],
+                1e-3,
+                1e-4 * scale,
+            );
+            let scale = g.b[l].iter().fold(0.0f64, |a, b| a.max(b.abs()));
+            assert_close(
+                &format!("{} db[{l}]", path.name()),
+                &got_g.layers[l].b,
+                &g.b[l],
                 1e-3,
                 1e-4 * scale,
             );
