@@ -412,8 +412,6 @@ pub struct FusedCfmPass {
     pub input: wgpu::Buffer,
     /// The input rows again as vec4s, then Z and H of every layer ([rows, out_pad] each).
     pub act: wgpu::Buffer,
-    /// Offset (floats) of the output v(x, t) in `act`.
-    pub out_off: usize,
     kernel: Arc<Kernel>,
     group: wgpu::BindGroup,
     params: cfm_step::StepParams,
@@ -512,7 +510,6 @@ impl FusedCfmPass {
                 store_z: !l.activation.grad_from_output() as u32,
             };
         }
-        let top = table.layers[layers.len() - 1];
         let slot_len = Self::slot_len(&mlp.layout);
         let params = cfm_step::StepParams {
             n_layers: layers.len() as u32,
@@ -547,7 +544,6 @@ impl FusedCfmPass {
             slot_len,
             input,
             act,
-            out_off: 4 * top.h_off4 as usize,
             kernel,
             group,
             params,
