@@ -74,6 +74,10 @@ pub struct BenchRecord {
     pub backend: String,
     /// The MLP kernel variant: "subgroup8" (8-lane subgroup tiles) or "plain".
     pub tiles: String,
+    /// Flow-matching training workloads: how the step ran, "fused" (one dispatch for the
+    /// MLP, `cfm_step_subgroup.wgsl`) or "layers" (per-layer kernels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_step: Option<String>,
     pub unit: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps_per_s: Option<f64>,
@@ -370,9 +374,11 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
             let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
             let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
             let sg = sgemm_at(batch, mlp.width)?;
+            let train_step = Some(tr.step_kind().to_string());
             Ok(vec![t.record(
                 BenchRecord {
                     unit: "one training step".into(),
+                    train_step,
                     n: Some(batch),
                     peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
                     ..base

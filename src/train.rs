@@ -658,6 +658,14 @@ impl Trainer {
         ))
     }
 
+    /// How a flow-matching step runs: "fused" (`cfm_step_subgroup.wgsl`) or "layers".
+    pub fn step_kind(&self) -> &'static str {
+        match self.step_mlp {
+            StepMlp::Fused(_) => "fused",
+            StepMlp::Layers { .. } => "layers",
+        }
+    }
+
     /// The maximum-likelihood state, when training by `--objective mle`.
     pub fn mle(&self) -> Option<&crate::mle::MleState> {
         self.mle.as_ref()

@@ -345,6 +345,7 @@ fn bench_profile_counts_the_dispatches_of_a_training_step() {
         assert_eq!(count("loss_reduce"), 0);
         assert_eq!(count("adam_update"), 1);
         let fused = j["tiles"] == "subgroup8" && env.is_empty();
+        assert_eq!(j["train_step"], if fused { "fused" } else { "layers" });
         if fused {
             assert_eq!(count("cfm_step"), 1);
             assert_eq!(total, 2, "{profile:?}");
