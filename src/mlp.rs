@@ -339,33 +339,28 @@ impl MlpPass {
             } else {
                 (p, SLOT_BWD * n + i)
             };
+            // Weight and input gradient in one dispatch where the layer allows it.
             let fused = self
                 .back_layer
                 .as_ref()
-                .filter(|_| mlp_backward::fuse_backward(p));
-            if let (Some(fused), Some(Some(g))) = (fused, self.layer_groups.get(i)) {
-                fused.dispatch(
-                    pass,
-                    g,
-                    slot,
-                    mlp_backward::backward_layer_groups(fp, &self.tiles),
-                );
-                if p.n_chunks > 1 {
-                    red.dispatch(
+                .filter(|_| mlp_backward::fuse_backward(p))
+                .zip(self.layer_groups.get(i).and_then(Option::as_ref));
+            match fused {
+                Some((k, g)) => {
+                    k.dispatch(
                         pass,
-                        &self.red_groups[i],
-                        SLOT_BWD * n + i,
-                        mlp_backward::reduce_chunks_groups(p, &self.tiles),
+                        g,
+                        slot,
+                        mlp_backward::backward_layer_groups(fp, &self.tiles),
                     );
                 }
-                continue;
+                None => bw.dispatch(
+                    pass,
+                    &self.bw_groups[i],
+                    SLOT_BWD * n + i,
+                    mlp_backward::backward_weight_groups(p, &self.tiles),
+                ),
             }
-            bw.dispatch(
-                pass,
-                &self.bw_groups[i],
-                SLOT_BWD * n + i,
-                mlp_backward::backward_weight_groups(p, &self.tiles),
-            );
             if p.n_chunks > 1 {
                 red.dispatch(
                     pass,
@@ -374,24 +369,14 @@ impl MlpPass {
                     mlp_backward::reduce_chunks_groups(p, &self.tiles),
                 );
             }
-            if let Some(g) = &self.bin_groups[i] {
-                if self.tangents > 0 {
-                    // backward_input_jvp: primal rows, tangent rows handled with them.
-                    let tp = &self.jvp_params[i];
-                    bi.dispatch(
-                        pass,
-                        g,
-                        SLOT_JVP * n + i,
-                        mlp_backward::backward_input_groups(tp, &self.tiles),
-                    );
-                } else {
-                    bi.dispatch(
-                        pass,
-                        g,
-                        SLOT_BWD * n + i,
-                        mlp_backward::backward_input_groups(p, &self.tiles),
-                    );
-                }
+            // backward_input(_jvp) (with tangents: primal rows, tangent rows with them).
+            if let (None, Some(g)) = (fused, &self.bin_groups[i]) {
+                bi.dispatch(
+                    pass,
+                    g,
+                    slot,
+                    mlp_backward::backward_input_groups(fp, &self.tiles),
+                );
             }
         }
     }
