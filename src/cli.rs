@@ -63,7 +63,7 @@ impl GpuArgs {
         GpuContext::new(&AdapterChoice {
             name: self.adapter.clone(),
             backend: self.backend,
-            profile: false,
+            ..Default::default()
         })
     }
 }
@@ -1628,6 +1628,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                     _ => None,
                 },
                 profile: a.profile,
+                ..Default::default()
             })
             .collect()
     } else {
@@ -1635,6 +1636,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             name: a.adapter.clone(),
             backend: a.backend,
             profile: a.profile,
+            ..Default::default()
         }]
     };
     let mut lines = Vec::new();

@@ -674,3 +674,48 @@ fn cfm_prepare_writes_class_one_hots_with_label_dropout() {
         "{dropped} of {batch} rows dropped their label"
     );
 }
+
+/// The on-disk pipeline cache: written when a context that compiled pipelines is dropped,
+/// read back by the next one, and a damaged file is ignored (the run still compiles) and
+/// replaced. Backends without a pipeline cache (GL) write nothing.
+#[test]
+fn pipeline_cache_round_trips_and_survives_damage() {
+    use flowgpu::gpu::pipeline_cache::decode;
+    let dir = std::env::temp_dir().join(format!("flowgpu-pipeline-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let choice = flowgpu::AdapterChoice {
+        pipeline_cache_dir: Some(dir.clone()),
+        ..common::choice()
+    };
+    let open = || GpuContext::new(&choice).expect("adapter");
+    let ctx = open();
+    let Some(path) = ctx.disk_cache.as_ref().map(|c| c.path().to_path_buf()) else {
+        flowgpu::kernels::trace::probe_init(&ctx).unwrap();
+        drop(ctx);
+        assert!(
+            !dir.exists(),
+            "a backend without a pipeline cache wrote one"
+        );
+        return;
+    };
+    assert_eq!(ctx.disk_cache.as_ref().unwrap().loaded_bytes, 0);
+    flowgpu::kernels::trace::probe_init(&ctx).unwrap();
+    drop(ctx);
+    let file = std::fs::read(&path).expect("cache written at drop");
+    let data = decode(&file).expect("a valid cache file").to_vec();
+    assert!(!data.is_empty());
+
+    let ctx = open();
+    assert_eq!(ctx.disk_cache.as_ref().unwrap().loaded_bytes, data.len());
+    drop(ctx);
+
+    // A torn file: ignored, the kernel still compiles, and the drop writes a whole one.
+    std::fs::write(&path, &file[..file.len() - 3]).unwrap();
+    let ctx = open();
+    assert_eq!(ctx.disk_cache.as_ref().unwrap().loaded_bytes, 0);
+    flowgpu::kernels::trace::probe_init(&ctx).unwrap();
+    ctx.check().unwrap();
+    drop(ctx);
+    assert!(decode(&std::fs::read(&path).unwrap()).is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}

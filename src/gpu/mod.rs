@@ -6,6 +6,7 @@
 //! device-lost callback and surface as [`Error::Gpu`] at the next [`GpuContext::check`].
 
 pub mod arena;
+pub mod pipeline_cache;
 pub mod profile;
 
 pub use arena::UniformArena;
@@ -42,6 +43,9 @@ pub struct AdapterChoice {
     pub backend: Option<BackendChoice>,
     /// Open the device with timestamp queries and a [`profile::Profiler`].
     pub profile: bool,
+    /// Where the on-disk pipeline cache lives (None: `$FLOWGPU_PIPELINE_CACHE` or the
+    /// user's cache directory; see [`pipeline_cache`]).
+    pub pipeline_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Broad class of an adapter; kernels choose their tile shapes by it.
@@ -206,6 +210,9 @@ pub struct GpuContext {
     pub tiles: crate::kernels::Tiles,
     errors: ErrorSlot,
     pub(crate) pipelines: crate::kernels::PipelineCache,
+    /// The driver's compiled pipelines kept on disk across runs, where the backend can
+    /// (Vulkan); written back when the context is dropped.
+    pub disk_cache: Option<pipeline_cache::DiskPipelineCache>,
     /// Bytes of storage buffers created so far (benchmarks report the growth).
     allocated: std::sync::atomic::AtomicU64,
     /// Per-dispatch timestamps, when opened with `AdapterChoice::profile`.
@@ -240,10 +247,11 @@ impl GpuContext {
         }
         adapters.sort_by_key(|a| preference(&a.get_info()));
         let adapter = adapters.remove(0);
-        Self::from_adapter(adapter, choice.profile)
+        Self::from_adapter(adapter, choice)
     }
 
-    fn from_adapter(adapter: wgpu::Adapter, profile: bool) -> Result<Self> {
+    fn from_adapter(adapter: wgpu::Adapter, choice: &AdapterChoice) -> Result<Self> {
+        let profile = choice.profile;
         let info = adapter.get_info();
         let limits = adapter.limits();
         if profile && !adapter.features().contains(profile::FEATURES) {
@@ -259,7 +267,8 @@ impl GpuContext {
                 profile::FEATURES
             } else {
                 wgpu::Features::empty()
-            }) | (adapter.features() & wgpu::Features::SUBGROUP),
+            }) | (adapter.features()
+                & (wgpu::Features::SUBGROUP | wgpu::Features::PIPELINE_CACHE)),
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -285,6 +294,13 @@ impl GpuContext {
         let class = class_of(&info);
         let profiler = profile.then(|| Arc::new(profile::Profiler::new(&device, &queue)));
         let tiles = tiles_of(&adapter);
+        let cache_dir = choice
+            .pipeline_cache_dir
+            .clone()
+            .or_else(pipeline_cache::cache_dir);
+        let disk_cache = cache_dir.and_then(|dir| {
+            pipeline_cache::DiskPipelineCache::open(&device, &info, device.features(), &dir)
+        });
         Ok(GpuContext {
             device,
             queue,
@@ -294,6 +310,7 @@ impl GpuContext {
             tiles,
             errors,
             pipelines: Default::default(),
+            disk_cache,
             allocated: Default::default(),
             profiler,
         })

@@ -372,8 +372,11 @@ impl Kernel {
                 module: &module,
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
-                cache: None,
+                cache: ctx.disk_cache.as_ref().map(|c| &c.cache),
             });
+        if let Some(c) = &ctx.disk_cache {
+            c.touch();
+        }
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!(
                 "compiling {}::{entry} failed: {e}",

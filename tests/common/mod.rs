@@ -39,22 +39,27 @@ pub fn train_step_variants() -> Vec<&'static GpuContext> {
     tile_variants().into_iter().chain(layers.as_ref()).collect()
 }
 
+/// The adapter the tests run on: FLOWGPU_ADAPTER (a name substring) and FLOWGPU_BACKEND.
+pub fn choice() -> AdapterChoice {
+    let backend = std::env::var("FLOWGPU_BACKEND")
+        .ok()
+        .map(|b| match b.as_str() {
+            "vulkan" => BackendChoice::Vulkan,
+            "gl" => BackendChoice::Gl,
+            "metal" => BackendChoice::Metal,
+            "dx12" => BackendChoice::Dx12,
+            other => panic!("unknown FLOWGPU_BACKEND {other}"),
+        });
+    AdapterChoice {
+        name: std::env::var("FLOWGPU_ADAPTER").ok(),
+        backend,
+        ..Default::default()
+    }
+}
+
 fn new_ctx() -> GpuContext {
     {
-        let backend = std::env::var("FLOWGPU_BACKEND")
-            .ok()
-            .map(|b| match b.as_str() {
-                "vulkan" => BackendChoice::Vulkan,
-                "gl" => BackendChoice::Gl,
-                "metal" => BackendChoice::Metal,
-                "dx12" => BackendChoice::Dx12,
-                other => panic!("unknown FLOWGPU_BACKEND {other}"),
-            });
-        let choice = AdapterChoice {
-            name: std::env::var("FLOWGPU_ADAPTER").ok(),
-            backend,
-            ..Default::default()
-        };
+        let choice = choice();
         let c = GpuContext::new(&choice).expect("tests need a wgpu adapter (see README)");
         eprintln!(
             "test adapter: {} ({}), subgroup tiles: {}",
