@@ -2,6 +2,7 @@
 //! (FLOWGPU_ADAPTER / FLOWGPU_BACKEND override), and comparison with tolerances.
 #![allow(dead_code)]
 
+use flowgpu::gpu::AdapterClass;
 use flowgpu::{AdapterChoice, BackendChoice, GpuContext};
 use std::sync::OnceLock;
 
@@ -10,18 +11,26 @@ pub fn ctx() -> &'static GpuContext {
     CTX.get_or_init(new_ctx)
 }
 
-/// Every kernel variant the test adapter runs: the context above and, when it uses the
-/// 8-lane subgroup tiles, a second one on the same adapter with its class's plain tiles.
+/// Every kernel variant the test adapter can run: the context above and a context on the
+/// same adapter for each adapter class's plain tiles that differs from it — on a software
+/// adapter this includes the GPU preset (16×16 workgroups, 128-row weight-gradient
+/// chunks), so the tiles a hardware adapter would take are run here too, not only
+/// validated.
 pub fn tile_variants() -> Vec<&'static GpuContext> {
-    static PLAIN: OnceLock<Option<GpuContext>> = OnceLock::new();
+    static PLAIN: OnceLock<Vec<GpuContext>> = OnceLock::new();
     let plain = PLAIN.get_or_init(|| {
-        ctx().tiles.subgroup8.then(|| {
-            let mut c = new_ctx();
-            c.tiles = flowgpu::kernels::Tiles::for_class(c.class);
-            c
-        })
+        [AdapterClass::Software, AdapterClass::Hardware]
+            .into_iter()
+            .map(flowgpu::kernels::Tiles::for_class)
+            .filter(|t| *t != ctx().tiles)
+            .map(|t| {
+                let mut c = new_ctx();
+                c.tiles = t;
+                c
+            })
+            .collect()
     });
-    std::iter::once(ctx()).chain(plain.as_ref()).collect()
+    std::iter::once(ctx()).chain(plain.iter()).collect()
 }
 
 /// The ways a flow-matching training step can run on the test adapter: the context's own
