@@ -121,6 +121,10 @@ impl DiskPipelineCache {
         let Some(data) = self.cache.get_data() else {
             return Ok(());
         };
+        // Every pipeline came from the file (the cache did not grow): nothing to write.
+        if data.len() == self.loaded_bytes {
+            return Ok(());
+        }
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
