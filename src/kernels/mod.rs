@@ -393,6 +393,11 @@ impl Kernel {
         })
     }
 
+    /// Buffers [`bind`](Self::bind) takes (the bindings after the parameter slot).
+    pub fn bindings(&self) -> usize {
+        self.storage.len()
+    }
+
     /// A bind group: the arena's slot at binding 0, then `buffers` in the order of the
     /// kernel's storage bindings.
     pub fn bind(
