@@ -88,11 +88,25 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     };
     v.push(Case {
         name: "adam.wgsl::adam_update (2 slots)".into(),
-        kernel: adam::adam_update(ctx).unwrap(),
+        kernel: adam::adam_update(ctx, false).unwrap(),
         params: slot(ctx, &ap),
         groups: adam::update_groups(&ap, t),
         elements: n_params,
         // Reads 2 gradient slots, θ, m, v; writes θ, m, v.
+        bytes: Some(8.0 * 4.0 * n_params as f64),
+    });
+    v.push(Case {
+        name: "adam.wgsl::adam_update_clipped (2 slots)".into(),
+        kernel: adam::adam_update(ctx, true).unwrap(),
+        params: slot(
+            ctx,
+            &adam::AdamParams {
+                clip_norm: 1.0,
+                ..ap
+            },
+        ),
+        groups: adam::update_groups(&ap, t),
+        elements: n_params,
         bytes: Some(8.0 * 4.0 * n_params as f64),
     });
     v.push(Case {

@@ -7,11 +7,11 @@
 // vec4s, one per thread (a flat parameter buffer's length is a multiple of 4): a quarter of
 // the invocations, which is most of the cost of this pass on a software adapter.
 //   grad_sq_partial: each workgroup sums the squares of its slice of the gradient.
-//   adam_update:     with clipping, one thread of every workgroup first sums all partial
-//                    sums (same order in every workgroup, so the clip factor is identical
-//                    and deterministic) and shares it through one barrier; then every
-//                    thread updates its element: decoupled weight decay (PyTorch AdamW),
-//                    Adam moments with bias correction, then EMA.
+//   adam_update:     every thread updates its element: decoupled weight decay (PyTorch
+//                    AdamW), Adam moments with bias correction, then EMA.
+//   adam_update_clipped: the same after one thread of every workgroup has summed all
+//                    partial sums (same order in every workgroup, so the clip factor is
+//                    identical and deterministic) and shared it through one barrier.
 // Host wrapper: src/kernels/adam.rs.
 
 struct AdamParams {
@@ -91,26 +91,34 @@ fn grad_sq_partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     }
 }
 
+// Without clipping: no barrier. llvmpipe runs a kernel that has one as coroutines, which
+// cost even where the barrier is never reached: 10–27 µs per call at W-small's 8.9k
+// parameters, ~15% of this kernel there (benches/kernels.rs, paired runs).
 @compute @workgroup_size(WG1, 1, 1)
-fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    update_element(flat_index(gid, nwg), 1.0);
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn adam_update_clipped(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     // Measured on lavapipe: a barrier tree over the partials made this kernel 3.7× slower
     // than grad_sq_partial at W-small's 13k parameters; every thread summing the partials
     // itself cost 155 ms per step at W-fm's 790k parameters (193 partials per thread).
-    // One summing thread and one barrier, only when clipping, costs neither.
-    var scale = 1.0;
-    if (p.clip_norm > 0.0) {
-        if (lid.x == 0u) {
-            var s = 0.0;
-            for (var i = 0u; i < p.n_partials; i++) {
-                s += partials[i];
-            }
-            let norm = sqrt(s);
-            clip_scale = select(1.0, p.clip_norm / (norm + 1e-6), norm > p.clip_norm);
+    // One summing thread and one barrier cost neither.
+    if (lid.x == 0u) {
+        var s = 0.0;
+        for (var i = 0u; i < p.n_partials; i++) {
+            s += partials[i];
         }
-        workgroupBarrier();
-        scale = clip_scale;
+        let norm = sqrt(s);
+        clip_scale = select(1.0, p.clip_norm / (norm + 1e-6), norm > p.clip_norm);
     }
-    let e = flat_index(gid, nwg);
+    workgroupBarrier();
+    update_element(flat_index(gid, nwg), clip_scale);
+}
+
+// Thread e: parameter vec4 e, and for e = n/4 the batch loss (with loss_rows > 0).
+fn update_element(e: u32, scale: f32) {
     let n4 = p.n / 4u;
     if (e == n4 && p.loss_rows > 0u) {
         var total = 0.0;

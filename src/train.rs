@@ -358,7 +358,7 @@ impl Trainer {
         let prepare = cfm::cfm_prepare(ctx)?;
         let reduce = cfm::loss_reduce(ctx)?;
         let grad_sq = adam::grad_sq_partial(ctx)?;
-        let update = adam::adam_update(ctx)?;
+        let update = adam::adam_update(ctx, cfg.clip_norm > 0.0)?;
         let g_prepare = prepare.bind(
             ctx,
             &arena,

@@ -477,13 +477,15 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
 #[test]
 fn adam_with_clipping_weight_decay_and_ema_matches_reference() {
     // The gradient as one buffer, and as 3 partial slots (cfm_step_subgroup.wgsl's
-    // layout: parameters, then a loss-sum vec4) that adam adds up with the batch loss.
-    for parts in [1usize, 3] {
-        adam_case(parts);
+    // layout: parameters, then a loss-sum vec4) that adam adds up with the batch loss; with
+    // clipping (grad_sq_partial + adam_update_clipped) and without (adam_update).
+    for (parts, clip) in [(1usize, true), (3, true), (3, false)] {
+        adam_case(parts, clip);
     }
 }
 
-fn adam_case(parts: usize) {
+fn adam_case(parts: usize, clip: bool) {
+    let clip_norm = if clip { 1.0 } else { 0.0 };
     let ctx = ctx();
     let tiles = ctx.tiles;
     // Several grad_sq workgroups, not a multiple of a workgroup (a multiple of 4, as every
@@ -510,7 +512,7 @@ fn adam_case(parts: usize) {
     let history = ctx.storage("loss history", 4).unwrap();
     let (kq, ku) = (
         adam::grad_sq_partial(ctx).unwrap(),
-        adam::adam_update(ctx).unwrap(),
+        adam::adam_update(ctx, clip).unwrap(),
     );
     let mut arena = UniformArena::new(ctx, "p", 1);
     let gq = kq.bind(ctx, &arena, &[&grads, &partials]);
@@ -521,7 +523,7 @@ fn adam_case(parts: usize) {
     );
     let mut want_loss = 0.0;
     for step in 1..=3u32 {
-        // Step 1 and 3 are clipped (norm ≫ 1), step 2 is not.
+        // With clipping, steps 1 and 3 are clipped (norm ≫ 1), step 2 is not.
         let scale = if step == 2 { 1e-3 } else { 1.0 };
         // Each slot holds random parts; the gradient is their sum.
         let mut host = vec![0f32; parts * slot];
@@ -546,7 +548,7 @@ fn adam_case(parts: usize) {
             eps: 1e-8,
             weight_decay: 0.1,
             step,
-            clip_norm: 1.0,
+            clip_norm,
         };
         let ap = adam::AdamParams {
             n: n as u32,
@@ -560,7 +562,7 @@ fn adam_case(parts: usize) {
             weight_decay: h.weight_decay as f32,
             bias_corr1: (1.0 - h.beta1.powi(step as i32)) as f32,
             bias_corr2: (1.0 - h.beta2.powi(step as i32)) as f32,
-            clip_norm: 1.0,
+            clip_norm: clip_norm as f32,
             ema_decay: 0.9,
             grad_parts: parts as u32,
             part_vec4: (slot / 4) as u32,
@@ -573,7 +575,9 @@ fn adam_case(parts: usize) {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
-            kq.dispatch(&mut cp, &gq, 0, adam::grad_sq_groups(&ap, &tiles));
+            if clip {
+                kq.dispatch(&mut cp, &gq, 0, adam::grad_sq_groups(&ap, &tiles));
+            }
             ku.dispatch(&mut cp, &gu, 0, adam::update_groups(&ap, &tiles));
         }
         ctx.submit(enc).unwrap();

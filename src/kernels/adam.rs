@@ -51,8 +51,14 @@ const UPDATE: &[(u32, Access)] = &[
 pub fn grad_sq_partial(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     Kernel::get(ctx, Shader::Adam, "grad_sq_partial", GRAD_SQ)
 }
-pub fn adam_update(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Adam, "adam_update", UPDATE)
+/// The update without clipping, or with (`adam_update_clipped`: after `grad_sq_partial`).
+pub fn adam_update(ctx: &GpuContext, clipped: bool) -> Result<Arc<Kernel>> {
+    let entry = if clipped {
+        "adam_update_clipped"
+    } else {
+        "adam_update"
+    };
+    Kernel::get(ctx, Shader::Adam, entry, UPDATE)
 }
 
 /// Workgroups (= partial sums) of `grad_sq_partial` for `n` parameters (a multiple of 4:
