@@ -52,8 +52,8 @@ fn one_training_step_matches_reference() {
             (with(Activation::Relu), GaussianPath::Ot { sigma_min: 0.0 }),
         ] {
             eprintln!(
-                "step variant: subgroup {} fused {}, width {}",
-                ctx.tiles.subgroup8, ctx.tiles.fused_step, cfg.width
+                "step variant: subgroup {} fused {} lockstep {}, width {}",
+                ctx.tiles.subgroup8, ctx.tiles.fused_step, ctx.tiles.lockstep_subgroup, cfg.width
             );
             training_step_case(ctx, &cfg, path);
         }

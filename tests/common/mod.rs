@@ -34,18 +34,27 @@ pub fn tile_variants() -> Vec<&'static GpuContext> {
 }
 
 /// The ways a flow-matching training step can run on the test adapter: the context's own
-/// (the fused one-dispatch step for small models with 8-lane subgroups), the plain tiles,
-/// and with subgroup tiles, the per-layer subgroup kernels.
+/// (the fused one-dispatch step for small models with 8-lane subgroups; on llvmpipe without
+/// barriers between its phases), the plain tiles of each preset, and with subgroup tiles the
+/// per-layer subgroup kernels and the fused step with its barriers (as an adapter that does
+/// not run a subgroup in lockstep would).
 pub fn train_step_variants() -> Vec<&'static GpuContext> {
-    static LAYERS: OnceLock<Option<GpuContext>> = OnceLock::new();
-    let layers = LAYERS.get_or_init(|| {
-        ctx().tiles.fused_step.then(|| {
+    static MORE: OnceLock<Vec<GpuContext>> = OnceLock::new();
+    let more = MORE.get_or_init(|| {
+        let mut v = Vec::new();
+        if ctx().tiles.fused_step {
             let mut c = new_ctx();
             c.tiles.fused_step = false;
-            c
-        })
+            v.push(c);
+        }
+        if ctx().tiles.fused_step && ctx().tiles.lockstep_subgroup {
+            let mut c = new_ctx();
+            c.tiles.lockstep_subgroup = false;
+            v.push(c);
+        }
+        v
     });
-    tile_variants().into_iter().chain(layers.as_ref()).collect()
+    tile_variants().into_iter().chain(more.iter()).collect()
 }
 
 /// The adapter the tests run on: FLOWGPU_ADAPTER (a name substring) and FLOWGPU_BACKEND.
