@@ -6,7 +6,8 @@
 //   adjoint_start: per row, NLL = ½‖z‖² + (d/2)·log 2π − ℓ(0) into sample_loss, and the
 //                  adjoint's initial state [z, a(0) = ∂L/∂z = z/B] (L = batch mean).
 //   accumulate:    G = (init ? 0 : G) + coef·(∂S/∂θ of this stage), elementwise, so the
-//                  whole gradient is built without float atomics, in a fixed order.
+//                  whole gradient is built without float atomics, in a fixed order; ∂S/∂θ
+//                  may come in `parts` slots (the fused field's workgroups), added in order.
 //   commit:        adaptive adjoint: G = (init ? 0 : G) + coef·h·G_attempt, with h the
 //                  step of the attempt if the global controller accepted it, else 0
 //                  (clock[7] of row 0, written by ode.wgsl's global_control).
@@ -21,6 +22,10 @@ struct MleParams {
     log_norm: f32,      // (d/2)·log 2π
     coef: f32,          // accumulate: weight of this stage (−h·b_s)
     init: u32,          // accumulate: 1 on the first stage (overwrite)
+    parts: u32,         // stage gradient slots to add (field_subgroup.wgsl: one per workgroup)
+    part_len: u32,      // floats per slot
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MleParams;
@@ -49,13 +54,22 @@ fn adjoint_start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     sample_loss[i] = 0.5 * sq + p.log_norm - fwd_state[f + p.dim];
 }
 
+// ∂S/∂θ of element e: the sum of the slots in order.
+fn stage_grad(e: u32) -> f32 {
+    var g = stage_grads[e];
+    for (var c = 1u; c < p.parts; c++) {
+        g += stage_grads[c * p.part_len + e];
+    }
+    return g;
+}
+
 @compute @workgroup_size(WG1, 1, 1)
 fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = flat_index(gid, nwg);
     if (e >= p.n_params) {
         return;
     }
-    let g = p.coef * stage_grads[e];
+    let g = p.coef * stage_grad(e);
     if (p.init != 0u) {
         grads[e] = g;
     } else {
@@ -71,7 +85,7 @@ fn commit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
     // A rejected attempt (h = 0) adds nothing, even if its gradient overflowed.
     let h = clock[7];
-    let g = select(0.0, p.coef * h * stage_grads[e], h != 0.0);
+    let g = select(0.0, p.coef * h * stage_grad(e), h != 0.0);  // parts = 1: one attempt buffer
     if (p.init != 0u) {
         grads[e] = g;
     } else {

@@ -34,7 +34,8 @@ struct TraceParams {
 @group(0) @binding(0) var<uniform> p: TraceParams;
 @group(0) @binding(1) var<storage, read_write> tangent_input: array<f32>;
 @group(0) @binding(2) var<storage, read_write> probes: array<f32>;
-@group(0) @binding(3) var<storage, read> tangent_out: array<f32>;
+// Read-write: the fused field (field_subgroup.wgsl) writes the MLP output here.
+@group(0) @binding(3) var<storage, read_write> tangent_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> div: array<f32>;
 @group(0) @binding(5) var<storage, read> cotangent: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dv: array<f32>;
@@ -91,9 +92,13 @@ fn probe_scale() -> f32 {
 @compute @workgroup_size(WG1, 1, 1)
 fn divergence(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if (i >= p.rows) {
-        return;
+    if (i < p.rows) {
+        divergence_row(i);
     }
+}
+
+// Row i's [div, kinetic, frobenius, 0] (also called by field_subgroup.wgsl).
+fn divergence_row(i: u32) {
     var s = 0.0;
     var frob = 0.0;
     for (var m = 0u; m < p.n_tangents; m++) {
@@ -120,9 +125,13 @@ fn divergence(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 @compute @workgroup_size(WG1, 1, 1)
 fn trace_cotangent(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
-    if (i >= p.rows) {
-        return;
+    if (i < p.rows) {
+        cotangent_row(i);
     }
+}
+
+// dS/dv and dS/d(J·u_m) of row i into dv (also called by field_subgroup.wgsl).
+fn cotangent_row(i: u32) {
     for (var j = 0u; j < p.dim; j++) {
         let o = i * p.out_stride + j;
         dv[o] = cotangent[i * p.dim + j] + 2.0 * p.a_kinetic * tangent_out[o];

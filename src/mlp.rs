@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{cfm_step, matmul, mlp_backward, Kernel, Tiles};
+use crate::kernels::{cfm_step, fused_mlp, matmul, mlp_backward, Kernel, Tiles};
 use crate::model::{pad4, MlpConfig, ParamLayout, Weights};
 use std::sync::Arc;
 
@@ -382,6 +382,139 @@ impl MlpPass {
     }
 }
 
+/// Where a fused kernel (fused_mlp_subgroup.wgsl) keeps a small MLP's activations, and its
+/// uniform table: regions of one buffer, each [sets · cap_rows, width] — the input rows,
+/// then Z, H and dZ of every layer.
+pub struct FusedLayout {
+    pub table: fused_mlp::StepTable,
+    /// Floats of the activation buffer.
+    pub act_len: usize,
+}
+
+/// The fused kernels serve models whose forward pass is at most this many multiply-adds per
+/// batch (all row sets): W-small is 2.2M (6.5M with 2 tangent sets); past ~8M the
+/// per-layer kernels' wider grids pay for their dispatches (W-fm is 3.2G).
+const FUSED_MAX_MACS: usize = 8 << 20;
+
+impl FusedLayout {
+    /// `sets` row sets (1 + tangent directions) of up to `cap_rows` rows. With
+    /// `input_grad`, dZ gets regions of its own (Z stays for act' and act'' of the tangent
+    /// rows) and the input gradient of layer 0's primal rows goes to a last region (the
+    /// likelihood field); without, dZ overwrites Z and layer 0 has no input gradient (the
+    /// flow-matching step).
+    pub fn new(
+        layout: &ParamLayout,
+        cap_rows: usize,
+        sets: usize,
+        input_grad: bool,
+        slot_len: usize,
+    ) -> Result<Self> {
+        let layers = &layout.layers;
+        if layers.len() > fused_mlp::MAX_LAYERS {
+            return Err(crate::error::Error::invalid(format!(
+                "the fused kernels take at most {} layers",
+                fused_mlp::MAX_LAYERS
+            )));
+        }
+        let four = |floats: usize| (floats / 4) as u32;
+        let mut off = sets * cap_rows * layers[0].in_pad;
+        let mut region = |width: usize| {
+            let at = off;
+            off += sets * cap_rows * width;
+            four(at)
+        };
+        let mut table = fused_mlp::StepTable {
+            s: Default::default(),
+            layers: [Default::default(); fused_mlp::MAX_LAYERS],
+        };
+        for (i, l) in layers.iter().enumerate() {
+            let z_off4 = region(l.out_pad);
+            let h_off4 = region(l.out_pad);
+            let d_off4 = if input_grad {
+                region(l.out_pad)
+            } else {
+                z_off4
+            };
+            let below = i.checked_sub(1).map(|j| (&layers[j], table.layers[j]));
+            table.layers[i] = fused_mlp::StepLayer {
+                in_vec4: four(l.in_pad),
+                out_features: l.out_features as u32,
+                out_vec4: four(l.out_pad),
+                w_off4: four(l.w_off),
+                b_off4: four(l.b_off),
+                activation: l.activation.gpu_code(),
+                x_off4: below.map_or(0, |(_, d)| d.h_off4),
+                z_off4,
+                h_off4,
+                d_off4,
+                below_act: below.map_or(0, |(bl, _)| bl.activation.gpu_code()),
+                below_z_off4: below.map_or(0, |(_, d)| d.z_off4),
+                below_d_off4: below.map_or(0, |(_, d)| d.d_off4),
+                below_sets: if i > 0 {
+                    sets as u32
+                } else {
+                    input_grad as u32
+                },
+                store_z: (sets > 1 || !l.activation.grad_from_output()) as u32,
+                _pad: 0,
+            };
+        }
+        if input_grad {
+            // Primal rows only: the tangent inputs are constants of the solve.
+            table.layers[0].below_d_off4 = four(off);
+            off += cap_rows * layers[0].in_pad;
+        }
+        table.s = fused_mlp::StepParams {
+            n_layers: layers.len() as u32,
+            group_rows: Self::group_rows(cap_rows) as u32,
+            slot_vec4: four(slot_len),
+            sets: sets as u32,
+            cap_rows: cap_rows as u32,
+            _pad: [0; 3],
+        };
+        Ok(FusedLayout {
+            table,
+            act_len: off,
+        })
+    }
+
+    /// Whether the fused kernels serve this model on this adapter: the adapter's tiles have
+    /// them (`Tiles::fused_step`), it binds `storage_buffers` storage buffers per stage, and
+    /// the model is small.
+    pub fn suits(
+        ctx: &GpuContext,
+        layout: &ParamLayout,
+        rows: usize,
+        storage_buffers: u32,
+    ) -> bool {
+        let macs: usize = layout.layers.iter().map(|l| l.in_pad * l.out_pad).sum();
+        ctx.tiles.subgroup8
+            && ctx.tiles.fused_step
+            && ctx.limits.max_storage_buffers_per_shader_stage >= storage_buffers
+            && layout.layers.len() <= fused_mlp::MAX_LAYERS
+            && rows * macs <= FUSED_MAX_MACS
+    }
+
+    /// Rows per workgroup: 128 (multiples of 16, the kernel's row tile); fewer, longer
+    /// groups mean fewer gradient slots to write and add, more mean more cores busy.
+    /// Measured at W-small (batch 256) on lavapipe, 2 cores: 32 rows 1160 µs per step
+    /// kernel, 64 rows 1030, 128 rows 980.
+    pub fn group_rows(rows: usize) -> usize {
+        let want = std::env::var("FLOWGPU_STEP_GROUP_ROWS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(128);
+        let tile = fused_mlp::TILE_ROWS;
+        let all = rows.div_ceil(tile).max(1) * tile;
+        (want.div_ceil(tile).max(1) * tile).min(all)
+    }
+
+    /// Workgroups (= gradient slots) for `rows` rows when the table was made for `cap_rows`.
+    pub fn groups_for(rows: usize, cap_rows: usize) -> usize {
+        rows.div_ceil(Self::group_rows(cap_rows))
+    }
+}
+
 /// A whole flow-matching step but the optimizer in one dispatch (`cfm_step_subgroup.wgsl`)
 /// for small models on adapters with 8-lane subgroups: the batch is cut into row groups,
 /// one workgroup each, which draws its rows (cfm.wgsl's `prepare_row`), runs them forward
@@ -399,7 +532,7 @@ pub struct FusedCfmPass {
     pub act: wgpu::Buffer,
     kernel: Arc<Kernel>,
     group: wgpu::BindGroup,
-    params: cfm_step::StepParams,
+    params: fused_mlp::StepParams,
     // Kept alive for the bind group.
     _table: wgpu::Buffer,
 }
@@ -413,21 +546,10 @@ pub struct CfmBuffers<'a> {
     pub pairs: &'a wgpu::Buffer,
 }
 
-/// The fused step serves models whose forward pass is at most this many multiply-adds per
-/// batch: W-small is 2.2M; past ~8M the per-layer kernels' wider grids pay for their
-/// dispatches (W-fm is 3.2G).
-const FUSED_MAX_MACS: usize = 8 << 20;
-
 impl FusedCfmPass {
-    /// Whether a training run takes the fused step: the adapter's tiles have it
-    /// (`Tiles::fused_step`), binds enough storage buffers, and the model is small.
+    /// Whether a training run takes the fused step (see [`FusedLayout::suits`]).
     pub fn suits(ctx: &GpuContext, layout: &ParamLayout, rows: usize) -> bool {
-        let macs: usize = layout.layers.iter().map(|l| l.in_pad * l.out_pad).sum();
-        ctx.tiles.subgroup8
-            && ctx.tiles.fused_step
-            && ctx.limits.max_storage_buffers_per_shader_stage >= cfm_step::STORAGE_BUFFERS
-            && layout.layers.len() <= cfm_step::MAX_LAYERS
-            && rows * macs <= FUSED_MAX_MACS
+        FusedLayout::suits(ctx, layout, rows, cfm_step::STORAGE_BUFFERS)
     }
 
     /// Floats per gradient slot of a model.
@@ -435,23 +557,9 @@ impl FusedCfmPass {
         layout.total + 4
     }
 
-    /// Rows per workgroup: 128 (multiples of 16, the kernel's row tile); fewer, longer
-    /// groups mean fewer gradient slots to write and add, more mean more cores busy.
-    /// Measured at W-small (batch 256) on lavapipe, 2 cores: 32 rows 1160 µs per step
-    /// kernel, 64 rows 1030, 128 rows 980.
-    pub fn group_rows(rows: usize) -> usize {
-        let want = std::env::var("FLOWGPU_STEP_GROUP_ROWS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(128);
-        let tile = cfm_step::TILE_ROWS;
-        let all = rows.div_ceil(tile).max(1) * tile;
-        (want.div_ceil(tile).max(1) * tile).min(all)
-    }
-
     /// Gradient slots for `rows` rows.
     pub fn groups_for(rows: usize) -> usize {
-        rows.div_ceil(Self::group_rows(rows))
+        FusedLayout::groups_for(rows, rows)
     }
 
     /// A pass over `rows` rows, its parameters (cfm.wgsl's CfmParams, one slot per step) in
@@ -465,47 +573,13 @@ impl FusedCfmPass {
         grad_parts: &wgpu::Buffer,
     ) -> Result<Self> {
         let layers = &mlp.layout.layers;
-        if layers.len() > cfm_step::MAX_LAYERS {
-            return Err(crate::error::Error::invalid(format!(
-                "the fused step takes at most {} layers",
-                cfm_step::MAX_LAYERS
-            )));
-        }
-        let mut off = rows * layers[0].in_pad;
-        let mut table = cfm_step::StepTable {
-            s: Default::default(),
-            layers: [Default::default(); cfm_step::MAX_LAYERS],
-        };
-        for (i, l) in layers.iter().enumerate() {
-            let (z_off, h_off) = (off, off + rows * l.out_pad);
-            off += 2 * rows * l.out_pad;
-            let below = i.checked_sub(1).map(|j| (&layers[j], table.layers[j]));
-            table.layers[i] = cfm_step::StepLayer {
-                in_vec4: (l.in_pad / 4) as u32,
-                out_features: l.out_features as u32,
-                out_vec4: (l.out_pad / 4) as u32,
-                w_off4: (l.w_off / 4) as u32,
-                b_off4: (l.b_off / 4) as u32,
-                activation: l.activation.gpu_code(),
-                x_off4: below.map_or(0, |(_, d)| d.h_off4),
-                z_off4: (z_off / 4) as u32,
-                h_off4: (h_off / 4) as u32,
-                below_act: below.map_or(0, |(bl, _)| bl.activation.gpu_code()),
-                below_z_off4: below.map_or(0, |(_, d)| d.z_off4),
-                store_z: !l.activation.grad_from_output() as u32,
-            };
-        }
         let slot_len = Self::slot_len(&mlp.layout);
-        let params = cfm_step::StepParams {
-            n_layers: layers.len() as u32,
-            group_rows: Self::group_rows(rows) as u32,
-            slot_vec4: (slot_len / 4) as u32,
-            _pad: 0,
-        };
-        table.s = params;
+        let fl = FusedLayout::new(&mlp.layout, rows, 1, false, slot_len)?;
+        let table = fl.table;
+        let params = table.s;
         let table_buf = ctx.uniform_from("fused step table", bytemuck::bytes_of(&table));
         let input = ctx.storage("fused step input", rows * layers[0].in_pad)?;
-        let act = ctx.storage("fused step activations", off)?;
+        let act = ctx.storage("fused step activations", fl.act_len)?;
         let kernel = cfm_step::cfm_step_subgroup(ctx)?;
         let group = kernel.bind(
             ctx,
@@ -542,7 +616,7 @@ impl FusedCfmPass {
             pass,
             &self.group,
             slot,
-            cfm_step::step_groups(self.rows, &self.params),
+            fused_mlp::groups(self.rows, &self.params),
         );
     }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, ctx, tile_variants};
+use common::{assert_close, ctx, kernel_variants};
 use flowgpu::mle::{self, MleConfig, MleGrad};
 use flowgpu::mlp::GpuMlp;
 use flowgpu::model::{Activation, Linear, MlpConfig, ParamLayout, Weights};
@@ -157,15 +157,16 @@ fn trace_gradient_matches_finite_differences() {
 
 #[test]
 fn gpu_trace_gradient_matches_reference() {
-    // Every kernel variant of the adapter (linear_jvp and backward_input_jvp have subgroup
-    // variants).
-    for ctx in tile_variants() {
+    // Every kernel variant of the adapter: the fused field (field_subgroup.wgsl), the
+    // per-layer subgroup kernels and the plain tiles.
+    for ctx in kernel_variants() {
         trace_gradient_matches_reference_on(ctx);
     }
 }
 
 fn trace_gradient_matches_reference_on(ctx: &GpuContext) {
-    let n = 37;
+    // 150 rows: the fused field's two row groups, the second one partial.
+    let n = 150;
     for (act, trace) in [
         (Activation::Silu, Trace::Exact),
         (Activation::Tanh, Trace::Exact),
@@ -213,7 +214,14 @@ fn trace_gradient_matches_reference_on(ctx: &GpuContext) {
             want_gx.extend_from_slice(&g.input[..3]);
             got_gx.extend_from_slice(&got.input_grad[i * in_pad..i * in_pad + 3]);
         }
-        let tag = format!("subgroup tiles {}: {act:?} {trace:?}", ctx.tiles.subgroup8);
+        assert_eq!(
+            got.fused, ctx.tiles.fused_step,
+            "the small field takes the fused kernels where the adapter has them"
+        );
+        let tag = format!(
+            "subgroup tiles {}, fused {}: {act:?} {trace:?}",
+            ctx.tiles.subgroup8, got.fused
+        );
         assert_close(
             &format!("{tag} integrands"),
             &got.integrands,

@@ -6,11 +6,20 @@ use flowgpu::kernels::{validate, Shader, Tiles};
 
 #[test]
 fn every_shader_validates_with_naga() {
-    for class in [AdapterClass::Software, AdapterClass::Hardware] {
-        let tiles = Tiles::for_class(class);
+    // Each class's preset, and the software one as lavapipe gets it (lockstep subgroups:
+    // the fused kernels without their phase barriers).
+    let lockstep = Tiles {
+        lockstep_subgroup: true,
+        ..Tiles::for_class(AdapterClass::Software)
+    };
+    for (what, tiles) in [
+        ("software", Tiles::for_class(AdapterClass::Software)),
+        ("hardware", Tiles::for_class(AdapterClass::Hardware)),
+        ("software, lockstep subgroups", lockstep),
+    ] {
         for s in Shader::ALL {
             if let Err(e) = validate(s, &tiles) {
-                panic!("{class:?}: {e}");
+                panic!("{what}: {e}");
             }
         }
     }
@@ -21,8 +30,15 @@ fn every_wgsl_file_is_a_known_family() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
     for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        // Prepended to families (every one; those with subgroups), validated with them.
-        if name == "common.wgsl" || name == "subgroup_tiles.wgsl" {
+        // Prepended to families (every one; those with subgroups; the fused ones), validated
+        // with them.
+        if [
+            "common.wgsl",
+            "subgroup_tiles.wgsl",
+            "fused_mlp_subgroup.wgsl",
+        ]
+        .contains(&name.as_str())
+        {
             continue;
         }
         assert!(

@@ -43,7 +43,7 @@ fn one_training_step_matches_reference() {
         activation,
         ..small_cfg()
     };
-    for ctx in common::train_step_variants() {
+    for ctx in common::kernel_variants() {
         for (cfg, path) in [
             (small_cfg(), GaussianPath::Ot { sigma_min: 0.05 }),
             (small_cfg(), GaussianPath::Vp),

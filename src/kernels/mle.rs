@@ -17,6 +17,11 @@ pub struct MleParams {
     pub log_norm: f32,
     pub coef: f32,
     pub init: u32,
+    /// Stage gradient slots to add (1: the gradient itself).
+    pub parts: u32,
+    /// Floats per slot.
+    pub part_len: u32,
+    pub _pad: [u32; 2],
 }
 
 /// fwd_state, adj_state, sample_loss.

@@ -9,6 +9,8 @@ pub mod adam;
 pub mod backprop;
 pub mod cfm;
 pub mod cfm_step;
+pub mod field;
+pub mod fused_mlp;
 pub mod matmul;
 pub mod mle;
 pub mod mlp_backward;
@@ -37,17 +39,23 @@ pub enum Shader {
     MatmulSubgroup,
     /// mlp_backward.wgsl + mlp_backward_subgroup.wgsl (adapters with 8-lane subgroups).
     MlpBackwardSubgroup,
-    /// cfm.wgsl + cfm_step_subgroup.wgsl: a fused flow-matching step for small models
-    /// (adapters with 8-lane subgroups).
+    /// fused_mlp_subgroup.wgsl + cfm.wgsl + cfm_step_subgroup.wgsl: a fused flow-matching
+    /// step for small models (adapters with 8-lane subgroups).
     CfmStepSubgroup,
+    /// fused_mlp_subgroup.wgsl + trace.wgsl + field_subgroup.wgsl: a fused likelihood field
+    /// evaluation and VJP for small models (adapters with 8-lane subgroups).
+    FieldSubgroup,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// The tile and broadcast steps the subgroup families share (after common.wgsl).
 const SUBGROUP_TILES: &str = include_str!("../../shaders/subgroup_tiles.wgsl");
+/// A whole small MLP forward and backward in one workgroup (after subgroup_tiles.wgsl), for
+/// the fused families.
+const FUSED_MLP: &str = include_str!("../../shaders/fused_mlp_subgroup.wgsl");
 
 impl Shader {
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 13] = [
         Shader::Matmul,
         Shader::MlpBackward,
         Shader::Cfm,
@@ -60,6 +68,7 @@ impl Shader {
         Shader::MatmulSubgroup,
         Shader::MlpBackwardSubgroup,
         Shader::CfmStepSubgroup,
+        Shader::FieldSubgroup,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -76,6 +85,7 @@ impl Shader {
             Shader::MatmulSubgroup => "matmul_subgroup.wgsl",
             Shader::MlpBackwardSubgroup => "mlp_backward_subgroup.wgsl",
             Shader::CfmStepSubgroup => "cfm_step_subgroup.wgsl",
+            Shader::FieldSubgroup => "field_subgroup.wgsl",
         }
     }
 
@@ -83,7 +93,10 @@ impl Shader {
     pub fn needs_subgroups(self) -> bool {
         matches!(
             self,
-            Shader::MatmulSubgroup | Shader::MlpBackwardSubgroup | Shader::CfmStepSubgroup
+            Shader::MatmulSubgroup
+                | Shader::MlpBackwardSubgroup
+                | Shader::CfmStepSubgroup
+                | Shader::FieldSubgroup
         )
     }
 
@@ -93,6 +106,7 @@ impl Shader {
             Shader::MatmulSubgroup => Some(Shader::Matmul),
             Shader::MlpBackwardSubgroup => Some(Shader::MlpBackward),
             Shader::CfmStepSubgroup => Some(Shader::Cfm),
+            Shader::FieldSubgroup => Some(Shader::Trace),
             _ => None,
         }
     }
@@ -113,6 +127,7 @@ impl Shader {
                 include_str!("../../shaders/mlp_backward_subgroup.wgsl")
             }
             Shader::CfmStepSubgroup => include_str!("../../shaders/cfm_step_subgroup.wgsl"),
+            Shader::FieldSubgroup => include_str!("../../shaders/field_subgroup.wgsl"),
         }
     }
 
@@ -124,11 +139,16 @@ impl Shader {
         } else {
             ""
         };
+        let fused = match self {
+            Shader::CfmStepSubgroup | Shader::FieldSubgroup => FUSED_MLP,
+            _ => "",
+        };
         format!(
-            "{}\n{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{}",
             tiles.preamble(),
             COMMON,
             subgroup,
+            fused,
             base,
             self.body()
         )

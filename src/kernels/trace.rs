@@ -32,7 +32,7 @@ const PROBE_INIT: &[(u32, Access)] = &[(1, Access::ReadWrite), (2, Access::ReadW
 /// probes, MLP output (v and J·u), div.
 const DIVERGENCE: &[(u32, Access)] = &[
     (2, Access::ReadWrite),
-    (3, Access::Read),
+    (3, Access::ReadWrite),
     (4, Access::ReadWrite),
 ];
 
@@ -46,7 +46,7 @@ pub fn divergence(ctx: &GpuContext) -> Result<Arc<Kernel>> {
 /// probes, MLP output, cotangent, dv (the MLP's top dz).
 const TRACE_COTANGENT: &[(u32, Access)] = &[
     (2, Access::ReadWrite),
-    (3, Access::Read),
+    (3, Access::ReadWrite),
     (5, Access::Read),
     (6, Access::ReadWrite),
 ];

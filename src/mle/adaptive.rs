@@ -303,9 +303,11 @@ impl Adaptive {
             quad.set(s, &mp);
         }
         for init in [1u32, 0] {
+            // The attempt's gradient is one buffer, whatever the field's slots.
             let mp = mle::MleParams {
                 coef: -1.0,
                 init,
+                parts: 1,
                 ..st.mle_base
             };
             quad.set(ns + (init == 0) as usize, &mp);

@@ -3,14 +3,16 @@
 
 use crate::error::Result;
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{trace, Kernel, Tiles};
-use crate::mlp::{GpuMlp, MlpPass, PassOptions};
+use crate::kernels::{field, fused_mlp, trace, Kernel, Tiles};
+use crate::mlp::{FusedLayout, GpuMlp, MlpPass, PassOptions};
 use crate::solve::Trace;
 use std::sync::Arc;
 
 /// The field of a likelihood solve on the GPU: the MLP with tangent rows (probes or exact
 /// directions), the integrands of trace.wgsl, and the backward pass of S through the
-/// tangents into a per-stage gradient.
+/// tangents into a per-stage gradient. Small models on adapters with 8-lane subgroups take
+/// the fused kernels of field_subgroup.wgsl (one dispatch per evaluation and per VJP, the
+/// stage gradient in one slot per workgroup); the others, the per-layer kernels.
 pub struct LikelihoodField {
     pub pass: MlpPass,
     pub trace: Trace,
@@ -20,8 +22,10 @@ pub struct LikelihoodField {
     pub div: wgpu::Buffer,
     /// The adjoint a at the current stage [rows, dim] (written by ode.wgsl).
     pub cotangent: wgpu::Buffer,
-    /// ∂S/∂θ of the last backward pass (flat parameter layout).
+    /// ∂S/∂θ of the last backward pass (flat parameter layout), in
+    /// [`grad_parts`](Self::grad_parts) slots of the parameter count to add.
     pub stage_grads: wgpu::Buffer,
+    fused: Option<FusedField>,
     arena: UniformArena,
     probe_slots: usize,
     cot_slots: usize,
@@ -33,6 +37,18 @@ pub struct LikelihoodField {
     g_div: wgpu::BindGroup,
     g_cot: wgpu::BindGroup,
     tiles: Tiles,
+}
+
+/// The one-dispatch evaluation and VJP of field_subgroup.wgsl and what they bind.
+struct FusedField {
+    eval: Arc<Kernel>,
+    vjp: Arc<Kernel>,
+    g_eval: wgpu::BindGroup,
+    g_vjp: wgpu::BindGroup,
+    params: fused_mlp::StepParams,
+    // Kept alive for the bind groups.
+    _table: wgpu::Buffer,
+    _act: wgpu::Buffer,
 }
 
 impl LikelihoodField {
@@ -48,7 +64,18 @@ impl LikelihoodField {
     ) -> Result<Self> {
         let d = mlp.cfg.dim;
         let tangents = trace_kind.tangents(d);
-        let stage_grads = ctx.storage("stage grads", mlp.layout.total)?;
+        let fuse = FusedLayout::suits(
+            ctx,
+            &mlp.layout,
+            (1 + tangents) * capacity,
+            field::STORAGE_BUFFERS,
+        );
+        let slots = if fuse {
+            FusedLayout::groups_for(capacity, capacity)
+        } else {
+            1
+        };
+        let stage_grads = ctx.storage("stage grads", slots * mlp.layout.total)?;
         let pass = MlpPass::new(
             ctx,
             mlp,
@@ -73,6 +100,59 @@ impl LikelihoodField {
             &arena,
             &[&probes, pass.output(), &cotangent, pass.dz.last().unwrap()],
         );
+        let fused = if fuse {
+            let fl = FusedLayout::new(
+                &mlp.layout,
+                pass.capacity,
+                1 + tangents,
+                true,
+                mlp.layout.total,
+            )?;
+            let table = ctx.uniform_from("fused field table", bytemuck::bytes_of(&fl.table));
+            let act = ctx.storage("fused field activations", fl.act_len)?;
+            let eval = field::field_eval_subgroup(ctx)?;
+            let vjp = field::field_vjp_subgroup(ctx)?;
+            let g_eval = eval.bind(
+                ctx,
+                &arena,
+                &[
+                    &pass.input,
+                    &probes,
+                    pass.output(),
+                    &div,
+                    &table,
+                    &mlp.params,
+                    &act,
+                ],
+            );
+            let g_vjp = vjp.bind(
+                ctx,
+                &arena,
+                &[
+                    &pass.input,
+                    &probes,
+                    pass.output(),
+                    &cotangent,
+                    pass.dz.last().unwrap(),
+                    &table,
+                    &mlp.params,
+                    &act,
+                    &stage_grads,
+                    pass.input_grad.as_ref().unwrap(),
+                ],
+            );
+            Some(FusedField {
+                eval,
+                vjp,
+                g_eval,
+                g_vjp,
+                params: fl.table.s,
+                _table: table,
+                _act: act,
+            })
+        } else {
+            None
+        };
         let base = trace::TraceParams {
             dim: d as u32,
             in_stride: mlp.layout.layers[0].in_pad as u32,
@@ -89,6 +169,7 @@ impl LikelihoodField {
             div,
             cotangent,
             stage_grads,
+            fused,
             arena,
             probe_slots,
             cot_slots,
@@ -149,6 +230,18 @@ impl LikelihoodField {
         trace::per_row_groups(&self.base, &self.tiles)
     }
 
+    /// Slots of `stage_grads` the last VJP wrote (its workgroups): the sum is ∂S/∂θ.
+    pub fn grad_parts(&self) -> usize {
+        self.fused.as_ref().map_or(1, |f| {
+            fused_mlp::groups(self.base.rows as usize, &f.params)[0] as usize
+        })
+    }
+
+    /// Whether evaluations and VJPs take the fused kernels (one dispatch each).
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
     /// Draw the tangent directions into the MLP's tangent input rows (fixed until the next
     /// call: over a whole step, forward and adjoint).
     pub fn record_probe_init(&self, cp: &mut wgpu::ComputePass<'_>, slot: usize) {
@@ -157,6 +250,11 @@ impl LikelihoodField {
 
     /// v and the likelihood integrands at the current input rows.
     pub fn record_eval(&self, cp: &mut wgpu::ComputePass<'_>) {
+        if let Some(f) = &self.fused {
+            let groups = fused_mlp::groups(self.base.rows as usize, &f.params);
+            f.eval.dispatch(cp, &f.g_eval, self.probe_slots, groups);
+            return;
+        }
         self.pass.record_forward(cp);
         self.divergence
             .dispatch(cp, &self.g_div, self.probe_slots, self.groups());
@@ -165,6 +263,12 @@ impl LikelihoodField {
     /// ∂S/∂x (the pass's input gradient) and ∂S/∂θ (`stage_grads`) at the current input
     /// rows, with a from `cotangent` and the weights of cotangent slot `cot_slot`.
     pub fn record_vjp(&self, cp: &mut wgpu::ComputePass<'_>, cot_slot: usize) {
+        if let Some(f) = &self.fused {
+            let groups = fused_mlp::groups(self.base.rows as usize, &f.params);
+            f.vjp
+                .dispatch(cp, &f.g_vjp, self.probe_slots + 1 + cot_slot, groups);
+            return;
+        }
         self.pass.record_forward(cp);
         self.seed_cot.dispatch(
             cp,
@@ -185,6 +289,8 @@ pub struct FieldVjp {
     pub input_grad: Vec<f32>,
     /// Flat parameter layout.
     pub grads: Vec<f32>,
+    /// Whether the fused kernels ran (field_subgroup.wgsl).
+    pub fused: bool,
 }
 
 /// Evaluate [`FieldVjp`] once on the GPU (a per row, weights a_trace, a_kinetic, a_frobenius).
@@ -229,6 +335,17 @@ pub fn field_vjp(
     Ok(FieldVjp {
         integrands: ctx.read(&field.div, 0, n * trace::DIV_STRIDE)?,
         input_grad: ctx.read(field.pass.input_grad.as_ref().unwrap(), 0, n * in_pad)?,
-        grads: ctx.read(&field.stage_grads, 0, mlp.layout.total)?,
+        grads: {
+            let total = mlp.layout.total;
+            let parts = ctx.read(&field.stage_grads, 0, field.grad_parts() * total)?;
+            let mut g = parts[..total].to_vec();
+            for part in parts.chunks(total).skip(1) {
+                for (a, b) in g.iter_mut().zip(part) {
+                    *a += b;
+                }
+            }
+            g
+        },
+        fused: field.is_fused(),
     })
 }

@@ -33,12 +33,12 @@ pub fn tile_variants() -> Vec<&'static GpuContext> {
     std::iter::once(ctx()).chain(plain.iter()).collect()
 }
 
-/// The ways a flow-matching training step can run on the test adapter: the context's own
-/// (the fused one-dispatch step for small models with 8-lane subgroups; on llvmpipe without
-/// barriers between its phases), the plain tiles of each preset, and with subgroup tiles the
-/// per-layer subgroup kernels and the fused step with its barriers (as an adapter that does
-/// not run a subgroup in lockstep would).
-pub fn train_step_variants() -> Vec<&'static GpuContext> {
+/// The ways a small model's training step or likelihood field can run on the test adapter:
+/// the context's own (the fused one-dispatch kernels for small models with 8-lane
+/// subgroups; on llvmpipe without barriers between their phases), the plain tiles of each
+/// preset, and with subgroup tiles the per-layer subgroup kernels and the fused kernels with
+/// their barriers (as an adapter that does not run a subgroup in lockstep would).
+pub fn kernel_variants() -> Vec<&'static GpuContext> {
     static MORE: OnceLock<Vec<GpuContext>> = OnceLock::new();
     let more = MORE.get_or_init(|| {
         let mut v = Vec::new();
