@@ -12,8 +12,8 @@
 // direction (Ż = Ẋ·Wᵀ, Ḣ = act'(Z)⊙Ż; the backward pass takes the act'' term back into
 // the primal rows, as mlp_backward.wgsl's backward_input_jvp). Activations live in one
 // buffer (`act`), one region per quantity and layer, each [sets · cap_rows, width]: the
-// input rows, then per layer Z, H and dZ (dZ may share Z's region: the backward pass
-// overwrites Z once act'(Z) has been used, when there are no tangent rows).
+// input rows, then per layer Z, H and dZ (dZ shares Z's region in the flow-matching step:
+// one row set, and the backward pass overwrites Z once act'(Z) has been used).
 // Tiles as in matmul_subgroup.wgsl and mlp_backward_subgroup.wgsl (which explain the
 // broadcast): forward lane = 4 output features of 16 rows; input gradient lane = 1 input
 // vec4 of 16 rows; weight gradient lane = 1 input vec4 of 16 output features over the
@@ -24,7 +24,7 @@
 // Subgroup operations and barriers need uniform control flow: every loop that contains one
 // has bounds that depend only on the uniform table and the workgroup; rows and features
 // past the end are clamped for loading and skipped when storing.
-// Host: src/mlp.rs (`fused_table`); kernels: src/kernels/cfm_step.rs, field.rs.
+// Host: src/mlp.rs (`FusedLayout`); kernels: src/kernels/cfm_step.rs, field.rs.
 
 struct StepParams {
     n_layers: u32,

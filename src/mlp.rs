@@ -397,11 +397,11 @@ pub struct FusedLayout {
 const FUSED_MAX_MACS: usize = 8 << 20;
 
 impl FusedLayout {
-    /// `sets` row sets (1 + tangent directions) of up to `cap_rows` rows. With
-    /// `input_grad`, dZ gets regions of its own (Z stays for act' and act'' of the tangent
-    /// rows) and the input gradient of layer 0's primal rows goes to a last region (the
-    /// likelihood field); without, dZ overwrites Z and layer 0 has no input gradient (the
-    /// flow-matching step).
+    /// `sets` row sets (1 + tangent directions) of up to `cap_rows` rows. With `input_grad`,
+    /// the input gradient of layer 0's primal rows goes to a last region (the likelihood
+    /// field); without, layer 0 has no input gradient (the flow-matching step). dZ overwrites
+    /// Z in place when there is one row set and no input gradient, else gets regions of its
+    /// own (Z stays for act' and act'' of the tangent rows).
     pub fn new(
         layout: &ParamLayout,
         cap_rows: usize,
@@ -430,7 +430,8 @@ impl FusedLayout {
         for (i, l) in layers.iter().enumerate() {
             let z_off4 = region(l.out_pad);
             let h_off4 = region(l.out_pad);
-            let d_off4 = if input_grad {
+            // In place only without tangent rows: their act'' term needs Z after dZ exists.
+            let d_off4 = if input_grad || sets > 1 {
                 region(l.out_pad)
             } else {
                 z_off4

@@ -415,6 +415,7 @@ impl MleState {
             log_norm: (0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()) as f32,
             coef: 0.0,
             init: 0,
+            // The field's rows are set once, to the batch: its slot count is fixed.
             parts: field.grad_parts() as u32,
             part_len: mlp.layout.total as u32,
             _pad: [0; 2],
