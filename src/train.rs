@@ -678,14 +678,7 @@ impl Trainer {
             return ctx.read(&self.grads, 0, n);
         };
         // The fused step's slots, added in adam.wgsl's order.
-        let all = ctx.read(&self.grads, 0, f.groups * f.slot_len)?;
-        let mut g = all[..n].to_vec();
-        for slot in all.chunks(f.slot_len).skip(1) {
-            for (a, b) in g.iter_mut().zip(slot) {
-                *a += b;
-            }
-        }
-        Ok(g)
+        ctx.read_slot_sum(&self.grads, f.groups, f.slot_len, n)
     }
 
     /// Record and submit `n` coupling solves alone (benchmarks): draw, Sinkhorn, pairs.

@@ -385,6 +385,25 @@ impl GpuContext {
     }
 
     /// Copy `len` f32 starting at element `offset` of `buf` to the host (waits for the GPU).
+    /// The sum, in slot order, of the first `len` floats of `slots` slots of `slot_len`
+    /// floats each (per-workgroup partial gradients, added as the kernels add them).
+    pub fn read_slot_sum(
+        &self,
+        buf: &wgpu::Buffer,
+        slots: usize,
+        slot_len: usize,
+        len: usize,
+    ) -> Result<Vec<f32>> {
+        let all = self.read(buf, 0, slots * slot_len)?;
+        let mut sum = all[..len].to_vec();
+        for slot in all.chunks(slot_len).skip(1) {
+            for (a, b) in sum.iter_mut().zip(slot) {
+                *a += b;
+            }
+        }
+        Ok(sum)
+    }
+
     pub fn read(&self, buf: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
         if len == 0 {
             return Ok(Vec::new());

@@ -208,7 +208,7 @@ impl Adaptive {
         let control = ode::global_control(ctx)?;
         let apply = ode::adaptive_apply(ctx)?;
         let commit = mle::commit(ctx)?;
-        let input_grad = p.input_grad.as_ref().expect("input grad");
+        let input_grad = field.input_grad();
         let fwd_all = [
             &st.fwd.state,
             &p.input,

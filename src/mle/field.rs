@@ -46,6 +46,10 @@ struct FusedField {
     g_eval: wgpu::BindGroup,
     g_vjp: wgpu::BindGroup,
     params: fused_mlp::StepParams,
+    /// dS/dv and dS/d(J·u) in the MLP output's layout (cotangent_row's scratch).
+    dv: wgpu::Buffer,
+    /// dS/dx of the primal rows [capacity, in_pad].
+    input_grad: wgpu::Buffer,
     // Kept alive for the bind groups.
     _table: wgpu::Buffer,
     _act: wgpu::Buffer,
@@ -76,13 +80,15 @@ impl LikelihoodField {
             1
         };
         let stage_grads = ctx.storage("stage grads", slots * mlp.layout.total)?;
+        // The fused kernels need of the pass only its input and output rows: no backward
+        // buffers or kernels then.
         let pass = MlpPass::new(
             ctx,
             mlp,
             capacity,
             PassOptions {
-                grads: Some(&stage_grads),
-                input_grad: true,
+                grads: (!fuse).then_some(&stage_grads),
+                input_grad: !fuse,
                 tangents,
             },
         )?;
@@ -95,11 +101,6 @@ impl LikelihoodField {
         let seed_cot = trace::trace_cotangent(ctx)?;
         let g_init = init.bind(ctx, &arena, &[&pass.input, &probes]);
         let g_div = divergence.bind(ctx, &arena, &[&probes, pass.output(), &div]);
-        let g_cot = seed_cot.bind(
-            ctx,
-            &arena,
-            &[&probes, pass.output(), &cotangent, pass.dz.last().unwrap()],
-        );
         let fused = if fuse {
             let fl = FusedLayout::new(
                 &mlp.layout,
@@ -110,6 +111,9 @@ impl LikelihoodField {
             )?;
             let table = ctx.uniform_from("fused field table", bytemuck::bytes_of(&fl.table));
             let act = ctx.storage("fused field activations", fl.act_len)?;
+            let out_stride = MlpPass::out_stride(&mlp.cfg);
+            let dv = ctx.storage("dS/dv", (1 + tangents) * pass.capacity * out_stride)?;
+            let input_grad = ctx.storage("dS/dx", pass.capacity * mlp.layout.layers[0].in_pad)?;
             let eval = field::field_eval_subgroup(ctx)?;
             let vjp = field::field_vjp_subgroup(ctx)?;
             let g_eval = eval.bind(
@@ -133,12 +137,12 @@ impl LikelihoodField {
                     &probes,
                     pass.output(),
                     &cotangent,
-                    pass.dz.last().unwrap(),
+                    &dv,
                     &table,
                     &mlp.params,
                     &act,
                     &stage_grads,
-                    pass.input_grad.as_ref().unwrap(),
+                    &input_grad,
                 ],
             );
             Some(FusedField {
@@ -147,12 +151,19 @@ impl LikelihoodField {
                 g_eval,
                 g_vjp,
                 params: fl.table.s,
+                dv,
+                input_grad,
                 _table: table,
                 _act: act,
             })
         } else {
             None
         };
+        let dv = match &fused {
+            Some(f) => &f.dv,
+            None => pass.dz.last().expect("a training pass"),
+        };
+        let g_cot = seed_cot.bind(ctx, &arena, &[&probes, pass.output(), &cotangent, dv]);
         let base = trace::TraceParams {
             dim: d as u32,
             in_stride: mlp.layout.layers[0].in_pad as u32,
@@ -235,6 +246,18 @@ impl LikelihoodField {
         self.fused.as_ref().map_or(1, |f| {
             fused_mlp::groups(self.base.rows as usize, &f.params)[0] as usize
         })
+    }
+
+    /// ∂S/∂x of the primal rows [rows, in_pad] from the last VJP (the adjoint stages read it).
+    pub fn input_grad(&self) -> &wgpu::Buffer {
+        match &self.fused {
+            Some(f) => &f.input_grad,
+            None => self
+                .pass
+                .input_grad
+                .as_ref()
+                .expect("a pass with an input gradient"),
+        }
     }
 
     /// Whether evaluations and VJPs take the fused kernels (one dispatch each).
@@ -334,18 +357,13 @@ pub fn field_vjp(
     ctx.submit(enc)?;
     Ok(FieldVjp {
         integrands: ctx.read(&field.div, 0, n * trace::DIV_STRIDE)?,
-        input_grad: ctx.read(field.pass.input_grad.as_ref().unwrap(), 0, n * in_pad)?,
-        grads: {
-            let total = mlp.layout.total;
-            let parts = ctx.read(&field.stage_grads, 0, field.grad_parts() * total)?;
-            let mut g = parts[..total].to_vec();
-            for part in parts.chunks(total).skip(1) {
-                for (a, b) in g.iter_mut().zip(part) {
-                    *a += b;
-                }
-            }
-            g
-        },
+        input_grad: ctx.read(field.input_grad(), 0, n * in_pad)?,
+        grads: ctx.read_slot_sum(
+            &field.stage_grads,
+            field.grad_parts(),
+            mlp.layout.total,
+            mlp.layout.total,
+        )?,
         fused: field.is_fused(),
     })
 }

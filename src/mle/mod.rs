@@ -302,7 +302,7 @@ impl MleState {
         let adj_start = mle::adjoint_start(ctx)?;
         let accumulate = mle::accumulate(ctx)?;
         let p = &field.pass;
-        let input_grad = p.input_grad.as_ref().expect("input grad");
+        let input_grad = field.input_grad();
         let make = |state: &wgpu::Buffer,
                     sd: usize,
                     extra: &wgpu::Buffer,
