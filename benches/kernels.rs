@@ -9,16 +9,15 @@
 //! cargo bench --bench kernels [-- --quick]
 
 use flowgpu::gpu::UniformArena;
-use flowgpu::kernels::{adam, cfm, mle, ode, ot, trace, Kernel};
+use flowgpu::kernels::{adam, cfm, mle, ode, ot, trace, BindScratch};
 use flowgpu::model::{Activation, MlpConfig, ParamLayout};
 use flowgpu::{AdapterChoice, GpuContext};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// One kernel at one size: its parameter slot, grid and what an element is.
 struct Case {
     name: String,
-    kernel: Arc<Kernel>,
+    kernel: Box<dyn BindScratch>,
     /// Its parameters, in slot 0.
     params: UniformArena,
     groups: [u32; 3],
@@ -30,17 +29,16 @@ struct Case {
 
 /// Median seconds per dispatch over `reps` submits of `calls` dispatches each.
 fn time_case(ctx: &GpuContext, case: &Case, buf_len: usize, calls: usize, reps: usize) -> f64 {
-    let bufs: Vec<wgpu::Buffer> = (0..case.kernel.bindings())
-        .map(|_| ctx.storage("bench buffer", buf_len).unwrap())
-        .collect();
-    let refs: Vec<&wgpu::Buffer> = bufs.iter().collect();
-    let group = case.kernel.bind(ctx, &case.params, &refs);
+    let kernel = case
+        .kernel
+        .bind_scratch(ctx, &case.params, buf_len)
+        .unwrap();
     let run = || {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
             for _ in 0..calls {
-                case.kernel.dispatch(&mut cp, &group, 0, case.groups);
+                kernel.dispatch(&mut cp, 0, case.groups);
             }
         }
         ctx.submit(enc).unwrap();
@@ -88,7 +86,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     };
     v.push(Case {
         name: "adam.wgsl::adam_update (2 slots)".into(),
-        kernel: adam::adam_update(ctx, false).unwrap(),
+        kernel: Box::new(adam::adam_update(ctx, false).unwrap()),
         params: slot(ctx, &ap),
         groups: adam::update_groups(&ap, t),
         elements: n_params,
@@ -97,7 +95,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     });
     v.push(Case {
         name: "adam.wgsl::adam_update_clipped (2 slots)".into(),
-        kernel: adam::adam_update(ctx, true).unwrap(),
+        kernel: Box::new(adam::adam_update(ctx, true).unwrap()),
         params: slot(
             ctx,
             &adam::AdamParams {
@@ -111,7 +109,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     });
     v.push(Case {
         name: "adam.wgsl::grad_sq_partial (2 slots)".into(),
-        kernel: adam::grad_sq_partial(ctx).unwrap(),
+        kernel: Box::new(adam::grad_sq_partial(ctx).unwrap()),
         params: slot(ctx, &ap),
         groups: adam::grad_sq_groups(&ap, t),
         elements: n_params,
@@ -124,7 +122,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     };
     v.push(Case {
         name: "mle.wgsl::accumulate".into(),
-        kernel: mle::accumulate(ctx).unwrap(),
+        kernel: Box::new(mle::accumulate(ctx).unwrap()),
         params: slot(ctx, &mp),
         groups: mle::per_param_groups(&mp, t),
         elements: n_params,
@@ -143,7 +141,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     };
     v.push(Case {
         name: "cfm.wgsl::cfm_prepare (OT path)".into(),
-        kernel: cfm::cfm_prepare(ctx).unwrap(),
+        kernel: Box::new(cfm::cfm_prepare(ctx).unwrap()),
         params: slot(ctx, &cp),
         groups: cfm::per_sample_groups(&cp, t),
         elements: rows,
@@ -165,7 +163,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     };
     v.push(Case {
         name: "ode.wgsl::rk_stage (RK4, dim 2)".into(),
-        kernel: ode::rk_stage(ctx).unwrap(),
+        kernel: Box::new(ode::rk_stage(ctx).unwrap()),
         params: slot(ctx, &op),
         groups: ode::per_row_groups(&op, t),
         elements: rows,
@@ -182,7 +180,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     };
     v.push(Case {
         name: "trace.wgsl::divergence (exact, dim 2)".into(),
-        kernel: trace::divergence(ctx).unwrap(),
+        kernel: Box::new(trace::divergence(ctx).unwrap()),
         params: slot(ctx, &tp),
         groups: trace::per_row_groups(&tp, t),
         elements: rows,
@@ -197,7 +195,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
     };
     v.push(Case {
         name: "ot.wgsl::sinkhorn_f (rows × batch)".into(),
-        kernel: ot::sinkhorn_f(ctx).unwrap(),
+        kernel: Box::new(ot::sinkhorn_f(ctx).unwrap()),
         params: slot(ctx, &sp),
         groups: ot::per_row_small(&sp, t),
         elements: ot_batch * ot_batch,

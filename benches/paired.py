@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Paired rounds of flowgpu and the PyTorch baseline on one workload.
 
-This VM's speed drifts by +-25% within minutes and PyTorch's W-small runs in two modes, so
-one sequential run of each program compares phases, not programs. Each round here runs
-flowgpu (fused kernels), flowgpu with FLOWGPU_FUSED_STEP=0 (per-layer kernels) and the
-baseline back to back, and the ratio is taken per round.
+A shared or virtual machine's speed can drift by +-25% within minutes, and PyTorch's W-small
+runs in two modes, so one sequential run of each program compares phases, not programs. Each
+round here runs flowgpu (fused kernels), flowgpu with FLOWGPU_FUSED_STEP=0 (per-layer
+kernels) and the PyTorch baseline (benches/torch_cfm_bench.py, next to this script) back to
+back, and the ratio is taken per round.
 
+    cargo build --release
     python benches/paired.py [--workload W-small] [--rounds 6] [--min-time 3]
         [--flowgpu target/release/flowgpu] [--python python3]
-        [--baseline ../shared/baselines/torch_cfm_bench.py]
+        [--baseline benches/torch_cfm_bench.py]
+
+--python is an interpreter with torch, numpy, torchcfm and POT installed.
 """
 
 import argparse
@@ -41,7 +45,10 @@ def main():
     ap.add_argument("--min-time", default="3")
     ap.add_argument("--flowgpu", default="target/release/flowgpu")
     ap.add_argument("--python", default="python3")
-    ap.add_argument("--baseline", default="../shared/baselines/torch_cfm_bench.py")
+    ap.add_argument(
+        "--baseline",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_cfm_bench.py"),
+    )
     a = ap.parse_args()
 
     def flowgpu(extra):

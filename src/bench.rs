@@ -300,7 +300,16 @@ pub fn sgemm(ctx: &GpuContext, m: usize, k: usize, n: usize, min_time: f64) -> R
     };
     arena.set(0, &p);
     arena.upload(ctx, 0..1);
-    let g = kern.bind(ctx, &arena, &[&x, &w, &unused, &y]);
+    let g = kern.bind(
+        ctx,
+        &arena,
+        &matmul::ForwardBindings {
+            x: &x,
+            params: &w,
+            z: &unused,
+            h: &y,
+        },
+    );
     let flops = 2.0 * (m * k * n) as f64;
     let per_group = ((0.02 / (flops / 10e9)).ceil() as usize).clamp(1, 200);
     let (calls, secs, _) = time_calls(min_time, 3, per_group, |c| {

@@ -4,9 +4,8 @@
 
 use crate::error::Result;
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{cfm_step, fused_mlp, matmul, mlp_backward, Kernel, Tiles};
+use crate::kernels::{cfm_step, fused_mlp, matmul, mlp_backward, Entry, Tiles};
 use crate::model::{pad4, MlpConfig, ParamLayout, Weights};
-use std::sync::Arc;
 
 /// An MLP's parameters on the GPU, in the padded layout of [`ParamLayout`].
 pub struct GpuMlp {
@@ -70,13 +69,13 @@ pub struct MlpPass {
     arena: UniformArena,
     /// Forward kernel of each layer and the tiles its grid follows (narrow layers take
     /// the plain tile: `matmul::forward_for_layer`).
-    forward: Vec<(Arc<Kernel>, Tiles)>,
-    back_input: Option<Arc<Kernel>>,
-    back_weight: Option<Arc<Kernel>>,
-    reduce: Option<Arc<Kernel>>,
+    forward: Vec<(Entry<matmul::Forward>, Tiles)>,
+    back_input: Option<Entry<mlp_backward::Input>>,
+    back_weight: Option<Entry<mlp_backward::Weight>>,
+    reduce: Option<Entry<mlp_backward::ReduceChunks>>,
     /// backward_weight + backward_input(_jvp) in one dispatch (subgroup tiles), with a
     /// bind group for each layer that has an input gradient.
-    back_layer: Option<Arc<Kernel>>,
+    back_layer: Option<Entry<mlp_backward::Layer>>,
     layer_groups: Vec<Option<wgpu::BindGroup>>,
     fwd_groups: Vec<wgpu::BindGroup>,
     bin_groups: Vec<Option<wgpu::BindGroup>>,
@@ -136,7 +135,16 @@ impl MlpPass {
         for (i, _) in layers.iter().enumerate() {
             let x = if i == 0 { &input } else { &h[i - 1] };
             let zb = if store_z { &z[i] } else { &dummy };
-            fwd_groups.push(forward[i].0.bind(ctx, &arena, &[x, &mlp.params, zb, &h[i]]));
+            fwd_groups.push(forward[i].0.bind(
+                ctx,
+                &arena,
+                &matmul::ForwardBindings {
+                    x,
+                    params: &mlp.params,
+                    z: zb,
+                    h: &h[i],
+                },
+            ));
         }
         let mut pass = MlpPass {
             capacity,
@@ -184,15 +192,34 @@ impl MlpPass {
             let red = mlp_backward::reduce_chunks(ctx)?;
             for i in 0..n_layers {
                 let x = if i == 0 { &pass.input } else { &pass.h[i - 1] };
-                pass.bw_groups
-                    .push(bw.bind(ctx, &pass.arena, &[&pass.dz[i], x, &partial, grads]));
-                pass.red_groups
-                    .push(red.bind(ctx, &pass.arena, &[&partial, grads]));
+                pass.bw_groups.push(bw.bind(
+                    ctx,
+                    &pass.arena,
+                    &mlp_backward::WeightBindings {
+                        dz: &pass.dz[i],
+                        x_in: x,
+                        partial: &partial,
+                        grads,
+                    },
+                ));
+                pass.red_groups.push(red.bind(
+                    ctx,
+                    &pass.arena,
+                    &mlp_backward::ReduceChunksBindings {
+                        partial: &partial,
+                        grads,
+                    },
+                ));
                 let below = (i > 0).then(|| {
                     bi.bind(
                         ctx,
                         &pass.arena,
-                        &[&pass.dz[i], &mlp.params, &pass.z[i - 1], &pass.dz[i - 1]],
+                        &mlp_backward::InputBindings {
+                            dz: &pass.dz[i],
+                            params: &mlp.params,
+                            z_below: &pass.z[i - 1],
+                            dx: &pass.dz[i - 1],
+                        },
                     )
                 });
                 pass.bin_groups.push(below);
@@ -203,7 +230,12 @@ impl MlpPass {
                 pass.bin_groups[0] = Some(bi.bind(
                     ctx,
                     &pass.arena,
-                    &[&pass.dz[0], &mlp.params, &dummy_ro, &ig],
+                    &mlp_backward::InputBindings {
+                        dz: &pass.dz[0],
+                        params: &mlp.params,
+                        z_below: &dummy_ro,
+                        dx: &ig,
+                    },
                 ));
                 pass.input_grad = Some(ig);
             }
@@ -221,7 +253,15 @@ impl MlpPass {
                             fused.bind(
                                 ctx,
                                 &pass.arena,
-                                &[&pass.dz[i], &mlp.params, zb, dx, x, &partial, grads],
+                                &mlp_backward::LayerBindings {
+                                    dz: &pass.dz[i],
+                                    params: &mlp.params,
+                                    z_below: zb,
+                                    dx,
+                                    x_in: x,
+                                    partial: &partial,
+                                    grads,
+                                },
                             )
                         }));
                     }
@@ -531,7 +571,7 @@ pub struct FusedCfmPass {
     pub input: wgpu::Buffer,
     /// The input rows again as vec4s, then Z and H of every layer ([rows, out_pad] each).
     pub act: wgpu::Buffer,
-    kernel: Arc<Kernel>,
+    kernel: Entry<cfm_step::Step>,
     group: wgpu::BindGroup,
     params: fused_mlp::StepParams,
     // Kept alive for the bind group.
@@ -585,18 +625,18 @@ impl FusedCfmPass {
         let group = kernel.bind(
             ctx,
             arena,
-            &[
-                cfm.data,
-                &input,
-                cfm.target,
-                cfm.source,
-                cfm.labels,
-                cfm.pairs,
-                &table_buf,
-                &mlp.params,
-                &act,
+            &cfm_step::StepBindings {
+                data: cfm.data,
+                input: &input,
+                target_u: cfm.target,
+                source: cfm.source,
+                labels: cfm.labels,
+                pairs: cfm.pairs,
+                table: &table_buf,
+                params: &mlp.params,
+                act: &act,
                 grad_parts,
-            ],
+            },
         );
         Ok(FusedCfmPass {
             rows,

@@ -9,10 +9,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{ode, trace, Kernel, Tiles};
+use crate::kernels::{ode, trace, Bound, Entry, Tiles};
 use crate::mlp::{GpuMlp, MlpPass, PassOptions};
 use crate::model::{pad4, Model};
-use std::sync::Arc;
 
 /// An explicit Runge–Kutta method: c, the strictly lower-triangular a, weights b and, for
 /// embedded pairs, the error weights e = b − b̂.
@@ -384,8 +383,8 @@ impl Trace {
 struct TraceState {
     spec: Trace,
     _probes: wgpu::Buffer,
-    init: Arc<Kernel>,
-    divergence: Arc<Kernel>,
+    init: Entry<trace::ProbeInit>,
+    divergence: Entry<trace::Divergence>,
     g_init: wgpu::BindGroup,
     g_div: wgpu::BindGroup,
 }
@@ -413,8 +412,8 @@ struct ChunkSolver {
     snap_rows: usize,
     snap_slots: usize,
     arena: UniformArena,
-    kernels: [Arc<Kernel>; 7],
-    groups: [wgpu::BindGroup; 7],
+    /// The ODE kernels bound to this solver's buffers, indexed by `K_*`.
+    kernels: [Bound; 7],
     tiles: Tiles,
     /// Separate slots for the trace kernels' parameters.
     trace_arena: UniformArena,
@@ -451,7 +450,6 @@ impl ChunkSolver {
         self.arena.set(arena_slot, &p);
         self.kernels[K_SNAP].dispatch(
             cp,
-            &self.groups[K_SNAP],
             arena_slot,
             ode::snapshot_groups(&p, &self.tiles),
         );
@@ -490,15 +488,6 @@ impl ChunkSolver {
         let traj = ctx.storage("trajectories", (snap_rows * d * snap_slots).max(1))?;
         let slots = 2 + STEPS_PER_SUBMIT * (ode::MAX_STAGES + 1) + ATTEMPTS_PER_SUBMIT;
         let arena = UniformArena::new(ctx, "ode params", slots);
-        let kernels = [
-            ode::start(ctx)?,
-            ode::base_noise(ctx)?,
-            ode::rk_stage(ctx)?,
-            ode::rk_final(ctx)?,
-            ode::adaptive_stage(ctx)?,
-            ode::adaptive_final(ctx)?,
-            ode::snapshot(ctx)?,
-        ];
         let trace_arena = UniformArena::new(ctx, "trace params", 2);
         let div = ctx.storage("divergence", capacity * trace::DIV_STRIDE)?;
         // Only adjoint solves (src/mle/) write stage cotangents.
@@ -508,8 +497,23 @@ impl ChunkSolver {
                 let probes = ctx.storage("probes", tangents * capacity * d)?;
                 let init = trace::probe_init(ctx)?;
                 let divergence = trace::divergence(ctx)?;
-                let g_init = init.bind(ctx, &trace_arena, &[&pass.input, &probes]);
-                let g_div = divergence.bind(ctx, &trace_arena, &[&probes, pass.output(), &div]);
+                let g_init = init.bind(
+                    ctx,
+                    &trace_arena,
+                    &trace::ProbeInitBindings {
+                        tangent_input: &pass.input,
+                        probes: &probes,
+                    },
+                );
+                let g_div = divergence.bind(
+                    ctx,
+                    &trace_arena,
+                    &trace::DivergenceBindings {
+                        probes: &probes,
+                        tangent_out: pass.output(),
+                        div: &div,
+                    },
+                );
                 Some(TraceState {
                     spec,
                     _probes: probes,
@@ -521,28 +525,50 @@ impl ChunkSolver {
             }
             None => None,
         };
-        let all = [
-            &state,
-            &pass.input,
-            pass.output(),
-            &k,
-            &clock,
-            &traj,
-            &div,
-            &cotangent,
-        ];
-        let groups = [
-            kernels[K_START].bind(ctx, &arena, &[&state, &pass.input, &clock, &cotangent]),
-            kernels[K_NOISE].bind(
+        let all = ode::StageBindings {
+            state: &state,
+            input: &pass.input,
+            v: pass.output(),
+            k: &k,
+            clock: &clock,
+            traj: &traj,
+            div: &div,
+            cotangent: &cotangent,
+        };
+        let kernels = [
+            ode::start(ctx)?.bound(
                 ctx,
                 &arena,
-                &[&state, &pass.input, &clock, source, &cotangent],
+                &ode::StartBindings {
+                    state: &state,
+                    input: &pass.input,
+                    clock: &clock,
+                    cotangent: &cotangent,
+                },
             ),
-            kernels[K_STAGE].bind(ctx, &arena, &all),
-            kernels[K_FINAL].bind(ctx, &arena, &all),
-            kernels[K_ASTAGE].bind(ctx, &arena, &all),
-            kernels[K_AFINAL].bind(ctx, &arena, &all),
-            kernels[K_SNAP].bind(ctx, &arena, &[&state, &traj]),
+            ode::base_noise(ctx)?.bound(
+                ctx,
+                &arena,
+                &ode::BaseNoiseBindings {
+                    state: &state,
+                    input: &pass.input,
+                    clock: &clock,
+                    source,
+                    cotangent: &cotangent,
+                },
+            ),
+            ode::rk_stage(ctx)?.bound(ctx, &arena, &all),
+            ode::rk_final(ctx)?.bound(ctx, &arena, &all),
+            ode::adaptive_stage(ctx)?.bound(ctx, &arena, &all),
+            ode::adaptive_final(ctx)?.bound(ctx, &arena, &all),
+            ode::snapshot(ctx)?.bound(
+                ctx,
+                &arena,
+                &ode::SnapshotBindings {
+                    state: &state,
+                    traj: &traj,
+                },
+            ),
         ];
         Ok(ChunkSolver {
             capacity,
@@ -555,7 +581,6 @@ impl ChunkSolver {
             snap_slots,
             arena,
             kernels,
-            groups,
             tiles: ctx.tiles,
             trace_arena,
             trace,
@@ -1164,7 +1189,7 @@ impl<'a> Sampler<'a> {
                 let mut cp = enc.begin_compute_pass(&Default::default());
                 let mut slot = 1;
                 if first {
-                    cs.kernels[init_kernel].dispatch(&mut cp, &cs.groups[init_kernel], 0, groups);
+                    cs.kernels[init_kernel].dispatch(&mut cp, 0, groups);
                     cs.snap(&mut cp, &base, 0, slot);
                     slot += 1;
                     first = false;
@@ -1174,7 +1199,7 @@ impl<'a> Sampler<'a> {
                         cs.record_eval(&mut cp);
                         let kern = if *last { K_FINAL } else { K_STAGE };
                         cs.arena.set(slot, p);
-                        cs.kernels[kern].dispatch(&mut cp, &cs.groups[kern], slot, groups);
+                        cs.kernels[kern].dispatch(&mut cp, slot, groups);
                         slot += 1;
                     }
                     cs.snap(&mut cp, &base, n + 1, slot);
@@ -1242,18 +1267,18 @@ impl<'a> Sampler<'a> {
             {
                 let mut cp = enc.begin_compute_pass(&Default::default());
                 if first {
-                    cs.kernels[init_kernel].dispatch(&mut cp, &cs.groups[init_kernel], 0, groups);
+                    cs.kernels[init_kernel].dispatch(&mut cp, 0, groups);
                     cs.snap(&mut cp, &base, 0, snap_base);
                     cs.record_eval(&mut cp);
-                    cs.kernels[K_ASTAGE].dispatch(&mut cp, &cs.groups[K_ASTAGE], 1, groups);
+                    cs.kernels[K_ASTAGE].dispatch(&mut cp, 1, groups);
                 }
                 for a in 0..ATTEMPTS_PER_SUBMIT {
                     for s in 1..ns - 1 {
                         cs.record_eval(&mut cp);
-                        cs.kernels[K_ASTAGE].dispatch(&mut cp, &cs.groups[K_ASTAGE], 1 + s, groups);
+                        cs.kernels[K_ASTAGE].dispatch(&mut cp, 1 + s, groups);
                     }
                     cs.record_eval(&mut cp);
-                    cs.kernels[K_AFINAL].dispatch(&mut cp, &cs.groups[K_AFINAL], ns, groups);
+                    cs.kernels[K_AFINAL].dispatch(&mut cp, ns, groups);
                     cs.snap(&mut cp, &base, attempts + a + 1, snap_base + 1 + a);
                 }
             }

@@ -12,12 +12,11 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{adam, cfm, ot, Kernel, Tiles};
+use crate::kernels::{adam, cfm, ot, Entry, Tiles};
 use crate::mlp::{CfmBuffers, FusedCfmPass, GpuMlp, MlpPass, PassOptions};
 use crate::model::{MlpConfig, Weights};
 use crate::path::GaussianPath;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// How source and data points of a batch are paired.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -179,10 +178,10 @@ pub struct Trainer {
     arena: UniformArena,
     cfm_base: cfm::CfmParams,
     adam_base: adam::AdamParams,
-    prepare: Arc<Kernel>,
-    reduce: Arc<Kernel>,
-    grad_sq: Arc<Kernel>,
-    update: Arc<Kernel>,
+    prepare: Entry<cfm::Prepare>,
+    reduce: Entry<cfm::Reduce>,
+    grad_sq: Entry<adam::GradSq>,
+    update: Entry<adam::Update>,
     g_prepare: wgpu::BindGroup,
     g_reduce: wgpu::BindGroup,
     g_grad_sq: wgpu::BindGroup,
@@ -204,7 +203,7 @@ enum StepMlp {
     /// Per-layer kernels (any adapter) with cfm_loss between forward and backward.
     Layers {
         pass: Box<MlpPass>,
-        loss: Arc<Kernel>,
+        loss: Entry<cfm::Loss>,
         g_loss: wgpu::BindGroup,
     },
     /// One dispatch for forward, loss and backward (small models, 8-lane subgroups); adam
@@ -216,11 +215,11 @@ enum StepMlp {
 struct OtState {
     base: ot::OtParams,
     iters: usize,
-    draw: Arc<Kernel>,
-    scale: Arc<Kernel>,
-    sink_f: Arc<Kernel>,
-    sink_g: Arc<Kernel>,
-    sample: Arc<Kernel>,
+    draw: Entry<ot::Draw>,
+    scale: Entry<ot::Solve>,
+    sink_f: Entry<ot::Solve>,
+    sink_g: Entry<ot::Solve>,
+    sample: Entry<ot::Solve>,
     g_draw: wgpu::BindGroup,
     g_solve: wgpu::BindGroup,
     /// x0, x1, f, g, pairs and ε, kept for tests and alive for the bind groups.
@@ -336,13 +335,13 @@ impl Trainer {
             let g_loss = loss.bind(
                 ctx,
                 &arena,
-                &[
-                    &target,
-                    pass.output(),
-                    pass.dz.last().unwrap(),
-                    &sample_loss,
-                    &loss_history,
-                ],
+                &cfm::LossBindings {
+                    target_u: &target,
+                    v: pass.output(),
+                    grad_v: pass.dz.last().unwrap(),
+                    sample_loss: &sample_loss,
+                    loss_history: &loss_history,
+                },
             );
             StepMlp::Layers {
                 pass: Box::new(pass),
@@ -362,28 +361,42 @@ impl Trainer {
         let g_prepare = prepare.bind(
             ctx,
             &arena,
-            &[
-                &data_buf,
+            &cfm::PrepareBindings {
+                data: &data_buf,
                 input,
-                &target,
-                &source_buf,
-                &label_buf,
-                &pairs_buf,
-            ],
+                target_u: &target,
+                source: &source_buf,
+                labels: &label_buf,
+                pairs: &pairs_buf,
+            },
         );
-        let g_reduce = reduce.bind(ctx, &arena, &[&sample_loss, &loss_history]);
-        let g_grad_sq = grad_sq.bind(ctx, &arena, &[&grads, &partials]);
+        let g_reduce = reduce.bind(
+            ctx,
+            &arena,
+            &cfm::ReduceBindings {
+                sample_loss: &sample_loss,
+                loss_history: &loss_history,
+            },
+        );
+        let g_grad_sq = grad_sq.bind(
+            ctx,
+            &arena,
+            &adam::GradSqBindings {
+                grads: &grads,
+                partials: &partials,
+            },
+        );
         let g_update = update.bind(
             ctx,
             &arena,
-            &[
-                &grads,
-                &partials,
-                &mlp.params,
-                &moments,
-                &ema,
-                &loss_history,
-            ],
+            &adam::UpdateBindings {
+                grads: &grads,
+                partials: &partials,
+                params: &mlp.params,
+                moments: &moments,
+                ema: &ema,
+                loss_history: &loss_history,
+            },
         );
         let cfm_base = cfm::CfmParams {
             batch: cfg.batch as u32,
@@ -437,8 +450,30 @@ impl Trainer {
                 let sink_f = ot::sinkhorn_f(ctx)?;
                 let sink_g = ot::sinkhorn_g(ctx)?;
                 let sample = ot::sample_pairs(ctx)?;
-                let g_draw = draw.bind(ctx, &arena, &[&data_buf, &source_buf, &x0, &x1, &f, &g]);
-                let g_solve = scale.bind(ctx, &arena, &[&x0, &x1, &f, &g, &pairs_buf, &eps]);
+                let g_draw = draw.bind(
+                    ctx,
+                    &arena,
+                    &ot::DrawBindings {
+                        data: &data_buf,
+                        source: &source_buf,
+                        x0: &x0,
+                        x1: &x1,
+                        f: &f,
+                        g: &g,
+                    },
+                );
+                let g_solve = scale.bind(
+                    ctx,
+                    &arena,
+                    &ot::SolveBindings {
+                        x0: &x0,
+                        x1: &x1,
+                        f: &f,
+                        g: &g,
+                        pairs: &pairs_buf,
+                        eps: &eps,
+                    },
+                );
                 let base = ot::OtParams {
                     batch: b as u32,
                     dim: d as u32,

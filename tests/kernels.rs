@@ -415,17 +415,34 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
         let gp = kp.bind(
             ctx,
             &arena,
-            &[
-                &data_buf,
-                &input,
-                &target,
-                &source_buf,
-                &no_labels,
-                &no_labels,
-            ],
+            &cfm::PrepareBindings {
+                data: &data_buf,
+                input: &input,
+                target_u: &target,
+                source: &source_buf,
+                labels: &no_labels,
+                pairs: &no_labels,
+            },
         );
-        let gl = kl.bind(ctx, &arena, &[&target, &v, &grad, &sample_loss, &history]);
-        let gr = kr.bind(ctx, &arena, &[&sample_loss, &history]);
+        let gl = kl.bind(
+            ctx,
+            &arena,
+            &cfm::LossBindings {
+                target_u: &target,
+                v: &v,
+                grad_v: &grad,
+                sample_loss: &sample_loss,
+                loss_history: &history,
+            },
+        );
+        let gr = kr.bind(
+            ctx,
+            &arena,
+            &cfm::ReduceBindings {
+                sample_loss: &sample_loss,
+                loss_history: &history,
+            },
+        );
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut cp = enc.begin_compute_pass(&Default::default());
@@ -515,11 +532,25 @@ fn adam_case(parts: usize, clip: bool) {
         adam::adam_update(ctx, clip).unwrap(),
     );
     let mut arena = UniformArena::new(ctx, "p", 1);
-    let gq = kq.bind(ctx, &arena, &[&grads, &partials]);
+    let gq = kq.bind(
+        ctx,
+        &arena,
+        &adam::GradSqBindings {
+            grads: &grads,
+            partials: &partials,
+        },
+    );
     let gu = ku.bind(
         ctx,
         &arena,
-        &[&grads, &partials, &params, &moments, &ema, &history],
+        &adam::UpdateBindings {
+            grads: &grads,
+            partials: &partials,
+            params: &params,
+            moments: &moments,
+            ema: &ema,
+            loss_history: &history,
+        },
     );
     let mut want_loss = 0.0;
     for step in 1..=3u32 {
@@ -644,14 +675,15 @@ fn cfm_prepare_writes_class_one_hots_with_label_dropout() {
     let gp = kp.bind(
         ctx,
         &arena,
-        &[
-            &data_buf,
-            &input,
-            &target,
-            &source_buf,
-            &label_buf,
-            &source_buf,
-        ],
+        &cfm::PrepareBindings {
+            data: &data_buf,
+            input: &input,
+            target_u: &target,
+            source: &source_buf,
+            labels: &label_buf,
+            // Unused (no coupling): any read-only buffer.
+            pairs: &source_buf,
+        },
     );
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     {

@@ -1,64 +1,82 @@
 //! Wrapper of `shaders/adam.wgsl`: AdamW with global gradient-norm clipping and EMA.
 
-use super::{grid_1d, Access, Kernel, Shader, Tiles};
+use super::{grid_1d, Entry, EntryPoint, Shader, Spec, Tiles};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use std::sync::Arc;
 
 /// Gradient vec4s per thread in `grad_sq_partial` (`ITEMS` in adam.wgsl).
 pub const ITEMS: usize = 16;
 
-/// Mirrors `AdamParams` in adam.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct AdamParams {
-    pub n: u32,
-    pub n_partials: u32,
-    pub use_ema: u32,
-    pub step: u32,
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    pub bias_corr1: f32,
-    pub bias_corr2: f32,
-    pub clip_norm: f32,
-    pub ema_decay: f32,
-    /// ≤ 1: `grads` is the gradient; else it holds this many partial sums to add up.
-    pub grad_parts: u32,
-    /// Vec4s per partial slot (the parameters, then the slot's loss sum).
-    pub part_vec4: u32,
-    /// History slot of this step's loss (with `loss_rows` > 0).
-    pub loss_slot: u32,
-    /// > 0: adam_update also writes the batch loss, Σ_slots loss sum / loss_rows.
-    pub loss_rows: u32,
-    pub _pad: [u32; 3],
+crate::params! {
+    /// Mirrors `AdamParams` in adam.wgsl.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct AdamParams {
+        pub n: u32,
+        pub n_partials: u32,
+        pub use_ema: u32,
+        pub step: u32,
+        pub lr: f32,
+        pub beta1: f32,
+        pub beta2: f32,
+        pub eps: f32,
+        pub weight_decay: f32,
+        pub bias_corr1: f32,
+        pub bias_corr2: f32,
+        pub clip_norm: f32,
+        pub ema_decay: f32,
+        /// ≤ 1: `grads` is the gradient; else it holds this many partial sums to add up.
+        pub grad_parts: u32,
+        /// Vec4s per partial slot (the parameters, then the slot's loss sum).
+        pub part_vec4: u32,
+        /// History slot of this step's loss (with `loss_rows` > 0).
+        pub loss_slot: u32,
+        /// > 0: adam_update also writes the batch loss, Σ_slots loss sum / loss_rows.
+        pub loss_rows: u32,
+        pub _pad: [u32; 3],
+    }
 }
 
-/// grads, partials.
-const GRAD_SQ: &[(u32, Access)] = &[(1, Access::Read), (2, Access::ReadWrite)];
-/// grads, partials, params, moments, ema, loss history.
-const UPDATE: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (2, Access::ReadWrite),
-    (3, Access::ReadWrite),
-    (4, Access::ReadWrite),
-    (5, Access::ReadWrite),
-    (6, Access::ReadWrite),
-];
+crate::bindings! {
+    /// `grad_sq_partial`: per-workgroup sums of squared gradients (for clipping).
+    pub GradSq(AdamParams) => GradSqBindings {
+        grads: 1 Read,
+        partials: 2 ReadWrite,
+    }
+    /// `adam_update`, `adam_update_clipped`: the AdamW step, EMA and the batch loss.
+    pub Update(AdamParams) => UpdateBindings {
+        grads: 1 Read,
+        partials: 2 ReadWrite,
+        params: 3 ReadWrite,
+        moments: 4 ReadWrite,
+        ema: 5 ReadWrite,
+        loss_history: 6 ReadWrite,
+    }
+}
 
-pub fn grad_sq_partial(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Adam, "grad_sq_partial", GRAD_SQ)
+pub const GRAD_SQ_PARTIAL: EntryPoint<GradSq> = EntryPoint::new(Shader::Adam, "grad_sq_partial");
+pub const ADAM_UPDATE: EntryPoint<Update> = EntryPoint::new(Shader::Adam, "adam_update");
+pub const ADAM_UPDATE_CLIPPED: EntryPoint<Update> =
+    EntryPoint::new(Shader::Adam, "adam_update_clipped");
+
+pub fn grad_sq_partial(ctx: &GpuContext) -> Result<Entry<GradSq>> {
+    GRAD_SQ_PARTIAL.get(ctx)
 }
 /// The update without clipping, or with (`adam_update_clipped`: after `grad_sq_partial`).
-pub fn adam_update(ctx: &GpuContext, clipped: bool) -> Result<Arc<Kernel>> {
-    let entry = if clipped {
-        "adam_update_clipped"
+pub fn adam_update(ctx: &GpuContext, clipped: bool) -> Result<Entry<Update>> {
+    if clipped {
+        ADAM_UPDATE_CLIPPED.get(ctx)
     } else {
-        "adam_update"
-    };
-    Kernel::get(ctx, Shader::Adam, entry, UPDATE)
+        ADAM_UPDATE.get(ctx)
+    }
+}
+
+/// Every entry point of this wrapper, for the reflection test.
+pub fn specs() -> Vec<Spec> {
+    vec![
+        GRAD_SQ_PARTIAL.spec(),
+        ADAM_UPDATE.spec(),
+        ADAM_UPDATE_CLIPPED.spec(),
+    ]
 }
 
 /// Workgroups (= partial sums) of `grad_sq_partial` for `n` parameters (a multiple of 4:

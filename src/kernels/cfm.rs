@@ -1,61 +1,75 @@
 //! Wrapper of `shaders/cfm.wgsl`: CFM inputs and targets, loss and its gradient.
 
-use super::{grid_1d, Access, Kernel, Shader, Tiles};
+use super::{grid_1d, Entry, EntryPoint, Shader, Spec, Tiles};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use std::sync::Arc;
 
-/// Mirrors `CfmParams` in cfm.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct CfmParams {
-    pub batch: u32,
-    pub dim: u32,
-    pub n_data: u32,
-    pub in_stride: u32,
-    pub out_stride: u32,
-    pub time_cols: u32,
-    pub path: u32,
-    pub path_param: f32,
-    pub seed: u32,
-    pub step: u32,
-    pub loss_slot: u32,
-    pub n_source: u32,
-    pub paired: u32,
-    pub n_classes: u32,
-    pub label_dropout: f32,
-    pub coupled: u32,
+crate::params! {
+    /// Mirrors `CfmParams` in cfm.wgsl.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct CfmParams {
+        pub batch: u32,
+        pub dim: u32,
+        pub n_data: u32,
+        pub in_stride: u32,
+        pub out_stride: u32,
+        pub time_cols: u32,
+        pub path: u32,
+        pub path_param: f32,
+        pub seed: u32,
+        pub step: u32,
+        pub loss_slot: u32,
+        pub n_source: u32,
+        pub paired: u32,
+        pub n_classes: u32,
+        pub label_dropout: f32,
+        pub coupled: u32,
+    }
 }
 
-/// data, input, target, source, labels, pairs.
-const PREPARE: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (2, Access::ReadWrite),
-    (3, Access::ReadWrite),
-    (8, Access::Read),
-    (9, Access::Read),
-    (10, Access::Read),
-];
-/// target, v, grad_v, sample_loss, loss_history.
-const LOSS: &[(u32, Access)] = &[
-    (3, Access::ReadWrite),
-    (4, Access::Read),
-    (5, Access::ReadWrite),
-    (6, Access::ReadWrite),
-    (7, Access::ReadWrite),
-];
-/// sample_loss, loss_history.
-const REDUCE: &[(u32, Access)] = &[(6, Access::ReadWrite), (7, Access::ReadWrite)];
-
-pub fn cfm_prepare(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Cfm, "cfm_prepare", PREPARE)
+crate::bindings! {
+    /// `cfm_prepare`: the MLP input rows and targets from the pools.
+    pub Prepare(CfmParams) => PrepareBindings {
+        data: 1 Read,
+        input: 2 ReadWrite,
+        target_u: 3 ReadWrite,
+        source: 8 Read,
+        labels: 9 Read,
+        pairs: 10 Read,
+    }
+    /// `cfm_loss`: per-sample loss and its gradient, and the batch loss.
+    pub Loss(CfmParams) => LossBindings {
+        target_u: 3 ReadWrite,
+        v: 4 Read,
+        grad_v: 5 ReadWrite,
+        sample_loss: 6 ReadWrite,
+        loss_history: 7 ReadWrite,
+    }
+    /// `loss_reduce`: the batch mean of per-sample losses.
+    pub Reduce(CfmParams) => ReduceBindings {
+        sample_loss: 6 ReadWrite,
+        loss_history: 7 ReadWrite,
+    }
 }
+
+pub const CFM_PREPARE: EntryPoint<Prepare> = EntryPoint::new(Shader::Cfm, "cfm_prepare");
 /// One workgroup (dispatch `[1, 1, 1]`): per-sample loss and gradient, and the batch loss.
-pub fn cfm_loss(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Cfm, "cfm_loss", LOSS)
+pub const CFM_LOSS: EntryPoint<Loss> = EntryPoint::new(Shader::Cfm, "cfm_loss");
+pub const LOSS_REDUCE: EntryPoint<Reduce> = EntryPoint::new(Shader::Cfm, "loss_reduce");
+
+pub fn cfm_prepare(ctx: &GpuContext) -> Result<Entry<Prepare>> {
+    CFM_PREPARE.get(ctx)
 }
-pub fn loss_reduce(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Cfm, "loss_reduce", REDUCE)
+pub fn cfm_loss(ctx: &GpuContext) -> Result<Entry<Loss>> {
+    CFM_LOSS.get(ctx)
+}
+pub fn loss_reduce(ctx: &GpuContext) -> Result<Entry<Reduce>> {
+    LOSS_REDUCE.get(ctx)
+}
+
+/// Every entry point of this wrapper, for the reflection test.
+pub fn specs() -> Vec<Spec> {
+    vec![CFM_PREPARE.spec(), CFM_LOSS.spec(), LOSS_REDUCE.spec()]
 }
 
 pub fn per_sample_groups(p: &CfmParams, t: &Tiles) -> [u32; 3] {

@@ -4,29 +4,39 @@
 //! 8-lane subgroups. The state that runs it is `mlp::FusedCfmPass`; the table is
 //! [`super::fused_mlp::StepTable`].
 
-use super::{Access, Kernel, Shader};
+use super::cfm::CfmParams;
+use super::{Entry, EntryPoint, Shader, Spec};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use std::sync::Arc;
 
-/// cfm.wgsl's data, input, target, source, labels, pairs (as bound for cfm_prepare), then
-/// the table (uniform), params, act, grad_parts.
-const STEP: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (2, Access::ReadWrite),
-    (3, Access::ReadWrite),
-    (8, Access::Read),
-    (9, Access::Read),
-    (10, Access::Read),
-    (11, Access::Uniform),
-    (12, Access::Read),
-    (13, Access::ReadWrite),
-    (14, Access::ReadWrite),
-];
+crate::bindings! {
+    /// `cfm_step_subgroup`: cfm.wgsl's buffers as bound for cfm_prepare, then the table
+    /// (uniform), params, activations and gradient slots of fused_mlp_subgroup.wgsl.
+    pub Step(CfmParams) => StepBindings {
+        data: 1 Read,
+        input: 2 ReadWrite,
+        target_u: 3 ReadWrite,
+        source: 8 Read,
+        labels: 9 Read,
+        pairs: 10 Read,
+        table: 11 Uniform,
+        params: 12 Read,
+        act: 13 ReadWrite,
+        grad_parts: 14 ReadWrite,
+    }
+}
 
 /// Storage buffers the kernel binds (an adapter with fewer per stage cannot run it).
 pub const STORAGE_BUFFERS: u32 = 9;
 
-pub fn cfm_step_subgroup(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::CfmStepSubgroup, "cfm_step_subgroup", STEP)
+pub const CFM_STEP: EntryPoint<Step> =
+    EntryPoint::new(Shader::CfmStepSubgroup, "cfm_step_subgroup");
+
+pub fn cfm_step_subgroup(ctx: &GpuContext) -> Result<Entry<Step>> {
+    CFM_STEP.get(ctx)
+}
+
+/// Every entry point of this wrapper, for the reflection test.
+pub fn specs() -> Vec<Spec> {
+    vec![CFM_STEP.spec()]
 }

@@ -4,43 +4,54 @@
 //! state that runs them is `mle::LikelihoodField`; the table is
 //! [`super::fused_mlp::StepTable`].
 
-use super::{Access, Kernel, Shader};
+use super::trace::TraceParams;
+use super::{Entry, EntryPoint, Shader, Spec};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use std::sync::Arc;
 
-/// trace.wgsl's MLP input (tangent rows), probes, MLP output, div; then the table
-/// (uniform), params, act.
-const EVAL: &[(u32, Access)] = &[
-    (1, Access::ReadWrite),
-    (2, Access::ReadWrite),
-    (3, Access::ReadWrite),
-    (4, Access::ReadWrite),
-    (11, Access::Uniform),
-    (12, Access::Read),
-    (13, Access::ReadWrite),
-];
-/// trace.wgsl's MLP input, probes, MLP output, cotangent, dv; then the table (uniform),
-/// params, act, grad_parts, input_grad.
-const VJP: &[(u32, Access)] = &[
-    (1, Access::ReadWrite),
-    (2, Access::ReadWrite),
-    (3, Access::ReadWrite),
-    (5, Access::Read),
-    (6, Access::ReadWrite),
-    (11, Access::Uniform),
-    (12, Access::Read),
-    (13, Access::ReadWrite),
-    (14, Access::ReadWrite),
-    (15, Access::ReadWrite),
-];
+crate::bindings! {
+    /// `field_eval_subgroup`: trace.wgsl's buffers of a field evaluation, then the table
+    /// (uniform), params and activations of fused_mlp_subgroup.wgsl.
+    pub Eval(TraceParams) => EvalBindings {
+        tangent_input: 1 ReadWrite,
+        probes: 2 ReadWrite,
+        tangent_out: 3 ReadWrite,
+        div: 4 ReadWrite,
+        table: 11 Uniform,
+        params: 12 Read,
+        act: 13 ReadWrite,
+    }
+    /// `field_vjp_subgroup`: trace.wgsl's buffers of a VJP, then the table (uniform),
+    /// params, activations, gradient slots and the input gradient.
+    pub Vjp(TraceParams) => VjpBindings {
+        tangent_input: 1 ReadWrite,
+        probes: 2 ReadWrite,
+        tangent_out: 3 ReadWrite,
+        cotangent: 5 Read,
+        dv: 6 ReadWrite,
+        table: 11 Uniform,
+        params: 12 Read,
+        act: 13 ReadWrite,
+        grad_parts: 14 ReadWrite,
+        input_grad: 15 ReadWrite,
+    }
+}
 
 /// Storage buffers the VJP binds (an adapter with fewer per stage cannot run it).
 pub const STORAGE_BUFFERS: u32 = 9;
 
-pub fn field_eval_subgroup(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::FieldSubgroup, "field_eval_subgroup", EVAL)
+pub const FIELD_EVAL: EntryPoint<Eval> =
+    EntryPoint::new(Shader::FieldSubgroup, "field_eval_subgroup");
+pub const FIELD_VJP: EntryPoint<Vjp> = EntryPoint::new(Shader::FieldSubgroup, "field_vjp_subgroup");
+
+pub fn field_eval_subgroup(ctx: &GpuContext) -> Result<Entry<Eval>> {
+    FIELD_EVAL.get(ctx)
 }
-pub fn field_vjp_subgroup(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::FieldSubgroup, "field_vjp_subgroup", VJP)
+pub fn field_vjp_subgroup(ctx: &GpuContext) -> Result<Entry<Vjp>> {
+    FIELD_VJP.get(ctx)
+}
+
+/// Every entry point of this wrapper, for the reflection test.
+pub fn specs() -> Vec<Spec> {
+    vec![FIELD_EVAL.spec(), FIELD_VJP.spec()]
 }

@@ -2,10 +2,9 @@
 //! 8-lane-subgroup variant `shaders/matmul_subgroup.wgsl`, which `linear_forward` picks
 //! when the context's tiles say so (same parameters and bindings).
 
-use super::{div_ceil, Access, Kernel, Shader, Tiles};
+use super::{div_ceil, Entry, EntryPoint, Shader, Spec, Tiles};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use std::sync::Arc;
 
 /// Outputs per thread (`TILE_ROWS`, `TILE_COLS` in matmul.wgsl).
 pub const TILE_ROWS: u32 = 8;
@@ -15,29 +14,50 @@ pub const TILE_COLS: u32 = 4;
 pub const SG_ROWS: u32 = 16;
 const SG_LANES: u32 = 8;
 
-/// Mirrors `LinearParams` in matmul.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct LinearParams {
-    pub rows: u32,
-    pub out_features: u32,
-    pub in_vec4: u32,
-    pub y_stride: u32,
-    pub w_off4: u32,
-    pub b_off: u32,
-    pub activation: u32,
-    pub store_pre: u32,
-    pub tangents: u32,
-    pub _pad: [u32; 3],
+crate::params! {
+    /// Mirrors `LinearParams` in matmul.wgsl.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct LinearParams {
+        pub rows: u32,
+        pub out_features: u32,
+        pub in_vec4: u32,
+        pub y_stride: u32,
+        pub w_off4: u32,
+        pub b_off: u32,
+        pub activation: u32,
+        pub store_pre: u32,
+        pub tangents: u32,
+        pub _pad: [u32; 3],
+    }
 }
 
-/// Bindings after the uniform: x, params, z, h.
-const LINEAR_FORWARD: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (2, Access::Read),
-    (3, Access::ReadWrite),
-    (4, Access::ReadWrite),
-];
+crate::bindings! {
+    /// `linear_forward`, `linear_jvp` and their subgroup variants: one layer's
+    /// pre-activation `z` and activation `h` from its input `x`.
+    pub Forward(LinearParams) => ForwardBindings {
+        x: 1 Read,
+        params: 2 Read,
+        z: 3 ReadWrite,
+        h: 4 ReadWrite,
+    }
+}
+
+pub const LINEAR_FORWARD: EntryPoint<Forward> = EntryPoint::new(Shader::Matmul, "linear_forward");
+pub const LINEAR_JVP: EntryPoint<Forward> = EntryPoint::new(Shader::Matmul, "linear_jvp");
+pub const LINEAR_FORWARD_SUBGROUP: EntryPoint<Forward> =
+    EntryPoint::new(Shader::MatmulSubgroup, "linear_forward_subgroup");
+pub const LINEAR_JVP_SUBGROUP: EntryPoint<Forward> =
+    EntryPoint::new(Shader::MatmulSubgroup, "linear_jvp_subgroup");
+
+/// Every entry point of this wrapper, for the reflection test.
+pub fn specs() -> Vec<Spec> {
+    vec![
+        LINEAR_FORWARD.spec(),
+        LINEAR_JVP.spec(),
+        LINEAR_FORWARD_SUBGROUP.spec(),
+        LINEAR_JVP_SUBGROUP.spec(),
+    ]
+}
 
 /// The forward kernel for a layer with `out_features` outputs and `tangents` tangent
 /// directions, and the tiles its grid follows. The subgroup tile covers 32 output
@@ -47,7 +67,7 @@ pub fn forward_for_layer(
     ctx: &GpuContext,
     out_features: usize,
     tangents: usize,
-) -> Result<(Arc<Kernel>, Tiles)> {
+) -> Result<(Entry<Forward>, Tiles)> {
     let narrow = out_features <= 8;
     let tiles = Tiles {
         subgroup8: ctx.tiles.subgroup8 && !narrow,
@@ -56,36 +76,26 @@ pub fn forward_for_layer(
     let kernel = match (tangents > 0, tiles.subgroup8) {
         (false, true) => linear_forward(ctx)?,
         (true, true) => linear_jvp(ctx)?,
-        (false, false) => Kernel::get(ctx, Shader::Matmul, "linear_forward", LINEAR_FORWARD)?,
-        (true, false) => Kernel::get(ctx, Shader::Matmul, "linear_jvp", LINEAR_FORWARD)?,
+        (false, false) => LINEAR_FORWARD.get(ctx)?,
+        (true, false) => LINEAR_JVP.get(ctx)?,
     };
     Ok((kernel, tiles))
 }
 
-pub fn linear_forward(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+pub fn linear_forward(ctx: &GpuContext) -> Result<Entry<Forward>> {
     if ctx.tiles.subgroup8 {
-        Kernel::get(
-            ctx,
-            Shader::MatmulSubgroup,
-            "linear_forward_subgroup",
-            LINEAR_FORWARD,
-        )
+        LINEAR_FORWARD_SUBGROUP.get(ctx)
     } else {
-        Kernel::get(ctx, Shader::Matmul, "linear_forward", LINEAR_FORWARD)
+        LINEAR_FORWARD.get(ctx)
     }
 }
 
 /// Primal rows and their tangent rows in one dispatch (same bindings).
-pub fn linear_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+pub fn linear_jvp(ctx: &GpuContext) -> Result<Entry<Forward>> {
     if ctx.tiles.subgroup8 {
-        Kernel::get(
-            ctx,
-            Shader::MatmulSubgroup,
-            "linear_jvp_subgroup",
-            LINEAR_FORWARD,
-        )
+        LINEAR_JVP_SUBGROUP.get(ctx)
     } else {
-        Kernel::get(ctx, Shader::Matmul, "linear_jvp", LINEAR_FORWARD)
+        LINEAR_JVP.get(ctx)
     }
 }
 

@@ -2,10 +2,9 @@
 //! and of its 8-lane-subgroup variant `shaders/mlp_backward_subgroup.wgsl`, picked when
 //! the context's tiles say so (same parameters and bindings).
 
-use super::{div_ceil, grid_1d, Access, Kernel, Shader, Tiles};
+use super::{div_ceil, grid_1d, Entry, EntryPoint, Shader, Spec, Tiles};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use std::sync::Arc;
 
 /// Per-thread tiles (`DX_ROWS`, `DW_OUT_VEC4`, `DW_IN_VEC4` in mlp_backward.wgsl).
 pub const DX_ROWS: u32 = 8;
@@ -17,110 +16,129 @@ pub const SG_DX_ROWS: u32 = 16;
 pub const SG_DW_OUT_VEC4: u32 = 4;
 const SG_LANES: u32 = 8;
 
-/// Mirrors `BackwardParams` in mlp_backward.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BackwardParams {
-    pub rows: u32,
-    pub out_features: u32,
-    pub out_vec4: u32,
-    pub in_vec4: u32,
-    pub w_off4: u32,
-    pub activation: u32,
-    pub chunk_rows: u32,
-    pub n_chunks: u32,
-    pub layer_size: u32,
-    pub bias_rows: u32,
-    pub n_tangents: u32,
-    pub _pad: u32,
-}
-
-/// dz, params, z_below, dx.
-const BACKWARD_INPUT: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (2, Access::Read),
-    (3, Access::Read),
-    (4, Access::ReadWrite),
-];
-/// dz, x_in, partial, grads.
-const BACKWARD_WEIGHT: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (5, Access::Read),
-    (6, Access::ReadWrite),
-    (7, Access::ReadWrite),
-];
-/// dz, params, z_below, dx, x_in, partial, grads: backward_layer_subgroup does both.
-const BACKWARD_LAYER: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (2, Access::Read),
-    (3, Access::Read),
-    (4, Access::ReadWrite),
-    (5, Access::Read),
-    (6, Access::ReadWrite),
-    (7, Access::ReadWrite),
-];
-/// partial, grads.
-const REDUCE_CHUNKS: &[(u32, Access)] = &[(6, Access::ReadWrite), (7, Access::ReadWrite)];
-
-pub fn backward_input(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    if ctx.tiles.subgroup8 {
-        Kernel::get(
-            ctx,
-            Shader::MlpBackwardSubgroup,
-            "backward_input_subgroup",
-            BACKWARD_INPUT,
-        )
-    } else {
-        Kernel::get(ctx, Shader::MlpBackward, "backward_input", BACKWARD_INPUT)
+crate::params! {
+    /// Mirrors `BackwardParams` in mlp_backward.wgsl.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct BackwardParams {
+        pub rows: u32,
+        pub out_features: u32,
+        pub out_vec4: u32,
+        pub in_vec4: u32,
+        pub w_off4: u32,
+        pub activation: u32,
+        pub chunk_rows: u32,
+        pub n_chunks: u32,
+        pub layer_size: u32,
+        pub bias_rows: u32,
+        pub n_tangents: u32,
+        pub _pad: u32,
     }
 }
-pub fn backward_weight(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+
+crate::bindings! {
+    /// `backward_input(_jvp)(_subgroup)`: a layer's input gradient.
+    pub Input(BackwardParams) => InputBindings {
+        dz: 1 Read,
+        params: 2 Read,
+        z_below: 3 Read,
+        dx: 4 ReadWrite,
+    }
+    /// `backward_weight(_subgroup)`: a layer's weight gradient, per row chunk.
+    pub Weight(BackwardParams) => WeightBindings {
+        dz: 1 Read,
+        x_in: 5 Read,
+        partial: 6 ReadWrite,
+        grads: 7 ReadWrite,
+    }
+    /// `backward_layer(_jvp)_subgroup`: both gradients of a layer in one dispatch.
+    pub Layer(BackwardParams) => LayerBindings {
+        dz: 1 Read,
+        params: 2 Read,
+        z_below: 3 Read,
+        dx: 4 ReadWrite,
+        x_in: 5 Read,
+        partial: 6 ReadWrite,
+        grads: 7 ReadWrite,
+    }
+    /// `reduce_chunks`: adds the chunks' weight gradients.
+    pub ReduceChunks(BackwardParams) => ReduceChunksBindings {
+        partial: 6 ReadWrite,
+        grads: 7 ReadWrite,
+    }
+}
+
+pub const BACKWARD_INPUT: EntryPoint<Input> = EntryPoint::new(Shader::MlpBackward, "backward_input");
+pub const BACKWARD_INPUT_JVP: EntryPoint<Input> =
+    EntryPoint::new(Shader::MlpBackward, "backward_input_jvp");
+pub const BACKWARD_WEIGHT: EntryPoint<Weight> =
+    EntryPoint::new(Shader::MlpBackward, "backward_weight");
+pub const REDUCE_CHUNKS: EntryPoint<ReduceChunks> =
+    EntryPoint::new(Shader::MlpBackward, "reduce_chunks");
+pub const BACKWARD_INPUT_SUBGROUP: EntryPoint<Input> =
+    EntryPoint::new(Shader::MlpBackwardSubgroup, "backward_input_subgroup");
+pub const BACKWARD_INPUT_JVP_SUBGROUP: EntryPoint<Input> =
+    EntryPoint::new(Shader::MlpBackwardSubgroup, "backward_input_jvp_subgroup");
+pub const BACKWARD_WEIGHT_SUBGROUP: EntryPoint<Weight> =
+    EntryPoint::new(Shader::MlpBackwardSubgroup, "backward_weight_subgroup");
+pub const BACKWARD_LAYER_SUBGROUP: EntryPoint<Layer> =
+    EntryPoint::new(Shader::MlpBackwardSubgroup, "backward_layer_subgroup");
+pub const BACKWARD_LAYER_JVP_SUBGROUP: EntryPoint<Layer> =
+    EntryPoint::new(Shader::MlpBackwardSubgroup, "backward_layer_jvp_subgroup");
+
+/// Every entry point of this wrapper, for the reflection test.
+pub fn specs() -> Vec<Spec> {
+    vec![
+        BACKWARD_INPUT.spec(),
+        BACKWARD_INPUT_JVP.spec(),
+        BACKWARD_WEIGHT.spec(),
+        REDUCE_CHUNKS.spec(),
+        BACKWARD_INPUT_SUBGROUP.spec(),
+        BACKWARD_INPUT_JVP_SUBGROUP.spec(),
+        BACKWARD_WEIGHT_SUBGROUP.spec(),
+        BACKWARD_LAYER_SUBGROUP.spec(),
+        BACKWARD_LAYER_JVP_SUBGROUP.spec(),
+    ]
+}
+
+pub fn backward_input(ctx: &GpuContext) -> Result<Entry<Input>> {
     if ctx.tiles.subgroup8 {
-        Kernel::get(
-            ctx,
-            Shader::MlpBackwardSubgroup,
-            "backward_weight_subgroup",
-            BACKWARD_WEIGHT,
-        )
+        BACKWARD_INPUT_SUBGROUP.get(ctx)
     } else {
-        Kernel::get(ctx, Shader::MlpBackward, "backward_weight", BACKWARD_WEIGHT)
+        BACKWARD_INPUT.get(ctx)
+    }
+}
+pub fn backward_weight(ctx: &GpuContext) -> Result<Entry<Weight>> {
+    if ctx.tiles.subgroup8 {
+        BACKWARD_WEIGHT_SUBGROUP.get(ctx)
+    } else {
+        BACKWARD_WEIGHT.get(ctx)
     }
 }
 /// backward_weight and backward_input of one layer in one dispatch: subgroup tiles only
 /// (None with the plain tiles, whose two kernels have different workgroup shapes). Worth it
 /// for small layers only (`fuse_backward`).
 /// With tangents (`backward_layer_jvp_subgroup`) it takes backward_input_jvp's parameters.
-pub fn backward_layer(ctx: &GpuContext, tangents: bool) -> Result<Option<Arc<Kernel>>> {
+pub fn backward_layer(ctx: &GpuContext, tangents: bool) -> Result<Option<Entry<Layer>>> {
     if !ctx.tiles.subgroup8 {
         return Ok(None);
     }
     let entry = if tangents {
-        "backward_layer_jvp_subgroup"
+        BACKWARD_LAYER_JVP_SUBGROUP
     } else {
-        "backward_layer_subgroup"
+        BACKWARD_LAYER_SUBGROUP
     };
-    Kernel::get(ctx, Shader::MlpBackwardSubgroup, entry, BACKWARD_LAYER).map(Some)
+    entry.get(ctx).map(Some)
 }
-pub fn reduce_chunks(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::MlpBackward, "reduce_chunks", REDUCE_CHUNKS)
+pub fn reduce_chunks(ctx: &GpuContext) -> Result<Entry<ReduceChunks>> {
+    REDUCE_CHUNKS.get(ctx)
 }
 
 /// backward_input through tangent rows (same bindings as backward_input).
-pub fn backward_input_jvp(ctx: &GpuContext) -> Result<Arc<Kernel>> {
+pub fn backward_input_jvp(ctx: &GpuContext) -> Result<Entry<Input>> {
     if ctx.tiles.subgroup8 {
-        Kernel::get(
-            ctx,
-            Shader::MlpBackwardSubgroup,
-            "backward_input_jvp_subgroup",
-            BACKWARD_INPUT,
-        )
+        BACKWARD_INPUT_JVP_SUBGROUP.get(ctx)
     } else {
-        Kernel::get(
-            ctx,
-            Shader::MlpBackward,
-            "backward_input_jvp",
-            BACKWARD_INPUT,
-        )
+        BACKWARD_INPUT_JVP.get(ctx)
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod adam;
 pub mod backprop;
+pub mod binding;
 pub mod cfm;
 pub mod cfm_step;
 pub mod field;
@@ -17,6 +18,8 @@ pub mod mlp_backward;
 pub mod ode;
 pub mod ot;
 pub mod trace;
+
+pub use binding::{Access, BindScratch, Bindings, Bound, Entry, EntryPoint, Slot, Spec};
 
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterClass, GpuContext, UniformArena};
@@ -292,23 +295,13 @@ pub fn validate(shader: Shader, tiles: &Tiles) -> std::result::Result<(), String
     Ok(())
 }
 
-/// How a binding after binding 0 is used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    ReadWrite,
-    /// A small constant table as a uniform buffer: a software adapter knows its values are
-    /// the same in every lane (real branches, scalar loads) where a storage read is per lane.
-    Uniform,
-}
-
 /// One compiled entry point with its bind-group layout.
 pub struct Kernel {
     pub shader: Shader,
     pub entry: &'static str,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
-    storage: &'static [(u32, Access)],
+    storage: &'static [Slot],
     profiler: Option<Arc<crate::gpu::profile::Profiler>>,
 }
 
@@ -316,12 +309,13 @@ pub struct Kernel {
 pub type PipelineCache = Mutex<HashMap<(Shader, &'static str), Arc<Kernel>>>;
 
 impl Kernel {
-    /// The kernel `entry` of `shader`, compiled once per context and cached.
-    pub fn get(
+    /// The kernel `entry` of `shader`, compiled once per context and cached (callers go
+    /// through [`EntryPoint::get`], which names the binding set).
+    pub(crate) fn get(
         ctx: &GpuContext,
         shader: Shader,
         entry: &'static str,
-        storage: &'static [(u32, Access)],
+        storage: &'static [Slot],
     ) -> Result<Arc<Kernel>> {
         let mut cache = ctx.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.get(&(shader, entry)) {
@@ -336,7 +330,7 @@ impl Kernel {
         ctx: &GpuContext,
         shader: Shader,
         entry: &'static str,
-        storage: &'static [(u32, Access)],
+        storage: &'static [Slot],
     ) -> Result<Kernel> {
         let tiles = ctx.tiles;
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -363,7 +357,7 @@ impl Kernel {
             },
             count: None,
         }];
-        for &(binding, access) in storage {
+        for &Slot { binding, access, .. } in storage {
             let ty = match access {
                 Access::Uniform => wgpu::BufferBindingType::Uniform,
                 _ => wgpu::BufferBindingType::Storage {
@@ -423,14 +417,9 @@ impl Kernel {
         })
     }
 
-    /// Buffers [`bind`](Self::bind) takes (the bindings after the parameter slot).
-    pub fn bindings(&self) -> usize {
-        self.storage.len()
-    }
-
     /// A bind group: the arena's slot at binding 0, then `buffers` in the order of the
     /// kernel's storage bindings.
-    pub fn bind(
+    pub(crate) fn bind(
         &self,
         ctx: &GpuContext,
         arena: &UniformArena,
@@ -450,9 +439,9 @@ impl Kernel {
                 size: std::num::NonZeroU64::new(crate::gpu::arena::SLOT_BYTES as u64),
             }),
         }];
-        for (&(binding, _), buf) in self.storage.iter().zip(buffers) {
+        for (slot, buf) in self.storage.iter().zip(buffers) {
             entries.push(wgpu::BindGroupEntry {
-                binding,
+                binding: slot.binding,
                 resource: buf.as_entire_binding(),
             });
         }
@@ -464,7 +453,7 @@ impl Kernel {
     }
 
     /// Record one dispatch with the parameters in arena slot `slot`.
-    pub fn dispatch(
+    pub(crate) fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         group: &wgpu::BindGroup,
@@ -488,6 +477,24 @@ impl Kernel {
             None => record(pass),
         }
     }
+}
+
+/// Every entry point of every wrapper: what `tests/bindings.rs` reflects with naga.
+pub fn specs() -> Vec<Spec> {
+    [
+        adam::specs(),
+        backprop::specs(),
+        cfm::specs(),
+        cfm_step::specs(),
+        field::specs(),
+        matmul::specs(),
+        mle::specs(),
+        mlp_backward::specs(),
+        ode::specs(),
+        ot::specs(),
+        trace::specs(),
+    ]
+    .concat()
 }
 
 /// Workgroups for `threads` threads of a 1-D kernel with `wg` threads per workgroup,

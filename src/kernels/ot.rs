@@ -1,57 +1,76 @@
 //! Wrapper of `shaders/ot.wgsl`: minibatch OT coupling by log-domain Sinkhorn.
 
-use super::{grid_1d, Access, Kernel, Shader, Tiles};
+use super::{grid_1d, Entry, EntryPoint, Shader, Spec, Tiles};
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use std::sync::Arc;
 
-/// Mirrors `OtParams` in ot.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct OtParams {
-    pub batch: u32,
-    pub dim: u32,
-    pub n_data: u32,
-    pub n_source: u32,
-    pub seed: u32,
-    pub step: u32,
-    pub reg: f32,
-    pub _pad: u32,
+crate::params! {
+    /// Mirrors `OtParams` in ot.wgsl.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct OtParams {
+        pub batch: u32,
+        pub dim: u32,
+        pub n_data: u32,
+        pub n_source: u32,
+        pub seed: u32,
+        pub step: u32,
+        pub reg: f32,
+        pub _pad: u32,
+    }
 }
 
-/// data, source, x0, x1, f, g.
-const DRAW: &[(u32, Access)] = &[
-    (1, Access::Read),
-    (2, Access::Read),
-    (3, Access::ReadWrite),
-    (4, Access::ReadWrite),
-    (5, Access::ReadWrite),
-    (6, Access::ReadWrite),
-];
-/// x0, x1, f, g, pairs, eps.
-const SOLVE: &[(u32, Access)] = &[
-    (3, Access::ReadWrite),
-    (4, Access::ReadWrite),
-    (5, Access::ReadWrite),
-    (6, Access::ReadWrite),
-    (7, Access::ReadWrite),
-    (8, Access::ReadWrite),
-];
+crate::bindings! {
+    /// `ot_draw`: the batch's source and data rows and the initial potentials.
+    pub Draw(OtParams) => DrawBindings {
+        data: 1 Read,
+        source: 2 Read,
+        x0: 3 ReadWrite,
+        x1: 4 ReadWrite,
+        f: 5 ReadWrite,
+        g: 6 ReadWrite,
+    }
+    /// `ot_scale`, `sinkhorn_f`, `sinkhorn_g`, `sample_pairs`: the Sinkhorn solve.
+    pub Solve(OtParams) => SolveBindings {
+        x0: 3 ReadWrite,
+        x1: 4 ReadWrite,
+        f: 5 ReadWrite,
+        g: 6 ReadWrite,
+        pairs: 7 ReadWrite,
+        eps: 8 ReadWrite,
+    }
+}
 
-pub fn ot_draw(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Ot, "ot_draw", DRAW)
+pub const OT_DRAW: EntryPoint<Draw> = EntryPoint::new(Shader::Ot, "ot_draw");
+pub const OT_SCALE: EntryPoint<Solve> = EntryPoint::new(Shader::Ot, "ot_scale");
+pub const SINKHORN_F: EntryPoint<Solve> = EntryPoint::new(Shader::Ot, "sinkhorn_f");
+pub const SINKHORN_G: EntryPoint<Solve> = EntryPoint::new(Shader::Ot, "sinkhorn_g");
+pub const SAMPLE_PAIRS: EntryPoint<Solve> = EntryPoint::new(Shader::Ot, "sample_pairs");
+
+pub fn ot_draw(ctx: &GpuContext) -> Result<Entry<Draw>> {
+    OT_DRAW.get(ctx)
 }
-pub fn ot_scale(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Ot, "ot_scale", SOLVE)
+pub fn ot_scale(ctx: &GpuContext) -> Result<Entry<Solve>> {
+    OT_SCALE.get(ctx)
 }
-pub fn sinkhorn_f(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Ot, "sinkhorn_f", SOLVE)
+pub fn sinkhorn_f(ctx: &GpuContext) -> Result<Entry<Solve>> {
+    SINKHORN_F.get(ctx)
 }
-pub fn sinkhorn_g(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Ot, "sinkhorn_g", SOLVE)
+pub fn sinkhorn_g(ctx: &GpuContext) -> Result<Entry<Solve>> {
+    SINKHORN_G.get(ctx)
 }
-pub fn sample_pairs(ctx: &GpuContext) -> Result<Arc<Kernel>> {
-    Kernel::get(ctx, Shader::Ot, "sample_pairs", SOLVE)
+pub fn sample_pairs(ctx: &GpuContext) -> Result<Entry<Solve>> {
+    SAMPLE_PAIRS.get(ctx)
+}
+
+/// Every entry point of this wrapper, for the reflection test.
+pub fn specs() -> Vec<Spec> {
+    vec![
+        OT_DRAW.spec(),
+        OT_SCALE.spec(),
+        SINKHORN_F.spec(),
+        SINKHORN_G.spec(),
+        SAMPLE_PAIRS.spec(),
+    ]
 }
 
 /// Grid of `ot_draw` (WG1 threads per workgroup).

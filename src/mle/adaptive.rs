@@ -3,9 +3,8 @@
 use super::{step_seed, MleState};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{mle, ode, Kernel};
+use crate::kernels::{mle, ode, Entry};
 use crate::solve::Tableau;
-use std::sync::Arc;
 
 impl MleState {
     /// dopri5: solve training step `step`'s forward and adjoint ODEs, submitting every
@@ -161,14 +160,14 @@ pub(super) struct Adaptive {
     fwd_base: ode::OdeParams,
     clock: wgpu::Buffer,
     _attempt_grads: wgpu::Buffer,
-    noise: Arc<Kernel>,
-    start: Arc<Kernel>,
-    astage: Arc<Kernel>,
-    afinal: Arc<Kernel>,
-    aerror: Arc<Kernel>,
-    control: Arc<Kernel>,
-    apply: Arc<Kernel>,
-    commit: Arc<Kernel>,
+    noise: Entry<ode::BaseNoise>,
+    start: Entry<ode::Start>,
+    astage: Entry<ode::Stage>,
+    afinal: Entry<ode::Stage>,
+    aerror: Entry<ode::Stage>,
+    control: Entry<ode::GlobalControl>,
+    apply: Entry<ode::Stage>,
+    commit: Entry<mle::Commit>,
     g_noise: wgpu::BindGroup,
     g_adj_start: wgpu::BindGroup,
     g_fwd_astage: wgpu::BindGroup,
@@ -209,26 +208,24 @@ impl Adaptive {
         let apply = ode::adaptive_apply(ctx)?;
         let commit = mle::commit(ctx)?;
         let input_grad = field.input_grad();
-        let fwd_all = [
-            &st.fwd.state,
-            &p.input,
-            p.output(),
-            &st.fwd.k,
+        let fwd_all = ode::StageBindings {
+            state: &st.fwd.state,
+            input: &p.input,
+            v: p.output(),
+            k: &st.fwd.k,
             clock,
-            history,
-            &field.div,
-            &field.cotangent,
-        ];
-        let adj_all = [
-            &st.adj.state,
-            &p.input,
-            p.output(),
-            &st.adj.k,
-            clock,
-            history,
-            input_grad,
-            &field.cotangent,
-        ];
+            traj: history,
+            div: &field.div,
+            cotangent: &field.cotangent,
+        };
+        // The adjoint's stages read the field's input gradient where the forward reads
+        // the divergence.
+        let adj_all = ode::StageBindings {
+            state: &st.adj.state,
+            k: &st.adj.k,
+            div: input_grad,
+            ..fwd_all
+        };
         let tol = |base: &ode::OdeParams, t0: f64, t1: f64| ode::OdeParams {
             t: t0 as f32,
             h: (0.05 * (t1 - t0)) as f32,
@@ -317,23 +314,47 @@ impl Adaptive {
             g_noise: noise.bind(
                 ctx,
                 &arena,
-                &[&st.fwd.state, &p.input, clock, data, &field.cotangent],
+                &ode::BaseNoiseBindings {
+                    state: &st.fwd.state,
+                    input: &p.input,
+                    clock,
+                    source: data,
+                    cotangent: &field.cotangent,
+                },
             ),
             g_adj_start: start.bind(
                 ctx,
                 &arena,
-                &[&st.adj.state, &p.input, clock, &field.cotangent],
+                &ode::StartBindings {
+                    state: &st.adj.state,
+                    input: &p.input,
+                    clock,
+                    cotangent: &field.cotangent,
+                },
             ),
             g_fwd_astage: astage.bind(ctx, &arena, &fwd_all),
             g_fwd_afinal: afinal.bind(ctx, &arena, &fwd_all),
             g_adj_astage: astage.bind(ctx, &arena, &adj_all),
             g_adj_aerror: aerror.bind(ctx, &arena, &adj_all),
             g_adj_apply: apply.bind(ctx, &arena, &adj_all),
-            g_control: control.bind(ctx, &arena, &[clock]),
-            g_accumulate: st
-                .accumulate
-                .bind(ctx, &quad, &[&field.stage_grads, &attempt_grads]),
-            g_commit: commit.bind(ctx, &quad, &[&attempt_grads, grads, clock]),
+            g_control: control.bind(ctx, &arena, &ode::GlobalControlBindings { clock }),
+            g_accumulate: st.accumulate.bind(
+                ctx,
+                &quad,
+                &mle::AccumulateBindings {
+                    stage_grads: &field.stage_grads,
+                    grads: &attempt_grads,
+                },
+            ),
+            g_commit: commit.bind(
+                ctx,
+                &quad,
+                &mle::CommitBindings {
+                    stage_grads: &attempt_grads,
+                    grads,
+                    clock,
+                },
+            ),
             arena,
             _quad: quad,
             fwd_base: fwd,

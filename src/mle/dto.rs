@@ -4,8 +4,7 @@ use super::MleState;
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::UniformArena;
-use crate::kernels::{backprop, ode, Kernel};
-use std::sync::Arc;
+use crate::kernels::{backprop, ode, Entry};
 
 /// `--grad backprop`: the stored states and the reverse-mode kernels of backprop.wgsl.
 pub(super) struct Backprop {
@@ -14,12 +13,12 @@ pub(super) struct Backprop {
     /// One slot per (step n, stage s), n-major.
     pub(super) arena: UniformArena,
     pub(super) base: backprop::BackpropParams,
-    pub(super) start: Arc<Kernel>,
-    pub(super) restore: Arc<Kernel>,
-    pub(super) stage_input: Arc<Kernel>,
-    pub(super) cotangent: Arc<Kernel>,
-    pub(super) collect: Arc<Kernel>,
-    pub(super) snapshot: Arc<Kernel>,
+    pub(super) start: Entry<backprop::Start>,
+    pub(super) restore: Entry<backprop::Restore>,
+    pub(super) stage_input: Entry<backprop::StageInput>,
+    pub(super) cotangent: Entry<backprop::Cotangent>,
+    pub(super) collect: Entry<backprop::Collect>,
+    pub(super) snapshot: Entry<ode::Snapshot>,
     pub(super) g_start: wgpu::BindGroup,
     pub(super) g_restore: wgpu::BindGroup,
     pub(super) g_stage_input: wgpu::BindGroup,
@@ -71,11 +70,11 @@ impl MleState {
 
 /// The entry points of backprop.wgsl.
 pub(super) struct BackpropKernels {
-    pub(super) start: Arc<Kernel>,
-    pub(super) restore: Arc<Kernel>,
-    pub(super) stage_input: Arc<Kernel>,
-    pub(super) cotangent: Arc<Kernel>,
-    pub(super) collect: Arc<Kernel>,
+    pub(super) start: Entry<backprop::Start>,
+    pub(super) restore: Entry<backprop::Restore>,
+    pub(super) stage_input: Entry<backprop::StageInput>,
+    pub(super) cotangent: Entry<backprop::Cotangent>,
+    pub(super) collect: Entry<backprop::Collect>,
 }
 
 impl BackpropKernels {

@@ -3,10 +3,9 @@
 
 use crate::error::Result;
 use crate::gpu::{GpuContext, UniformArena};
-use crate::kernels::{field, fused_mlp, trace, Kernel, Tiles};
+use crate::kernels::{field, fused_mlp, trace, Entry, Tiles};
 use crate::mlp::{FusedLayout, GpuMlp, MlpPass, PassOptions};
 use crate::solve::Trace;
-use std::sync::Arc;
 
 /// The field of a likelihood solve on the GPU: the MLP with tangent rows (probes or exact
 /// directions), the integrands of trace.wgsl, and the backward pass of S through the
@@ -30,9 +29,9 @@ pub struct LikelihoodField {
     probe_slots: usize,
     cot_slots: usize,
     base: trace::TraceParams,
-    init: Arc<Kernel>,
-    divergence: Arc<Kernel>,
-    seed_cot: Arc<Kernel>,
+    init: Entry<trace::ProbeInit>,
+    divergence: Entry<trace::Divergence>,
+    seed_cot: Entry<trace::TraceCotangent>,
     g_init: wgpu::BindGroup,
     g_div: wgpu::BindGroup,
     g_cot: wgpu::BindGroup,
@@ -41,8 +40,8 @@ pub struct LikelihoodField {
 
 /// The one-dispatch evaluation and VJP of field_subgroup.wgsl and what they bind.
 struct FusedField {
-    eval: Arc<Kernel>,
-    vjp: Arc<Kernel>,
+    eval: Entry<field::Eval>,
+    vjp: Entry<field::Vjp>,
     g_eval: wgpu::BindGroup,
     g_vjp: wgpu::BindGroup,
     params: fused_mlp::StepParams,
@@ -99,8 +98,23 @@ impl LikelihoodField {
         let init = trace::probe_init(ctx)?;
         let divergence = trace::divergence(ctx)?;
         let seed_cot = trace::trace_cotangent(ctx)?;
-        let g_init = init.bind(ctx, &arena, &[&pass.input, &probes]);
-        let g_div = divergence.bind(ctx, &arena, &[&probes, pass.output(), &div]);
+        let g_init = init.bind(
+            ctx,
+            &arena,
+            &trace::ProbeInitBindings {
+                tangent_input: &pass.input,
+                probes: &probes,
+            },
+        );
+        let g_div = divergence.bind(
+            ctx,
+            &arena,
+            &trace::DivergenceBindings {
+                probes: &probes,
+                tangent_out: pass.output(),
+                div: &div,
+            },
+        );
         let fused = if fuse {
             let fl = FusedLayout::new(
                 &mlp.layout,
@@ -119,31 +133,31 @@ impl LikelihoodField {
             let g_eval = eval.bind(
                 ctx,
                 &arena,
-                &[
-                    &pass.input,
-                    &probes,
-                    pass.output(),
-                    &div,
-                    &table,
-                    &mlp.params,
-                    &act,
-                ],
+                &field::EvalBindings {
+                    tangent_input: &pass.input,
+                    probes: &probes,
+                    tangent_out: pass.output(),
+                    div: &div,
+                    table: &table,
+                    params: &mlp.params,
+                    act: &act,
+                },
             );
             let g_vjp = vjp.bind(
                 ctx,
                 &arena,
-                &[
-                    &pass.input,
-                    &probes,
-                    pass.output(),
-                    &cotangent,
-                    &dv,
-                    &table,
-                    &mlp.params,
-                    &act,
-                    &stage_grads,
-                    &input_grad,
-                ],
+                &field::VjpBindings {
+                    tangent_input: &pass.input,
+                    probes: &probes,
+                    tangent_out: pass.output(),
+                    cotangent: &cotangent,
+                    dv: &dv,
+                    table: &table,
+                    params: &mlp.params,
+                    act: &act,
+                    grad_parts: &stage_grads,
+                    input_grad: &input_grad,
+                },
             );
             Some(FusedField {
                 eval,
@@ -163,7 +177,16 @@ impl LikelihoodField {
             Some(f) => &f.dv,
             None => pass.dz.last().expect("a training pass"),
         };
-        let g_cot = seed_cot.bind(ctx, &arena, &[&probes, pass.output(), &cotangent, dv]);
+        let g_cot = seed_cot.bind(
+            ctx,
+            &arena,
+            &trace::TraceCotangentBindings {
+                probes: &probes,
+                tangent_out: pass.output(),
+                cotangent: &cotangent,
+                dv,
+            },
+        );
         let base = trace::TraceParams {
             dim: d as u32,
             in_stride: mlp.layout.layers[0].in_pad as u32,

@@ -27,10 +27,9 @@ mod field;
 
 pub use field::{field_vjp, FieldVjp, LikelihoodField};
 
-use crate::kernels::{backprop, mle, ode, Kernel, Tiles};
+use crate::kernels::{backprop, mle, ode, Entry, Tiles};
 use crate::mlp::{GpuMlp, MlpPass};
 use crate::solve::{fixed_stage_params, Method, Tableau, TimeGrid, Trace};
-use std::sync::Arc;
 
 /// Settings of the maximum-likelihood objective (`--objective mle`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -211,12 +210,12 @@ pub struct MleState {
     mle_base: mle::MleParams,
     fwd_last: Vec<bool>,
     adj_last: Vec<bool>,
-    noise: Arc<Kernel>,
-    start: Arc<Kernel>,
-    stage: Arc<Kernel>,
-    final_: Arc<Kernel>,
-    adj_start: Arc<Kernel>,
-    accumulate: Arc<Kernel>,
+    noise: Entry<ode::BaseNoise>,
+    start: Entry<ode::Start>,
+    stage: Entry<ode::Stage>,
+    final_: Entry<ode::Stage>,
+    adj_start: Entry<mle::AdjointStart>,
+    accumulate: Entry<mle::Accumulate>,
     g_adj_start: wgpu::BindGroup,
     g_accumulate: wgpu::BindGroup,
     backprop: Option<dto::Backprop>,
@@ -303,25 +302,26 @@ impl MleState {
         let accumulate = mle::accumulate(ctx)?;
         let p = &field.pass;
         let input_grad = field.input_grad();
+        // `extra` is what the stages read as `div`: the divergence integrands (forward)
+        // or the field's input gradient (adjoint).
         let make = |state: &wgpu::Buffer,
                     sd: usize,
                     extra: &wgpu::Buffer,
-                    init: &Arc<Kernel>,
-                    init_bufs: &[&wgpu::Buffer]|
+                    g_init: wgpu::BindGroup|
          -> Result<OdeSolve> {
             let k = ctx.storage("mle ode stages", ode::MAX_STAGES * batch * sd)?;
-            let all = [
+            let all = ode::StageBindings {
                 state,
-                &p.input,
-                p.output(),
-                &k,
-                &clock,
-                &history,
-                extra,
-                &field.cotangent,
-            ];
+                input: &p.input,
+                v: p.output(),
+                k: &k,
+                clock: &clock,
+                traj: &history,
+                div: extra,
+                cotangent: &field.cotangent,
+            };
             Ok(OdeSolve {
-                g_init: init.bind(ctx, &ode_arena, init_bufs),
+                g_init,
                 g_stage: stage.bind(ctx, &ode_arena, &all),
                 g_final: final_.bind(ctx, &ode_arena, &all),
                 state: state.clone(),
@@ -332,18 +332,50 @@ impl MleState {
             &fwd_state,
             fwd_stride,
             &field.div,
-            &noise,
-            &[&fwd_state, &p.input, &clock, data, &field.cotangent],
+            noise.bind(
+                ctx,
+                &ode_arena,
+                &ode::BaseNoiseBindings {
+                    state: &fwd_state,
+                    input: &p.input,
+                    clock: &clock,
+                    source: data,
+                    cotangent: &field.cotangent,
+                },
+            ),
         )?;
         let adj = make(
             &adj_state,
             2 * d,
             input_grad,
-            &start,
-            &[&adj_state, &p.input, &clock, &field.cotangent],
+            start.bind(
+                ctx,
+                &ode_arena,
+                &ode::StartBindings {
+                    state: &adj_state,
+                    input: &p.input,
+                    clock: &clock,
+                    cotangent: &field.cotangent,
+                },
+            ),
         )?;
-        let g_adj_start = adj_start.bind(ctx, &mle_arena, &[&fwd_state, &adj_state, sample_loss]);
-        let g_accumulate = accumulate.bind(ctx, &mle_arena, &[&field.stage_grads, grads]);
+        let g_adj_start = adj_start.bind(
+            ctx,
+            &mle_arena,
+            &mle::AdjointStartBindings {
+                fwd_state: &fwd_state,
+                adj_state: &adj_state,
+                sample_loss,
+            },
+        );
+        let g_accumulate = accumulate.bind(
+            ctx,
+            &mle_arena,
+            &mle::AccumulateBindings {
+                stage_grads: &field.stage_grads,
+                grads,
+            },
+        );
         let ode_base = ode::OdeParams {
             rows: batch as u32,
             dim: d as u32,
@@ -363,26 +395,59 @@ impl MleState {
         let backprop = if backprop_mode {
             let bars = ctx.storage("mle stage cotangents", (ns + 1) * batch * d)?;
             let bp = dto::BackpropKernels::get(ctx)?;
-            let all: [&wgpu::Buffer; 7] = [
-                &history,
-                &fwd_state,
-                &p.input,
-                &fwd.k,
-                &field.cotangent,
-                input_grad,
-                &bars,
-            ];
-            let pick =
-                |ids: &[usize]| -> Vec<&wgpu::Buffer> { ids.iter().map(|&i| all[i]).collect() };
             let arena = UniformArena::new(ctx, "backprop params", n_evals);
             let snapshot = ode::snapshot(ctx)?;
             Some(dto::Backprop {
-                g_start: bp.start.bind(ctx, &arena, &pick(&[1, 6])),
-                g_restore: bp.restore.bind(ctx, &arena, &pick(&[0, 1, 2])),
-                g_stage_input: bp.stage_input.bind(ctx, &arena, &pick(&[0, 2, 3])),
-                g_cotangent: bp.cotangent.bind(ctx, &arena, &pick(&[4, 6])),
-                g_collect: bp.collect.bind(ctx, &arena, &pick(&[5, 6])),
-                g_snapshot: snapshot.bind(ctx, &ode_arena, &[&fwd_state, &history]),
+                g_start: bp.start.bind(
+                    ctx,
+                    &arena,
+                    &backprop::StartBindings {
+                        state: &fwd_state,
+                        bars: &bars,
+                    },
+                ),
+                g_restore: bp.restore.bind(
+                    ctx,
+                    &arena,
+                    &backprop::RestoreBindings {
+                        history: &history,
+                        state: &fwd_state,
+                        input: &p.input,
+                    },
+                ),
+                g_stage_input: bp.stage_input.bind(
+                    ctx,
+                    &arena,
+                    &backprop::StageInputBindings {
+                        history: &history,
+                        input: &p.input,
+                        k: &fwd.k,
+                    },
+                ),
+                g_cotangent: bp.cotangent.bind(
+                    ctx,
+                    &arena,
+                    &backprop::CotangentBindings {
+                        cotangent: &field.cotangent,
+                        bars: &bars,
+                    },
+                ),
+                g_collect: bp.collect.bind(
+                    ctx,
+                    &arena,
+                    &backprop::CollectBindings {
+                        input_grad,
+                        bars: &bars,
+                    },
+                ),
+                g_snapshot: snapshot.bind(
+                    ctx,
+                    &ode_arena,
+                    &ode::SnapshotBindings {
+                        state: &fwd_state,
+                        traj: &history,
+                    },
+                ),
                 snapshot,
                 start: bp.start,
                 restore: bp.restore,
@@ -642,7 +707,7 @@ impl MleState {
         }
     }
 
-    fn stage_kernel(&self, last: bool) -> &Arc<Kernel> {
+    fn stage_kernel(&self, last: bool) -> &Entry<ode::Stage> {
         if last {
             &self.final_
         } else {
