@@ -43,14 +43,7 @@ struct CfmParams {
 @group(0) @binding(9) var<storage, read> labels: array<u32>;
 @group(0) @binding(10) var<storage, read> pairs: array<u32>;
 
-const PATH_OT: u32 = 0u;
-const PATH_VP: u32 = 1u;
-const PATH_POLY: u32 = 2u;
-const PATH_ICFM: u32 = 3u;
-const PATH_SB: u32 = 4u;
 const HALF_PI: f32 = 1.5707963267948966;
-const STREAM_EXTRA: u32 = 6u;
-const STREAM_LABEL: u32 = 7u;
 
 struct Coefs {
     a: f32,
@@ -65,24 +58,24 @@ struct Coefs {
 fn schedule(t: f32) -> Coefs {
     let q = p.path_param;
     switch p.path {
-        case 1u: {
+        case PATH_VP: {
             let c = cos(HALF_PI * t);
             let s = sin(HALF_PI * t);
             return Coefs(s, c, 0.0, HALF_PI * c, -HALF_PI * s, 0.0);
         }
-        case 2u: {
+        case PATH_POLY: {
             let tn = pow(t, q);
             let d = q * pow(t, q - 1.0);
             return Coefs(tn, 1.0 - tn, 0.0, d, -d, 0.0);
         }
-        case 3u: {
+        case PATH_ICFM: {
             return Coefs(t, 1.0 - t, q, 1.0, -1.0, 0.0);
         }
-        case 4u: {
+        case PATH_SB: {
             let r = sqrt(t * (1.0 - t));
             return Coefs(t, 1.0 - t, q * r, 1.0, -1.0, q * (1.0 - 2.0 * t) / (2.0 * r));
         }
-        default: {
+        default: { // PATH_OT
             let k = 1.0 - q;
             return Coefs(t, 1.0 - k * t, 0.0, 1.0, -k, 0.0);
         }

@@ -41,19 +41,8 @@ fn normal_at(seed: u32, stream: u32, a: u32, b: u32, j: u32) -> f32 {
     return select(pair.x, pair.y, (j & 1u) == 1u);
 }
 
-// RNG streams: one per purpose so draws never collide.
-const STREAM_INDEX: u32 = 1u;
-const STREAM_TIME: u32 = 2u;
-const STREAM_NOISE: u32 = 3u;
-const STREAM_BASE: u32 = 4u;
-
-// Activations (codes match model::Activation).
-const ACT_IDENTITY: u32 = 0u;
-const ACT_RELU: u32 = 1u;
-const ACT_SILU: u32 = 2u;
-const ACT_TANH: u32 = 3u;
-const ACT_SOFTPLUS: u32 = 4u;
-const ACT_SELU: u32 = 5u;
+// RNG streams (STREAM_*) and activation codes (ACT_*) come from the generated preamble
+// (src/kernels/codes.rs).
 const SELU_LAMBDA: f32 = 1.0507009873554805;
 const SELU_ALPHA: f32 = 1.6732632423543772;
 
@@ -70,14 +59,14 @@ fn tanh_stable(z: f32) -> f32 {
 
 fn activate(z: f32, act: u32) -> f32 {
     switch act {
-        case 1u: { return max(z, 0.0); }
-        case 2u: { return z * sigmoid(z); }
-        case 3u: { return tanh_stable(z); }
-        case 4u: {
+        case ACT_RELU: { return max(z, 0.0); }
+        case ACT_SILU: { return z * sigmoid(z); }
+        case ACT_TANH: { return tanh_stable(z); }
+        case ACT_SOFTPLUS: {
             // PyTorch's softplus (beta 1, threshold 20), written without overflow.
             return select(max(z, 0.0) + log(1.0 + exp(-abs(z))), z, z > 20.0);
         }
-        case 5u: { return select(SELU_LAMBDA * SELU_ALPHA * (exp(min(z, 0.0)) - 1.0), SELU_LAMBDA * z, z > 0.0); }
+        case ACT_SELU: { return select(SELU_LAMBDA * SELU_ALPHA * (exp(min(z, 0.0)) - 1.0), SELU_LAMBDA * z, z > 0.0); }
         default: { return z; }
     }
 }
@@ -85,11 +74,11 @@ fn activate(z: f32, act: u32) -> f32 {
 // d act / d z at pre-activation z.
 fn activate_grad(z: f32, act: u32) -> f32 {
     switch act {
-        case 1u: { return select(0.0, 1.0, z > 0.0); }
-        case 2u: { let s = sigmoid(z); return s * (1.0 + z * (1.0 - s)); }
-        case 3u: { let t = tanh_stable(z); return 1.0 - t * t; }
-        case 4u: { return select(sigmoid(z), 1.0, z > 20.0); }
-        case 5u: { return select(SELU_LAMBDA * SELU_ALPHA * exp(min(z, 0.0)), SELU_LAMBDA, z > 0.0); }
+        case ACT_RELU: { return select(0.0, 1.0, z > 0.0); }
+        case ACT_SILU: { let s = sigmoid(z); return s * (1.0 + z * (1.0 - s)); }
+        case ACT_TANH: { let t = tanh_stable(z); return 1.0 - t * t; }
+        case ACT_SOFTPLUS: { return select(sigmoid(z), 1.0, z > 20.0); }
+        case ACT_SELU: { return select(SELU_LAMBDA * SELU_ALPHA * exp(min(z, 0.0)), SELU_LAMBDA, z > 0.0); }
         default: { return 1.0; }
     }
 }
@@ -104,9 +93,9 @@ fn grad_from_output(act: u32) -> bool {
 // 2e-7, where λα·e^z is tiny: relative 1e-3 at z = −10; harmless next to the gradient).
 fn activate_grad_from_output4(h: vec4<f32>, act: u32) -> vec4<f32> {
     switch act {
-        case 1u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), h > vec4<f32>(0.0)); }
-        case 3u: { return 1.0 - h * h; }
-        case 5u: { return select(h + SELU_LAMBDA * SELU_ALPHA, vec4<f32>(SELU_LAMBDA), h > vec4<f32>(0.0)); }
+        case ACT_RELU: { return select(vec4<f32>(0.0), vec4<f32>(1.0), h > vec4<f32>(0.0)); }
+        case ACT_TANH: { return 1.0 - h * h; }
+        case ACT_SELU: { return select(h + SELU_LAMBDA * SELU_ALPHA, vec4<f32>(SELU_LAMBDA), h > vec4<f32>(0.0)); }
         default: { return vec4<f32>(1.0); }
     }
 }
@@ -114,10 +103,10 @@ fn activate_grad_from_output4(h: vec4<f32>, act: u32) -> vec4<f32> {
 // d² act / dz² (the gradient of a divergence goes through act'(z)).
 fn activate_grad2(z: f32, act: u32) -> f32 {
     switch act {
-        case 2u: { let s = sigmoid(z); return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s)); }
-        case 3u: { let t = tanh_stable(z); return -2.0 * t * (1.0 - t * t); }
-        case 4u: { let s = sigmoid(z); return select(s * (1.0 - s), 0.0, z > 20.0); }
-        case 5u: { return select(SELU_LAMBDA * SELU_ALPHA * exp(min(z, 0.0)), 0.0, z > 0.0); }
+        case ACT_SILU: { let s = sigmoid(z); return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s)); }
+        case ACT_TANH: { let t = tanh_stable(z); return -2.0 * t * (1.0 - t * t); }
+        case ACT_SOFTPLUS: { let s = sigmoid(z); return select(s * (1.0 - s), 0.0, z > 20.0); }
+        case ACT_SELU: { return select(SELU_LAMBDA * SELU_ALPHA * exp(min(z, 0.0)), 0.0, z > 0.0); }
         default: { return 0.0; }
     }
 }

@@ -60,7 +60,6 @@ struct StepLayer {
 // The model's shape and layers, fixed for a run. A uniform table, not storage: llvmpipe then
 // knows every lane sees the same layer, so loop bounds and the activation switch are real
 // branches and loads are scalar.
-const MAX_LAYERS: u32 = 16u;
 struct StepTable {
     s: StepParams,
     layers: array<StepLayer, MAX_LAYERS>,

@@ -79,17 +79,10 @@ struct OdeParams {
 @group(0) @binding(8) var<storage, read> source: array<f32>;
 @group(0) @binding(9) var<storage, read_write> cotangent: array<f32>;
 
-const CLOCK: u32 = 8u;
-const DIV_STRIDE: u32 = 4u;
-const NO_CLASS: u32 = 0xffffffffu;
 
 fn guided() -> bool {
     return p.class_id != NO_CLASS && p.guidance != 0.0;
 }
-const RUNNING: f32 = 0.0;
-const DONE: f32 = 1.0;
-const UNDERFLOW: f32 = 2.0;
-const NONFINITE: f32 = 3.0;
 
 fn coef_at(q: u32) -> f32 {
     return p.coef[q >> 2u][q & 3u];

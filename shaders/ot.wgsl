@@ -31,7 +31,6 @@ struct OtParams {
 // eps[0] = ε (written by ot_scale).
 @group(0) @binding(8) var<storage, read_write> eps: array<f32>;
 
-const STREAM_COUPLING: u32 = 8u;
 
 fn cost(i: u32, j: u32) -> f32 {
     var c = 0.0;

@@ -41,19 +41,13 @@ struct TraceParams {
 @group(0) @binding(6) var<storage, read_write> dv: array<f32>;
 
 // Floats per row of `div` (DIV_STRIDE in src/kernels/trace.rs).
-const DIV_STRIDE: u32 = 4u;
-
-const PROBE_EXACT: u32 = 0u;
-const PROBE_GAUSSIAN: u32 = 1u;
-const PROBE_RADEMACHER: u32 = 2u;
-const STREAM_PROBE: u32 = 5u;
 
 fn probe_value(i: u32, m: u32, j: u32) -> f32 {
     switch p.probe {
-        case 1u: {
+        case PROBE_GAUSSIAN: {
             return normal_at(p.seed, STREAM_PROBE, p.row_offset + i, m, j);
         }
-        case 2u: {
+        case PROBE_RADEMACHER: {
             let bits = rng_bits(p.seed, STREAM_PROBE, p.row_offset + i, m, j);
             return select(-1.0, 1.0, (bits & 0x80000000u) != 0u);
         }

@@ -1,5 +1,6 @@
-//! `flowgpu bench`: the standard workloads of `shared/baselines/torch_cfm_bench.py`, with
-//! the same names, networks and sizes, so one run of each on the same machine gives a ratio.
+//! `flowgpu bench`: the standard workloads, with the same names, networks and sizes as the
+//! PyTorch reference `benches/torch_baseline.py`, so one run of each on one machine gives a
+//! ratio.
 //! FLOPs are counted analytically as the baseline does (matmuls only: 2·in·out per linear
 //! layer per sample; a training step is 3× a forward; L-exact 3×, L-hutch 2× per evaluation),
 //! and each workload is also put against flowgpu's own matmul kernel at the same layer shape

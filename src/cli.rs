@@ -41,7 +41,7 @@ enum Command {
     Density(DensityArgs),
     /// List every adapter wgpu can see.
     Adapters(AdaptersArgs),
-    /// Throughput of the standard workloads (names as in shared/baselines/torch_cfm_bench.py).
+    /// Throughput of the standard workloads (as in benches/torch_baseline.py; docs/performance.md).
     Bench(BenchArgs),
 }
 
@@ -530,7 +530,7 @@ pub fn run() -> Result<()> {
 }
 
 fn adapters(a: AdaptersArgs) -> Result<()> {
-    let list = flowgpu::gpu::list_adapters(a.gpu.backend);
+    let list = flowgpu::gpu::list_adapters(a.gpu.backend)?;
     if list.is_empty() {
         return Err(Error::NoAdapter(
             "no GPU adapter found; install Mesa lavapipe (`apt-get install mesa-vulkan-drivers`) for a software adapter".into(),
@@ -1616,7 +1616,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     let choices: Vec<AdapterChoice> = if a.adapter.as_deref() == Some("all") {
-        flowgpu::gpu::list_adapters(a.backend)
+        flowgpu::gpu::list_adapters(a.backend)?
             .into_iter()
             .map(|s| AdapterChoice {
                 name: Some(s.name),

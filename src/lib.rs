@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod mle;
 pub mod mlp;
 pub mod model;
+pub mod ode;
 pub mod path;
 pub mod plot;
 pub mod reference;

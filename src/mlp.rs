@@ -541,10 +541,8 @@ impl FusedLayout {
     /// Measured at W-small (batch 256) on lavapipe, 2 cores: 32 rows 1160 µs per step
     /// kernel, 64 rows 1030, 128 rows 980.
     pub fn group_rows(rows: usize) -> usize {
-        let want = std::env::var("FLOWGPU_STEP_GROUP_ROWS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(128);
+        // A context exists by now, so the settings parsed.
+        let want = crate::gpu::Settings::global().map_or(128, |s| s.step_group_rows);
         let tile = fused_mlp::TILE_ROWS;
         let all = rows.div_ceil(tile).max(1) * tile;
         (want.div_ceil(tile).max(1) * tile).min(all)

@@ -1,7 +1,9 @@
 //! The vector field v_θ(x, t): an MLP description, its parameter layout on the GPU,
 //! initialization, and the checkpoint files (`model.safetensors` + `config.json`).
 
+pub use crate::data::Standardization;
 use crate::error::{Error, Result};
+use crate::kernels::codes;
 use crate::path::GaussianPath;
 use rand::Rng;
 use std::collections::HashMap;
@@ -52,12 +54,12 @@ impl Activation {
     /// Code of the activation in common.wgsl (ACT_*).
     pub fn gpu_code(self) -> u32 {
         match self {
-            Activation::Identity => 0,
-            Activation::Relu => 1,
-            Activation::Silu => 2,
-            Activation::Tanh => 3,
-            Activation::Softplus => 4,
-            Activation::Selu => 5,
+            Activation::Identity => codes::ACT_IDENTITY,
+            Activation::Relu => codes::ACT_RELU,
+            Activation::Silu => codes::ACT_SILU,
+            Activation::Tanh => codes::ACT_TANH,
+            Activation::Softplus => codes::ACT_SOFTPLUS,
+            Activation::Selu => codes::ACT_SELU,
         }
     }
 
@@ -432,28 +434,31 @@ impl Weights {
     }
 }
 
-/// Per-column standardization of the data: the model sees (x − mean) / std.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Standardization {
-    pub mean: Vec<f64>,
-    pub std: Vec<f64>,
+/// Time input columns (time_feature in common.wgsl).
+pub fn time_feature(c: usize, t: f64) -> f64 {
+    if c == 0 {
+        return t;
+    }
+    let f = (c - 1) >> 1;
+    let w = std::f64::consts::PI * (1u64 << f) as f64 * t;
+    if (c - 1) & 1 == 1 {
+        w.cos()
+    } else {
+        w.sin()
+    }
 }
 
-impl Standardization {
-    pub fn apply(&self, data: &mut [f32]) {
-        for row in data.chunks_mut(self.mean.len()) {
-            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
-                *x = ((*x as f64 - m) / s) as f32;
-            }
-        }
-    }
-    pub fn undo(&self, data: &mut [f32]) {
-        for row in data.chunks_mut(self.mean.len()) {
-            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
-                *x = (*x as f64 * s + m) as f32;
-            }
-        }
-    }
+/// One MLP input row [x, time features, class one-hot (all zeros)].
+pub fn input_row(cfg: &MlpConfig, x: &[f64], t: f64) -> Vec<f64> {
+    input_row_class(cfg, x, t, None)
+}
+
+/// One MLP input row [x, time features, one-hot of `class`] (no class: all zeros).
+pub fn input_row_class(cfg: &MlpConfig, x: &[f64], t: f64, class: Option<usize>) -> Vec<f64> {
+    let mut row = x.to_vec();
+    row.extend((0..cfg.time_cols()).map(|c| time_feature(c, t)));
+    row.extend((0..cfg.classes).map(|k| if Some(k) == class { 1.0 } else { 0.0 }));
+    row
 }
 
 /// Everything besides the weights needed to rebuild a model (config.json).

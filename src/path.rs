@@ -5,6 +5,7 @@
 //! shaders/cfm.wgsl; adding a path means one variant here and one branch there.
 
 use crate::error::{Error, Result};
+use crate::kernels::codes;
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -78,11 +79,11 @@ impl GaussianPath {
     /// Code of the path in cfm.wgsl (PATH_*).
     pub fn gpu_code(&self) -> u32 {
         match self {
-            GaussianPath::Ot { .. } => 0,
-            GaussianPath::Vp => 1,
-            GaussianPath::Poly { .. } => 2,
-            GaussianPath::Icfm { .. } => 3,
-            GaussianPath::Sb { .. } => 4,
+            GaussianPath::Ot { .. } => codes::PATH_OT,
+            GaussianPath::Vp => codes::PATH_VP,
+            GaussianPath::Poly { .. } => codes::PATH_POLY,
+            GaussianPath::Icfm { .. } => codes::PATH_ICFM,
+            GaussianPath::Sb { .. } => codes::PATH_SB,
         }
     }
 

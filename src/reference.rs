@@ -12,32 +12,7 @@ pub struct Activations {
     pub z: Vec<Vec<f64>>,
 }
 
-/// Time input columns (time_feature in common.wgsl).
-pub fn time_feature(c: usize, t: f64) -> f64 {
-    if c == 0 {
-        return t;
-    }
-    let f = (c - 1) >> 1;
-    let w = std::f64::consts::PI * (1u64 << f) as f64 * t;
-    if (c - 1) & 1 == 1 {
-        w.cos()
-    } else {
-        w.sin()
-    }
-}
-
-/// One MLP input row [x, time features, class one-hot (all zeros)].
-pub fn input_row(cfg: &MlpConfig, x: &[f64], t: f64) -> Vec<f64> {
-    input_row_class(cfg, x, t, None)
-}
-
-/// One MLP input row [x, time features, one-hot of `class`] (no class: all zeros).
-pub fn input_row_class(cfg: &MlpConfig, x: &[f64], t: f64, class: Option<usize>) -> Vec<f64> {
-    let mut row = x.to_vec();
-    row.extend((0..cfg.time_cols()).map(|c| time_feature(c, t)));
-    row.extend((0..cfg.classes).map(|k| if Some(k) == class { 1.0 } else { 0.0 }));
-    row
-}
+pub use crate::model::{input_row, input_row_class, time_feature};
 
 pub fn forward(cfg: &MlpConfig, w: &Weights, input: &[f64]) -> Activations {
     let n = input.len() / cfg.in_features();
@@ -269,7 +244,7 @@ fn stage_point(x: &[f64], h: f64, a: &[f64], k: &[Vec<f64>]) -> Vec<f64> {
 }
 
 /// Fixed-step explicit Runge–Kutta on the grid `times`, every row of x (row-major).
-pub fn rk_solve(f: &Field, x: &mut [f64], dim: usize, times: &[f64], tab: &crate::solve::Tableau) {
+pub fn rk_solve(f: &Field, x: &mut [f64], dim: usize, times: &[f64], tab: &crate::ode::Tableau) {
     for row in x.chunks_mut(dim) {
         for w in times.windows(2) {
             let (t, h) = (w[0], w[1] - w[0]);
@@ -292,9 +267,9 @@ pub fn dopri5_solve(
     dim: usize,
     t0: f64,
     t1: f64,
-    tol: &crate::solve::Tolerances,
+    tol: &crate::ode::Tolerances,
 ) -> Option<Vec<(u32, u32)>> {
-    let tab = crate::solve::Tableau::dopri5();
+    let tab = crate::ode::Tableau::dopri5();
     let e = tab.e.clone().unwrap();
     let mut counts = Vec::new();
     for row in x.chunks_mut(dim) {
@@ -394,8 +369,8 @@ pub fn log_prob_rk4(cfg: &MlpConfig, w: &Weights, x: &[f64], steps: usize) -> (f
         v
     };
     let mut s: Vec<f64> = x.iter().copied().chain([0.0]).collect();
-    let times = crate::solve::TimeGrid::Uniform.times(1.0, 0.0, steps);
-    rk_solve(&field, &mut s, d + 1, &times, &crate::solve::Tableau::rk4());
+    let times = crate::ode::TimeGrid::Uniform.times(1.0, 0.0, steps);
+    rk_solve(&field, &mut s, d + 1, &times, &crate::ode::Tableau::rk4());
     let z = s[..d].to_vec();
     let logn = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()
         - 0.5 * z.iter().map(|v| v * v).sum::<f64>();
@@ -412,8 +387,8 @@ pub struct Probes {
 
 impl Probes {
     /// The directions `probe_init` writes for global row `row`.
-    pub fn draw(trace: crate::solve::Trace, dim: usize, row: u32) -> Probes {
-        use crate::solve::Trace;
+    pub fn draw(trace: crate::ode::Trace, dim: usize, row: u32) -> Probes {
+        use crate::ode::Trace;
         match trace {
             Trace::Exact => Probes {
                 u: (0..dim)
@@ -604,7 +579,7 @@ pub fn field_vjp(
 /// What a maximum-likelihood objective integrates and weighs.
 #[derive(Clone, Debug)]
 pub struct MleSpec {
-    pub tableau: crate::solve::Tableau,
+    pub tableau: crate::ode::Tableau,
     /// Uniform steps from t = 1 to 0.
     pub steps: usize,
     /// λ of ∫‖v‖² dt.
@@ -625,7 +600,7 @@ pub fn mle_objective(
 ) -> (f64, f64) {
     let d = cfg.dim;
     let b = rows.len() / d;
-    let times = crate::solve::TimeGrid::Uniform.times(1.0, 0.0, spec.steps);
+    let times = crate::ode::TimeGrid::Uniform.times(1.0, 0.0, spec.steps);
     let log_norm = 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
     let (mut obj, mut nll) = (0.0, 0.0);
     for (x, pr) in rows.chunks(d).zip(probes) {

@@ -12,6 +12,7 @@ pub const STREAM_BASE: u32 = 4;
 pub const STREAM_PROBE: u32 = 5;
 pub const STREAM_EXTRA: u32 = 6;
 pub const STREAM_LABEL: u32 = 7;
+pub const STREAM_COUPLING: u32 = 8;
 
 pub fn pcg_hash(v: u32) -> u32 {
     let state = v.wrapping_mul(747796405).wrapping_add(2891336453);

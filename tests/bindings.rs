@@ -42,7 +42,11 @@ fn access_of(space: AddressSpace) -> Option<Access> {
 /// What is wrong with one entry point's declarations, if anything.
 fn problems(spec: &Spec, module: &naga::Module, info: &naga::valid::ModuleInfo) -> Vec<String> {
     let at = format!("{}::{}", spec.shader.file_name(), spec.entry);
-    let Some(index) = module.entry_points.iter().position(|e| e.name == spec.entry) else {
+    let Some(index) = module
+        .entry_points
+        .iter()
+        .position(|e| e.name == spec.entry)
+    else {
         return vec![format!("{at}: no such entry point")];
     };
     let uses = info.get_entry_point(index);
@@ -119,7 +123,9 @@ fn params_problems(
     }
     let named = |n: &str| !n.starts_with('_');
     for m in members {
-        let Some(name) = m.name.as_deref().filter(|n| named(n)) else { continue };
+        let Some(name) = m.name.as_deref().filter(|n| named(n)) else {
+            continue;
+        };
         match spec.params_fields.iter().find(|f| f.name == name) {
             None => out.push(format!("{at}: {}.{name} has no Rust field", spec.params)),
             Some(f) if f.offset != m.offset as usize => out.push(format!(
@@ -131,7 +137,10 @@ fn params_problems(
     }
     for f in spec.params_fields.iter().filter(|f| named(f.name)) {
         if !members.iter().any(|m| m.name.as_deref() == Some(f.name)) {
-            out.push(format!("{at}: Rust field {}.{} is not in WGSL", spec.params, f.name));
+            out.push(format!(
+                "{at}: Rust field {}.{} is not in WGSL",
+                spec.params, f.name
+            ));
         }
     }
     out
@@ -145,7 +154,11 @@ fn every_entry_point_binds_what_its_shader_declares() {
         let (module, info) = module(spec.shader);
         all.extend(problems(&spec, &module, &info));
     }
-    assert!(all.is_empty(), "binding contract broken:\n{}", all.join("\n"));
+    assert!(
+        all.is_empty(),
+        "binding contract broken:\n{}",
+        all.join("\n")
+    );
 }
 
 /// No compute entry point of any family lacks a Rust declaration (and so this test).
@@ -161,7 +174,10 @@ fn every_wgsl_entry_point_has_a_declared_binding_set() {
             }
         }
     }
-    assert!(missing.is_empty(), "entry points without a binding set: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "entry points without a binding set: {missing:?}"
+    );
 }
 
 /// Each entry point is declared once, so no two wrappers disagree about it.

@@ -4,7 +4,6 @@
 pub mod toys;
 
 use crate::error::{Error, Result};
-use crate::model::Standardization;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::Path;
@@ -289,5 +288,29 @@ impl Dataset {
             labels: take_labels(&idx[n_val..]),
         };
         Ok((train, Some(val)))
+    }
+}
+
+/// Per-column standardization of the data: the model sees (x − mean) / std.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Standardization {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Standardization {
+    pub fn apply(&self, data: &mut [f32]) {
+        for row in data.chunks_mut(self.mean.len()) {
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = ((*x as f64 - m) / s) as f32;
+            }
+        }
+    }
+    pub fn undo(&self, data: &mut [f32]) {
+        for row in data.chunks_mut(self.mean.len()) {
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = (*x as f64 * s + m) as f32;
+            }
+        }
     }
 }

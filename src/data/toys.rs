@@ -1,5 +1,5 @@
 //! The eight 2-D toy distributions of FFJORD (Grathwohl et al., 2019), defined exactly
-//! as in the reference code (see `shared/notes/toys.md`) so that results compare with
+//! as in the reference code (FFJORD's toy definitions) so that results compare with
 //! published numbers and with the PyTorch baselines.
 //!
 //! Everything is computed in f64 and stored as f32, row-major `[n * 2]`. Sampling

@@ -8,12 +8,21 @@
 pub mod arena;
 pub mod pipeline_cache;
 pub mod profile;
+pub mod settings;
+pub mod tiles;
 
 pub use arena::UniformArena;
+pub use settings::Settings;
+pub use tiles::Tiles;
 
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
+
+/// Compiled pipelines of a context (see [`GpuContext::pipelines`]).
+pub(crate) type PipelineMap = Mutex<
+    std::collections::HashMap<(&'static str, &'static str), Arc<dyn std::any::Any + Send + Sync>>,
+>;
 
 /// Which backend to restrict the adapter search to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -90,7 +99,7 @@ fn backend_name(b: wgpu::Backend) -> String {
     .to_string()
 }
 
-fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
+fn summarize(adapter: &wgpu::Adapter, settings: &Settings) -> AdapterSummary {
     let info = adapter.get_info();
     let l = adapter.limits();
     AdapterSummary {
@@ -106,7 +115,7 @@ fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
         max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
         max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
         subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
-        kernel_tiles: tiles_of(adapter).variant().to_string(),
+        kernel_tiles: tiles_of(adapter, settings).variant().to_string(),
         features: notable_features(adapter.features()),
     }
 }
@@ -120,12 +129,13 @@ fn class_of(info: &wgpu::AdapterInfo) -> AdapterClass {
 }
 
 /// The kernel tiles for an adapter (a device opened on it requests its subgroup feature).
-fn tiles_of(adapter: &wgpu::Adapter) -> crate::kernels::Tiles {
+fn tiles_of(adapter: &wgpu::Adapter, settings: &Settings) -> Tiles {
     let info = adapter.get_info();
-    crate::kernels::Tiles::for_adapter(
+    Tiles::for_adapter(
         class_of(&info),
         (info.subgroup_min_size, info.subgroup_max_size),
         adapter.features().contains(wgpu::Features::SUBGROUP),
+        settings,
     )
 }
 
@@ -183,11 +193,13 @@ on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` (Mesa lavapipe, Vulkan) o
 `libegl-mesa0 libgl1-mesa-dri` (llvmpipe, GL); see `flowgpu adapters`";
 
 /// Every adapter wgpu can see, in preference order.
-pub fn list_adapters(backend: Option<BackendChoice>) -> Vec<AdapterSummary> {
+pub fn list_adapters(backend: Option<BackendChoice>) -> Result<Vec<AdapterSummary>> {
+    let settings = Settings::global()?;
+    let backend = backend.or(settings.backend);
     let inst = instance(backend);
     let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend)));
     adapters.sort_by_key(|a| preference(&a.get_info()));
-    adapters.iter().map(summarize).collect()
+    Ok(adapters.iter().map(|a| summarize(a, settings)).collect())
 }
 
 fn inst_backends(backend: Option<BackendChoice>) -> wgpu::Backends {
@@ -206,10 +218,12 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub class: AdapterClass,
-    /// Tile shapes and kernel variants for this device (see [`crate::kernels::Tiles`]).
-    pub tiles: crate::kernels::Tiles,
+    /// Tile shapes and kernel variants for this device (see [`Tiles`]).
+    pub tiles: Tiles,
     errors: ErrorSlot,
-    pub(crate) pipelines: crate::kernels::PipelineCache,
+    /// Compiled kernels, keyed by (shader file, entry point); their type is the kernels
+    /// layer's, which this layer does not know.
+    pub(crate) pipelines: PipelineMap,
     /// The driver's compiled pipelines kept on disk across runs, where the backend can
     /// (Vulkan); written back when the context is dropped.
     pub disk_cache: Option<pipeline_cache::DiskPipelineCache>,
@@ -221,14 +235,17 @@ pub struct GpuContext {
 
 impl GpuContext {
     /// Pick an adapter as `choice` says and open a device with the adapter's own limits.
+    /// Where `choice` names no adapter or backend, `FLOWGPU_ADAPTER` and `FLOWGPU_BACKEND`
+    /// do ([`Settings`]).
     pub fn new(choice: &AdapterChoice) -> Result<Self> {
-        let inst = instance(choice.backend);
-        let mut adapters =
-            pollster::block_on(inst.enumerate_adapters(inst_backends(choice.backend)));
+        let settings = Settings::global()?;
+        let backend = choice.backend.or(settings.backend);
+        let inst = instance(backend);
+        let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend)));
         if adapters.is_empty() {
             return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
         }
-        if let Some(name) = &choice.name {
+        if let Some(name) = choice.name.as_ref().or(settings.adapter.as_ref()) {
             let needle = name.to_lowercase();
             let all: Vec<String> = adapters
                 .iter()
@@ -293,11 +310,12 @@ impl GpuContext {
         });
         let class = class_of(&info);
         let profiler = profile.then(|| Arc::new(profile::Profiler::new(&device, &queue)));
-        let tiles = tiles_of(&adapter);
+        let settings = Settings::global()?;
+        let tiles = tiles_of(&adapter, settings);
         let cache_dir = choice
             .pipeline_cache_dir
             .clone()
-            .or_else(pipeline_cache::cache_dir);
+            .or_else(|| pipeline_cache::cache_dir(&settings.pipeline_cache));
         let disk_cache = cache_dir.and_then(|dir| {
             pipeline_cache::DiskPipelineCache::open(&device, &info, device.features(), &dir)
         });

@@ -27,11 +27,12 @@ pub struct DiskPipelineCache {
 }
 
 /// The directory the cache lives in, or None when disabled or no home is known.
-pub fn cache_dir() -> Option<PathBuf> {
-    match std::env::var_os("FLOWGPU_PIPELINE_CACHE") {
-        Some(v) if v == "off" || v == "0" || v.is_empty() => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => std::env::var_os("XDG_CACHE_HOME")
+pub fn cache_dir(setting: &super::settings::CacheDir) -> Option<PathBuf> {
+    use super::settings::CacheDir;
+    match setting {
+        CacheDir::Off => None,
+        CacheDir::Dir(d) => Some(d.clone()),
+        CacheDir::Default => std::env::var_os("XDG_CACHE_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))

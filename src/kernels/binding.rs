@@ -153,12 +153,7 @@ impl<B: Bindings> Entry<B> {
 
     /// The kernel with its bind group: what a driver that picks among kernels of
     /// different binding sets at record time (the ODE stage program) keeps.
-    pub fn bound(
-        &self,
-        ctx: &GpuContext,
-        arena: &UniformArena,
-        buffers: &B::Buffers<'_>,
-    ) -> Bound {
+    pub fn bound(&self, ctx: &GpuContext, arena: &UniformArena, buffers: &B::Buffers<'_>) -> Bound {
         Bound {
             group: self.bind(ctx, arena, buffers),
             kernel: self.kernel.clone(),
@@ -257,17 +252,11 @@ impl Bound {
 /// for benchmarks that time a kernel alone, whatever its binding set.
 pub trait BindScratch {
     /// The kernel bound to one new buffer per slot.
-    fn bind_scratch(&self, ctx: &GpuContext, arena: &UniformArena, floats: usize)
-        -> Result<Bound>;
+    fn bind_scratch(&self, ctx: &GpuContext, arena: &UniformArena, floats: usize) -> Result<Bound>;
 }
 
 impl<B: Bindings> BindScratch for Entry<B> {
-    fn bind_scratch(
-        &self,
-        ctx: &GpuContext,
-        arena: &UniformArena,
-        floats: usize,
-    ) -> Result<Bound> {
+    fn bind_scratch(&self, ctx: &GpuContext, arena: &UniformArena, floats: usize) -> Result<Bound> {
         let buffers = B::SLOTS
             .iter()
             .map(|s| ctx.storage(s.name, floats))

@@ -5,8 +5,8 @@
 /// Rows per row tile of the fused kernels (their forward and input-gradient tiles).
 pub const TILE_ROWS: usize = 16;
 
-/// Layers a table holds (`MAX_LAYERS` in fused_mlp_subgroup.wgsl).
-pub const MAX_LAYERS: usize = 16;
+/// Layers a table holds.
+pub const MAX_LAYERS: usize = super::codes::MAX_LAYERS as usize;
 
 /// Mirrors `StepParams` in fused_mlp_subgroup.wgsl.
 #[repr(C)]

@@ -67,7 +67,8 @@ crate::bindings! {
     }
 }
 
-pub const BACKWARD_INPUT: EntryPoint<Input> = EntryPoint::new(Shader::MlpBackward, "backward_input");
+pub const BACKWARD_INPUT: EntryPoint<Input> =
+    EntryPoint::new(Shader::MlpBackward, "backward_input");
 pub const BACKWARD_INPUT_JVP: EntryPoint<Input> =
     EntryPoint::new(Shader::MlpBackward, "backward_input_jvp");
 pub const BACKWARD_WEIGHT: EntryPoint<Weight> =

@@ -10,6 +10,7 @@ pub mod backprop;
 pub mod binding;
 pub mod cfm;
 pub mod cfm_step;
+pub mod codes;
 pub mod field;
 pub mod fused_mlp;
 pub mod matmul;
@@ -22,9 +23,9 @@ pub mod trace;
 pub use binding::{Access, BindScratch, Bindings, Bound, Entry, EntryPoint, Slot, Spec};
 
 use crate::error::{Error, Result};
-use crate::gpu::{AdapterClass, GpuContext, UniformArena};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+pub use crate::gpu::Tiles;
+use crate::gpu::{GpuContext, UniformArena};
+use std::sync::Arc;
 
 /// One WGSL file of `shaders/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,7 +149,7 @@ impl Shader {
         };
         format!(
             "{}\n{}\n{}\n{}\n{}\n{}",
-            tiles.preamble(),
+            preamble(tiles),
             COMMON,
             subgroup,
             fused,
@@ -158,125 +159,17 @@ impl Shader {
     }
 }
 
-/// Workgroup shapes and batching choices, fixed per adapter class. (The register tiles
-/// per thread are fixed in the WGSL files; their wrappers mirror them.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tiles {
-    /// 2-D workgroup shape of the matmul-like kernels.
-    pub wg_x: u32,
-    pub wg_y: u32,
-    /// Workgroup size of the 1-D kernels (also their reduction width).
-    pub wg1: u32,
-    /// Rows per weight-gradient partial sum.
-    pub weight_chunk_rows: u32,
-    /// Batches up to this many rows take one chunk (no reduction pass).
-    pub single_chunk_rows: u32,
-    /// The MLP kernels use the subgroup-broadcast tiles of `matmul_subgroup.wgsl` and
-    /// `mlp_backward_subgroup.wgsl` (adapters whose subgroups are exactly 8 lanes).
-    pub subgroup8: bool,
-    /// Small models train with the one-dispatch step of `cfm_step_subgroup.wgsl` (needs
-    /// `subgroup8`; FLOWGPU_FUSED_STEP=0 turns it off).
-    pub fused_step: bool,
-    /// The adapter runs a one-subgroup workgroup as one SIMD thread, in program order (a
-    /// CPU adapter: llvmpipe), so its lanes see each other's storage writes without a
-    /// barrier and the fused step drops its barriers between phases (`LOCKSTEP_SUBGROUP`
-    /// in the preamble; FLOWGPU_PHASE_BARRIERS=1 keeps them).
-    pub lockstep_subgroup: bool,
-}
-
-impl Tiles {
-    /// Software adapters run a workgroup on one core in SIMD-8 groups: small workgroups,
-    /// long chunks. Real GPUs want many threads per workgroup and more chunks.
-    pub fn for_class(class: AdapterClass) -> Tiles {
-        if let Some(t) = Self::from_env() {
-            return t;
-        }
-        match class {
-            AdapterClass::Software => Tiles {
-                wg_x: 8,
-                wg_y: 8,
-                wg1: 256,
-                weight_chunk_rows: 256,
-                single_chunk_rows: 256,
-                subgroup8: false,
-                fused_step: false,
-                lockstep_subgroup: false,
-            },
-            AdapterClass::Hardware => Tiles {
-                wg_x: 16,
-                wg_y: 16,
-                wg1: 256,
-                weight_chunk_rows: 128,
-                single_chunk_rows: 128,
-                subgroup8: false,
-                fused_step: false,
-                lockstep_subgroup: false,
-            },
-        }
-    }
-
-    /// The tiles for an adapter: its class's preset, with the subgroup tiles when the
-    /// device has subgroups of exactly 8 lanes (lavapipe: 2–3× the GFLOP/s of the plain
-    /// tiles) unless FLOWGPU_SUBGROUP_TILES=0 or FLOWGPU_TILES is set.
-    pub fn for_adapter(class: AdapterClass, subgroup_sizes: (u32, u32), subgroups: bool) -> Tiles {
-        // FLOWGPU_TILES tunes the plain tiles: it keeps them.
-        let off = std::env::var("FLOWGPU_SUBGROUP_TILES").is_ok_and(|v| v == "0")
-            || Self::from_env().is_some();
-        let base = Self::for_class(class);
-        if !subgroups || subgroup_sizes != (8, 8) || off {
-            return base;
-        }
-        Tiles {
-            subgroup8: true,
-            fused_step: !std::env::var("FLOWGPU_FUSED_STEP").is_ok_and(|v| v == "0"),
-            lockstep_subgroup: class == AdapterClass::Software
-                && !std::env::var("FLOWGPU_PHASE_BARRIERS").is_ok_and(|v| v == "1"),
-            // A subgroup weight-gradient workgroup covers 16 × 32 weights: one chunk of up to
-            // 1024 rows still gives 2 cores enough workgroups at width 64 and saves the
-            // reduction pass (MLE steps at batch 256 × 3 stacked rows: 128 dispatches);
-            // longer batches keep 256-row chunks (1024 measured ~10% slower at W-fm).
-            single_chunk_rows: 1024,
-            ..base
-        }
-    }
-
-    /// Name of the MLP kernel variant, as `flowgpu bench` and `adapters` report it.
-    pub fn variant(&self) -> &'static str {
-        if self.subgroup8 {
-            "subgroup8"
-        } else {
-            "plain"
-        }
-    }
-
-    /// FLOWGPU_TILES="wg_x,wg_y,weight_chunk_rows" overrides the preset (tuning runs).
-    fn from_env() -> Option<Tiles> {
-        let v: Vec<u32> = std::env::var("FLOWGPU_TILES")
-            .ok()?
-            .split(',')
-            .filter_map(|x| x.trim().parse().ok())
-            .collect();
-        if v.len() != 3 || v.contains(&0) {
-            return None;
-        }
-        Some(Tiles {
-            wg_x: v[0],
-            wg_y: v[1],
-            wg1: 256,
-            weight_chunk_rows: v[2],
-            single_chunk_rows: v[2],
-            subgroup8: false,
-            fused_step: false,
-            lockstep_subgroup: false,
-        })
-    }
-
-    fn preamble(&self) -> String {
-        format!(
-            "// generated by src/kernels/mod.rs\nconst WG_X: u32 = {}u;\nconst WG_Y: u32 = {}u;\nconst WG1: u32 = {}u;\nconst LOCKSTEP_SUBGROUP: bool = {};\n",
-            self.wg_x, self.wg_y, self.wg1, self.lockstep_subgroup
-        )
-    }
+/// The generated head of every family: the tile constants of `tiles` and the constants
+/// shared with Rust ([`codes`]).
+fn preamble(tiles: &Tiles) -> String {
+    format!(
+        "// generated by src/kernels/mod.rs\nconst WG_X: u32 = {}u;\nconst WG_Y: u32 = {}u;\nconst WG1: u32 = {}u;\nconst LOCKSTEP_SUBGROUP: bool = {};\n// shared with Rust: src/kernels/codes.rs\n{}",
+        tiles.wg_x,
+        tiles.wg_y,
+        tiles.wg1,
+        tiles.lockstep_subgroup,
+        codes::wgsl()
+    )
 }
 
 /// Parse and validate a family's WGSL with naga (no adapter needed).
@@ -305,9 +198,6 @@ pub struct Kernel {
     profiler: Option<Arc<crate::gpu::profile::Profiler>>,
 }
 
-/// Compiled kernels of a context, keyed by (family, entry point).
-pub type PipelineCache = Mutex<HashMap<(Shader, &'static str), Arc<Kernel>>>;
-
 impl Kernel {
     /// The kernel `entry` of `shader`, compiled once per context and cached (callers go
     /// through [`EntryPoint::get`], which names the binding set).
@@ -317,12 +207,16 @@ impl Kernel {
         entry: &'static str,
         storage: &'static [Slot],
     ) -> Result<Arc<Kernel>> {
+        let key = (shader.file_name(), entry);
         let mut cache = ctx.pipelines.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = cache.get(&(shader, entry)) {
-            return Ok(k.clone());
+        if let Some(k) = cache
+            .get(&key)
+            .and_then(|k| k.clone().downcast::<Kernel>().ok())
+        {
+            return Ok(k);
         }
         let k = Arc::new(Self::compile(ctx, shader, entry, storage)?);
-        cache.insert((shader, entry), k.clone());
+        cache.insert(key, k.clone());
         Ok(k)
     }
 
@@ -338,15 +232,7 @@ impl Kernel {
             label: Some(shader.file_name()),
             source: wgpu::ShaderSource::Wgsl(shader.source(&tiles).into()),
         };
-        let module = if std::env::var_os("FLOWGPU_TRUSTED").is_some() {
-            // SAFETY: experiment switch; indices are clamped in the kernels themselves.
-            unsafe {
-                ctx.device
-                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-            }
-        } else {
-            ctx.device.create_shader_module(desc)
-        };
+        let module = ctx.device.create_shader_module(desc);
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -357,7 +243,10 @@ impl Kernel {
             },
             count: None,
         }];
-        for &Slot { binding, access, .. } in storage {
+        for &Slot {
+            binding, access, ..
+        } in storage
+        {
             let ty = match access {
                 Access::Uniform => wgpu::BufferBindingType::Uniform,
                 _ => wgpu::BufferBindingType::Storage {

@@ -1,18 +1,12 @@
 //! Wrapper of `shaders/ode.wgsl`: fused Runge–Kutta stages and adaptive step control.
 
-use super::{grid_1d, Entry, EntryPoint, Shader, Spec, Tiles};
+use super::{codes, grid_1d, Entry, EntryPoint, Shader, Spec, Tiles};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 
-/// Floats per row of the adaptive clock buffer (`CLOCK` in ode.wgsl).
-pub const CLOCK: usize = 8;
-/// `class_id` of unconditional rows.
-pub const NO_CLASS: u32 = u32::MAX;
-/// Clock status codes.
-pub const RUNNING: f32 = 0.0;
-pub const DONE: f32 = 1.0;
-pub const UNDERFLOW: f32 = 2.0;
-pub const NONFINITE: f32 = 3.0;
+/// Floats per row of the adaptive clock buffer.
+pub const CLOCK: usize = codes::CLOCK as usize;
+pub use super::codes::{DONE, NONFINITE, NO_CLASS, RUNNING, UNDERFLOW};
 /// Most stages a tableau may have (`coef` holds 8 values).
 pub const MAX_STAGES: usize = 8;
 

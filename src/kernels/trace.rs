@@ -25,7 +25,7 @@ crate::params! {
 }
 
 /// Floats per row of the divergence buffer: divergence, ‖v‖², Frobenius estimate, 0.
-pub const DIV_STRIDE: usize = 4;
+pub const DIV_STRIDE: usize = super::codes::DIV_STRIDE as usize;
 
 crate::bindings! {
     /// `probe_init`: tangent rows of the MLP input and the probes.

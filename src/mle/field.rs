@@ -359,10 +359,7 @@ pub fn field_vjp(
     let mut input = vec![0.0f32; n * in_pad];
     for (i, r) in x.chunks(d).enumerate() {
         let xr: Vec<f64> = r.iter().map(|&v| v as f64).collect();
-        for (c, v) in crate::reference::input_row(&mlp.cfg, &xr, t)
-            .iter()
-            .enumerate()
-        {
+        for (c, v) in crate::model::input_row(&mlp.cfg, &xr, t).iter().enumerate() {
             input[i * in_pad + c] = *v as f32;
         }
     }
