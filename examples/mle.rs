@@ -24,7 +24,7 @@ fn main() -> flowgpu::Result<()> {
         warmup: 20,
         mle: Some(MleConfig {
             probes: 0, // exact trace; Hutchinson with probes > 0
-            solver: "midpoint".into(),
+            solver: flowgpu::Method::Midpoint,
             steps: 4,
             kinetic: 0.01,
             frobenius: 0.01,

@@ -475,7 +475,7 @@ pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchR
             let pool = Dataset::toy("8gaussians", 1 << 16, 0)?;
             let mc = crate::mle::MleConfig {
                 probes: 0,
-                solver: "rk4".into(),
+                solver: crate::solve::Method::Rk4,
                 steps: if cfg.quick { 2 } else { 8 },
                 grad: if name == "M-adjoint" {
                     crate::mle::MleGrad::Adjoint

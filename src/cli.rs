@@ -2,14 +2,14 @@
 //! the library.
 
 use clap::{Args, Parser, Subcommand};
-use flowgpu::data::Dataset;
+use flowgpu::data::{AugmentFill, Dataset};
 use flowgpu::error::{Error, Result};
-use flowgpu::model::{Activation, MlpConfig, Model, ModelConfig, Standardization, Weights};
+use flowgpu::mle::MleGrad;
+use flowgpu::model::{Activation, MlpConfig, Model, ModelConfig};
 use flowgpu::solve::{Method, SolveConfig, SolveStats, TimeGrid, Tolerances, Trace};
-use flowgpu::train::{TrainState, Trainer};
+use flowgpu::train::{Coupling, NewRun, Run, RunConfig, RunPlan};
 use flowgpu::{plot, AdapterChoice, BackendChoice, GaussianPath, GpuContext};
 use flowgpu::{Sampler, TrainConfig};
-use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -78,14 +78,14 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     augment: usize,
     /// What fills a --source's augmented dimensions: noise, or copy (its own coordinates).
-    #[arg(long, default_value = "noise")]
-    augment_fill: String,
+    #[arg(long, value_enum, default_value_t = AugmentFill::Noise)]
+    augment_fill: AugmentFill,
     /// Couple source row i with data row i (--source must have as many rows as the data).
     #[arg(long)]
     paired: bool,
     /// Pairing within a batch: independent, or sinkhorn (minibatch entropic OT on the GPU).
-    #[arg(long, default_value = "independent")]
-    coupling: String,
+    #[arg(long, value_enum, default_value_t = CouplingKind::Independent)]
+    coupling: CouplingKind,
     /// Sinkhorn: ε = reg · mean cost of the batch.
     #[arg(long, default_value_t = 0.05)]
     ot_reg: f64,
@@ -105,8 +105,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     val_frac: f64,
     /// Standardize columns: auto (files yes, built-in toys no), on, off.
-    #[arg(long, default_value = "auto")]
-    standardize: String,
+    #[arg(long, value_enum, default_value_t = Standardize::Auto)]
+    standardize: Standardize,
     /// Drop rows with NaN or infinite values instead of refusing the file.
     #[arg(long)]
     drop_nonfinite: bool,
@@ -130,9 +130,9 @@ struct TrainArgs {
     /// Hidden layers.
     #[arg(long, default_value_t = 3)]
     depth: usize,
-    /// silu, tanh, softplus, selu, relu (SiLU: a smooth field, cheap for adaptive solvers).
-    #[arg(long, default_value = "silu")]
-    activation: String,
+    /// Hidden activation (SiLU: a smooth field, cheap for adaptive solvers).
+    #[arg(long, value_enum, default_value_t = Activation::Silu)]
+    activation: Activation,
     /// Fourier frequencies of t added to the input (0: t only).
     #[arg(long, default_value_t = 0)]
     time_features: usize,
@@ -145,8 +145,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     warmup: u64,
     /// Learning-rate schedule after warm-up: cosine (to 0) or constant.
-    #[arg(long, default_value = "cosine")]
-    schedule: String,
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    schedule: Schedule,
     /// Global gradient-norm clip (0: off).
     #[arg(long, default_value_t = 1.0)]
     clip_norm: f64,
@@ -192,27 +192,27 @@ struct TrainArgs {
 struct MleArgs {
     /// Training objective: cfm (flow matching) or mle (maximum likelihood through the ODE,
     /// gradients by the adjoint method or --grad backprop).
-    #[arg(long, default_value = "cfm")]
-    objective: String,
+    #[arg(long, value_enum, default_value_t = Objective::Cfm)]
+    objective: Objective,
     /// mle: divergence by the exact trace or hutchinson (--probes per row, fixed per step).
-    #[arg(long, default_value = "exact")]
-    trace: String,
+    #[arg(long, value_enum, default_value_t = TraceKind::Exact)]
+    trace: TraceKind,
     /// mle: Hutchinson probes per row.
     #[arg(long, default_value_t = 1)]
     probes: usize,
     /// mle: Hutchinson probe distribution: rademacher or gaussian.
-    #[arg(long, default_value = "rademacher")]
-    probe: String,
+    #[arg(long, value_enum, default_value_t = ProbeKind::Rademacher)]
+    probe: ProbeKind,
     /// mle: gradient by the adjoint ODE (memory independent of the steps) or backprop
     /// (reverse mode through the solver steps from stored states: the exact gradient of the
     /// discretized objective; memory O(steps × batch × dim)).
-    #[arg(long, default_value = "adjoint")]
-    grad: String,
+    #[arg(long, value_enum, default_value_t = MleGrad::Adjoint)]
+    grad: MleGrad,
     /// mle: solver of the forward and gradient solves: euler, midpoint, rk4 (fixed steps,
     /// one submit per --steps-per-submit steps) or dopri5 (adaptive: per-row steps forward,
     /// batch-global steps for the adjoint; a few status reads per step).
-    #[arg(long, alias = "solver", default_value = "rk4")]
-    mle_solver: String,
+    #[arg(long, alias = "solver", value_enum, default_value_t = Method::Rk4)]
+    mle_solver: Method,
     /// mle: steps of each fixed-step solve over [0, 1].
     #[arg(long, default_value_t = 8)]
     mle_steps: usize,
@@ -239,28 +239,13 @@ struct MleArgs {
 
 impl MleArgs {
     fn config(&self) -> Result<Option<flowgpu::mle::MleConfig>> {
-        match self.objective.as_str() {
-            "cfm" => return Ok(None),
-            "mle" => {}
-            o => {
-                return Err(Error::invalid(format!(
-                    "unknown objective '{o}'; valid objectives: cfm, mle"
-                )))
-            }
+        if self.objective == Objective::Cfm {
+            return Ok(None);
         }
-        let grad = match self.grad.as_str() {
-            "adjoint" => flowgpu::mle::MleGrad::Adjoint,
-            "backprop" => flowgpu::mle::MleGrad::Backprop,
-            g => {
-                return Err(Error::invalid(format!(
-                    "unknown --grad '{g}'; valid: adjoint, backprop"
-                )))
-            }
-        };
         let trace = TraceArgs {
-            trace: self.trace.clone(),
+            trace: self.trace,
             probes: self.probes,
-            probe: self.probe.clone(),
+            probe: self.probe,
             probe_seed: 0,
         }
         .trace()?;
@@ -273,11 +258,11 @@ impl MleArgs {
         let c = flowgpu::mle::MleConfig {
             probes,
             rademacher,
-            solver: self.mle_solver.clone(),
+            solver: self.mle_solver,
             steps: self.mle_steps,
             kinetic: self.kinetic,
             frobenius: self.jacobian_frobenius,
-            grad,
+            grad: self.grad,
             rtol: self.mle_rtol,
             atol: self.mle_atol,
             max_steps: self.mle_max_steps,
@@ -290,14 +275,14 @@ impl MleArgs {
 #[derive(Args, Clone)]
 struct SolverArgs {
     /// euler, midpoint, rk4 (fixed steps) or dopri5 (adaptive, per-sample step size).
-    #[arg(long, default_value = "euler")]
-    solver: String,
+    #[arg(long, value_enum, default_value_t = Method::Euler)]
+    solver: Method,
     /// Fixed-step solvers: number of steps from t = 0 to 1.
     #[arg(long, default_value_t = 100)]
     steps: usize,
     /// Fixed-step grid: uniform, start (dense near t=0), end (dense near t=1), ends.
-    #[arg(long, default_value = "uniform")]
-    time_grid: String,
+    #[arg(long, value_enum, default_value_t = TimeGrid::Uniform)]
+    time_grid: TimeGrid,
     /// dopri5: relative tolerance.
     #[arg(long, default_value_t = 1e-5)]
     rtol: f64,
@@ -318,9 +303,9 @@ struct SolverArgs {
 impl SolverArgs {
     fn config(&self) -> Result<SolveConfig> {
         let cfg = SolveConfig {
-            method: Method::from_name(&self.solver)?,
+            method: self.solver,
             steps: self.steps,
-            grid: TimeGrid::from_name(&self.time_grid)?,
+            grid: self.time_grid,
             tol: Tolerances {
                 rtol: self.rtol,
                 atol: self.atol,
@@ -388,14 +373,14 @@ struct MapArgs {
 #[derive(Args, Clone)]
 struct TraceArgs {
     /// Divergence: exact (dim tangents per evaluation) or hutchinson (--probes tangents).
-    #[arg(long, default_value = "exact")]
-    trace: String,
+    #[arg(long, value_enum, default_value_t = TraceKind::Exact)]
+    trace: TraceKind,
     /// Hutchinson probes per point (fixed over the solve).
     #[arg(long, default_value_t = 1)]
     probes: usize,
     /// Hutchinson probe distribution: rademacher or gaussian.
-    #[arg(long, default_value = "rademacher")]
-    probe: String,
+    #[arg(long, value_enum, default_value_t = ProbeKind::Rademacher)]
+    probe: ProbeKind,
     /// Seed of the Hutchinson probes.
     #[arg(long, default_value_t = 0)]
     probe_seed: u64,
@@ -403,30 +388,16 @@ struct TraceArgs {
 
 impl TraceArgs {
     fn trace(&self) -> Result<Trace> {
-        let rademacher = match self.probe.as_str() {
-            "rademacher" => true,
-            "gaussian" => false,
-            p => {
-                return Err(Error::invalid(format!(
-                    "unknown probe '{p}'; valid probes: rademacher, gaussian"
-                )))
+        match self.trace {
+            TraceKind::Exact => Ok(Trace::Exact),
+            TraceKind::Hutchinson if self.probes == 0 => {
+                Err(Error::invalid("--probes must be positive"))
             }
-        };
-        match self.trace.as_str() {
-            "exact" => Ok(Trace::Exact),
-            "hutchinson" => {
-                if self.probes == 0 {
-                    return Err(Error::invalid("--probes must be positive"));
-                }
-                Ok(Trace::Hutchinson {
-                    probes: self.probes,
-                    rademacher,
-                    seed: self.probe_seed,
-                })
-            }
-            t => Err(Error::invalid(format!(
-                "unknown trace '{t}'; valid traces: exact, hutchinson"
-            ))),
+            TraceKind::Hutchinson => Ok(Trace::Hutchinson {
+                probes: self.probes,
+                rademacher: self.probe == ProbeKind::Rademacher,
+                seed: self.probe_seed,
+            }),
         }
     }
 }
@@ -604,570 +575,352 @@ fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
     pb
 }
 
-/// What `train --resume` needs besides the optimizer settings (config.json "run").
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct RunPlan {
-    data: String,
-    #[serde(default)]
-    label_column: Option<usize>,
-    #[serde(default)]
-    source: Option<String>,
-    n_data: usize,
-    val_frac: f64,
-    standardize: bool,
-    drop_nonfinite: bool,
-    checkpoint_every: u64,
-    plot_samples: usize,
-    eval_n: usize,
+/// `--schedule`: the learning rate after warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Schedule {
+    /// Cosine decay to 0 at the last step.
+    Cosine,
+    Constant,
 }
 
-/// The source pool of a run (model units), if its source is not N(0, I).
-fn run_source(
-    plan: &RunPlan,
-    seed: u64,
-    dim: usize,
-    std: Option<&Standardization>,
-) -> Result<Option<Vec<f32>>> {
-    let Some(spec) = &plan.source else {
-        return Ok(None);
-    };
-    let mut ds = Dataset::load(spec, plan.n_data, seed.wrapping_add(1), plan.drop_nonfinite)?;
-    if ds.dim != dim {
-        return Err(Error::invalid(format!(
-            "the source '{spec}' has dimension {}, the data {dim}",
-            ds.dim
-        )));
-    }
-    if let Some(s) = std {
-        s.apply(&mut ds.points);
-    }
-    Ok(Some(ds.points))
+/// `--standardize`: per-column standardization of the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Standardize {
+    /// Data files yes, built-in toys no.
+    Auto,
+    On,
+    Off,
 }
 
-/// The data of a run, as its plan says: (training split in model units, held-out split in
-/// data units, standardization).
-fn run_data(
-    plan: &RunPlan,
-    seed: u64,
-) -> Result<(Dataset, Option<Dataset>, Option<Standardization>)> {
-    if plan.n_data == 0 {
-        return Err(Error::invalid("--n-data must be positive"));
-    }
-    let mut all = Dataset::load(&plan.data, plan.n_data, seed, plan.drop_nonfinite)?;
-    if let Some(col) = plan.label_column {
-        all.take_label_column(col)?;
-    }
-    let is_toy = flowgpu::data::toys::Toy::from_name(&plan.data).is_some();
-    let (mut train, mut held) = all.split(plan.val_frac, seed)?;
-    if held.is_none() && is_toy && plan.eval_n > 0 {
-        held = Some(Dataset::toy(
-            &plan.data,
-            plan.eval_n,
-            seed.wrapping_add(0x5eed),
-        )?);
-    }
-    let std = if plan.standardize {
-        let s = train.standardization();
-        s.apply(&mut train.points);
-        Some(s)
-    } else {
-        None
-    };
-    Ok((train, held, std))
+/// `--coupling`: pairing of source and data points within a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CouplingKind {
+    Independent,
+    /// Minibatch entropic OT (Sinkhorn on the GPU).
+    Sinkhorn,
 }
 
-/// `--init DIR`: train the model of DIR further. Its shape, path, ANODE settings and
-/// standardization replace the flags' (the data is re-standardized with its statistics).
-fn adopt_init_model(config: &mut ModelConfig, train: &mut Dataset, m: &Model) -> Result<()> {
-    if m.config.data_dim() != train.dim {
-        return Err(Error::invalid(format!(
-            "--init: the model has data dimension {}, the data {}",
-            m.config.data_dim(),
-            train.dim
-        )));
-    }
-    if m.config.mlp.classes != config.mlp.classes {
-        return Err(Error::invalid(format!(
-            "--init: the model has {} classes, the data {}",
-            m.config.mlp.classes, config.mlp.classes
-        )));
-    }
-    if let Some(s) = &config.standardization {
-        s.undo(&mut train.points);
-    }
-    if let Some(s) = &m.config.standardization {
-        s.apply(&mut train.points);
-    }
-    config.mlp = m.config.mlp.clone();
-    config.path = m.config.path;
-    config.augment = m.config.augment;
-    config.augment_fill = m.config.augment_fill;
-    config.standardization = m.config.standardization.clone();
-    Ok(())
+/// `--objective`: what training minimizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Objective {
+    /// Conditional flow matching.
+    Cfm,
+    /// Maximum likelihood through the ODE.
+    Mle,
 }
 
-/// Files of a run folder.
-fn write_checkpoint(
-    out: &Path,
-    trainer: &Trainer,
-    ctx: &GpuContext,
-    config: &ModelConfig,
-    curve: &[f32],
-) -> Result<()> {
-    trainer
-        .state(ctx)?
-        .save(&out.join("checkpoint.safetensors"))?;
-    let model = Model {
-        config: config.clone(),
-        weights: trainer.weights(ctx, true)?,
-    };
-    model.save(out)?;
-    let tc: TrainConfig = serde_json::from_value(config.train.clone()).unwrap_or_default();
-    write_loss_csv(&out.join("loss.csv"), curve, &tc)
+/// `--trace`: how the divergence is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TraceKind {
+    /// dim tangents per evaluation.
+    Exact,
+    /// --probes random tangents per evaluation.
+    Hutchinson,
 }
 
-fn read_loss_csv(path: &Path, steps: u64) -> Result<Vec<f32>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: Vec<f32> = text
-        .lines()
-        .skip(1)
-        .take(steps as usize)
-        .map(|l| {
-            l.split(',')
-                .nth(1)
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(f32::NAN)
-        })
-        .collect();
-    if v.len() as u64 != steps {
-        return Err(Error::format(
-            path,
-            format!(
-                "holds {} losses, the checkpoint is at step {steps}",
-                v.len()
-            ),
-        ));
-    }
-    Ok(v)
+/// `--probe`: the Hutchinson probe distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ProbeKind {
+    Rademacher,
+    Gaussian,
 }
 
-fn train(a: TrainArgs) -> Result<()> {
-    let resuming = a.resume.is_some();
-    // The run's configuration: from the flags, or from the folder being resumed.
-    let (config, plan, out) = if let Some(dir) = &a.resume {
-        let cj = dir.join("config.json");
-        let text = std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?;
-        let config: ModelConfig = serde_json::from_slice(&text)
-            .map_err(|e| Error::format(&cj, format!("invalid config: {e}")))?;
-        let plan: RunPlan = serde_json::from_value(config.run.clone()).map_err(|_| {
-            Error::format(
-                &cj,
-                "has no run plan to resume (written by an older flowgpu?)",
-            )
-        })?;
-        (config, plan, dir.clone())
-    } else {
-        let activation = Activation::from_name(&a.activation)?;
-        let path = GaussianPath::from_name(&a.path, a.sigma_min, a.sigma, a.exponent)?;
-        let cosine = match a.schedule.as_str() {
-            "cosine" => true,
-            "constant" => false,
-            s => {
-                return Err(Error::invalid(format!(
-                    "unknown schedule '{s}'; valid schedules: cosine, constant"
-                )))
-            }
-        };
-        let is_toy = flowgpu::data::toys::Toy::from_name(&a.data).is_some();
-        let standardize = match a.standardize.as_str() {
-            "auto" => !is_toy,
-            "on" => true,
-            "off" => false,
-            s => {
-                return Err(Error::invalid(format!(
-                    "unknown --standardize '{s}'; valid: auto, on, off"
-                )))
-            }
-        };
-        let plan = RunPlan {
-            data: a.data.clone(),
-            label_column: a.label_column,
-            source: (a.source != "gaussian").then(|| a.source.clone()),
-            n_data: a.n_data,
-            val_frac: a.val_frac,
-            standardize,
-            drop_nonfinite: a.drop_nonfinite,
-            checkpoint_every: a.checkpoint_every,
-            plot_samples: a.plot_samples,
-            eval_n: a.eval_n,
-        };
-        let tc = TrainConfig {
-            steps: a.steps,
-            batch: a.batch,
-            lr: a.lr,
-            weight_decay: a.weight_decay,
-            warmup: a.warmup,
-            cosine,
-            clip_norm: a.clip_norm,
-            ema: a.ema,
-            seed: a.seed,
-            steps_per_submit: a.steps_per_submit,
-            log_every: a.log_every,
-            paired: a.paired,
-            label_dropout: a.label_dropout,
-            coupling: match a.coupling.as_str() {
-                "independent" => flowgpu::train::Coupling::Independent,
-                "sinkhorn" => flowgpu::train::Coupling::Sinkhorn {
-                    reg: a.ot_reg,
-                    iters: a.ot_iters,
-                },
-                c => {
-                    return Err(Error::invalid(format!(
-                        "unknown coupling '{c}'; valid couplings: independent, sinkhorn"
-                    )))
-                }
+/// The command-line name of an option value.
+fn name_of(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// The run folder of a new run: `--out`, else runs/<data>-<UTC timestamp>.
+fn run_dir(a: &TrainArgs) -> PathBuf {
+    let name = Path::new(&a.data)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("data")
+        .to_string();
+    a.out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", timestamp())))
+}
+
+/// The optimizer's settings from the flags.
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let tc = TrainConfig {
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup: a.warmup,
+        cosine: a.schedule == Schedule::Cosine,
+        clip_norm: a.clip_norm,
+        ema: a.ema,
+        seed: a.seed,
+        steps_per_submit: a.steps_per_submit,
+        log_every: a.log_every,
+        paired: a.paired,
+        label_dropout: a.label_dropout,
+        coupling: match a.coupling {
+            CouplingKind::Independent => Coupling::Independent,
+            CouplingKind::Sinkhorn => Coupling::Sinkhorn {
+                reg: a.ot_reg,
+                iters: a.ot_iters,
             },
-            mle: a.mle.config()?,
-            ..TrainConfig::default()
-        };
-        tc.validate()?;
-        if a.paired && (a.val_frac > 0.0 || a.source == "gaussian") {
-            return Err(Error::invalid(
-                "--paired needs a --source file with one row per data row, and no --val-frac",
-            ));
-        }
-        let config = ModelConfig {
-            format_version: flowgpu::model::FORMAT_VERSION,
-            mlp: MlpConfig {
-                dim: 0,
-                width: a.width,
-                depth: a.depth,
-                activation,
-                time_features: a.time_features,
-                classes: 0,
-            },
-            path,
-            data: a.data.clone(),
-            standardization: None,
-            source: None,
-            augment: 0,
-            augment_fill: Default::default(),
-            seed: a.seed,
-            train: serde_json::to_value(&tc).unwrap_or_default(),
-            run: serde_json::to_value(&plan).unwrap_or_default(),
-        };
-        let name = Path::new(&a.data)
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("data")
-            .to_string();
-        let out = a
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", timestamp())));
-        (config, plan, out)
+        },
+        mle: a.mle.config()?,
+        ..TrainConfig::default()
     };
-    let mut config = config;
-    let tc: TrainConfig = serde_json::from_value(config.train.clone())
-        .map_err(|e| Error::invalid(format!("invalid training settings: {e}")))?;
     tc.validate()?;
-    let (mut train_set, held, std) = run_data(&plan, config.seed)?;
-    let init_model = match (&a.mle.init, resuming) {
-        (Some(dir), false) => Some(Model::load(dir)?),
-        _ => None,
+    Ok(tc)
+}
+
+/// A new run's configuration from the flags.
+fn run_config(a: &TrainArgs) -> Result<RunConfig> {
+    let is_toy = flowgpu::data::toys::Toy::from_name(&a.data).is_some();
+    let plan = RunPlan {
+        data: a.data.clone(),
+        label_column: a.label_column,
+        source: (a.source != "gaussian").then(|| a.source.clone()),
+        n_data: a.n_data,
+        val_frac: a.val_frac,
+        standardize: match a.standardize {
+            Standardize::Auto => !is_toy,
+            Standardize::On => true,
+            Standardize::Off => false,
+        },
+        drop_nonfinite: a.drop_nonfinite,
+        checkpoint_every: a.checkpoint_every,
+        plot_samples: a.plot_samples,
+        eval_n: a.eval_n,
     };
-    if train_set.len() < tc.batch {
-        return Err(Error::invalid(format!(
-            "the training data has {} rows, fewer than --batch {}; use a smaller batch",
-            train_set.len(),
-            tc.batch
-        )));
+    let mlp = MlpConfig {
+        dim: 0,
+        width: a.width,
+        depth: a.depth,
+        activation: a.activation,
+        time_features: a.time_features,
+        classes: 0,
+    };
+    let path = GaussianPath::from_name(&a.path, a.sigma_min, a.sigma, a.exponent)?;
+    Ok(RunConfig {
+        model: ModelConfig {
+            data: a.data.clone(),
+            seed: a.seed,
+            ..ModelConfig::new(mlp, path)
+        },
+        train: train_config(a)?,
+        plan,
+    })
+}
+
+/// The run `train` works on: the one in `--resume`, or a new one from the flags.
+fn open_run(a: &TrainArgs) -> Result<Run> {
+    if let Some(dir) = &a.resume {
+        return Run::resume(dir);
     }
-    if resuming {
-        if config.data_dim() != train_set.dim {
-            return Err(Error::invalid(format!(
-                "the data now has dimension {}, the run's model {}",
-                train_set.dim,
-                config.data_dim()
-            )));
-        }
-        // The model's units are the run's stored ones (an --init run keeps its model's).
-        if config.standardization != std {
-            if let Some(s) = &std {
-                s.undo(&mut train_set.points);
-            }
-            if let Some(s) = &config.standardization {
-                s.apply(&mut train_set.points);
-            }
-        }
+    let new = NewRun {
+        augment: a.augment,
+        augment_fill: a.augment_fill,
+        init: a.mle.init.as_deref().map(Model::load).transpose()?,
+    };
+    Run::create(&run_dir(a), run_config(a)?, new)
+}
+
+/// One line on the objective, for maximum-likelihood runs.
+fn describe_mle(m: &flowgpu::mle::MleConfig) -> String {
+    let trace = if m.probes == 0 {
+        "exact trace".to_string()
     } else {
-        config.augment = a.augment;
-        config.mlp.classes = train_set
-            .labels
-            .as_ref()
-            .map(|l| l.iter().max().map(|m| *m as usize + 1).unwrap_or(0))
-            .unwrap_or(0);
-        config.augment_fill = match a.augment_fill.as_str() {
-            "noise" => flowgpu::data::AugmentFill::Noise,
-            "copy" if plan.source.is_some() => flowgpu::data::AugmentFill::Copy,
-            "copy" => {
-                return Err(Error::invalid(
-                    "--augment-fill copy needs a --source (the Gaussian source gets noise)",
-                ))
-            }
-            f => {
-                return Err(Error::invalid(format!(
-                    "unknown --augment-fill '{f}'; valid: noise, copy"
-                )))
-            }
+        let kind = if m.rademacher {
+            "Rademacher"
+        } else {
+            "Gaussian"
         };
-        config.mlp.dim = train_set.dim + a.augment;
-        config.standardization = std;
-        if let Some(m) = &init_model {
-            adopt_init_model(&mut config, &mut train_set, m)?;
-        }
-    }
-    config.mlp.validate()?;
-    if tc.mle.is_some() && config.augment > 0 {
-        return Err(Error::invalid(
-            "--objective mle with --augment: the zero-padded dimensions make the likelihood unbounded; train ANODE models with flow matching",
-        ));
-    }
-    let ctx = a.gpu.context()?;
-    let weights = if resuming {
-        Model::load(&out)?.weights
-    } else if let Some(m) = &init_model {
-        m.weights.clone()
-    } else {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(tc.seed);
-        Weights::init(&config.mlp, &mut rng)
+        format!("Hutchinson, {} {kind} probe(s)", m.probes)
     };
-    config.source = plan.source.clone();
-    let source = run_source(
-        &plan,
-        config.seed,
-        train_set.dim,
-        config.standardization.as_ref(),
-    )?
-    // ANODE: zeros in the augmented dimensions of the data, noise in the source's.
-    .map(|s| {
-        Dataset::augment_source(
-            &s,
-            train_set.dim,
-            config.augment,
-            config.augment_fill,
-            config.seed ^ 0xa0de,
+    let solver = if m.adaptive() {
+        format!(
+            "dopri5 (rtol {:e}, atol {:e}; NFE per step reported at the end)",
+            m.rtol, m.atol
         )
-    });
-    let pool = Dataset::augment(&train_set.points, train_set.dim, config.augment, None);
-    let mut trainer = Trainer::with_source(
-        &ctx,
-        &config.mlp,
-        config.path,
-        &weights,
-        &pool,
-        source.as_deref(),
-        train_set.labels.as_deref(),
-        &tc,
-    )?;
-    let mut curve = Vec::with_capacity(tc.steps as usize);
-    if resuming {
-        let st = TrainState::load(&out.join("checkpoint.safetensors"))?;
-        curve = read_loss_csv(&out.join("loss.csv"), st.step)?;
-        trainer.restore(&ctx, &st)?;
-        eprintln!(
-            "resuming {} at step {} of {}",
-            out.display(),
-            st.step,
-            tc.steps
-        );
     } else {
-        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-        write_checkpoint(&out, &trainer, &ctx, &config, &curve)?;
-    }
-    eprintln!(
-        "training on {} ({}) → {}",
-        ctx.adapter_name(),
-        ctx.backend_name(),
-        out.display()
-    );
-    // MLE progress in nats and bits per data dimension (data units).
-    let log_jac: f64 = config
+        format!(
+            "{} × {} steps: {} NFE forward + {} NFE gradient per step",
+            m.solver.name(),
+            m.steps,
+            m.nfe(),
+            m.nfe_gradient()
+        )
+    };
+    format!(
+        "maximum likelihood, {} gradients, {trace}, {solver}",
+        m.grad.name()
+    )
+}
+
+/// How a loss reads: the CFM loss, or the NLL in nats and bits per data dimension (data
+/// units) for maximum-likelihood runs.
+fn loss_text(run: &Run) -> impl Fn(f32) -> String {
+    let m = &run.config.model;
+    let log_jac: f64 = m
         .standardization
         .as_ref()
         .map(|s| s.std.iter().map(|v| v.ln()).sum())
         .unwrap_or(0.0);
-    let data_dim = config.data_dim();
-    if let Some(m) = &tc.mle {
-        let trace = if m.probes == 0 {
-            "exact trace".to_string()
-        } else {
-            format!(
-                "Hutchinson, {} {} probe(s)",
-                m.probes,
-                if m.rademacher {
-                    "Rademacher"
-                } else {
-                    "Gaussian"
-                }
-            )
-        };
-        let solver = if m.adaptive() {
-            format!(
-                "dopri5 (rtol {:e}, atol {:e}; NFE per step reported at the end)",
-                m.rtol, m.atol
-            )
-        } else {
-            format!(
-                "{} × {} steps: {} NFE forward + {} NFE gradient per step",
-                m.solver,
-                m.steps,
-                m.nfe(),
-                m.nfe_gradient()
-            )
-        };
-        eprintln!(
-            "maximum likelihood, {} gradients, {trace}, {solver}",
-            m.grad.name()
-        );
-    }
-    let nfe = trainer.mle().map(|m| m.nfe_handle());
-    let describe = |l: f32| -> String {
-        if tc.mle.is_some() {
+    let data_dim = m.data_dim() as f64;
+    let mle = run.config.train.mle.is_some();
+    move |l: f32| {
+        if mle {
             let nats = l as f64 + log_jac;
             format!(
                 "NLL {nats:.3} nats, {:.3} bits/dim",
-                nats / (data_dim as f64 * std::f64::consts::LN_2)
+                nats / (data_dim * std::f64::consts::LN_2)
             )
         } else {
             format!("{l:.4}")
         }
-    };
-    // Ctrl-C: finish the steps already submitted, write a checkpoint, exit.
+    }
+}
+
+/// Ctrl-C: finish the steps already submitted, write a checkpoint, exit.
+fn stop_flag() -> std::sync::Arc<AtomicBool> {
     let stop = std::sync::Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
-    let pb = progress_bar(tc.steps, false);
-    pb.set_position(trainer.step);
-    let t0 = Instant::now();
-    let first_step = trainer.step;
-    while trainer.step < tc.steps {
-        let every = if plan.checkpoint_every == 0 {
-            tc.steps
-        } else {
-            plan.checkpoint_every
-        };
-        let next = ((trainer.step / every) + 1) * every;
-        let stopped = trainer.run_until(&ctx, next.min(tc.steps), &stop, |step, losses| {
-            curve.extend_from_slice(losses);
-            pb.set_position(step);
-            if let Some(l) = losses.last() {
-                let cost = match &nfe {
-                    Some(n) => format!(", NFE {} + {} per step", n.get().0, n.get().1),
-                    None => String::new(),
-                };
-                pb.set_message(format!("{}{cost}", describe(*l)));
-            }
-            Ok(())
-        })?;
-        write_checkpoint(&out, &trainer, &ctx, &config, &curve)?;
-        if stopped {
-            pb.finish_and_clear();
-            eprintln!(
-                "interrupted at step {} of {}; checkpoint written. Resume with: flowgpu train --resume {}",
-                trainer.step,
-                tc.steps,
-                out.display()
-            );
-            std::process::exit(130);
-        }
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    pb.finish_and_clear();
-    let model = Model {
-        config: config.clone(),
-        weights: trainer.weights(&ctx, true)?,
-    };
-    let png = out.join("loss.png");
-    let smooth = moving_average(&curve, 100);
+    let s = stop.clone();
+    let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
+    stop
+}
+
+/// loss.png and, for data of 2 or more dimensions, samples.png over the training data.
+fn write_figures(run: &Run, sampler: &Sampler) -> Result<()> {
+    let png = run.dir.join("loss.png");
+    let smooth = moving_average(&run.curve, 100);
     plot::line_png(
         &png,
-        &[(&curve, [170, 195, 235]), (&smooth, [20, 60, 160])],
+        &[(&run.curve, [170, 195, 235]), (&smooth, [20, 60, 160])],
         800,
         400,
         true,
     )
     .map_err(|e| Error::io(&png, e))?;
-    let sampler = Sampler::new(&ctx, &model)?;
-    if train_set.dim >= 2 && plan.plot_samples > 0 {
-        let (samples, _) =
-            sampler.sample(plan.plot_samples, config.seed, &SolveConfig::default())?;
-        let mut shown = train_set.points[..train_set
-            .points
-            .len()
-            .min(2 * plan.plot_samples * train_set.dim / 2)]
-            .to_vec();
-        if let Some(s) = &model.config.standardization {
-            s.undo(&mut shown);
-        }
-        let png = out.join("samples.png");
-        plot::scatter_png(
-            &png,
-            &[
-                plot::Layer {
-                    points: &shown,
-                    dim: train_set.dim,
-                    color: [160, 160, 160],
-                    alpha: 0.5,
-                },
-                plot::Layer {
-                    points: &samples,
-                    dim: train_set.dim,
-                    color: [220, 50, 30],
-                    alpha: 0.6,
-                },
-            ],
-            600,
-            None,
-        )
-        .map_err(|e| Error::io(&png, e))?;
+    let (d, n) = (run.train_set.dim, run.config.plan.plot_samples);
+    if d < 2 || n == 0 {
+        return Ok(());
     }
-    let final_loss = mean_tail(&curve, 100);
-    let mle_nfe = trainer.mle().map(|m| m.mean_nfe());
-    let steps_per_s = (tc.steps - first_step) as f64 / wall;
-    // Held-out NLL in data units: exact trace, RK4 with 50 steps (a fixed, predictable cost).
-    let held_out_nll = match &held {
-        Some(h) if plan.source.is_none() && config.augment == 0 => {
-            let solve = SolveConfig {
-                method: Method::Rk4,
-                steps: 50,
-                ..SolveConfig::default()
-            };
-            let (logp, _, _) = sampler.log_prob(&h.points, Trace::Exact, &solve)?;
-            Some(-logp.iter().sum::<f64>() / logp.len() as f64)
-        }
-        _ => None,
+    let (samples, _) = sampler.sample(n, run.config.model.seed, &SolveConfig::default())?;
+    let pts = &run.train_set.points;
+    let mut shown = pts[..pts.len().min(2 * n * d / 2)].to_vec();
+    if let Some(s) = &run.config.model.standardization {
+        s.undo(&mut shown);
+    }
+    let png = run.dir.join("samples.png");
+    let layer = |points, color, alpha| plot::Layer {
+        points,
+        dim: d,
+        color,
+        alpha,
     };
-    let nll_text = match (&held, held_out_nll) {
+    plot::scatter_png(
+        &png,
+        &[
+            layer(&shown, [160, 160, 160], 0.5),
+            layer(&samples, [220, 50, 30], 0.6),
+        ],
+        600,
+        None,
+    )
+    .map_err(|e| Error::io(&png, e))
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let mut run = open_run(&a)?;
+    let ctx = a.gpu.context()?;
+    let mut trainer = run.trainer(&ctx)?;
+    let steps = run.config.train.steps;
+    if run.is_resumed() {
+        let d = run.dir.display();
+        eprintln!("resuming {d} at step {} of {steps}", trainer.step);
+    }
+    let (adapter, backend) = (ctx.adapter_name(), ctx.backend_name());
+    eprintln!("training on {adapter} ({backend}) → {}", run.dir.display());
+    if let Some(m) = &run.config.train.mle {
+        eprintln!("{}", describe_mle(m));
+    }
+    let nfe = trainer.mle().map(|m| m.nfe_handle());
+    let describe = loss_text(&run);
+    let stop = stop_flag();
+    let pb = progress_bar(steps, false);
+    pb.set_position(trainer.step);
+    let (t0, first_step) = (Instant::now(), trainer.step);
+    let stopped = run.train(&ctx, &mut trainer, &stop, |step, losses| {
+        pb.set_position(step);
+        if let Some(l) = losses.last() {
+            let cost = nfe.as_ref().map_or(String::new(), |n| {
+                format!(", NFE {} + {} per step", n.get().0, n.get().1)
+            });
+            pb.set_message(format!("{}{cost}", describe(*l)));
+        }
+    })?;
+    pb.finish_and_clear();
+    if stopped {
+        eprintln!(
+            "interrupted at step {} of {steps}; checkpoint written. Resume with: flowgpu train --resume {}",
+            trainer.step,
+            run.dir.display()
+        );
+        std::process::exit(130);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let model = run.model(&ctx, &trainer)?;
+    let sampler = Sampler::new(&ctx, &model)?;
+    write_figures(&run, &sampler)?;
+    let summary = TrainSummary {
+        final_loss: run.final_loss(100),
+        mle_nfe: trainer.mle().map(|m| m.mean_nfe()),
+        held_out_nll: run.held_out_nll(&sampler)?,
+        wall,
+        steps_per_s: (steps - first_step) as f64 / wall,
+    };
+    report_train(&run, &summary, &describe, &ctx, a.gpu.json);
+    Ok(())
+}
+
+/// What a finished training run reports.
+struct TrainSummary {
+    final_loss: f64,
+    mle_nfe: Option<(f64, f64)>,
+    held_out_nll: Option<f64>,
+    wall: f64,
+    steps_per_s: f64,
+}
+
+/// The final line on stderr, and the JSON summary on stdout with `--json`.
+fn report_train(
+    run: &Run,
+    s: &TrainSummary,
+    describe: &dyn Fn(f32) -> String,
+    ctx: &GpuContext,
+    json: bool,
+) {
+    let (tc, plan) = (&run.config.train, &run.config.plan);
+    let nll_text = match (&run.held, s.held_out_nll) {
         (Some(h), Some(v)) => format!(", held-out NLL {v:.4} nats ({} points)", h.len()),
         _ => String::new(),
     };
+    let final_text = match s.mle_nfe {
+        Some((f, g)) => format!(
+            "training {}, {f:.0} + {g:.0} NFE per step (forward + gradient)",
+            describe(s.final_loss as f32)
+        ),
+        None => format!("loss {:.4}", s.final_loss),
+    };
     eprintln!(
-        "done: {} steps in {wall:.1} s ({steps_per_s:.1} steps/s), final {} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, checkpoint.safetensors, loss.csv, loss.png, samples.png}}",
+        "done: {} steps in {:.1} s ({:.1} steps/s), final {final_text} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, checkpoint.safetensors, loss.csv, loss.png, samples.png}}",
         tc.steps,
-        if let Some((f, g)) = mle_nfe {
-            format!(
-                "training {}, {f:.0} + {g:.0} NFE per step (forward + gradient)",
-                describe(final_loss as f32)
-            )
-        } else {
-            format!("loss {final_loss:.4}")
-        },
-        out.display()
+        s.wall,
+        s.steps_per_s,
+        run.dir.display()
     );
-    if a.gpu.json {
+    if json {
         println!(
             "{}",
             serde_json::json!({
@@ -1176,19 +929,18 @@ fn train(a: TrainArgs) -> Result<()> {
                 "steps": tc.steps,
                 "batch": tc.batch,
                 "objective": if tc.mle.is_some() { "mle" } else { "cfm" },
-                "final_loss": final_loss,
-                "nfe_forward": mle_nfe.map(|n| n.0),
-                "nfe_gradient": mle_nfe.map(|n| n.1),
-                "held_out_nll": held_out_nll,
-                "wall_s": wall,
-                "steps_per_s": steps_per_s,
+                "final_loss": s.final_loss,
+                "nfe_forward": s.mle_nfe.map(|n| n.0),
+                "nfe_gradient": s.mle_nfe.map(|n| n.1),
+                "held_out_nll": s.held_out_nll,
+                "wall_s": s.wall,
+                "steps_per_s": s.steps_per_s,
                 "adapter": ctx.adapter_name(),
                 "backend": ctx.backend_name(),
-                "out": out,
+                "out": run.dir,
             })
         );
     }
-    Ok(())
 }
 
 /// Trailing moving average over `w` points (shorter at the start).
@@ -1203,23 +955,6 @@ fn moving_average(v: &[f32], w: usize) -> Vec<f32> {
         out.push((s / (i + 1).min(w) as f64) as f32);
     }
     out
-}
-
-fn mean_tail(v: &[f32], n: usize) -> f64 {
-    let tail = &v[v.len().saturating_sub(n)..];
-    tail.iter().map(|&x| x as f64).sum::<f64>() / tail.len().max(1) as f64
-}
-
-fn write_loss_csv(path: &Path, curve: &[f32], cfg: &TrainConfig) -> Result<()> {
-    use std::io::Write;
-    flowgpu::io::atomic::write_atomic_with(path, |w| {
-        writeln!(w, "step,loss,lr")?;
-        for (i, l) in curve.iter().enumerate() {
-            writeln!(w, "{},{},{}", i + 1, l, cfg.lr_at(i as u64))?;
-        }
-        Ok(())
-    })
-    .map_err(|e| Error::io(path, e))
 }
 
 /// Output format from the file extension.
@@ -1487,7 +1222,7 @@ fn logprob(a: LogprobArgs) -> Result<()> {
     let bpd = nll / (d as f64 * std::f64::consts::LN_2);
     eprintln!(
         "{n} points: mean NLL {nll:.4} nats ({bpd:.4} bits/dim), {} trace, {} (nfe {}) in {wall:.2} s → {}",
-        a.trace.trace,
+        name_of(a.trace.trace),
         cfg.method.name(),
         stats.nfe,
         a.out.display()
@@ -1498,10 +1233,10 @@ fn logprob(a: LogprobArgs) -> Result<()> {
         j["n"] = n.into();
         j["nll_nats"] = nll.into();
         j["bits_per_dim"] = bpd.into();
-        j["trace"] = a.trace.trace.clone().into();
+        j["trace"] = name_of(a.trace.trace).into();
         if let Trace::Hutchinson { probes, .. } = trace {
             j["probes"] = probes.into();
-            j["probe"] = a.trace.probe.clone().into();
+            j["probe"] = name_of(a.trace.probe).into();
         }
         j["wall_s"] = wall.into();
         j["adapter"] = ctx.adapter_name().into();

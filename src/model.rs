@@ -12,9 +12,12 @@ use std::path::Path;
 /// Version of the checkpoint format written in config.json.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
+    #[value(skip)]
     Identity,
     Relu,
     Silu,
@@ -461,8 +464,11 @@ pub fn input_row_class(cfg: &MlpConfig, x: &[f64], t: f64, class: Option<usize>)
     row
 }
 
-/// Everything besides the weights needed to rebuild a model (config.json).
+/// Everything besides the weights needed to rebuild a model (config.json). A training
+/// run's config.json adds its own `"train"` and `"run"` sections
+/// (`crate::train::run::RunConfig`), which the model does not read.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub format_version: u32,
     pub mlp: MlpConfig,
@@ -483,13 +489,10 @@ pub struct ModelConfig {
     #[serde(default)]
     pub augment_fill: crate::data::AugmentFill,
     pub seed: u64,
-    /// The optimizer settings of the run (train::TrainConfig).
-    #[serde(default)]
-    pub train: serde_json::Value,
-    /// The rest of the run's plan (data source, split, checkpoints), for `train --resume`.
-    #[serde(default)]
-    pub run: serde_json::Value,
 }
+
+/// Sections of config.json that a training run owns (`crate::train::run::RunConfig`).
+const RUN_SECTIONS: [&str; 2] = ["train", "run"];
 
 /// A model on the host: configuration and weights.
 #[derive(Clone, Debug)]
@@ -512,8 +515,6 @@ impl ModelConfig {
             augment: 0,
             augment_fill: Default::default(),
             seed: 0,
-            train: serde_json::Value::Null,
-            run: serde_json::Value::Null,
         }
     }
 
@@ -548,9 +549,17 @@ impl Model {
     }
 
     /// Parse and validate config.json bytes (`path` names the file in errors).
+    /// The model's fields are typed and an unknown one is an error; the run's sections are
+    /// skipped.
     pub fn parse_config(text: &[u8], path: &Path) -> Result<ModelConfig> {
-        let config: ModelConfig = serde_json::from_slice(text)
-            .map_err(|e| Error::format(path, format!("invalid config: {e}")))?;
+        let invalid = |e: serde_json::Error| Error::format(path, format!("invalid config: {e}"));
+        let mut v: serde_json::Value = serde_json::from_slice(text).map_err(invalid)?;
+        if let Some(obj) = v.as_object_mut() {
+            for k in RUN_SECTIONS {
+                obj.remove(k);
+            }
+        }
+        let config: ModelConfig = serde_json::from_value(v).map_err(invalid)?;
         if config.format_version != FORMAT_VERSION {
             return Err(Error::format(
                 path,

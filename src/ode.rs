@@ -103,8 +103,10 @@ impl Tableau {
     }
 }
 
-/// The solver named on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// An ODE solver: a fixed-step Runge–Kutta method or adaptive Dormand–Prince.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Euler,
@@ -153,7 +155,9 @@ impl Method {
 /// Where fixed steps are placed on [0, 1] (mapped onto [t0, t1]): u_k = k/K, then
 /// uniform: u; start: u² (dense near t = 0); end: 1 − (1 − u)² (dense near t = 1);
 /// ends: (1 − cos πu)/2 (dense near both).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TimeGrid {
     Uniform,

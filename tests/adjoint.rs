@@ -325,7 +325,7 @@ fn adjoint_gradient_matches_finite_differences_of_the_discretized_objective() {
         let mc = MleConfig {
             probes,
             rademacher: true,
-            solver: solver.into(),
+            solver: <flowgpu::Method as clap::ValueEnum>::from_str(solver, true).unwrap(),
             steps,
             kinetic: 0.05,
             frobenius: 0.02,
@@ -375,7 +375,7 @@ fn adaptive_adjoint_gradient_converges_as_tolerances_tighten() {
     let batch = 16;
     let base = MleConfig {
         probes: 0,
-        solver: "dopri5".into(),
+        solver: flowgpu::Method::Dopri5,
         kinetic: 0.05,
         frobenius: 0.02,
         ..Default::default()
@@ -438,7 +438,7 @@ fn mle_train(cfg: &MlpConfig, w: &Weights, steps: u64, lr: f64) -> Weights {
         warmup: 20,
         mle: Some(MleConfig {
             probes: 0,
-            solver: "midpoint".into(),
+            solver: flowgpu::Method::Midpoint,
             steps: 4,
             ..Default::default()
         }),

@@ -53,6 +53,19 @@ fn assert_clean_error(args: &[&str], needle: &str) {
     );
 }
 
+/// A value outside an option's choices is a usage error (exit 2) that lists the choices.
+fn assert_usage_error(args: &[&str], value: &str) {
+    let (code, _, err) = flowgpu(args);
+    assert_eq!(code, 2, "{args:?}: exit code {code}, stderr: {err}");
+    assert!(
+        err.starts_with("error: ")
+            && err.contains(&format!("invalid value '{value}'"))
+            && err.contains("possible values"),
+        "{args:?}: stderr {err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
 #[test]
 fn train_writes_a_run_folder_and_sample_reads_it() {
     let run = tmp("run");
@@ -167,10 +180,7 @@ fn bad_training_flags_are_clear_errors() {
         &["train", "--data", "nope", "--out", o],
         "valid datasets: moons",
     );
-    assert_clean_error(
-        &["train", "--activation", "gelu2", "--out", o],
-        "valid activations",
-    );
+    assert_usage_error(&["train", "--activation", "gelu2", "--out", o], "gelu2");
     assert_clean_error(&["train", "--path", "xx", "--out", o], "valid paths");
     assert_clean_error(&["train", "--steps", "0", "--out", o], "--steps");
     assert_clean_error(&["train", "--batch", "0", "--out", o], "--batch");
@@ -234,13 +244,10 @@ fn mle_fine_tunes_a_flow_matching_run_and_bad_mle_flags_are_clear_errors() {
 
     let never = tmp("mle-never");
     let o = never.to_str().unwrap();
-    assert_clean_error(
-        &["train", "--objective", "xx", "--out", o],
-        "valid objectives",
-    );
-    assert_clean_error(
+    assert_usage_error(&["train", "--objective", "xx", "--out", o], "xx");
+    assert_usage_error(
         &["train", "--objective", "mle", "--grad", "xx", "--out", o],
-        "adjoint, backprop",
+        "xx",
     );
     assert_clean_error(
         &[

@@ -101,10 +101,7 @@ fn links(line: &str) -> (Vec<&str>, String) {
 /// The file a link target names (without `#anchor`), or None for URLs and in-page anchors.
 fn link_file(target: &str) -> Option<&str> {
     let external = target.contains("://") || target.starts_with("mailto:");
-    let file = target
-        .split(['#', '?'])
-        .next()
-        .unwrap_or("");
+    let file = target.split(['#', '?']).next().unwrap_or("");
     (!external && !file.is_empty()).then_some(file)
 }
 

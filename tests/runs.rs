@@ -233,6 +233,17 @@ fn bad(args: &[&str], needle: &str, never: &Path) {
     assert!(!never.exists(), "{args:?}: {} was created", never.display());
 }
 
+/// A value outside an option's choices: a usage error (exit 2) listing the choices.
+fn bad_choice(args: &[&str], value: &str, never: &Path) {
+    let (code, _, err) = run(args);
+    assert_eq!(code, 2, "{args:?}: exit {code}: {err}");
+    assert!(
+        err.contains(&format!("invalid value '{value}'")) && err.contains("possible values"),
+        "{args:?}: {err}"
+    );
+    assert!(!never.exists(), "{args:?}: {} was created", never.display());
+}
+
 #[test]
 fn every_kind_of_bad_input_is_a_clear_error_without_output() {
     let dir = tmp("bad");
@@ -273,9 +284,15 @@ fn every_kind_of_bad_input_is_a_clear_error_without_output() {
     train(&f("d3.npy", &d3), &[], "3");
     train(&f("data.txt", b"1,2\n"), &[], "valid datasets");
     // Names and numbers.
-    train("moons", &["--activation", "gelu"], "valid activations");
+    let choice = |flag: &str, value: &str| {
+        bad_choice(&["train", "--out", o, flag, value], value, &out);
+    };
+    choice("--activation", "gelu");
+    choice("--standardize", "maybe");
+    choice("--schedule", "linear");
+    choice("--coupling", "hungarian");
+    choice("--augment-fill", "zeros");
     train("moons", &["--path", "xx"], "valid paths");
-    train("moons", &["--standardize", "maybe"], "auto, on, off");
     train("moons", &["--steps", "0"], "--steps");
     train("moons", &["--batch", "0"], "--batch");
     train("moons", &["--width", "0"], "--width");
@@ -321,9 +338,9 @@ fn every_kind_of_bad_input_is_a_clear_error_without_output() {
     let pts3 = f("pts3.csv", b"0.1,0.2,0.3\n");
     let res = dir.join("never.npy");
     let r = s(&res);
-    bad(
+    bad_choice(
         &["sample", "--model", model, "--out", r, "--solver", "rk5"],
-        "valid solvers",
+        "rk5",
         &res,
     );
     bad(
@@ -338,9 +355,9 @@ fn every_kind_of_bad_input_is_a_clear_error_without_output() {
         "--rtol",
         &res,
     );
-    bad(
+    bad_choice(
         &["sample", "--model", model, "--out", r, "--time-grid", "log"],
-        "valid grids",
+        "log",
         &res,
     );
     bad(
@@ -360,11 +377,11 @@ fn every_kind_of_bad_input_is_a_clear_error_without_output() {
         "--probes",
         &res,
     );
-    bad(
+    bad_choice(
         &[
             "logprob", "--model", model, "--input", &pts, "--out", r, "--trace", "exactly",
         ],
-        "valid traces",
+        "exactly",
         &res,
     );
     bad(

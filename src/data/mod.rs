@@ -9,7 +9,17 @@ use rand::SeedableRng;
 use std::path::Path;
 
 /// What fills the augmented dimensions of the source (the data's are zeros).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AugmentFill {
     /// Independent N(0, 1) noise, as in ANODE.
@@ -220,6 +230,14 @@ impl Dataset {
 
     /// Per-column mean and standard deviation. A constant column gets std 1 (it is only
     /// centred), so nothing is divided by zero.
+    /// Classes of a labelled set (largest label + 1; 0 without labels).
+    pub fn n_classes(&self) -> usize {
+        self.labels
+            .as_ref()
+            .and_then(|l| l.iter().max())
+            .map_or(0, |m| *m as usize + 1)
+    }
+
     pub fn standardization(&self) -> Standardization {
         let n = self.len() as f64;
         let mut mean = vec![0.0; self.dim];

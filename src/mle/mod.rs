@@ -38,8 +38,8 @@ pub struct MleConfig {
     pub probes: usize,
     /// Rademacher instead of Gaussian probes.
     pub rademacher: bool,
-    /// Fixed-step solver of both solves: euler, midpoint or rk4.
-    pub solver: String,
+    /// Solver of both solves: euler, midpoint, rk4, or dopri5 (adaptive).
+    pub solver: Method,
     /// Steps of each solve over [0, 1].
     pub steps: usize,
     /// λ_K: weight of the kinetic energy ∫‖v‖² dt.
@@ -75,7 +75,17 @@ impl MleGrad {
 }
 
 /// Gradient of the maximum-likelihood objective.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MleGrad {
     /// The adjoint ODE solved backwards: memory independent of the number of steps.
@@ -91,7 +101,7 @@ impl Default for MleConfig {
         MleConfig {
             probes: 1,
             rademacher: true,
-            solver: "rk4".into(),
+            solver: Method::Rk4,
             steps: 8,
             kinetic: 0.0,
             frobenius: 0.0,
@@ -105,7 +115,7 @@ impl Default for MleConfig {
 
 impl MleConfig {
     pub fn validate(&self) -> Result<()> {
-        let m = Method::from_name(&self.solver)?;
+        let m = self.solver;
         if m.adaptive() {
             if self.grad == MleGrad::Backprop {
                 return Err(Error::invalid(
@@ -140,13 +150,11 @@ impl MleConfig {
 
     /// dopri5: adaptive forward (per-row steps) and adjoint (batch-global steps) solves.
     pub fn adaptive(&self) -> bool {
-        Method::from_name(&self.solver).is_ok_and(|m| m.adaptive())
+        self.solver.adaptive()
     }
 
     pub fn tableau(&self) -> Tableau {
-        Method::from_name(&self.solver)
-            .map(|m| m.tableau())
-            .unwrap_or_else(|_| Tableau::rk4())
+        self.solver.tableau()
     }
 
     /// Field evaluations of the forward solve of one training step (fixed-step solvers;

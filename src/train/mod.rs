@@ -18,6 +18,9 @@ use crate::model::{MlpConfig, Weights};
 use crate::path::GaussianPath;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod run;
+pub use run::{NewRun, Run, RunConfig, RunPlan};
+
 /// How source and data points of a batch are paired.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -970,7 +973,6 @@ pub fn fit(
         config: crate::model::ModelConfig {
             data: data.name.clone(),
             seed: cfg.seed,
-            train: serde_json::to_value(&trainer.cfg).unwrap_or_default(),
             ..crate::model::ModelConfig::new(mlp_cfg.clone(), path)
         },
         weights: trainer.weights(ctx, true)?,

@@ -1,0 +1,515 @@
+//! A training run as a folder: its typed configuration, its data, checkpoints, the loss
+//! log, resume and held-out evaluation. `flowgpu train` is a thin layer over [`Run`];
+//! `examples/resumable_run.rs` drives one from the library.
+//!
+//! Files of a run folder (docs/formats.md):
+//! - `config.json`: [`RunConfig`] — the model's configuration with the optimizer's
+//!   (`"train"`) and the plan's (`"run"`) sections, typed end to end;
+//! - `model.safetensors`: the weights to sample with (the EMA's when `ema` is set);
+//! - `checkpoint.safetensors`: [`TrainState`], what an exact resume needs;
+//! - `loss.csv`: `step,loss,lr`, one line per step done.
+
+use super::{TrainConfig, TrainState, Trainer};
+use crate::data::{AugmentFill, Dataset, Standardization};
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::model::{Model, ModelConfig, Weights};
+use crate::solve::{Method, Sampler, SolveConfig, Trace};
+use rand::SeedableRng;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+/// What a run trains on and how it checkpoints (config.json `"run"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPlan {
+    /// A toy name or a data file (CSV/NPY).
+    pub data: String,
+    /// Column of the data file holding class labels (class-conditional models).
+    #[serde(default)]
+    pub label_column: Option<usize>,
+    /// The source distribution x0: None for N(0, I), else a toy name or data file.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Points drawn from a toy (files are read whole).
+    pub n_data: usize,
+    /// Fraction of the data held out for evaluation.
+    pub val_frac: f64,
+    /// Train on per-column standardized data (undone on samples).
+    pub standardize: bool,
+    /// Drop rows with NaN/Inf instead of refusing the file.
+    pub drop_nonfinite: bool,
+    /// Steps between checkpoints (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Samples drawn for the run's sample figure (0: none).
+    pub plot_samples: usize,
+    /// Held-out points drawn for a toy's evaluation when nothing is held out.
+    pub eval_n: usize,
+}
+
+impl RunPlan {
+    /// The plan `flowgpu train --data DATA` makes by default: 100 000 points of a toy (a
+    /// file is read whole), nothing held out, files standardized and toys not, a
+    /// checkpoint every 1000 steps, 4000 samples in the figure, 2000 fresh toy points for
+    /// the held-out NLL.
+    pub fn new(data: &str) -> RunPlan {
+        RunPlan {
+            data: data.to_string(),
+            label_column: None,
+            source: None,
+            n_data: 100_000,
+            val_frac: 0.0,
+            standardize: crate::data::toys::Toy::from_name(data).is_none(),
+            drop_nonfinite: false,
+            checkpoint_every: 1000,
+            plot_samples: 4000,
+            eval_n: 2000,
+        }
+    }
+}
+
+/// The keys of config.json that belong to the run, not the model.
+const TRAIN_KEY: &str = "train";
+const PLAN_KEY: &str = "run";
+
+/// A run's config.json: the model's configuration, the optimizer's and the plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub plan: RunPlan,
+}
+
+impl RunConfig {
+    /// The JSON object: the model's fields, then `"train"` and `"run"`.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        let bad = |e: serde_json::Error| Error::invalid(format!("config.json: {e}"));
+        let mut v = serde_json::to_value(&self.model).map_err(bad)?;
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| Error::invalid("config.json: the model is not an object"))?;
+        obj.insert(
+            TRAIN_KEY.into(),
+            serde_json::to_value(&self.train).map_err(bad)?,
+        );
+        obj.insert(
+            PLAN_KEY.into(),
+            serde_json::to_value(&self.plan).map_err(bad)?,
+        );
+        serde_json::to_vec_pretty(&v).map_err(bad)
+    }
+
+    /// Parse and validate a run's config.json (`path` names the file in errors): every
+    /// section typed, an unknown or missing field is an error.
+    pub fn parse(text: &[u8], path: &Path) -> Result<RunConfig> {
+        let bad =
+            |what: &str, e: serde_json::Error| Error::format(path, format!("invalid {what}: {e}"));
+        let mut v: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| bad("config", e))?;
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| Error::format(path, "is not a JSON object"))?;
+        let missing = |k: &str| {
+            Error::format(
+                path,
+                format!("has no \"{k}\" section: not a training run's folder"),
+            )
+        };
+        let train = obj.remove(TRAIN_KEY).ok_or_else(|| missing(TRAIN_KEY))?;
+        let plan = obj.remove(PLAN_KEY).ok_or_else(|| missing(PLAN_KEY))?;
+        let train: TrainConfig =
+            serde_json::from_value(train).map_err(|e| bad("\"train\" section", e))?;
+        train.validate()?;
+        let plan: RunPlan = serde_json::from_value(plan).map_err(|e| bad("\"run\" section", e))?;
+        let model = Model::parse_config(&serde_json::to_vec(&v).unwrap_or_default(), path)?;
+        Ok(RunConfig { model, train, plan })
+    }
+
+    fn read(dir: &Path) -> Result<RunConfig> {
+        let cj = dir.join("config.json");
+        let text = std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?;
+        Self::parse(&text, &cj)
+    }
+}
+
+/// How a new run's model is made besides its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct NewRun {
+    /// ANODE: extra dimensions appended to the data (zeros) and the source.
+    pub augment: usize,
+    /// What fills the source's augmented dimensions.
+    pub augment_fill: AugmentFill,
+    /// Train this model further: its shape, path, ANODE settings and standardization
+    /// replace the configuration's (the data is re-standardized with its statistics).
+    pub init: Option<Model>,
+}
+
+/// A training run: its folder, configuration, data and progress.
+pub struct Run {
+    pub dir: PathBuf,
+    pub config: RunConfig,
+    /// The training split in model units.
+    pub train_set: Dataset,
+    /// The held-out split in data units, if any.
+    pub held: Option<Dataset>,
+    /// The source pool in model units (augmented), if the source is not N(0, I).
+    source: Option<Vec<f32>>,
+    /// The weights training starts from (a fresh run's) or the folder's (a resumed one's).
+    weights: Weights,
+    /// Loss of every step done.
+    pub curve: Vec<f32>,
+    /// The checkpoint a resumed run continues from.
+    resume_state: Option<TrainState>,
+}
+
+impl Run {
+    /// A new run in `dir` (created; the first checkpoint is written by [`Run::trainer`]).
+    /// `config.model.mlp.dim` and `classes` are set from the data.
+    pub fn create(dir: &Path, mut config: RunConfig, new: NewRun) -> Result<Run> {
+        config.train.validate()?;
+        let (mut train_set, held, std) = load_data(&config.plan, config.model.seed)?;
+        check_batch(&train_set, &config.train)?;
+        let m = &mut config.model;
+        m.augment = new.augment;
+        m.augment_fill = new.augment_fill;
+        if m.augment_fill == AugmentFill::Copy && config.plan.source.is_none() {
+            return Err(Error::invalid(
+                "--augment-fill copy needs a --source (the Gaussian source gets noise)",
+            ));
+        }
+        m.mlp.classes = train_set.n_classes();
+        m.mlp.dim = train_set.dim + new.augment;
+        m.standardization = std;
+        m.source = config.plan.source.clone();
+        m.mlp.validate()?;
+        if config.train.paired && (config.plan.val_frac > 0.0 || config.plan.source.is_none()) {
+            return Err(Error::invalid(
+                "--paired needs a --source file with one row per data row, and no --val-frac",
+            ));
+        }
+        let weights = match &new.init {
+            Some(init) => {
+                adopt_init_model(m, &mut train_set, init)?;
+                init.weights.clone()
+            }
+            None => {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(config.train.seed);
+                Weights::init(&m.mlp, &mut rng)
+            }
+        };
+        Self::assemble(dir, config, train_set, held, weights, None)
+    }
+
+    /// The run in `dir`, to continue from its last checkpoint.
+    pub fn resume(dir: &Path) -> Result<Run> {
+        let config = RunConfig::read(dir)?;
+        let (mut train_set, held, std) = load_data(&config.plan, config.model.seed)?;
+        check_batch(&train_set, &config.train)?;
+        if config.model.data_dim() != train_set.dim {
+            return Err(Error::invalid(format!(
+                "the data now has dimension {}, the run's model {}",
+                train_set.dim,
+                config.model.data_dim()
+            )));
+        }
+        // The model's units are the run's stored ones (an --init run keeps its model's).
+        if config.model.standardization != std {
+            restandardize(
+                &mut train_set,
+                std.as_ref(),
+                config.model.standardization.as_ref(),
+            );
+        }
+        let weights = Model::load(dir)?.weights;
+        let state = TrainState::load(&dir.join("checkpoint.safetensors"))?;
+        let mut run = Self::assemble(dir, config, train_set, held, weights, Some(state))?;
+        let step = run.resume_state.as_ref().map_or(0, |s| s.step);
+        run.curve = read_loss_csv(&dir.join("loss.csv"), step)?;
+        Ok(run)
+    }
+
+    fn assemble(
+        dir: &Path,
+        config: RunConfig,
+        train_set: Dataset,
+        held: Option<Dataset>,
+        weights: Weights,
+        resume_state: Option<TrainState>,
+    ) -> Result<Run> {
+        config.model.mlp.validate()?;
+        if config.train.mle.is_some() && config.model.augment > 0 {
+            return Err(Error::invalid(
+                "--objective mle with --augment: the zero-padded dimensions make the likelihood unbounded; train ANODE models with flow matching",
+            ));
+        }
+        let m = &config.model;
+        let source = load_source(
+            &config.plan,
+            m.seed,
+            train_set.dim,
+            m.standardization.as_ref(),
+        )?
+        // ANODE: zeros in the augmented dimensions of the data, noise in the source's.
+        .map(|s| {
+            let seed = m.seed ^ 0xa0de;
+            Dataset::augment_source(&s, train_set.dim, m.augment, m.augment_fill, seed)
+        });
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            curve: Vec::with_capacity(config.train.steps as usize),
+            config,
+            train_set,
+            held,
+            source,
+            weights,
+            resume_state,
+        })
+    }
+
+    /// Whether this run continues an earlier one.
+    pub fn is_resumed(&self) -> bool {
+        self.resume_state.is_some()
+    }
+
+    /// The trainer of this run on `ctx`: restored to the checkpoint when resuming; for a
+    /// new run, the folder is created and its first checkpoint (step 0) written.
+    pub fn trainer(&self, ctx: &GpuContext) -> Result<Trainer> {
+        let m = &self.config.model;
+        let pool = Dataset::augment(&self.train_set.points, self.train_set.dim, m.augment, None);
+        let mut trainer = Trainer::with_source(
+            ctx,
+            &m.mlp,
+            m.path,
+            &self.weights,
+            &pool,
+            self.source.as_deref(),
+            self.train_set.labels.as_deref(),
+            &self.config.train,
+        )?;
+        match &self.resume_state {
+            Some(st) => trainer.restore(ctx, st)?,
+            None => {
+                std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+                self.checkpoint(ctx, &trainer)?;
+            }
+        }
+        Ok(trainer)
+    }
+
+    /// Train to the end, checkpointing every `plan.checkpoint_every` steps and at the end
+    /// (or when `stop` is raised: then it returns `true` after that checkpoint).
+    /// `on_log(step, recent_losses)` runs after every loss readback.
+    pub fn train(
+        &mut self,
+        ctx: &GpuContext,
+        trainer: &mut Trainer,
+        stop: &AtomicBool,
+        mut on_log: impl FnMut(u64, &[f32]),
+    ) -> Result<bool> {
+        let steps = self.config.train.steps;
+        let every = match self.config.plan.checkpoint_every {
+            0 => steps,
+            n => n,
+        };
+        while trainer.step < steps {
+            let next = ((trainer.step / every) + 1) * every;
+            let curve = &mut self.curve;
+            let stopped = trainer.run_until(ctx, next.min(steps), stop, |step, losses| {
+                curve.extend_from_slice(losses);
+                on_log(step, losses);
+                Ok(())
+            })?;
+            self.checkpoint(ctx, trainer)?;
+            if stopped {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Write the checkpoint set: optimizer state, model weights, config.json, loss log.
+    pub fn checkpoint(&self, ctx: &GpuContext, trainer: &Trainer) -> Result<()> {
+        use crate::io::atomic::write_atomic;
+        trainer
+            .state(ctx)?
+            .save(&self.dir.join("checkpoint.safetensors"))?;
+        let st = self.dir.join("model.safetensors");
+        let weights = trainer.weights(ctx, true)?;
+        write_atomic(&st, &weights.to_safetensors()?).map_err(|e| Error::io(&st, e))?;
+        let cj = self.dir.join("config.json");
+        write_atomic(&cj, &self.config.to_json()?).map_err(|e| Error::io(&cj, e))?;
+        write_loss_csv(&self.dir.join("loss.csv"), &self.curve, &self.config.train)
+    }
+
+    /// The model the trainer holds now (the EMA's weights when the run keeps one).
+    pub fn model(&self, ctx: &GpuContext, trainer: &Trainer) -> Result<Model> {
+        Ok(Model {
+            config: self.config.model.clone(),
+            weights: trainer.weights(ctx, true)?,
+        })
+    }
+
+    /// Mean loss of the last `n` steps.
+    pub fn final_loss(&self, n: usize) -> f64 {
+        let tail = &self.curve[self.curve.len().saturating_sub(n)..];
+        tail.iter().map(|&x| x as f64).sum::<f64>() / tail.len().max(1) as f64
+    }
+
+    /// Held-out NLL in nats per point (data units): exact trace, RK4 with 50 steps (a
+    /// fixed, predictable cost). None without held-out data, or for models whose
+    /// likelihood is not the data's (a non-Gaussian source, ANODE).
+    pub fn held_out_nll(&self, sampler: &Sampler) -> Result<Option<f64>> {
+        let m = &self.config.model;
+        let Some(h) = &self.held else { return Ok(None) };
+        if m.source.is_some() || m.augment > 0 {
+            return Ok(None);
+        }
+        let solve = SolveConfig {
+            method: Method::Rk4,
+            steps: 50,
+            ..SolveConfig::default()
+        };
+        let (logp, _, _) = sampler.log_prob(&h.points, Trace::Exact, &solve)?;
+        Ok(Some(-logp.iter().sum::<f64>() / logp.len() as f64))
+    }
+}
+
+/// The data of a run, as its plan says: (training split in model units, held-out split in
+/// data units, standardization).
+fn load_data(
+    plan: &RunPlan,
+    seed: u64,
+) -> Result<(Dataset, Option<Dataset>, Option<Standardization>)> {
+    if plan.n_data == 0 {
+        return Err(Error::invalid("--n-data must be positive"));
+    }
+    let mut all = Dataset::load(&plan.data, plan.n_data, seed, plan.drop_nonfinite)?;
+    if let Some(col) = plan.label_column {
+        all.take_label_column(col)?;
+    }
+    let is_toy = crate::data::toys::Toy::from_name(&plan.data).is_some();
+    let (mut train, mut held) = all.split(plan.val_frac, seed)?;
+    if held.is_none() && is_toy && plan.eval_n > 0 {
+        held = Some(Dataset::toy(
+            &plan.data,
+            plan.eval_n,
+            seed.wrapping_add(0x5eed),
+        )?);
+    }
+    let std = plan.standardize.then(|| {
+        let s = train.standardization();
+        s.apply(&mut train.points);
+        s
+    });
+    Ok((train, held, std))
+}
+
+/// The source pool of a run (model units), if its source is not N(0, I).
+fn load_source(
+    plan: &RunPlan,
+    seed: u64,
+    dim: usize,
+    std: Option<&Standardization>,
+) -> Result<Option<Vec<f32>>> {
+    let Some(spec) = &plan.source else {
+        return Ok(None);
+    };
+    let mut ds = Dataset::load(spec, plan.n_data, seed.wrapping_add(1), plan.drop_nonfinite)?;
+    if ds.dim != dim {
+        return Err(Error::invalid(format!(
+            "the source '{spec}' has dimension {}, the data {dim}",
+            ds.dim
+        )));
+    }
+    if let Some(s) = std {
+        s.apply(&mut ds.points);
+    }
+    Ok(Some(ds.points))
+}
+
+fn check_batch(train_set: &Dataset, tc: &TrainConfig) -> Result<()> {
+    if train_set.len() < tc.batch {
+        return Err(Error::invalid(format!(
+            "the training data has {} rows, fewer than --batch {}; use a smaller batch",
+            train_set.len(),
+            tc.batch
+        )));
+    }
+    Ok(())
+}
+
+/// Move `set` from the units of `from` to those of `to` (None: data units).
+fn restandardize(set: &mut Dataset, from: Option<&Standardization>, to: Option<&Standardization>) {
+    if let Some(s) = from {
+        s.undo(&mut set.points);
+    }
+    if let Some(s) = to {
+        s.apply(&mut set.points);
+    }
+}
+
+/// `NewRun::init`: the model's shape, path, ANODE settings and standardization replace
+/// the configuration's (the data is re-standardized with its statistics).
+fn adopt_init_model(config: &mut ModelConfig, train: &mut Dataset, m: &Model) -> Result<()> {
+    if m.config.data_dim() != train.dim {
+        return Err(Error::invalid(format!(
+            "--init: the model has data dimension {}, the data {}",
+            m.config.data_dim(),
+            train.dim
+        )));
+    }
+    if m.config.mlp.classes != config.mlp.classes {
+        return Err(Error::invalid(format!(
+            "--init: the model has {} classes, the data {}",
+            m.config.mlp.classes, config.mlp.classes
+        )));
+    }
+    restandardize(
+        train,
+        config.standardization.as_ref(),
+        m.config.standardization.as_ref(),
+    );
+    config.mlp = m.config.mlp.clone();
+    config.path = m.config.path;
+    config.augment = m.config.augment;
+    config.augment_fill = m.config.augment_fill;
+    config.standardization = m.config.standardization.clone();
+    Ok(())
+}
+
+fn write_loss_csv(path: &Path, curve: &[f32], cfg: &TrainConfig) -> Result<()> {
+    use std::io::Write;
+    crate::io::atomic::write_atomic_with(path, |w| {
+        writeln!(w, "step,loss,lr")?;
+        for (i, l) in curve.iter().enumerate() {
+            writeln!(w, "{},{},{}", i + 1, l, cfg.lr_at(i as u64))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| Error::io(path, e))
+}
+
+fn read_loss_csv(path: &Path, steps: u64) -> Result<Vec<f32>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: Vec<f32> = text
+        .lines()
+        .skip(1)
+        .take(steps as usize)
+        .map(|l| {
+            l.split(',')
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(f32::NAN)
+        })
+        .collect();
+    if v.len() as u64 != steps {
+        return Err(Error::format(
+            path,
+            format!(
+                "holds {} losses, the checkpoint is at step {steps}",
+                v.len()
+            ),
+        ));
+    }
+    Ok(v)
+}
