@@ -4,8 +4,8 @@
 //! cargo run --release --example resumable_run
 
 use flowgpu::train::{NewRun, Run, RunConfig, RunPlan};
-use flowgpu::{Activation, AdapterChoice, GaussianPath, GpuContext, MlpConfig, ModelConfig};
 use flowgpu::TrainConfig;
+use flowgpu::{Activation, AdapterChoice, GaussianPath, GpuContext, MlpConfig, ModelConfig};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -174,107 +174,122 @@ impl MlpPass {
             jvp_params: Vec::new(),
         };
         if let Some(grads) = grads {
-            let chunk = mlp_backward::chunk_rows(stacked, &tiles);
-            let n_chunks = stacked.div_ceil(chunk);
-            let partial_len = if n_chunks > 1 {
-                layers.iter().map(|l| n_chunks * l.size).max().unwrap_or(1)
-            } else {
-                1
-            };
-            let partial = ctx.storage("weight grad partials", partial_len)?;
-            // With tangents, the input gradient runs through the tangent rows too.
-            let bi = if tangents > 0 {
-                mlp_backward::backward_input_jvp(ctx)?
-            } else {
-                mlp_backward::backward_input(ctx)?
-            };
-            let bw = mlp_backward::backward_weight(ctx)?;
-            let red = mlp_backward::reduce_chunks(ctx)?;
-            for i in 0..n_layers {
-                let x = if i == 0 { &pass.input } else { &pass.h[i - 1] };
-                pass.bw_groups.push(bw.bind(
-                    ctx,
-                    &pass.arena,
-                    &mlp_backward::WeightBindings {
-                        dz: &pass.dz[i],
-                        x_in: x,
-                        partial: &partial,
-                        grads,
-                    },
-                ));
-                pass.red_groups.push(red.bind(
-                    ctx,
-                    &pass.arena,
-                    &mlp_backward::ReduceChunksBindings {
-                        partial: &partial,
-                        grads,
-                    },
-                ));
-                let below = (i > 0).then(|| {
-                    bi.bind(
-                        ctx,
-                        &pass.arena,
-                        &mlp_backward::InputBindings {
-                            dz: &pass.dz[i],
-                            params: &mlp.params,
-                            z_below: &pass.z[i - 1],
-                            dx: &pass.dz[i - 1],
-                        },
-                    )
-                });
-                pass.bin_groups.push(below);
-            }
-            if input_grad {
-                let ig = ctx.storage("mlp input grad", stacked * layers[0].in_pad)?;
-                // Layer 0 has no activation below it: the identity epilogue leaves dX.
-                pass.bin_groups[0] = Some(bi.bind(
-                    ctx,
-                    &pass.arena,
-                    &mlp_backward::InputBindings {
-                        dz: &pass.dz[0],
-                        params: &mlp.params,
-                        z_below: &dummy_ro,
-                        dx: &ig,
-                    },
-                ));
-                pass.input_grad = Some(ig);
-            }
-            {
-                if let Some(fused) = mlp_backward::backward_layer(ctx, tangents > 0)? {
-                    for i in 0..n_layers {
-                        let x = if i == 0 { &pass.input } else { &pass.h[i - 1] };
-                        // The input-gradient half's buffers, as bound for backward_input.
-                        let below = match (i, &pass.input_grad) {
-                            (0, Some(ig)) => Some((&dummy_ro, ig)),
-                            (0, None) => None,
-                            _ => Some((&pass.z[i - 1], &pass.dz[i - 1])),
-                        };
-                        pass.layer_groups.push(below.map(|(zb, dx)| {
-                            fused.bind(
-                                ctx,
-                                &pass.arena,
-                                &mlp_backward::LayerBindings {
-                                    dz: &pass.dz[i],
-                                    params: &mlp.params,
-                                    z_below: zb,
-                                    dx,
-                                    x_in: x,
-                                    partial: &partial,
-                                    grads,
-                                },
-                            )
-                        }));
-                    }
-                    pass.back_layer = Some(fused);
-                }
-            }
-            pass.partial = Some(partial);
-            pass.back_input = Some(bi);
-            pass.back_weight = Some(bw);
-            pass.reduce = Some(red);
+            pass.bind_backward(ctx, mlp, grads, input_grad, &dummy_ro)?;
         }
         pass.set_rows(ctx, mlp, capacity);
         Ok(pass)
+    }
+
+    /// The backward kernels and their bind groups: per-layer weight and input gradients
+    /// (and the fused layer kernel where the tiles have it), into `grads`.
+    fn bind_backward(
+        &mut self,
+        ctx: &GpuContext,
+        mlp: &GpuMlp,
+        grads: &wgpu::Buffer,
+        input_grad: bool,
+        dummy_ro: &wgpu::Buffer,
+    ) -> Result<()> {
+        let layers = &mlp.layout.layers;
+        let tangents = self.tangents;
+        let stacked = (1 + tangents) * self.capacity;
+        let chunk = mlp_backward::chunk_rows(stacked, &self.tiles);
+        let n_chunks = stacked.div_ceil(chunk);
+        let partial_len = if n_chunks > 1 {
+            layers.iter().map(|l| n_chunks * l.size).max().unwrap_or(1)
+        } else {
+            1
+        };
+        let partial = ctx.storage("weight grad partials", partial_len)?;
+        // With tangents, the input gradient runs through the tangent rows too.
+        let bi = if tangents > 0 {
+            mlp_backward::backward_input_jvp(ctx)?
+        } else {
+            mlp_backward::backward_input(ctx)?
+        };
+        let bw = mlp_backward::backward_weight(ctx)?;
+        let red = mlp_backward::reduce_chunks(ctx)?;
+        for i in 0..layers.len() {
+            let x = if i == 0 { &self.input } else { &self.h[i - 1] };
+            self.bw_groups.push(bw.bind(
+                ctx,
+                &self.arena,
+                &mlp_backward::WeightBindings {
+                    dz: &self.dz[i],
+                    x_in: x,
+                    partial: &partial,
+                    grads,
+                },
+            ));
+            self.red_groups.push(red.bind(
+                ctx,
+                &self.arena,
+                &mlp_backward::ReduceChunksBindings {
+                    partial: &partial,
+                    grads,
+                },
+            ));
+            let below = (i > 0).then(|| {
+                bi.bind(
+                    ctx,
+                    &self.arena,
+                    &mlp_backward::InputBindings {
+                        dz: &self.dz[i],
+                        params: &mlp.params,
+                        z_below: &self.z[i - 1],
+                        dx: &self.dz[i - 1],
+                    },
+                )
+            });
+            self.bin_groups.push(below);
+        }
+        if input_grad {
+            let ig = ctx.storage("mlp input grad", stacked * layers[0].in_pad)?;
+            // Layer 0 has no activation below it: the identity epilogue leaves dX.
+            self.bin_groups[0] = Some(bi.bind(
+                ctx,
+                &self.arena,
+                &mlp_backward::InputBindings {
+                    dz: &self.dz[0],
+                    params: &mlp.params,
+                    z_below: dummy_ro,
+                    dx: &ig,
+                },
+            ));
+            self.input_grad = Some(ig);
+        }
+        if let Some(fused) = mlp_backward::backward_layer(ctx, tangents > 0)? {
+            for i in 0..layers.len() {
+                let x = if i == 0 { &self.input } else { &self.h[i - 1] };
+                // The input-gradient half's buffers, as bound for backward_input.
+                let below = match (i, &self.input_grad) {
+                    (0, Some(ig)) => Some((dummy_ro, ig)),
+                    (0, None) => None,
+                    _ => Some((&self.z[i - 1], &self.dz[i - 1])),
+                };
+                self.layer_groups.push(below.map(|(zb, dx)| {
+                    fused.bind(
+                        ctx,
+                        &self.arena,
+                        &mlp_backward::LayerBindings {
+                            dz: &self.dz[i],
+                            params: &mlp.params,
+                            z_below: zb,
+                            dx,
+                            x_in: x,
+                            partial: &partial,
+                            grads,
+                        },
+                    )
+                }));
+            }
+            self.back_layer = Some(fused);
+        }
+        self.partial = Some(partial);
+        self.back_input = Some(bi);
+        self.back_weight = Some(bw);
+        self.reduce = Some(red);
+        Ok(())
     }
 
     /// Run the next dispatches on the first `rows` rows (≤ capacity).

@@ -405,8 +405,14 @@ fn trained(
 ) -> flowgpu::Model {
     let ctx = common::ctx();
     let w = Weights::init(cfg, &mut rand::rngs::StdRng::seed_from_u64(weight_seed));
-    let mut tr =
-        flowgpu::Trainer::with_source(ctx, cfg, path, &w, data, source, labels, tc).unwrap();
+    let mut tr = {
+        let pools = flowgpu::train::Pools {
+            data,
+            source,
+            labels,
+        };
+        flowgpu::Trainer::with_source(ctx, cfg, path, &w, pools, tc).unwrap()
+    };
     let never = std::sync::atomic::AtomicBool::new(false);
     tr.run_until(ctx, tc.steps, &never, |_, _| Ok(())).unwrap();
     flowgpu::Model {

@@ -181,14 +181,7 @@ pub struct Trainer {
     arena: UniformArena,
     cfm_base: cfm::CfmParams,
     adam_base: adam::AdamParams,
-    prepare: Entry<cfm::Prepare>,
-    reduce: Entry<cfm::Reduce>,
-    grad_sq: Entry<adam::GradSq>,
-    update: Entry<adam::Update>,
-    g_prepare: wgpu::BindGroup,
-    g_reduce: wgpu::BindGroup,
-    g_grad_sq: wgpu::BindGroup,
-    g_update: wgpu::BindGroup,
+    kernels: StepKernels,
     tiles: Tiles,
     // Kept alive for the bind groups.
     _data: wgpu::Buffer,
@@ -229,6 +222,281 @@ struct OtState {
     buffers: Vec<wgpu::Buffer>,
 }
 
+/// The host pools a trainer draws from (model units), row-major with the model's dim.
+#[derive(Clone, Copy, Debug)]
+pub struct Pools<'a> {
+    /// Data rows x1.
+    pub data: &'a [f32],
+    /// Source rows x0 (None: x0 ~ N(0, I)).
+    pub source: Option<&'a [f32]>,
+    /// One class label per data row (class-conditional models).
+    pub labels: Option<&'a [u32]>,
+}
+
+impl Pools<'_> {
+    fn rows(&self, d: usize) -> usize {
+        self.data.len() / d
+    }
+    fn source_rows(&self, d: usize) -> usize {
+        self.source.map_or(0, |s| s.len() / d)
+    }
+
+    /// Shapes that fit the model, labels in range, and what the objective needs.
+    fn validate(&self, mlp_cfg: &MlpConfig, cfg: &TrainConfig) -> Result<()> {
+        let d = mlp_cfg.dim;
+        if self.data.is_empty() || !self.data.len().is_multiple_of(d) {
+            return Err(Error::invalid(format!(
+                "training data must be a non-empty [n, {d}] array"
+            )));
+        }
+        if let Some(s) = self.source {
+            if s.is_empty() || !s.len().is_multiple_of(d) {
+                return Err(Error::invalid(format!(
+                    "the source must be a non-empty [n, {d}] array"
+                )));
+            }
+        }
+        if cfg.paired && self.source.map(|s| s.len()) != Some(self.data.len()) {
+            return Err(Error::invalid(
+                "a paired coupling needs a source with as many rows as the data",
+            ));
+        }
+        if cfg.mle.is_some() && self.source.is_some() {
+            return Err(Error::invalid(
+                "--objective mle needs the Gaussian source (a density); drop --source",
+            ));
+        }
+        let c = mlp_cfg.classes;
+        match self.labels {
+            None if c == 0 => Ok(()),
+            Some(l) if c > 0 && l.len() == self.rows(d) && l.iter().all(|&v| (v as usize) < c) => {
+                Ok(())
+            }
+            _ => Err(Error::invalid(format!(
+                "a model with {c} classes needs one label in 0..{c} per data row"
+            ))),
+        }
+    }
+}
+
+/// The per-sample and per-step loss buffers of a training step.
+struct LossBuffers<'a> {
+    sample: &'a wgpu::Buffer,
+    history: &'a wgpu::Buffer,
+}
+
+impl StepMlp {
+    /// The per-layer step: an MLP pass with gradients, and cfm_loss between its forward
+    /// and backward.
+    fn layers(
+        ctx: &GpuContext,
+        mlp: &GpuMlp,
+        cfg: &TrainConfig,
+        arena: &UniformArena,
+        grads: &wgpu::Buffer,
+        target: &wgpu::Buffer,
+        losses: LossBuffers,
+    ) -> Result<StepMlp> {
+        let pass = MlpPass::new(
+            ctx,
+            mlp,
+            cfg.batch,
+            PassOptions {
+                grads: Some(grads),
+                ..Default::default()
+            },
+        )?;
+        let loss = cfm::cfm_loss(ctx)?;
+        let g_loss = loss.bind(
+            ctx,
+            arena,
+            &cfm::LossBindings {
+                target_u: target,
+                v: pass.output(),
+                grad_v: pass.dz.last().expect("a training pass has dz"),
+                sample_loss: losses.sample,
+                loss_history: losses.history,
+            },
+        );
+        Ok(StepMlp::Layers {
+            pass: Box::new(pass),
+            loss,
+            g_loss,
+        })
+    }
+}
+
+/// The optimizer's buffers: gradient, norm partials, parameters, moments, EMA.
+struct StepState<'a> {
+    grads: &'a wgpu::Buffer,
+    partials: &'a wgpu::Buffer,
+    params: &'a wgpu::Buffer,
+    moments: &'a wgpu::Buffer,
+    ema: &'a wgpu::Buffer,
+}
+
+/// The kernels every flow-matching step runs around the MLP, bound to the trainer's
+/// buffers: the batch draw, the loss reduction (MLE) and the optimizer.
+struct StepKernels {
+    prepare: Entry<cfm::Prepare>,
+    reduce: Entry<cfm::Reduce>,
+    grad_sq: Entry<adam::GradSq>,
+    update: Entry<adam::Update>,
+    g_prepare: wgpu::BindGroup,
+    g_reduce: wgpu::BindGroup,
+    g_grad_sq: wgpu::BindGroup,
+    g_update: wgpu::BindGroup,
+}
+
+impl StepKernels {
+    fn new(
+        ctx: &GpuContext,
+        arena: &UniformArena,
+        cfg: &TrainConfig,
+        bufs: &CfmBuffers,
+        input: &wgpu::Buffer,
+        opt: StepState,
+        losses: LossBuffers,
+    ) -> Result<StepKernels> {
+        let prepare = cfm::cfm_prepare(ctx)?;
+        let reduce = cfm::loss_reduce(ctx)?;
+        let grad_sq = adam::grad_sq_partial(ctx)?;
+        let update = adam::adam_update(ctx, cfg.clip_norm > 0.0)?;
+        let g_prepare = prepare.bind(
+            ctx,
+            arena,
+            &cfm::PrepareBindings {
+                data: bufs.data,
+                input,
+                target_u: bufs.target,
+                source: bufs.source,
+                labels: bufs.labels,
+                pairs: bufs.pairs,
+            },
+        );
+        let g_reduce = reduce.bind(
+            ctx,
+            arena,
+            &cfm::ReduceBindings {
+                sample_loss: losses.sample,
+                loss_history: losses.history,
+            },
+        );
+        let g_grad_sq = grad_sq.bind(
+            ctx,
+            arena,
+            &adam::GradSqBindings {
+                grads: opt.grads,
+                partials: opt.partials,
+            },
+        );
+        let g_update = update.bind(
+            ctx,
+            arena,
+            &adam::UpdateBindings {
+                grads: opt.grads,
+                partials: opt.partials,
+                params: opt.params,
+                moments: opt.moments,
+                ema: opt.ema,
+                loss_history: losses.history,
+            },
+        );
+        Ok(StepKernels {
+            prepare,
+            reduce,
+            grad_sq,
+            update,
+            g_prepare,
+            g_reduce,
+            g_grad_sq,
+            g_update,
+        })
+    }
+}
+
+/// AdamW's fixed parameters (the step's learning rate and bias corrections are set per
+/// step); with the fused step it adds the gradient slots and writes the batch loss.
+fn adam_params(cfg: &TrainConfig, n: usize, n_partials: usize, step: &StepMlp) -> adam::AdamParams {
+    let base = adam::AdamParams {
+        n: n as u32,
+        n_partials: n_partials as u32,
+        use_ema: cfg.ema.is_some() as u32,
+        beta1: cfg.beta1 as f32,
+        beta2: cfg.beta2 as f32,
+        eps: cfg.eps as f32,
+        weight_decay: cfg.weight_decay as f32,
+        clip_norm: cfg.clip_norm as f32,
+        ema_decay: cfg.ema.unwrap_or(0.0) as f32,
+        ..Default::default()
+    };
+    match step {
+        StepMlp::Fused(f) => adam::AdamParams {
+            grad_parts: f.groups as u32,
+            part_vec4: (f.slot_len / 4) as u32,
+            loss_rows: cfg.batch as u32,
+            ..base
+        },
+        StepMlp::Layers { .. } => base,
+    }
+}
+
+impl OtState {
+    /// The Sinkhorn kernels bound to the pools and their own buffers.
+    fn new(
+        ctx: &GpuContext,
+        arena: &UniformArena,
+        bufs: &CfmBuffers,
+        base: ot::OtParams,
+        iters: usize,
+    ) -> Result<OtState> {
+        let (b, d) = (base.batch as usize, base.dim as usize);
+        let x0 = ctx.storage("ot x0", b * d)?;
+        let x1 = ctx.storage("ot x1", b * d)?;
+        let f = ctx.storage("ot f", b)?;
+        let g = ctx.storage("ot g", b)?;
+        let eps = ctx.storage("ot eps", 1)?;
+        let draw = ot::ot_draw(ctx)?;
+        let scale = ot::ot_scale(ctx)?;
+        let g_draw = draw.bind(
+            ctx,
+            arena,
+            &ot::DrawBindings {
+                data: bufs.data,
+                source: bufs.source,
+                x0: &x0,
+                x1: &x1,
+                f: &f,
+                g: &g,
+            },
+        );
+        let g_solve = scale.bind(
+            ctx,
+            arena,
+            &ot::SolveBindings {
+                x0: &x0,
+                x1: &x1,
+                f: &f,
+                g: &g,
+                pairs: bufs.pairs,
+                eps: &eps,
+            },
+        );
+        Ok(OtState {
+            base,
+            iters,
+            draw,
+            scale,
+            sink_f: ot::sinkhorn_f(ctx)?,
+            sink_g: ot::sinkhorn_g(ctx)?,
+            sample: ot::sample_pairs(ctx)?,
+            g_draw,
+            g_solve,
+            buffers: vec![x0, x1, f, g, bufs.pairs.clone(), eps],
+        })
+    }
+}
+
 impl Trainer {
     /// Upload the (already standardized) data pool and the initial weights; x0 ~ N(0, I).
     pub fn new(
@@ -239,33 +507,30 @@ impl Trainer {
         data: &[f32],
         cfg: &TrainConfig,
     ) -> Result<Self> {
-        Self::with_source(ctx, mlp_cfg, path, weights, data, None, None, cfg)
+        let pools = Pools {
+            data,
+            source: None,
+            labels: None,
+        };
+        Self::with_source(ctx, mlp_cfg, path, weights, pools, cfg)
     }
 
     /// As [`new`](Self::new), with x0 drawn from a source pool (model units) if given, and
     /// one class label per data row for class-conditional models (mlp_cfg.classes > 0).
-    #[allow(clippy::too_many_arguments)]
     pub fn with_source(
         ctx: &GpuContext,
         mlp_cfg: &MlpConfig,
         path: GaussianPath,
         weights: &Weights,
-        data: &[f32],
-        source: Option<&[f32]>,
-        labels: Option<&[u32]>,
+        pools: Pools,
         cfg: &TrainConfig,
     ) -> Result<Self> {
         cfg.validate()?;
         mlp_cfg.validate()?;
+        pools.validate(mlp_cfg, cfg)?;
         let d = mlp_cfg.dim;
-        if data.is_empty() || !data.len().is_multiple_of(d) {
-            return Err(Error::invalid(format!(
-                "training data must be a non-empty [n, {d}] array"
-            )));
-        }
         let mut cfg = cfg.clone();
         cfg.log_every = cfg.log_every.div_ceil(cfg.steps_per_submit) * cfg.steps_per_submit;
-        let tiles = ctx.tiles;
         let mlp = GpuMlp::new(ctx, mlp_cfg, weights)?;
         let n = mlp.layout.total;
         let fused = cfg.mle.is_none() && FusedCfmPass::suits(ctx, &mlp.layout, cfg.batch);
@@ -275,142 +540,72 @@ impl Trainer {
         } else {
             ctx.storage("grads", n)?
         };
-        let data_buf = ctx.storage_from("data pool", data)?;
-        if let Some(s) = source {
-            if s.is_empty() || !s.len().is_multiple_of(d) {
-                return Err(Error::invalid(format!(
-                    "the source must be a non-empty [n, {d}] array"
-                )));
-            }
-        }
-        if cfg.paired && source.map(|s| s.len()) != Some(data.len()) {
-            return Err(Error::invalid(
-                "a paired coupling needs a source with as many rows as the data",
-            ));
-        }
-        let source_buf = ctx.storage_from("source pool", source.unwrap_or(&[]))?;
-        match (mlp_cfg.classes, labels) {
-            (0, None) => {}
-            (c, Some(l))
-                if c > 0 && l.len() == data.len() / d && l.iter().all(|&v| (v as usize) < c) => {}
-            _ => {
-                return Err(Error::invalid(format!(
-                    "a model with {} classes needs one label in 0..{} per data row",
-                    mlp_cfg.classes, mlp_cfg.classes
-                )))
-            }
-        }
-        let label_buf = ctx.storage_from("labels", bytemuck::cast_slice(labels.unwrap_or(&[])))?;
+        let data_buf = ctx.storage_from("data pool", pools.data)?;
+        let source_buf = ctx.storage_from("source pool", pools.source.unwrap_or(&[]))?;
+        let labels = bytemuck::cast_slice(pools.labels.unwrap_or(&[]));
+        let label_buf = ctx.storage_from("labels", labels)?;
         let pairs_buf = ctx.storage("ot pairs", cfg.batch)?;
         let out_stride = MlpPass::out_stride(mlp_cfg);
         let target = ctx.storage("cfm target", cfg.batch * out_stride)?;
         let sample_loss = ctx.storage("per-sample loss", cfg.batch)?;
         let loss_history = ctx.storage("loss history", cfg.log_every)?;
-        let n_partials = adam::n_partials(n, &tiles);
+        let n_partials = adam::n_partials(n, &ctx.tiles);
         let partials = ctx.storage("grad norm partials", n_partials)?;
         let moments = ctx.storage("adam moments", 2 * n)?;
         let ema = ctx.storage_from("ema", &weights.pack(&mlp.layout))?;
         let k = cfg.steps_per_submit;
         let arena = UniformArena::new(ctx, "train step params", 3 * k);
-
+        let bufs = CfmBuffers {
+            data: &data_buf,
+            target: &target,
+            source: &source_buf,
+            labels: &label_buf,
+            pairs: &pairs_buf,
+        };
         let step_mlp = if fused {
-            let bufs = CfmBuffers {
-                data: &data_buf,
-                target: &target,
-                source: &source_buf,
-                labels: &label_buf,
-                pairs: &pairs_buf,
-            };
             StepMlp::Fused(FusedCfmPass::new(
                 ctx, &mlp, cfg.batch, &arena, &bufs, &grads,
             )?)
         } else {
-            let pass = MlpPass::new(
-                ctx,
-                &mlp,
-                cfg.batch,
-                PassOptions {
-                    grads: Some(&grads),
-                    ..Default::default()
-                },
-            )?;
-            let loss = cfm::cfm_loss(ctx)?;
-            let g_loss = loss.bind(
-                ctx,
-                &arena,
-                &cfm::LossBindings {
-                    target_u: &target,
-                    v: pass.output(),
-                    grad_v: pass.dz.last().unwrap(),
-                    sample_loss: &sample_loss,
-                    loss_history: &loss_history,
-                },
-            );
-            StepMlp::Layers {
-                pass: Box::new(pass),
-                loss,
-                g_loss,
-            }
+            let losses = LossBuffers {
+                sample: &sample_loss,
+                history: &loss_history,
+            };
+            StepMlp::layers(ctx, &mlp, &cfg, &arena, &grads, &target, losses)?
         };
         let input = match &step_mlp {
             StepMlp::Layers { pass, .. } => &pass.input,
             // Unused: the fused kernel draws its rows itself.
             StepMlp::Fused(f) => &f.input,
         };
-        let prepare = cfm::cfm_prepare(ctx)?;
-        let reduce = cfm::loss_reduce(ctx)?;
-        let grad_sq = adam::grad_sq_partial(ctx)?;
-        let update = adam::adam_update(ctx, cfg.clip_norm > 0.0)?;
-        let g_prepare = prepare.bind(
+        let kernels = StepKernels::new(
             ctx,
             &arena,
-            &cfm::PrepareBindings {
-                data: &data_buf,
-                input,
-                target_u: &target,
-                source: &source_buf,
-                labels: &label_buf,
-                pairs: &pairs_buf,
-            },
-        );
-        let g_reduce = reduce.bind(
-            ctx,
-            &arena,
-            &cfm::ReduceBindings {
-                sample_loss: &sample_loss,
-                loss_history: &loss_history,
-            },
-        );
-        let g_grad_sq = grad_sq.bind(
-            ctx,
-            &arena,
-            &adam::GradSqBindings {
-                grads: &grads,
-                partials: &partials,
-            },
-        );
-        let g_update = update.bind(
-            ctx,
-            &arena,
-            &adam::UpdateBindings {
+            &cfg,
+            &bufs,
+            input,
+            StepState {
                 grads: &grads,
                 partials: &partials,
                 params: &mlp.params,
                 moments: &moments,
                 ema: &ema,
-                loss_history: &loss_history,
             },
-        );
+            LossBuffers {
+                sample: &sample_loss,
+                history: &loss_history,
+            },
+        )?;
         let cfm_base = cfm::CfmParams {
             batch: cfg.batch as u32,
             dim: d as u32,
-            n_data: (data.len() / d) as u32,
+            n_data: pools.rows(d) as u32,
             in_stride: mlp.layout.layers[0].in_pad as u32,
             out_stride: out_stride as u32,
             time_cols: mlp_cfg.time_cols() as u32,
             path: path.gpu_code(),
             path_param: path.gpu_param() as f32,
-            n_source: source.map(|s| s.len() / d).unwrap_or(0) as u32,
+            n_source: pools.source_rows(d) as u32,
             paired: cfg.paired as u32,
             n_classes: mlp_cfg.classes as u32,
             label_dropout: cfg.label_dropout as f32,
@@ -418,109 +613,36 @@ impl Trainer {
             seed: cfg.seed as u32,
             ..Default::default()
         };
-        let adam_base = adam::AdamParams {
-            n: n as u32,
-            n_partials: n_partials as u32,
-            use_ema: cfg.ema.is_some() as u32,
-            beta1: cfg.beta1 as f32,
-            beta2: cfg.beta2 as f32,
-            eps: cfg.eps as f32,
-            weight_decay: cfg.weight_decay as f32,
-            clip_norm: cfg.clip_norm as f32,
-            ema_decay: cfg.ema.unwrap_or(0.0) as f32,
-            ..Default::default()
-        };
-        let adam_base = match &step_mlp {
-            StepMlp::Fused(f) => adam::AdamParams {
-                grad_parts: f.groups as u32,
-                part_vec4: (f.slot_len / 4) as u32,
-                loss_rows: cfg.batch as u32,
-                ..adam_base
-            },
-            StepMlp::Layers { .. } => adam_base,
-        };
+        let adam_base = adam_params(&cfg, n, n_partials, &step_mlp);
         let ot_state = match cfg.coupling {
             Coupling::Independent => None,
             Coupling::Sinkhorn { reg, iters } => {
-                let b = cfg.batch;
-                let x0 = ctx.storage("ot x0", b * d)?;
-                let x1 = ctx.storage("ot x1", b * d)?;
-                let f = ctx.storage("ot f", b)?;
-                let g = ctx.storage("ot g", b)?;
-                let eps = ctx.storage("ot eps", 1)?;
-                let draw = ot::ot_draw(ctx)?;
-                let scale = ot::ot_scale(ctx)?;
-                let sink_f = ot::sinkhorn_f(ctx)?;
-                let sink_g = ot::sinkhorn_g(ctx)?;
-                let sample = ot::sample_pairs(ctx)?;
-                let g_draw = draw.bind(
-                    ctx,
-                    &arena,
-                    &ot::DrawBindings {
-                        data: &data_buf,
-                        source: &source_buf,
-                        x0: &x0,
-                        x1: &x1,
-                        f: &f,
-                        g: &g,
-                    },
-                );
-                let g_solve = scale.bind(
-                    ctx,
-                    &arena,
-                    &ot::SolveBindings {
-                        x0: &x0,
-                        x1: &x1,
-                        f: &f,
-                        g: &g,
-                        pairs: &pairs_buf,
-                        eps: &eps,
-                    },
-                );
                 let base = ot::OtParams {
-                    batch: b as u32,
+                    batch: cfg.batch as u32,
                     dim: d as u32,
-                    n_data: (data.len() / d) as u32,
-                    n_source: source.map(|s| s.len() / d).unwrap_or(0) as u32,
+                    n_data: pools.rows(d) as u32,
+                    n_source: pools.source_rows(d) as u32,
                     seed: cfg.seed as u32,
                     step: 0,
                     reg: reg as f32,
                     _pad: 0,
                 };
-                Some(OtState {
-                    base,
-                    iters,
-                    draw,
-                    scale,
-                    sink_f,
-                    sink_g,
-                    sample,
-                    g_draw,
-                    g_solve,
-                    buffers: vec![x0, x1, f, g, pairs_buf.clone(), eps],
-                })
+                Some(OtState::new(ctx, &arena, &bufs, base, iters)?)
             }
         };
         let mle = match &cfg.mle {
-            Some(m) => {
-                if source.is_some() {
-                    return Err(Error::invalid(
-                        "--objective mle needs the Gaussian source (a density); drop --source",
-                    ));
-                }
-                Some(crate::mle::MleState::new(
-                    ctx,
-                    &mlp,
-                    m,
-                    cfg.batch,
-                    &data_buf,
-                    data.len() / d,
-                    &sample_loss,
-                    &grads,
-                    k,
-                    cfg.seed,
-                )?)
-            }
+            Some(m) => Some(crate::mle::MleState::new(
+                ctx,
+                &mlp,
+                m,
+                cfg.batch,
+                &data_buf,
+                pools.rows(d),
+                &sample_loss,
+                &grads,
+                k,
+                cfg.seed,
+            )?),
             None => None,
         };
         Ok(Trainer {
@@ -537,15 +659,8 @@ impl Trainer {
             arena,
             cfm_base,
             adam_base,
-            prepare,
-            reduce,
-            grad_sq,
-            update,
-            g_prepare,
-            g_reduce,
-            g_grad_sq,
-            g_update,
-            tiles,
+            kernels,
+            tiles: ctx.tiles,
             _data: data_buf,
             _target: target,
             _sample_loss: sample_loss,
@@ -630,8 +745,12 @@ impl Trainer {
                             loss,
                             g_loss,
                         } => {
-                            self.prepare
-                                .dispatch(&mut pass, &self.g_prepare, i, per_sample);
+                            self.kernels.prepare.dispatch(
+                                &mut pass,
+                                &self.kernels.g_prepare,
+                                i,
+                                per_sample,
+                            );
                             p.record_forward(&mut pass);
                             // Also writes this step's batch loss (no loss_reduce).
                             loss.dispatch(&mut pass, g_loss, i, [1, 1, 1]);
@@ -655,20 +774,22 @@ impl Trainer {
     fn record_update(&self, pass: &mut wgpu::ComputePass<'_>, i: usize) {
         let k = self.cfg.steps_per_submit;
         if self.mle.is_some() {
-            self.reduce.dispatch(pass, &self.g_reduce, i, [1, 1, 1]);
+            self.kernels
+                .reduce
+                .dispatch(pass, &self.kernels.g_reduce, i, [1, 1, 1]);
         }
         // The gradient norm only serves clipping: without it, one dispatch less.
         if self.cfg.clip_norm > 0.0 {
-            self.grad_sq.dispatch(
+            self.kernels.grad_sq.dispatch(
                 pass,
-                &self.g_grad_sq,
+                &self.kernels.g_grad_sq,
                 k + i,
                 adam::grad_sq_groups(&self.adam_base, &self.tiles),
             );
         }
-        self.update.dispatch(
+        self.kernels.update.dispatch(
             pass,
-            &self.g_update,
+            &self.kernels.g_update,
             k + i,
             adam::update_groups(&self.adam_base, &self.tiles),
         );

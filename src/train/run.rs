@@ -9,7 +9,7 @@
 //! - `checkpoint.safetensors`: [`TrainState`], what an exact resume needs;
 //! - `loss.csv`: `step,loss,lr`, one line per step done.
 
-use super::{TrainConfig, TrainState, Trainer};
+use super::{Pools, TrainConfig, TrainState, Trainer};
 use crate::data::{AugmentFill, Dataset, Standardization};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -281,9 +281,11 @@ impl Run {
             &m.mlp,
             m.path,
             &self.weights,
-            &pool,
-            self.source.as_deref(),
-            self.train_set.labels.as_deref(),
+            Pools {
+                data: &pool,
+                source: self.source.as_deref(),
+                labels: self.train_set.labels.as_deref(),
+            },
             &self.config.train,
         )?;
         match &self.resume_state {
