@@ -1,14 +1,20 @@
 //! flowgpu: conditional flow matching and continuous normalizing flows on any GPU.
 //!
-//! Rooms of the house, following the data:
-//! - [`gpu`]: adapter choice, device, buffers, readback, error capture;
-//! - [`kernels`]: one wrapper per WGSL file of `shaders/`;
-//! - [`model`]: the MLP, its parameter layout and checkpoint files; [`mlp`]: the MLP on the GPU;
-//! - [`path`]: conditional paths; [`train`]: the training loop, checkpoints, resume;
-//!   [`mle`]: maximum-likelihood training with the adjoint method;
-//! - [`solve`]: ODE solvers, sampling, encoding, log-likelihood; [`reference`](mod@reference): the f64 CPU
-//!   oracle of every kernel; [`bench`](mod@bench): the standard throughput workloads;
-//! - [`data`], [`io`], [`plot`]: data sets, file formats, PNG figures.
+//! Rooms of the house, in dependency order (no cycles; `tests/architecture.rs`):
+//! - [`gpu`]: the device — adapter choice, context, buffers, settings ([`gpu::Settings`],
+//!   every `FLOWGPU_*` variable), the device profile ([`gpu::Tiles`]);
+//! - [`kernels`]: one wrapper per WGSL file of `shaders/`, each entry point's bindings and
+//!   parameters declared once;
+//! - [`model`], [`mlp`]: the MLP, its parameter layout and files; the MLP on the GPU;
+//! - [`ode`]: tableaus and grids, and the one GPU stage program every solve records through;
+//! - [`path`], [`mle`], [`train`]: conditional paths, the maximum-likelihood objective, the
+//!   trainer and training runs ([`train::Run`]);
+//! - [`solve`]: sampling, encoding, log-likelihood; [`bench`](mod@bench): the standard
+//!   throughput workloads;
+//! - [`data`], [`io`], [`plot`]: data sets, file formats, figures.
+//!
+//! [`reference`](mod@reference) is the f64 oracle of the tests: public so that the
+//! integration tests can call it, not part of the API, and never used by production code.
 
 pub mod bench;
 pub mod data;
@@ -22,6 +28,7 @@ pub mod model;
 pub mod ode;
 pub mod path;
 pub mod plot;
+#[doc(hidden)]
 pub mod reference;
 pub mod rng;
 pub mod solve;

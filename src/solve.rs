@@ -12,6 +12,7 @@ use crate::gpu::{GpuContext, UniformArena};
 use crate::kernels::{codes, ode, trace, Bound, Entry, Tiles};
 use crate::mlp::{GpuMlp, MlpPass, PassOptions};
 use crate::model::{pad4, Model};
+use crate::ode::program::{run_adaptive, AdaptiveProgram, At, FixedProgram, StageKernels};
 pub use crate::ode::{Method, Tableau, TimeGrid, Tolerances, Trace};
 
 /// How to solve.
@@ -159,8 +160,8 @@ struct ChunkSolver {
     snap_rows: usize,
     snap_slots: usize,
     arena: UniformArena,
-    /// The ODE kernels bound to this solver's buffers, indexed by `K_*`.
-    kernels: [Bound; 7],
+    /// The ODE kernels bound to this solver's buffers.
+    kernels: OdeKernels,
     tiles: Tiles,
     /// Separate slots for the trace kernels' parameters.
     trace_arena: UniformArena,
@@ -169,33 +170,62 @@ struct ChunkSolver {
     div: wgpu::Buffer,
 }
 
-// Indices into ChunkSolver::kernels.
-const K_START: usize = 0;
-const K_NOISE: usize = 1;
-const K_STAGE: usize = 2;
-const K_FINAL: usize = 3;
-const K_ASTAGE: usize = 4;
-const K_AFINAL: usize = 5;
-const K_SNAP: usize = 6;
+/// The ode.wgsl kernels of a chunk solver.
+struct OdeKernels {
+    start: Bound,
+    noise: Bound,
+    fixed: StageKernels,
+    adaptive: StageKernels,
+    snapshot: Bound,
+}
+
+/// Which kernel makes a chunk's initial state.
+#[derive(Clone, Copy)]
+enum InitKernel {
+    /// `start`: the state was written from the host.
+    Start,
+    /// `base_noise`: the state is drawn from the source.
+    Noise,
+}
 
 impl ChunkSolver {
-    /// Record a snapshot of the first rows into trajectory slot `slot` (if recording).
-    fn snap(
-        &mut self,
+    /// Whether trajectory slot `slot` is recorded.
+    fn snaps(&self, slot: usize) -> bool {
+        self.snap_rows > 0 && slot < self.snap_slots
+    }
+
+    /// The parameters of a snapshot into trajectory slot `slot`, in arena slot
+    /// `arena_slot` (if recording).
+    fn set_snap(&mut self, base: &ode::OdeParams, slot: usize, arena_slot: usize) {
+        if self.snaps(slot) {
+            let p = ode::OdeParams {
+                snap_slot: slot as u32,
+                ..*base
+            };
+            self.arena.set(arena_slot, &p);
+        }
+    }
+
+    /// Record the snapshot of the first rows into trajectory slot `slot` whose parameters
+    /// [`set_snap`](Self::set_snap) put in `arena_slot` (if recording).
+    fn record_snap(
+        &self,
         cp: &mut wgpu::ComputePass<'_>,
         base: &ode::OdeParams,
         slot: usize,
         arena_slot: usize,
     ) {
-        if self.snap_rows == 0 || slot >= self.snap_slots {
-            return;
+        if self.snaps(slot) {
+            let groups = ode::snapshot_groups(base, &self.tiles);
+            self.kernels.snapshot.dispatch(cp, arena_slot, groups);
         }
-        let p = ode::OdeParams {
-            snap_slot: slot as u32,
-            ..*base
-        };
-        self.arena.set(arena_slot, &p);
-        self.kernels[K_SNAP].dispatch(cp, arena_slot, ode::snapshot_groups(&p, &self.tiles));
+    }
+
+    fn init_kernel(&self, which: InitKernel) -> &Bound {
+        match which {
+            InitKernel::Start => &self.kernels.start,
+            InitKernel::Noise => &self.kernels.noise,
+        }
     }
 
     fn new(
@@ -278,8 +308,8 @@ impl ChunkSolver {
             div: &div,
             cotangent: &cotangent,
         };
-        let kernels = [
-            ode::start(ctx)?.bound(
+        let kernels = OdeKernels {
+            start: ode::start(ctx)?.bound(
                 ctx,
                 &arena,
                 &ode::StartBindings {
@@ -289,7 +319,7 @@ impl ChunkSolver {
                     cotangent: &cotangent,
                 },
             ),
-            ode::base_noise(ctx)?.bound(
+            noise: ode::base_noise(ctx)?.bound(
                 ctx,
                 &arena,
                 &ode::BaseNoiseBindings {
@@ -300,11 +330,15 @@ impl ChunkSolver {
                     cotangent: &cotangent,
                 },
             ),
-            ode::rk_stage(ctx)?.bound(ctx, &arena, &all),
-            ode::rk_final(ctx)?.bound(ctx, &arena, &all),
-            ode::adaptive_stage(ctx)?.bound(ctx, &arena, &all),
-            ode::adaptive_final(ctx)?.bound(ctx, &arena, &all),
-            ode::snapshot(ctx)?.bound(
+            fixed: StageKernels {
+                stage: ode::rk_stage(ctx)?.bound(ctx, &arena, &all),
+                last: ode::rk_final(ctx)?.bound(ctx, &arena, &all),
+            },
+            adaptive: StageKernels {
+                stage: ode::adaptive_stage(ctx)?.bound(ctx, &arena, &all),
+                last: ode::adaptive_final(ctx)?.bound(ctx, &arena, &all),
+            },
+            snapshot: ode::snapshot(ctx)?.bound(
                 ctx,
                 &arena,
                 &ode::SnapshotBindings {
@@ -312,7 +346,7 @@ impl ChunkSolver {
                     traj: &traj,
                 },
             ),
-        ];
+        };
         Ok(ChunkSolver {
             capacity,
             pass,
@@ -404,48 +438,6 @@ pub(crate) fn running_rows(clock: &[f32], rows: usize, what: &str, blowup: &str)
         }
     }
     Ok(running)
-}
-
-/// The parameters of every stage kernel of a fixed-step solve on `times`, step by step:
-/// (params, true for the step's last stage: `rk_final`, else `rk_stage`). Each stage
-/// kernel follows one field evaluation.
-pub(crate) fn fixed_stage_params(
-    tab: &Tableau,
-    times: &[f64],
-    base: &ode::OdeParams,
-) -> Vec<(ode::OdeParams, bool)> {
-    let ns = tab.stages();
-    let mut out = Vec::with_capacity((times.len() - 1) * ns);
-    for w in times.windows(2) {
-        let (ta, tb) = (w[0], w[1]);
-        let h = tb - ta;
-        for s in 0..ns {
-            let last = s + 1 == ns;
-            let (coef, t) = if last {
-                (&tab.b[..], tb)
-            } else {
-                (&tab.a[s + 1][..], ta + tab.c[s + 1] * h)
-            };
-            let p = ode::OdeParams {
-                stage: s as u32,
-                n_terms: coef.len() as u32,
-                t: t as f32,
-                h: h as f32,
-                coef: coefs(coef),
-                ..*base
-            };
-            out.push((p, last));
-        }
-    }
-    out
-}
-
-fn coefs(v: &[f64]) -> [f32; 8] {
-    let mut c = [0.0f32; 8];
-    for (d, s) in c.iter_mut().zip(v) {
-        *d = *s as f32;
-    }
-    c
 }
 
 /// Integrates a model's vector field on one context.
@@ -861,7 +853,6 @@ impl<'a> Sampler<'a> {
             h_min: tol.h_min as f32,
             ..Default::default()
         };
-        let groups = ode::per_row_groups(&base, &cs.tiles);
         let sd = d + base.aug as usize;
         // Initial state and first MLP input.
         let mut probe_offset = 0;
@@ -876,14 +867,14 @@ impl<'a> Sampler<'a> {
                         ..base
                     },
                 );
-                K_NOISE
+                InitKernel::Noise
             }
             Init::Rows { rows: x, offset } => {
                 ctx.queue
                     .write_buffer(&cs.state, 0, bytemuck::cast_slice(x));
                 cs.arena.set(0, &base);
                 probe_offset = offset;
-                K_START
+                InitKernel::Start
             }
         };
         // Probes are drawn once per chunk and stay fixed over the whole solve.
@@ -896,159 +887,140 @@ impl<'a> Sampler<'a> {
             ctx.submit(enc)?;
         }
         let stats = if cfg.method.adaptive() {
-            self.run_adaptive(cs, init_kernel, &tab, base, groups, cfg)?
+            let program = AdaptiveProgram::new(&tab, &base);
+            run_adaptive_chunk(self.ctx, cs, init_kernel, &program, base, cfg.tol.max_steps)?
         } else {
-            self.run_fixed(cs, init_kernel, &tab, base, groups, t0, t1, cfg)?
+            let times = cfg.grid.times(t0, t1, cfg.steps);
+            let program = FixedProgram::new(&tab, &times, &base);
+            run_fixed_chunk(self.ctx, cs, init_kernel, &program, base)?
         };
         let x = ctx.read(&cs.state, 0, rows * sd)?;
         Ok((x, stats))
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_fixed(
-        &self,
-        cs: &mut ChunkSolver,
-        init_kernel: usize,
-        tab: &Tableau,
-        base: ode::OdeParams,
-        groups: [u32; 3],
-        t0: f64,
-        t1: f64,
-        cfg: &SolveConfig,
-    ) -> Result<SolveStats> {
-        let ctx = self.ctx;
-        let times = cfg.grid.times(t0, t1, cfg.steps);
-        let ns = tab.stages();
-        let stages = fixed_stage_params(tab, &times, &base);
-        let mut step = 0;
-        let mut first = true;
-        while step < cfg.steps {
-            let seg = STEPS_PER_SUBMIT.min(cfg.steps - step);
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut cp = enc.begin_compute_pass(&Default::default());
-                let mut slot = 1;
-                if first {
-                    cs.kernels[init_kernel].dispatch(&mut cp, 0, groups);
-                    cs.snap(&mut cp, &base, 0, slot);
-                    slot += 1;
-                    first = false;
-                }
-                for n in step..step + seg {
-                    for (p, last) in &stages[n * ns..(n + 1) * ns] {
-                        cs.record_eval(&mut cp);
-                        let kern = if *last { K_FINAL } else { K_STAGE };
-                        cs.arena.set(slot, p);
-                        cs.kernels[kern].dispatch(&mut cp, slot, groups);
-                        slot += 1;
-                    }
-                    cs.snap(&mut cp, &base, n + 1, slot);
-                    slot += 1;
-                }
-                cs.arena.upload(ctx, 0..slot);
-            }
-            ctx.submit(enc)?;
-            step += seg;
+/// A fixed-step solve of one chunk: `STEPS_PER_SUBMIT` steps per submit, with no readback.
+/// Arena slots of a submit: 0 the initial state's kernel, then the steps' stages, then
+/// their snapshots.
+fn run_fixed_chunk(
+    ctx: &GpuContext,
+    cs: &mut ChunkSolver,
+    init: InitKernel,
+    program: &FixedProgram,
+    base: ode::OdeParams,
+) -> Result<SolveStats> {
+    let groups = ode::per_row_groups(&base, &cs.tiles);
+    let steps = program.steps();
+    let mut step = 0;
+    while step < steps {
+        let seg = STEPS_PER_SUBMIT.min(steps - step);
+        let snap0 = program.write(&mut cs.arena, step..step + seg, 1);
+        // Trajectory slots snapshot in this submit: the initial state's on the first.
+        let first_snap = if step == 0 { 0 } else { step + 1 };
+        for n in first_snap..=step + seg {
+            cs.set_snap(&base, n, snap0 + n - first_snap);
         }
-        let nfe = (cfg.steps * ns) as u64;
-        Ok(SolveStats {
-            nfe,
-            nfe_needed_mean: nfe as f64,
-            rows: base.rows as usize,
-            ..Default::default()
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_adaptive(
-        &self,
-        cs: &mut ChunkSolver,
-        init_kernel: usize,
-        tab: &Tableau,
-        base: ode::OdeParams,
-        groups: [u32; 3],
-        cfg: &SolveConfig,
-    ) -> Result<SolveStats> {
-        let ctx = self.ctx;
-        let ns = tab.stages(); // 7, FSAL: 6 new evaluations per attempt
-        let e = tab.e.as_ref().expect("adaptive tableau has error weights");
-        let rows = base.rows as usize;
-        // Slot layout: 0 init, 1..ns stage s (s = 0..ns-2), ns final, then snapshots.
-        for s in 0..ns - 1 {
-            let a = &tab.a[s + 1];
-            cs.arena.set(
-                1 + s,
-                &ode::OdeParams {
-                    stage: s as u32,
-                    n_terms: a.len() as u32,
-                    c_next: tab.c[s + 1] as f32,
-                    coef: coefs(a),
-                    ..base
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            if step == 0 {
+                cs.init_kernel(init).dispatch(&mut cp, 0, groups);
+                cs.record_snap(&mut cp, &base, 0, snap0);
+            }
+            let cs = &*cs;
+            program.record(
+                &mut cp,
+                step..step + seg,
+                At {
+                    kernels: &cs.kernels.fixed,
+                    slot: 1,
+                    groups,
                 },
+                |cp, _| cs.record_eval(cp),
+                |cp, n| cs.record_snap(cp, &base, n, snap0 + n - first_snap),
             );
         }
-        cs.arena.set(
-            ns,
-            &ode::OdeParams {
-                stage: (ns - 1) as u32,
-                n_terms: ns as u32,
-                coef: coefs(&tab.b),
-                err_coef: coefs(e),
-                a_first: tab.a[1][0] as f32,
-                c_first: tab.c[1] as f32,
-                ..base
-            },
-        );
-        let snap_base = ns + 1;
-        let mut attempts = 0;
-        let mut first = true;
-        loop {
+        cs.arena.upload(ctx, 0..snap0 + step + seg + 1 - first_snap);
+        ctx.submit(enc)?;
+        step += seg;
+    }
+    let nfe = (steps * program.stages_per_step()) as u64;
+    Ok(SolveStats {
+        nfe,
+        nfe_needed_mean: nfe as f64,
+        rows: base.rows as usize,
+        ..Default::default()
+    })
+}
+
+/// A per-row adaptive solve of one chunk: `ATTEMPTS_PER_SUBMIT` attempts per submit, then
+/// a clock readback. Arena slots: 0 the initial state's kernel, 1.. the stages, then the
+/// snapshots of a submit.
+fn run_adaptive_chunk(
+    ctx: &GpuContext,
+    cs: &mut ChunkSolver,
+    init: InitKernel,
+    program: &AdaptiveProgram,
+    base: ode::OdeParams,
+    max_attempts: usize,
+) -> Result<SolveStats> {
+    let groups = ode::per_row_groups(&base, &cs.tiles);
+    let rows = base.rows as usize;
+    program.write(&mut cs.arena, 1);
+    let snap0 = 1 + program.stages();
+    let mut done = 0;
+    let mut clock = Vec::new();
+    let attempts = run_adaptive(
+        ATTEMPTS_PER_SUBMIT,
+        max_attempts,
+        |first| {
+            cs.set_snap(&base, 0, snap0);
+            for a in 0..ATTEMPTS_PER_SUBMIT {
+                cs.set_snap(&base, done + a + 1, snap0 + 1 + a);
+            }
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             {
                 let mut cp = enc.begin_compute_pass(&Default::default());
                 if first {
-                    cs.kernels[init_kernel].dispatch(&mut cp, 0, groups);
-                    cs.snap(&mut cp, &base, 0, snap_base);
-                    cs.record_eval(&mut cp);
-                    cs.kernels[K_ASTAGE].dispatch(&mut cp, 1, groups);
+                    cs.init_kernel(init).dispatch(&mut cp, 0, groups);
+                    cs.record_snap(&mut cp, &base, 0, snap0);
                 }
-                for a in 0..ATTEMPTS_PER_SUBMIT {
-                    for s in 1..ns - 1 {
-                        cs.record_eval(&mut cp);
-                        cs.kernels[K_ASTAGE].dispatch(&mut cp, 1 + s, groups);
-                    }
-                    cs.record_eval(&mut cp);
-                    cs.kernels[K_AFINAL].dispatch(&mut cp, ns, groups);
-                    cs.snap(&mut cp, &base, attempts + a + 1, snap_base + 1 + a);
-                }
+                program.record_per_row(
+                    &mut cp,
+                    first,
+                    ATTEMPTS_PER_SUBMIT,
+                    At {
+                        kernels: &cs.kernels.adaptive,
+                        slot: 1,
+                        groups,
+                    },
+                    |cp| cs.record_eval(cp),
+                    |cp, a| cs.record_snap(cp, &base, done + a + 1, snap0 + 1 + a),
+                );
             }
-            cs.arena.upload(ctx, 0..snap_base + 1 + ATTEMPTS_PER_SUBMIT);
+            cs.arena.upload(ctx, 0..snap0 + 1 + ATTEMPTS_PER_SUBMIT);
             ctx.submit(enc)?;
-            first = false;
-            attempts += ATTEMPTS_PER_SUBMIT;
-            let clock = ctx.read(&cs.clock, 0, rows * ode::CLOCK)?;
-            let running = running_rows(&clock, rows, "dopri5", "the vector field blows up there")?;
-            if running == 0 {
-                let acc: Vec<f64> = clock.chunks(ode::CLOCK).map(|c| c[2] as f64).collect();
-                let rej: Vec<f64> = clock.chunks(ode::CLOCK).map(|c| c[3] as f64).collect();
-                let needed =
-                    1.0 + 6.0 * (acc.iter().sum::<f64>() + rej.iter().sum::<f64>()) / rows as f64;
-                return Ok(SolveStats {
-                    nfe: 1 + 6 * attempts as u64,
-                    nfe_needed_mean: needed,
-                    accepted_mean: acc.iter().sum::<f64>() / rows as f64,
-                    rejected_mean: rej.iter().sum::<f64>() / rows as f64,
-                    accepted_max: acc.iter().fold(0.0f64, |a, &b| a.max(b)) as u64,
-                    rejected_max: rej.iter().fold(0.0f64, |a, &b| a.max(b)) as u64,
-                    rows,
-                });
-            }
-            if attempts >= cfg.tol.max_steps {
-                return Err(Error::invalid(format!(
-                    "dopri5: {running} of {rows} samples did not reach the end within --max-steps {}; loosen --rtol/--atol or raise --max-steps",
-                    cfg.tol.max_steps
-                )));
-            }
-        }
-    }
+            done += ATTEMPTS_PER_SUBMIT;
+            clock = ctx.read(&cs.clock, 0, rows * ode::CLOCK)?;
+            running_rows(&clock, rows, "dopri5", "the vector field blows up there")
+        },
+        |running| {
+            format!(
+                "dopri5: {running} of {rows} samples did not reach the end within --max-steps {max_attempts}; loosen --rtol/--atol or raise --max-steps"
+            )
+        },
+    )?;
+    let acc: Vec<f64> = clock.chunks(ode::CLOCK).map(|c| c[2] as f64).collect();
+    let rej: Vec<f64> = clock.chunks(ode::CLOCK).map(|c| c[3] as f64).collect();
+    let (acc_sum, rej_sum) = (acc.iter().sum::<f64>(), rej.iter().sum::<f64>());
+    let new_stages = (program.stages() - 1) as f64; // FSAL
+    Ok(SolveStats {
+        nfe: 1 + (program.stages() as u64 - 1) * attempts as u64,
+        nfe_needed_mean: 1.0 + new_stages * (acc_sum + rej_sum) / rows as f64,
+        accepted_mean: acc_sum / rows as f64,
+        rejected_mean: rej_sum / rows as f64,
+        accepted_max: acc.iter().fold(0.0f64, |a, &b| a.max(b)) as u64,
+        rejected_max: rej.iter().fold(0.0f64, |a, &b| a.max(b)) as u64,
+        rows,
+    })
 }

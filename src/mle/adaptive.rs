@@ -1,9 +1,10 @@
 //! `--mle-solver dopri5`: adaptive forward and adjoint solves of an MLE training step.
 
 use super::{step_seed, MleState};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{GpuContext, UniformArena};
 use crate::kernels::{mle, ode, Entry};
+use crate::ode::program::{coefs, run_adaptive, AdaptiveProgram, At, GlobalKernels, StageKernels};
 use crate::solve::Tableau;
 
 impl MleState {
@@ -22,98 +23,102 @@ impl MleState {
         }
         self.field.set_probe_seed(0, seed, 0);
         self.field.upload_probes(ctx, 0..1);
-        let ad = self.adaptive.as_ref().expect("adaptive MLE");
+        let fwd_attempts = self.adaptive_forward(ctx)?;
+        let adj_attempts = self.adaptive_adjoint(ctx)?;
         let ns = self.n_stages;
-        let rows = ode::per_row_groups(&self.ode_base, &self.tiles);
-        let n_rows = self.ode_base.rows as usize;
-        let max = self.cfg.max_steps;
-        // Forward: per-row Dormand–Prince with FSAL, as the sampler's.
-        let mut attempts = 0;
-        let mut first = true;
-        loop {
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut cp = enc.begin_compute_pass(&Default::default());
-                if first {
-                    ad.noise.dispatch(&mut cp, &ad.g_noise, FWD_INIT, rows);
-                    self.field.record_probe_init(&mut cp, 0);
-                    self.field.record_eval(&mut cp);
-                    ad.astage
-                        .dispatch(&mut cp, &ad.g_fwd_astage, FWD_STAGE, rows);
-                }
-                for _ in 0..ATTEMPTS {
-                    for s in 1..ns - 1 {
-                        self.field.record_eval(&mut cp);
-                        ad.astage
-                            .dispatch(&mut cp, &ad.g_fwd_astage, FWD_STAGE + s, rows);
-                    }
-                    self.field.record_eval(&mut cp);
-                    ad.afinal
-                        .dispatch(&mut cp, &ad.g_fwd_afinal, FWD_STAGE + ns - 1, rows);
-                }
-            }
-            ctx.submit(enc)?;
-            first = false;
-            attempts += ATTEMPTS;
-            let clock = ctx.read(&ad.clock, 0, n_rows * ode::CLOCK)?;
-            if check_status(&clock, n_rows, "forward", attempts, max)? {
-                break;
-            }
-        }
-        let fwd_nfe = 1 + (ns - 1) * attempts;
-        // Adjoint: batch-global steps, 7 fresh stages per attempt, gradient committed
-        // for accepted attempts only.
-        let params = mle::per_param_groups(&self.mle_base, &self.tiles);
-        let mut adj_attempts = 0;
-        let mut first = true;
-        loop {
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut cp = enc.begin_compute_pass(&Default::default());
-                if first {
-                    self.adj_start.dispatch(
-                        &mut cp,
-                        &self.g_adj_start,
-                        0,
-                        mle::per_row_groups(&self.mle_base, &self.tiles),
-                    );
-                    ad.start.dispatch(&mut cp, &ad.g_adj_start, ADJ_START, rows);
-                }
-                for a in 0..ATTEMPTS {
-                    for s in 0..ns {
-                        self.field.record_vjp(&mut cp, 0);
-                        self.accumulate
-                            .dispatch(&mut cp, &ad.g_accumulate, s, params);
-                        if s + 1 < ns {
-                            ad.astage
-                                .dispatch(&mut cp, &ad.g_adj_astage, ADJ_STAGE + s, rows);
-                        } else {
-                            ad.aerror
-                                .dispatch(&mut cp, &ad.g_adj_aerror, ADJ_STAGE + s, rows);
-                        }
-                    }
-                    ad.control
-                        .dispatch(&mut cp, &ad.g_control, ADJ_STAGE + ns, [1, 1, 1]);
-                    ad.apply
-                        .dispatch(&mut cp, &ad.g_adj_apply, ADJ_STAGE + ns + 1, rows);
-                    let init = first && a == 0;
-                    ad.commit
-                        .dispatch(&mut cp, &ad.g_commit, ns + (!init) as usize, params);
-                }
-            }
-            ctx.submit(enc)?;
-            first = false;
-            adj_attempts += ATTEMPTS;
-            let clock = ctx.read(&ad.clock, 0, ode::CLOCK)?;
-            if check_status(&clock, 1, "adjoint", adj_attempts, max)? {
-                break;
-            }
-        }
+        let fwd_nfe = 1 + (ns - 1) * fwd_attempts;
         self.last_nfe.set((fwd_nfe, ns * adj_attempts));
         self.nfe_total.0 += fwd_nfe;
         self.nfe_total.1 += ns * adj_attempts;
         self.nfe_total.2 += 1;
         Ok(())
+    }
+
+    /// The forward solve: per-row Dormand–Prince with FSAL, as the sampler's.
+    fn adaptive_forward(&self, ctx: &GpuContext) -> Result<usize> {
+        let ad = self.adaptive.as_ref().expect("adaptive MLE");
+        let rows = ode::per_row_groups(&self.ode_base, &self.tiles);
+        let n_rows = self.ode_base.rows as usize;
+        let max = self.cfg.max_steps;
+        run_adaptive(
+            ATTEMPTS,
+            max,
+            |first| {
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut cp = enc.begin_compute_pass(&Default::default());
+                    if first {
+                        ad.noise.dispatch(&mut cp, &ad.g_noise, FWD_INIT, rows);
+                        self.field.record_probe_init(&mut cp, 0);
+                    }
+                    ad.program.record_per_row(
+                        &mut cp,
+                        first,
+                        ATTEMPTS,
+                        At {
+                            kernels: &ad.fwd_kernels,
+                            slot: FWD_STAGE,
+                            groups: rows,
+                        },
+                        |cp| self.field.record_eval(cp),
+                        |_, _| {},
+                    );
+                }
+                ctx.submit(enc)?;
+                let clock = ctx.read(&ad.clock, 0, n_rows * ode::CLOCK)?;
+                running(&clock, n_rows, "forward")
+            },
+            |_| too_long("forward", max),
+        )
+    }
+
+    /// The adjoint: batch-global steps, S fresh stages per attempt, the parameter
+    /// gradient committed for accepted attempts only.
+    fn adaptive_adjoint(&self, ctx: &GpuContext) -> Result<usize> {
+        let ad = self.adaptive.as_ref().expect("adaptive MLE");
+        let rows = ode::per_row_groups(&self.ode_base, &self.tiles);
+        let params = mle::per_param_groups(&self.mle_base, &self.tiles);
+        let max = self.cfg.max_steps;
+        let ns = self.n_stages;
+        run_adaptive(
+            ATTEMPTS,
+            max,
+            |first| {
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut cp = enc.begin_compute_pass(&Default::default());
+                    if first {
+                        let groups = mle::per_row_groups(&self.mle_base, &self.tiles);
+                        self.adj_start
+                            .dispatch(&mut cp, &self.g_adj_start, 0, groups);
+                        ad.start.dispatch(&mut cp, &ad.g_adj_start, ADJ_START, rows);
+                    }
+                    ad.program.record_batch_global(
+                        &mut cp,
+                        ATTEMPTS,
+                        At {
+                            kernels: &ad.adj_kernels,
+                            slot: ADJ_STAGE,
+                            groups: rows,
+                        },
+                        |cp, s| {
+                            self.field.record_vjp(cp, 0);
+                            self.accumulate.dispatch(cp, &ad.g_accumulate, s, params);
+                        },
+                        |cp, a| {
+                            // The first commit of a step initializes the gradient.
+                            let init = first && a == 0;
+                            let slot = ns + (!init) as usize;
+                            ad.commit.dispatch(cp, &ad.g_commit, slot, params);
+                        },
+                    );
+                }
+                ctx.submit(enc)?;
+                let clock = ctx.read(&ad.clock, 0, ode::CLOCK)?;
+                running(&clock, 1, "adjoint")
+            },
+            |_| too_long("adjoint", max),
+        )
     }
 }
 
@@ -126,27 +131,20 @@ const ADJ_START: usize = 8;
 const ADJ_STAGE: usize = 9; // + s for s < S − 1; + S − 1: error; + S: control; + S + 1: apply
 const ADAPTIVE_SLOTS: usize = ADJ_STAGE + ode::MAX_STAGES + 2;
 
-/// true when every row is done; an error for a failed or too long solve.
-fn check_status(
-    clock: &[f32],
-    rows: usize,
-    which: &str,
-    attempts: usize,
-    max: usize,
-) -> Result<bool> {
-    let what = format!("dopri5 ({which} solve)");
-    let running = crate::solve::running_rows(
+/// Rows of a solve still running; an error for a failed one.
+fn running(clock: &[f32], rows: usize, which: &str) -> Result<usize> {
+    crate::solve::running_rows(
         clock,
         rows,
-        &what,
+        &format!("dopri5 ({which} solve)"),
         "the field blows up (lower --lr, add --kinetic)",
-    )?;
-    if running > 0 && attempts >= max {
-        return Err(Error::invalid(format!(
-            "{what}: not done within --mle-max-steps {max} attempts; loosen --mle-rtol/--mle-atol or regularize (--kinetic, --jacobian-frobenius)"
-        )));
-    }
-    Ok(running == 0)
+    )
+}
+
+fn too_long(which: &str, max: usize) -> String {
+    format!(
+        "dopri5 ({which} solve): not done within --mle-max-steps {max} attempts; loosen --mle-rtol/--mle-atol or regularize (--kinetic, --jacobian-frobenius)"
+    )
 }
 
 /// `--mle-solver dopri5`: the forward solve with per-row step control (as sampling), the
@@ -160,22 +158,15 @@ pub(super) struct Adaptive {
     fwd_base: ode::OdeParams,
     clock: wgpu::Buffer,
     _attempt_grads: wgpu::Buffer,
+    /// The Dormand–Prince stages (written for both solves).
+    program: AdaptiveProgram,
     noise: Entry<ode::BaseNoise>,
     start: Entry<ode::Start>,
-    astage: Entry<ode::Stage>,
-    afinal: Entry<ode::Stage>,
-    aerror: Entry<ode::Stage>,
-    control: Entry<ode::GlobalControl>,
-    apply: Entry<ode::Stage>,
     commit: Entry<mle::Commit>,
+    fwd_kernels: StageKernels,
+    adj_kernels: GlobalKernels,
     g_noise: wgpu::BindGroup,
     g_adj_start: wgpu::BindGroup,
-    g_fwd_astage: wgpu::BindGroup,
-    g_fwd_afinal: wgpu::BindGroup,
-    g_adj_astage: wgpu::BindGroup,
-    g_adj_aerror: wgpu::BindGroup,
-    g_adj_apply: wgpu::BindGroup,
-    g_control: wgpu::BindGroup,
     g_accumulate: wgpu::BindGroup,
     g_commit: wgpu::BindGroup,
 }
@@ -192,7 +183,6 @@ impl Adaptive {
     ) -> Result<Self> {
         let cfg = &st.cfg;
         let tab = Tableau::dopri5();
-        let e = tab.e.clone().expect("dopri5 error weights");
         let ns = tab.stages();
         let field = &st.field;
         let p = &field.pass;
@@ -248,39 +238,11 @@ impl Adaptive {
             0.0,
             1.0,
         );
-        let coefs = |v: &[f64]| {
-            let mut c = [0.0f32; 8];
-            for (d, s) in c.iter_mut().zip(v) {
-                *d = *s as f32;
-            }
-            c
-        };
         arena.set(FWD_INIT, &fwd);
         arena.set(ADJ_START, &adj);
-        for s in 0..ns - 1 {
-            for (slot, base) in [(FWD_STAGE + s, &fwd), (ADJ_STAGE + s, &adj)] {
-                let sp = ode::OdeParams {
-                    stage: s as u32,
-                    n_terms: tab.a[s + 1].len() as u32,
-                    c_next: tab.c[s + 1] as f32,
-                    coef: coefs(&tab.a[s + 1]),
-                    ..*base
-                };
-                arena.set(slot, &sp);
-            }
-        }
-        for (slot, base) in [(FWD_STAGE + ns - 1, &fwd), (ADJ_STAGE + ns - 1, &adj)] {
-            let fp = ode::OdeParams {
-                stage: (ns - 1) as u32,
-                n_terms: ns as u32,
-                coef: coefs(&tab.b),
-                err_coef: coefs(&e),
-                a_first: tab.a[1][0] as f32,
-                c_first: tab.c[1] as f32,
-                ..*base
-            };
-            arena.set(slot, &fp);
-        }
+        let program = AdaptiveProgram::new(&tab, &fwd);
+        program.write(&mut arena, FWD_STAGE);
+        AdaptiveProgram::new(&tab, &adj).write(&mut arena, ADJ_STAGE);
         arena.set(ADJ_STAGE + ns, &adj);
         arena.set(
             ADJ_STAGE + ns + 1,
@@ -332,12 +294,16 @@ impl Adaptive {
                     cotangent: &field.cotangent,
                 },
             ),
-            g_fwd_astage: astage.bind(ctx, &arena, &fwd_all),
-            g_fwd_afinal: afinal.bind(ctx, &arena, &fwd_all),
-            g_adj_astage: astage.bind(ctx, &arena, &adj_all),
-            g_adj_aerror: aerror.bind(ctx, &arena, &adj_all),
-            g_adj_apply: apply.bind(ctx, &arena, &adj_all),
-            g_control: control.bind(ctx, &arena, &ode::GlobalControlBindings { clock }),
+            fwd_kernels: StageKernels {
+                stage: astage.bound(ctx, &arena, &fwd_all),
+                last: afinal.bound(ctx, &arena, &fwd_all),
+            },
+            adj_kernels: GlobalKernels {
+                stage: astage.bound(ctx, &arena, &adj_all),
+                error: aerror.bound(ctx, &arena, &adj_all),
+                control: control.bound(ctx, &arena, &ode::GlobalControlBindings { clock }),
+                apply: apply.bound(ctx, &arena, &adj_all),
+            },
             g_accumulate: st.accumulate.bind(
                 ctx,
                 &quad,
@@ -360,13 +326,9 @@ impl Adaptive {
             fwd_base: fwd,
             clock: clock.clone(),
             _attempt_grads: attempt_grads,
+            program,
             noise,
             start,
-            astage,
-            afinal,
-            aerror,
-            control,
-            apply,
             commit,
         })
     }

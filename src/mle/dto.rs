@@ -1,10 +1,11 @@
 //! `--grad backprop`: discretize-then-optimize through the fixed RK steps (backprop.wgsl).
 
-use super::MleState;
+use super::{LikelihoodField, MleState};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::UniformArena;
 use crate::kernels::{backprop, ode, Entry};
+use crate::ode::program::At;
 
 /// `--grad backprop`: the stored states and the reverse-mode kernels of backprop.wgsl.
 pub(super) struct Backprop {
@@ -43,16 +44,17 @@ impl MleState {
             // Recompute k_q, q < S − 1, of step n with the forward's own stage slots.
             if ns > 1 {
                 bp.restore.dispatch(cp, &bp.g_restore, n * ns, rows);
-                for s in 0..ns - 1 {
-                    self.field.record_eval(cp);
-                    let slot = self.steps_per_submit + 1 + n * ns + s;
-                    self.stage.dispatch(
-                        cp,
-                        &self.fwd.g_stage,
-                        slot,
-                        ode::per_row_groups(&self.ode_base, &self.tiles),
-                    );
-                }
+                let fwd = self.fwd_program.as_ref().expect("fixed-step programs");
+                fwd.record_recompute(
+                    cp,
+                    n,
+                    At {
+                        kernels: &self.fwd.kernels,
+                        slot: self.steps_per_submit + 1,
+                        groups: ode::per_row_groups(&self.ode_base, &self.tiles),
+                    },
+                    |cp| self.field.record_eval(cp),
+                );
             }
             for s in (0..ns).rev() {
                 let slot = n * ns + s;
@@ -65,6 +67,103 @@ impl MleState {
                 bp.collect.dispatch(cp, &bp.g_collect, slot, rows);
             }
         }
+    }
+}
+
+/// The forward solve's buffers that backprop binds.
+pub(super) struct BackpropBuffers<'a> {
+    pub(super) fwd_state: &'a wgpu::Buffer,
+    /// The forward states at every step (snapshots).
+    pub(super) history: &'a wgpu::Buffer,
+    /// The forward solve's stage values.
+    pub(super) k: &'a wgpu::Buffer,
+    /// The field's input gradient (its VJP's dS/dx).
+    pub(super) input_grad: &'a wgpu::Buffer,
+}
+
+impl Backprop {
+    /// The reverse-mode kernels bound to the forward solve's buffers and the field's;
+    /// `n_evals` parameter slots (one per stage of every step).
+    pub(super) fn new(
+        ctx: &GpuContext,
+        field: &LikelihoodField,
+        ode_arena: &UniformArena,
+        bufs: &BackpropBuffers,
+        base: backprop::BackpropParams,
+        n_evals: usize,
+    ) -> Result<Backprop> {
+        let (batch, d, ns) = (
+            base.rows as usize,
+            base.dim as usize,
+            base.n_stages as usize,
+        );
+        let bars = ctx.storage("mle stage cotangents", (ns + 1) * batch * d)?;
+        let bp = BackpropKernels::get(ctx)?;
+        let arena = UniformArena::new(ctx, "backprop params", n_evals);
+        let snapshot = ode::snapshot(ctx)?;
+        let input = &field.pass.input;
+        Ok(Backprop {
+            g_start: bp.start.bind(
+                ctx,
+                &arena,
+                &backprop::StartBindings {
+                    state: bufs.fwd_state,
+                    bars: &bars,
+                },
+            ),
+            g_restore: bp.restore.bind(
+                ctx,
+                &arena,
+                &backprop::RestoreBindings {
+                    history: bufs.history,
+                    state: bufs.fwd_state,
+                    input,
+                },
+            ),
+            g_stage_input: bp.stage_input.bind(
+                ctx,
+                &arena,
+                &backprop::StageInputBindings {
+                    history: bufs.history,
+                    input,
+                    k: bufs.k,
+                },
+            ),
+            g_cotangent: bp.cotangent.bind(
+                ctx,
+                &arena,
+                &backprop::CotangentBindings {
+                    cotangent: &field.cotangent,
+                    bars: &bars,
+                },
+            ),
+            g_collect: bp.collect.bind(
+                ctx,
+                &arena,
+                &backprop::CollectBindings {
+                    input_grad: bufs.input_grad,
+                    bars: &bars,
+                },
+            ),
+            g_snapshot: snapshot.bind(
+                ctx,
+                ode_arena,
+                &ode::SnapshotBindings {
+                    state: bufs.fwd_state,
+                    traj: bufs.history,
+                },
+            ),
+            snapshot,
+            start: bp.start,
+            restore: bp.restore,
+            stage_input: bp.stage_input,
+            cotangent: bp.cotangent,
+            collect: bp.collect,
+            base,
+            arena,
+            _history: bufs.history.clone(),
+            _bars: bars,
+        })
     }
 }
 

@@ -116,60 +116,13 @@ impl LikelihoodField {
             },
         );
         let fused = if fuse {
-            let fl = FusedLayout::new(
-                &mlp.layout,
-                pass.capacity,
-                1 + tangents,
-                true,
-                mlp.layout.total,
-            )?;
-            let table = ctx.uniform_from("fused field table", bytemuck::bytes_of(&fl.table));
-            let act = ctx.storage("fused field activations", fl.act_len)?;
-            let out_stride = MlpPass::out_stride(&mlp.cfg);
-            let dv = ctx.storage("dS/dv", (1 + tangents) * pass.capacity * out_stride)?;
-            let input_grad = ctx.storage("dS/dx", pass.capacity * mlp.layout.layers[0].in_pad)?;
-            let eval = field::field_eval_subgroup(ctx)?;
-            let vjp = field::field_vjp_subgroup(ctx)?;
-            let g_eval = eval.bind(
-                ctx,
-                &arena,
-                &field::EvalBindings {
-                    tangent_input: &pass.input,
-                    probes: &probes,
-                    tangent_out: pass.output(),
-                    div: &div,
-                    table: &table,
-                    params: &mlp.params,
-                    act: &act,
-                },
-            );
-            let g_vjp = vjp.bind(
-                ctx,
-                &arena,
-                &field::VjpBindings {
-                    tangent_input: &pass.input,
-                    probes: &probes,
-                    tangent_out: pass.output(),
-                    cotangent: &cotangent,
-                    dv: &dv,
-                    table: &table,
-                    params: &mlp.params,
-                    act: &act,
-                    grad_parts: &stage_grads,
-                    input_grad: &input_grad,
-                },
-            );
-            Some(FusedField {
-                eval,
-                vjp,
-                g_eval,
-                g_vjp,
-                params: fl.table.s,
-                dv,
-                input_grad,
-                _table: table,
-                _act: act,
-            })
+            let bufs = FieldBuffers {
+                probes: &probes,
+                div: &div,
+                cotangent: &cotangent,
+                stage_grads: &stage_grads,
+            };
+            Some(FusedField::new(ctx, mlp, &pass, &arena, &bufs, tangents)?)
         } else {
             None
         };
@@ -386,4 +339,79 @@ pub fn field_vjp(
         )?,
         fused: field.is_fused(),
     })
+}
+
+/// The buffers of a likelihood field that its fused kernels bind besides the MLP's.
+struct FieldBuffers<'a> {
+    probes: &'a wgpu::Buffer,
+    div: &'a wgpu::Buffer,
+    cotangent: &'a wgpu::Buffer,
+    stage_grads: &'a wgpu::Buffer,
+}
+
+impl FusedField {
+    /// The one-dispatch evaluation and VJP over `pass`'s input and output rows.
+    fn new(
+        ctx: &GpuContext,
+        mlp: &GpuMlp,
+        pass: &MlpPass,
+        arena: &UniformArena,
+        bufs: &FieldBuffers,
+        tangents: usize,
+    ) -> Result<FusedField> {
+        let fl = FusedLayout::new(
+            &mlp.layout,
+            pass.capacity,
+            1 + tangents,
+            true,
+            mlp.layout.total,
+        )?;
+        let table = ctx.uniform_from("fused field table", bytemuck::bytes_of(&fl.table));
+        let act = ctx.storage("fused field activations", fl.act_len)?;
+        let out_stride = MlpPass::out_stride(&mlp.cfg);
+        let dv = ctx.storage("dS/dv", (1 + tangents) * pass.capacity * out_stride)?;
+        let input_grad = ctx.storage("dS/dx", pass.capacity * mlp.layout.layers[0].in_pad)?;
+        let eval = field::field_eval_subgroup(ctx)?;
+        let vjp = field::field_vjp_subgroup(ctx)?;
+        let g_eval = eval.bind(
+            ctx,
+            arena,
+            &field::EvalBindings {
+                tangent_input: &pass.input,
+                probes: bufs.probes,
+                tangent_out: pass.output(),
+                div: bufs.div,
+                table: &table,
+                params: &mlp.params,
+                act: &act,
+            },
+        );
+        let g_vjp = vjp.bind(
+            ctx,
+            arena,
+            &field::VjpBindings {
+                tangent_input: &pass.input,
+                probes: bufs.probes,
+                tangent_out: pass.output(),
+                cotangent: bufs.cotangent,
+                dv: &dv,
+                table: &table,
+                params: &mlp.params,
+                act: &act,
+                grad_parts: bufs.stage_grads,
+                input_grad: &input_grad,
+            },
+        );
+        Ok(FusedField {
+            eval,
+            vjp,
+            g_eval,
+            g_vjp,
+            params: fl.table.s,
+            dv,
+            input_grad,
+            _table: table,
+            _act: act,
+        })
+    }
 }

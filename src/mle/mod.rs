@@ -29,7 +29,8 @@ pub use field::{field_vjp, FieldVjp, LikelihoodField};
 
 use crate::kernels::{backprop, mle, ode, Entry, Tiles};
 use crate::mlp::{GpuMlp, MlpPass};
-use crate::solve::{fixed_stage_params, Method, Tableau, TimeGrid, Trace};
+use crate::ode::program::{At, FixedProgram, StageKernels};
+use crate::solve::{Method, Tableau, TimeGrid, Trace};
 
 /// Settings of the maximum-likelihood objective (`--objective mle`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -197,8 +198,7 @@ struct OdeSolve {
     state: wgpu::Buffer,
     k: wgpu::Buffer,
     g_init: wgpu::BindGroup,
-    g_stage: wgpu::BindGroup,
-    g_final: wgpu::BindGroup,
+    kernels: StageKernels,
 }
 
 /// The GPU state of the maximum-likelihood objective inside a [`crate::train::Trainer`].
@@ -216,12 +216,11 @@ pub struct MleState {
     mle_arena: UniformArena,
     ode_base: ode::OdeParams,
     mle_base: mle::MleParams,
-    fwd_last: Vec<bool>,
-    adj_last: Vec<bool>,
+    /// The fixed-step forward and adjoint solves (their stages in `ode_arena`).
+    fwd_program: Option<FixedProgram>,
+    adj_program: Option<FixedProgram>,
     noise: Entry<ode::BaseNoise>,
     start: Entry<ode::Start>,
-    stage: Entry<ode::Stage>,
-    final_: Entry<ode::Stage>,
     adj_start: Entry<mle::AdjointStart>,
     accumulate: Entry<mle::Accumulate>,
     g_adj_start: wgpu::BindGroup,
@@ -239,22 +238,32 @@ pub struct MleState {
     tiles: Tiles,
 }
 
+/// What the trainer gives the objective: its batch, pools and output buffers.
+pub struct MleLink<'a> {
+    pub batch: usize,
+    /// The (model-unit) data pool and its rows.
+    pub data: &'a wgpu::Buffer,
+    pub n_data: usize,
+    /// Gets each row's NLL.
+    pub sample_loss: &'a wgpu::Buffer,
+    /// Gets the gradient of the batch objective.
+    pub grads: &'a wgpu::Buffer,
+    /// Training steps recorded per submit.
+    pub steps_per_submit: usize,
+    pub seed: u64,
+}
+
 impl MleState {
-    /// `data`: the (model-unit) data pool; `sample_loss` gets each row's NLL and `grads`
-    /// the gradient of the batch objective.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        ctx: &GpuContext,
-        mlp: &GpuMlp,
-        cfg: &MleConfig,
-        batch: usize,
-        data: &wgpu::Buffer,
-        n_data: usize,
-        sample_loss: &wgpu::Buffer,
-        grads: &wgpu::Buffer,
-        steps_per_submit: usize,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, mlp: &GpuMlp, cfg: &MleConfig, link: MleLink) -> Result<Self> {
+        let MleLink {
+            batch,
+            data,
+            n_data,
+            sample_loss,
+            grads,
+            steps_per_submit,
+            seed,
+        } = link;
         cfg.validate()?;
         if mlp.cfg.classes > 0 {
             return Err(Error::invalid(
@@ -330,8 +339,10 @@ impl MleState {
             };
             Ok(OdeSolve {
                 g_init,
-                g_stage: stage.bind(ctx, &ode_arena, &all),
-                g_final: final_.bind(ctx, &ode_arena, &all),
+                kernels: StageKernels {
+                    stage: stage.bound(ctx, &ode_arena, &all),
+                    last: final_.bound(ctx, &ode_arena, &all),
+                },
                 state: state.clone(),
                 k,
             })
@@ -401,81 +412,25 @@ impl MleState {
             ..ode_base
         };
         let backprop = if backprop_mode {
-            let bars = ctx.storage("mle stage cotangents", (ns + 1) * batch * d)?;
-            let bp = dto::BackpropKernels::get(ctx)?;
-            let arena = UniformArena::new(ctx, "backprop params", n_evals);
-            let snapshot = ode::snapshot(ctx)?;
-            Some(dto::Backprop {
-                g_start: bp.start.bind(
-                    ctx,
-                    &arena,
-                    &backprop::StartBindings {
-                        state: &fwd_state,
-                        bars: &bars,
-                    },
-                ),
-                g_restore: bp.restore.bind(
-                    ctx,
-                    &arena,
-                    &backprop::RestoreBindings {
-                        history: &history,
-                        state: &fwd_state,
-                        input: &p.input,
-                    },
-                ),
-                g_stage_input: bp.stage_input.bind(
-                    ctx,
-                    &arena,
-                    &backprop::StageInputBindings {
-                        history: &history,
-                        input: &p.input,
-                        k: &fwd.k,
-                    },
-                ),
-                g_cotangent: bp.cotangent.bind(
-                    ctx,
-                    &arena,
-                    &backprop::CotangentBindings {
-                        cotangent: &field.cotangent,
-                        bars: &bars,
-                    },
-                ),
-                g_collect: bp.collect.bind(
-                    ctx,
-                    &arena,
-                    &backprop::CollectBindings {
-                        input_grad,
-                        bars: &bars,
-                    },
-                ),
-                g_snapshot: snapshot.bind(
-                    ctx,
-                    &ode_arena,
-                    &ode::SnapshotBindings {
-                        state: &fwd_state,
-                        traj: &history,
-                    },
-                ),
-                snapshot,
-                start: bp.start,
-                restore: bp.restore,
-                stage_input: bp.stage_input,
-                cotangent: bp.cotangent,
-                collect: bp.collect,
-                base: backprop::BackpropParams {
-                    rows: batch as u32,
-                    dim: d as u32,
-                    in_stride: ode_base.in_stride,
-                    time_cols: ode_base.time_cols,
-                    fwd_stride: fwd_stride as u32,
-                    n_stages: ns as u32,
-                    inv_batch: inv_b as f32,
-                    ..Default::default()
-                },
-                arena,
-                _history: history.clone(),
-                _bars: bars,
-            })
+            let bufs = dto::BackpropBuffers {
+                fwd_state: &fwd_state,
+                history: &history,
+                k: &fwd.k,
+                input_grad,
+            };
+            let base = backprop::BackpropParams {
+                rows: batch as u32,
+                dim: d as u32,
+                in_stride: ode_base.in_stride,
+                time_cols: ode_base.time_cols,
+                fwd_stride: fwd_stride as u32,
+                n_stages: ns as u32,
+                inv_batch: inv_b as f32,
+                ..Default::default()
+            };
+            Some(dto::Backprop::new(
+                ctx, &field, &ode_arena, &bufs, base, n_evals,
+            )?)
         } else {
             None
         };
@@ -503,12 +458,10 @@ impl MleState {
             mle_arena,
             ode_base,
             mle_base,
-            fwd_last: Vec::new(),
-            adj_last: Vec::new(),
+            fwd_program: None,
+            adj_program: None,
             noise,
             start,
-            stage,
-            final_,
             adj_start,
             accumulate,
             g_adj_start,
@@ -550,20 +503,14 @@ impl MleState {
         self.ode_arena.set(k_slots, &adj_base);
         let fwd_times = TimeGrid::Uniform.times(1.0, 0.0, n_steps);
         let adj_times = TimeGrid::Uniform.times(0.0, 1.0, n_steps);
-        let mut slot = k_slots + 1;
-        for (p, last) in fixed_stage_params(tab, &fwd_times, fwd_base) {
-            self.ode_arena.set(slot, &p);
-            self.fwd_last.push(last);
-            slot += 1;
-        }
+        let fwd = FixedProgram::new(tab, &fwd_times, fwd_base);
+        let adj = FixedProgram::new(tab, &adj_times, &adj_base);
+        let slot = fwd.write(&mut self.ode_arena, 0..n_steps, k_slots + 1);
+        let slot = adj.write(&mut self.ode_arena, 0..n_steps, slot);
+        self.fwd_program = Some(fwd);
+        self.adj_program = Some(adj);
         self.mle_arena.set(0, &self.mle_base);
-        for (n, (p, last)) in fixed_stage_params(tab, &adj_times, &adj_base)
-            .into_iter()
-            .enumerate()
-        {
-            self.ode_arena.set(slot, &p);
-            self.adj_last.push(last);
-            slot += 1;
+        for n in 0..n_steps * ns {
             if self.backprop.is_none() {
                 let h = adj_times[n / ns + 1] - adj_times[n / ns];
                 let mp = mle::MleParams {
@@ -656,7 +603,8 @@ impl MleState {
     }
 
     fn snapshot_slot(&self, n: usize) -> usize {
-        self.steps_per_submit + 1 + self.fwd_last.len() + self.adj_last.len() + n
+        // After both solves' stage slots.
+        self.steps_per_submit + 1 + 2 * self.cfg.steps * self.n_stages + n
     }
 
     /// Record training step slot `i`: forward solve, NLL, gradient (adjoint or backprop).
@@ -674,25 +622,25 @@ impl MleState {
                 self.snap_groups(),
             );
         }
-        let mut slot = k + 1;
-        let mut step = 0;
-        for &last in &self.fwd_last {
-            self.field.record_eval(cp);
-            self.stage_kernel(last)
-                .dispatch(cp, self.fwd.group(last), slot, rows);
-            slot += 1;
-            if last {
-                step += 1;
+        let steps = self.cfg.steps;
+        let fwd = self.fwd_program.as_ref().expect("fixed-step programs");
+        fwd.record(
+            cp,
+            0..steps,
+            At {
+                kernels: &self.fwd.kernels,
+                slot: k + 1,
+                groups: rows,
+            },
+            |cp, _| self.field.record_eval(cp),
+            |cp, n| {
                 if let Some(bp) = bp {
-                    bp.snapshot.dispatch(
-                        cp,
-                        &bp.g_snapshot,
-                        self.snapshot_slot(step),
-                        self.snap_groups(),
-                    );
+                    let slot = self.snapshot_slot(n);
+                    bp.snapshot
+                        .dispatch(cp, &bp.g_snapshot, slot, self.snap_groups());
                 }
-            }
-        }
+            },
+        );
         self.adj_start.dispatch(
             cp,
             &self.g_adj_start,
@@ -705,22 +653,22 @@ impl MleState {
             return;
         }
         self.start.dispatch(cp, &self.adj.g_init, k, rows);
-        for (n, &last) in self.adj_last.iter().enumerate() {
-            self.field.record_vjp(cp, 0);
-            self.accumulate
-                .dispatch(cp, &self.g_accumulate, 1 + n, params);
-            self.stage_kernel(last)
-                .dispatch(cp, self.adj.group(last), slot, rows);
-            slot += 1;
-        }
-    }
-
-    fn stage_kernel(&self, last: bool) -> &Entry<ode::Stage> {
-        if last {
-            &self.final_
-        } else {
-            &self.stage
-        }
+        let adj = self.adj_program.as_ref().expect("fixed-step programs");
+        adj.record(
+            cp,
+            0..steps,
+            At {
+                kernels: &self.adj.kernels,
+                slot: k + 1 + steps * self.n_stages,
+                groups: rows,
+            },
+            |cp, n| {
+                self.field.record_vjp(cp, 0);
+                self.accumulate
+                    .dispatch(cp, &self.g_accumulate, 1 + n, params);
+            },
+            |_, _| {},
+        );
     }
 
     fn snap_groups(&self) -> [u32; 3] {
@@ -769,12 +717,4 @@ impl MleState {
     }
 }
 
-impl OdeSolve {
-    fn group(&self, last: bool) -> &wgpu::BindGroup {
-        if last {
-            &self.g_final
-        } else {
-            &self.g_stage
-        }
-    }
-}
+impl OdeSolve {}

@@ -631,18 +631,18 @@ impl Trainer {
             }
         };
         let mle = match &cfg.mle {
-            Some(m) => Some(crate::mle::MleState::new(
-                ctx,
-                &mlp,
-                m,
-                cfg.batch,
-                &data_buf,
-                pools.rows(d),
-                &sample_loss,
-                &grads,
-                k,
-                cfg.seed,
-            )?),
+            Some(m) => {
+                let link = crate::mle::MleLink {
+                    batch: cfg.batch,
+                    data: &data_buf,
+                    n_data: pools.rows(d),
+                    sample_loss: &sample_loss,
+                    grads: &grads,
+                    steps_per_submit: k,
+                    seed: cfg.seed,
+                };
+                Some(crate::mle::MleState::new(ctx, &mlp, m, link)?)
+            }
             None => None,
         };
         Ok(Trainer {

@@ -4,6 +4,8 @@
 
 use crate::error::{Error, Result};
 
+pub(crate) mod program;
+
 /// An explicit Runge–Kutta method: c, the strictly lower-triangular a, weights b and, for
 /// embedded pairs, the error weights e = b − b̂.
 #[derive(Clone, Debug, PartialEq)]
