@@ -31,7 +31,11 @@ fn main() -> flowgpu::Result<()> {
         plan: RunPlan::new("moons"),
     };
     // Train, and stop after the first loss readback past step 400.
-    let mut run = Run::create(dir, config, NewRun::default())?;
+    let fresh = NewRun {
+        overwrite: true, // the example replaces its own earlier run
+        ..NewRun::default()
+    };
+    let mut run = Run::create(dir, config, fresh)?;
     let mut trainer = run.trainer(&ctx)?;
     let stop = AtomicBool::new(false);
     let stopped = run.train(&ctx, &mut trainer, &stop, |step, _| {

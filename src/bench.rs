@@ -327,229 +327,304 @@ pub fn sgemm(ctx: &GpuContext, m: usize, k: usize, n: usize, min_time: f64) -> R
     Ok(flops * calls as f64 / secs / 1e9)
 }
 
-/// Run one workload on a context.
-pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRecord>> {
-    let base = BenchRecord {
-        workload: name.to_string(),
-        adapter: ctx.adapter_name().to_string(),
-        backend: ctx.backend_name(),
-        tiles: ctx.tiles.variant().to_string(),
-        quick: cfg.quick,
-        ..Default::default()
-    };
-    let mut sgemm_cache = std::collections::HashMap::new();
-    let mut sgemm_at = |m: usize, k: usize| -> Result<f64> {
-        if let Some(v) = sgemm_cache.get(&(m, k)) {
+/// SGEMM GFLOP/s at the shapes of the workloads' layers, measured once per shape.
+struct SgemmCache {
+    min_time: f64,
+    at_shape: std::collections::HashMap<(usize, usize), f64>,
+}
+
+impl SgemmCache {
+    /// GFLOP/s of an [m, k] × [k, k] matmul.
+    fn at(&mut self, ctx: &GpuContext, m: usize, k: usize) -> Result<f64> {
+        if let Some(v) = self.at_shape.get(&(m, k)) {
             return Ok(*v);
         }
-        let v = sgemm(ctx, m, k, k, cfg.min_time.min(1.0))?;
-        sgemm_cache.insert((m, k), v);
+        let v = sgemm(ctx, m, k, k, self.min_time)?;
+        self.at_shape.insert((m, k), v);
         Ok(v)
+    }
+}
+
+/// What every record of a run shares, and what it measures against.
+struct BenchRun<'a> {
+    ctx: &'a GpuContext,
+    cfg: &'a BenchConfig,
+    base: BenchRecord,
+    sgemm: SgemmCache,
+    /// Bytes allocated before the workload.
+    bytes0: u64,
+}
+
+/// Run one workload on a context.
+pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRecord>> {
+    let mut r = BenchRun {
+        ctx,
+        cfg,
+        base: BenchRecord {
+            workload: name.to_string(),
+            adapter: ctx.adapter_name().to_string(),
+            backend: ctx.backend_name(),
+            tiles: ctx.tiles.variant().to_string(),
+            quick: cfg.quick,
+            ..Default::default()
+        },
+        sgemm: SgemmCache {
+            min_time: cfg.min_time.min(1.0),
+            at_shape: Default::default(),
+        },
+        bytes0: ctx.allocated_bytes(),
     };
-    let bytes0 = ctx.allocated_bytes();
     match name {
-        "G-sgemm" => {
-            let mut out = Vec::new();
-            for (m, k, n) in [(4096, 512, 512), (65536, 512, 512), (256, 64, 64)] {
-                let m = if cfg.quick { m.min(8192) } else { m };
-                let before = ctx.allocated_bytes();
-                let g = sgemm(ctx, m, k, n, cfg.min_time)?;
-                let flops = 2.0 * (m * k * n) as f64;
-                out.push(BenchRecord {
-                    unit: "one matmul".into(),
-                    gflops: g,
-                    ms_median: 1e3 * flops / (g * 1e9),
-                    flops_per_call: flops,
-                    sgemm_gflops: g,
-                    sgemm_pct: 100.0,
-                    peak_buffer_bytes: ctx.allocated_bytes() - before,
-                    shape: Some([m, k, n]),
-                    ..base.clone()
-                });
-            }
-            Ok(out)
-        }
-        "W-small" | "W-fm" => {
-            let (mlp, batch, data) = net(name);
-            let pool = Dataset::toy(data, 1 << 20, 0)?;
-            let tc = TrainConfig {
-                steps: u64::MAX / 4,
-                batch,
-                warmup: 0,
-                cosine: false,
-                clip_norm: 0.0,
-                ..TrainConfig::default()
-            };
-            let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
-            let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
-            let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
-            let sg = sgemm_at(batch, mlp.width)?;
-            let train_step = Some(tr.step_kind().to_string());
-            Ok(vec![t.record(
-                BenchRecord {
-                    unit: "one training step".into(),
-                    train_step,
-                    n: Some(batch),
-                    peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
-                    ..base
-                },
-                sg,
-            )])
-        }
-        "S-euler" | "S-rk4" | "L-exact" | "L-hutch" => {
-            let (mlp, _, _) = net("W-fm");
-            let m = random_model(&mlp);
-            let s = Sampler::new(ctx, &m)?;
-            let method = if name == "S-euler" {
-                Method::Euler
-            } else {
-                Method::Rk4
-            };
-            let stages = if method == Method::Euler { 1 } else { 4 };
-            let solve = SolveConfig {
-                method,
-                steps: cfg.steps,
-                chunk: 1 << 20,
-                ..SolveConfig::default()
-            };
-            let loglik = name.starts_with('L');
-            let n = if loglik { cfg.n_loglik } else { cfg.n_sample };
-            let (passes, trace) = match name {
-                "L-exact" => (3.0, Some(Trace::Exact)),
-                "L-hutch" => (
-                    2.0,
-                    Some(Trace::Hutchinson {
-                        probes: 1,
-                        rademacher: true,
-                        seed: 0,
-                    }),
-                ),
-                _ => (1.0, None),
-            };
-            let points = Dataset::toy("8gaussians", n, 0)?.points;
-            let solve_n = |s: &Sampler, n: usize| -> Result<()> {
-                match trace {
-                    Some(t) => s.log_prob(&points[..2 * n], t, &solve).map(|_| ()),
-                    None => s.sample(n, 0, &solve).map(|_| ()),
-                }
-            };
-            let one = |s: &Sampler| solve_n(s, n);
-            // Warm-up on a few points: compiles the pipelines without a full-size solve.
-            solve_n(&s, n.min(256))?;
-            // Buffers scale with the chunk: the largest solve's allocation, measured.
-            let before = ctx.allocated_bytes();
-            let peak_of_full = |ctx: &GpuContext| ctx.allocated_bytes() - before;
-            let nfe = cfg.steps * stages;
-            let flops = passes * (mlp.flops_per_sample() * n as u64) as f64 * nfe as f64;
-            let min_groups = if cfg.quick { 2 } else { 1 };
-            let (calls, secs, ms) = time_calls(cfg.min_time, min_groups, 1, |_| one(&s))?;
-            let peak = peak_of_full(ctx) / calls as u64 + (before - bytes0);
-            let solves = calls as f64 / secs;
-            let gflops = flops * solves / 1e9;
-            let profile = profile_one(ctx, || one(&s))?;
-            let sg = sgemm_at(n.min(65536), mlp.width)?;
-            Ok(vec![BenchRecord {
-                unit: "one solve".into(),
-                profile,
-                nfe_per_s: Some(solves * nfe as f64),
-                sample_steps_per_s: Some(solves * cfg.steps as f64),
-                gflops,
-                ms_median: ms,
-                timed_calls: calls,
-                flops_per_call: flops,
-                sgemm_gflops: sg,
-                sgemm_pct: 100.0 * gflops / sg,
-                peak_buffer_bytes: peak,
-                n: Some(n),
-                steps: Some(cfg.steps),
-                ..base
-            }])
-        }
-        "M-adjoint" | "M-backprop" => {
-            // One MLE step: W-small's 3×64 net with SiLU (MLE needs act''), batch 256,
-            // 8gaussians, exact trace, RK4 × 8 steps. FLOPs: a field evaluation runs the
-            // primal and 2 tangent row sets (3 forwards), a VJP that plus a backward over
-            // them (2× a forward each: 9 forwards); backprop also recomputes 3 stages a step.
-            let (mut mlp, batch, _) = net("W-small");
-            mlp.activation = Activation::Silu;
-            let pool = Dataset::toy("8gaussians", 1 << 16, 0)?;
-            let mc = crate::mle::MleConfig {
-                probes: 0,
-                solver: crate::solve::Method::Rk4,
-                steps: if cfg.quick { 2 } else { 8 },
-                grad: if name == "M-adjoint" {
-                    crate::mle::MleGrad::Adjoint
-                } else {
-                    crate::mle::MleGrad::Backprop
-                },
-                ..Default::default()
-            };
-            let tc = TrainConfig {
-                steps: u64::MAX / 4,
-                batch,
-                warmup: 0,
-                cosine: false,
-                lr: 1e-4,
-                steps_per_submit: 1,
-                log_every: 1,
-                mle: Some(mc.clone()),
-                ..TrainConfig::default()
-            };
-            let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
-            let f = (mlp.flops_per_sample() * batch as u64) as f64;
-            let sets = (1 + mlp.dim) as f64;
-            let recompute = (mc.nfe_gradient() - mc.nfe()) as f64;
-            let vjps = mc.nfe() as f64;
-            let flops = f * sets * (mc.nfe() as f64 + recompute + 3.0 * vjps);
-            let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
-            let sg = sgemm_at(batch * (1 + mlp.dim), mlp.width)?;
-            let nfe_per_s = t.rate() * (mc.nfe() + mc.nfe_gradient()) as f64;
-            Ok(vec![t.record(
-                BenchRecord {
-                    unit: "one MLE training step".into(),
-                    nfe_per_s: Some(nfe_per_s),
-                    n: Some(batch),
-                    steps: Some(mc.steps),
-                    peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
-                    ..base
-                },
-                sg,
-            )])
-        }
-        "OT-sinkhorn-256" | "OT-sinkhorn-1024" => {
-            // The coupling alone: draw, ε, 50 log-domain Sinkhorn iterations, pair sampling
-            // (POT's baseline runs to its 1000-iteration cap at reg 0.05).
-            let batch = if name.ends_with("256") { 256 } else { 1024 };
-            let (mlp, _, _) = net("W-small");
-            let pool = Dataset::toy("moons", 1 << 16, 0)?;
-            let tc = TrainConfig {
-                batch,
-                coupling: crate::train::Coupling::Sinkhorn {
-                    reg: 0.05,
-                    iters: 50,
-                },
-                ..TrainConfig::default()
-            };
-            let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
-            tr.run_coupling(ctx, 1)?;
-            ctx.wait()?;
-            let (calls, secs, ms) = time_calls(cfg.min_time, 3, 1, |c| {
-                tr.run_coupling(ctx, c)?;
-                ctx.wait()
-            })?;
-            Ok(vec![BenchRecord {
-                unit: "one coupling (50 Sinkhorn iterations + pairs)".into(),
-                plans_per_s: Some(calls as f64 / secs),
-                ms_median: ms,
-                timed_calls: calls,
-                n: Some(batch),
-                peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
-                ..base
-            }])
-        }
+        "G-sgemm" => bench_sgemm(&r),
+        "W-small" | "W-fm" => bench_training(&mut r, name),
+        "S-euler" | "S-rk4" | "L-exact" | "L-hutch" => bench_solve(&mut r, name),
+        "M-adjoint" | "M-backprop" => bench_mle(&mut r, name),
+        "OT-sinkhorn-256" | "OT-sinkhorn-1024" => bench_coupling(&r, name),
         _ => Err(Error::invalid(format!(
             "unknown workload '{name}'; valid workloads: {}",
             WORKLOADS.join(", ")
         ))),
     }
+}
+
+/// G-sgemm: the matmul alone at three shapes.
+fn bench_sgemm(r: &BenchRun) -> Result<Vec<BenchRecord>> {
+    let BenchRun { ctx, cfg, base, .. } = r;
+    let mut out = Vec::new();
+    for (m, k, n) in [(4096, 512, 512), (65536, 512, 512), (256, 64, 64)] {
+        let m = if cfg.quick { m.min(8192) } else { m };
+        let before = ctx.allocated_bytes();
+        let g = sgemm(ctx, m, k, n, cfg.min_time)?;
+        let flops = 2.0 * (m * k * n) as f64;
+        out.push(BenchRecord {
+            unit: "one matmul".into(),
+            gflops: g,
+            ms_median: 1e3 * flops / (g * 1e9),
+            flops_per_call: flops,
+            sgemm_gflops: g,
+            sgemm_pct: 100.0,
+            peak_buffer_bytes: ctx.allocated_bytes() - before,
+            shape: Some([m, k, n]),
+            ..base.clone()
+        });
+    }
+    Ok(out)
+}
+
+/// W-small, W-fm: flow-matching training steps.
+fn bench_training(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
+    let BenchRun {
+        ctx,
+        cfg,
+        base,
+        sgemm,
+        bytes0,
+    } = r;
+    let (ctx, bytes0, base) = (*ctx, *bytes0, base.clone());
+    let (mlp, batch, data) = net(name);
+    let pool = Dataset::toy(data, 1 << 20, 0)?;
+    let tc = TrainConfig {
+        steps: u64::MAX / 4,
+        batch,
+        warmup: 0,
+        cosine: false,
+        clip_norm: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
+    let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
+    let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
+    let sg = sgemm.at(ctx, batch, mlp.width)?;
+    let train_step = Some(tr.step_kind().to_string());
+    Ok(vec![t.record(
+        BenchRecord {
+            unit: "one training step".into(),
+            train_step,
+            n: Some(batch),
+            peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
+            ..base
+        },
+        sg,
+    )])
+}
+
+/// S-euler, S-rk4: sampling solves; L-exact, L-hutch: log-likelihood solves.
+fn bench_solve(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
+    let BenchRun {
+        ctx,
+        cfg,
+        base,
+        sgemm,
+        bytes0,
+    } = r;
+    let (ctx, bytes0, base) = (*ctx, *bytes0, base.clone());
+    let (mlp, _, _) = net("W-fm");
+    let m = random_model(&mlp);
+    let s = Sampler::new(ctx, &m)?;
+    let method = if name == "S-euler" {
+        Method::Euler
+    } else {
+        Method::Rk4
+    };
+    let stages = if method == Method::Euler { 1 } else { 4 };
+    let solve = SolveConfig {
+        method,
+        steps: cfg.steps,
+        chunk: 1 << 20,
+        ..SolveConfig::default()
+    };
+    let loglik = name.starts_with('L');
+    let n = if loglik { cfg.n_loglik } else { cfg.n_sample };
+    let (passes, trace) = match name {
+        "L-exact" => (3.0, Some(Trace::Exact)),
+        "L-hutch" => (
+            2.0,
+            Some(Trace::Hutchinson {
+                probes: 1,
+                rademacher: true,
+                seed: 0,
+            }),
+        ),
+        _ => (1.0, None),
+    };
+    let points = Dataset::toy("8gaussians", n, 0)?.points;
+    let solve_n = |s: &Sampler, n: usize| -> Result<()> {
+        match trace {
+            Some(t) => s.log_prob(&points[..2 * n], t, &solve).map(|_| ()),
+            None => s.sample(n, 0, &solve).map(|_| ()),
+        }
+    };
+    let one = |s: &Sampler| solve_n(s, n);
+    // Warm-up on a few points: compiles the pipelines without a full-size solve.
+    solve_n(&s, n.min(256))?;
+    // Buffers scale with the chunk: the largest solve's allocation, measured.
+    let before = ctx.allocated_bytes();
+    let peak_of_full = |ctx: &GpuContext| ctx.allocated_bytes() - before;
+    let nfe = cfg.steps * stages;
+    let flops = passes * (mlp.flops_per_sample() * n as u64) as f64 * nfe as f64;
+    let min_groups = if cfg.quick { 2 } else { 1 };
+    let (calls, secs, ms) = time_calls(cfg.min_time, min_groups, 1, |_| one(&s))?;
+    let peak = peak_of_full(ctx) / calls as u64 + (before - bytes0);
+    let solves = calls as f64 / secs;
+    let gflops = flops * solves / 1e9;
+    let profile = profile_one(ctx, || one(&s))?;
+    let sg = sgemm.at(ctx, n.min(65536), mlp.width)?;
+    Ok(vec![BenchRecord {
+        unit: "one solve".into(),
+        profile,
+        nfe_per_s: Some(solves * nfe as f64),
+        sample_steps_per_s: Some(solves * cfg.steps as f64),
+        gflops,
+        ms_median: ms,
+        timed_calls: calls,
+        flops_per_call: flops,
+        sgemm_gflops: sg,
+        sgemm_pct: 100.0 * gflops / sg,
+        peak_buffer_bytes: peak,
+        n: Some(n),
+        steps: Some(cfg.steps),
+        ..base
+    }])
+}
+
+/// M-adjoint, M-backprop: one maximum-likelihood training step.
+fn bench_mle(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
+    let BenchRun {
+        ctx,
+        cfg,
+        base,
+        sgemm,
+        bytes0,
+    } = r;
+    let (ctx, bytes0, base) = (*ctx, *bytes0, base.clone());
+    // One MLE step: W-small's 3×64 net with SiLU (MLE needs act''), batch 256,
+    // 8gaussians, exact trace, RK4 × 8 steps. FLOPs: a field evaluation runs the
+    // primal and 2 tangent row sets (3 forwards), a VJP that plus a backward over
+    // them (2× a forward each: 9 forwards); backprop also recomputes 3 stages a step.
+    let (mut mlp, batch, _) = net("W-small");
+    mlp.activation = Activation::Silu;
+    let pool = Dataset::toy("8gaussians", 1 << 16, 0)?;
+    let mc = crate::mle::MleConfig {
+        probes: 0,
+        solver: crate::solve::Method::Rk4,
+        steps: if cfg.quick { 2 } else { 8 },
+        grad: if name == "M-adjoint" {
+            crate::mle::MleGrad::Adjoint
+        } else {
+            crate::mle::MleGrad::Backprop
+        },
+        ..Default::default()
+    };
+    let tc = TrainConfig {
+        steps: u64::MAX / 4,
+        batch,
+        warmup: 0,
+        cosine: false,
+        lr: 1e-4,
+        steps_per_submit: 1,
+        log_every: 1,
+        mle: Some(mc.clone()),
+        ..TrainConfig::default()
+    };
+    let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
+    let f = (mlp.flops_per_sample() * batch as u64) as f64;
+    let sets = (1 + mlp.dim) as f64;
+    let recompute = (mc.nfe_gradient() - mc.nfe()) as f64;
+    let vjps = mc.nfe() as f64;
+    let flops = f * sets * (mc.nfe() as f64 + recompute + 3.0 * vjps);
+    let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
+    let sg = sgemm.at(ctx, batch * (1 + mlp.dim), mlp.width)?;
+    let nfe_per_s = t.rate() * (mc.nfe() + mc.nfe_gradient()) as f64;
+    Ok(vec![t.record(
+        BenchRecord {
+            unit: "one MLE training step".into(),
+            nfe_per_s: Some(nfe_per_s),
+            n: Some(batch),
+            steps: Some(mc.steps),
+            peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
+            ..base
+        },
+        sg,
+    )])
+}
+
+/// OT-sinkhorn-*: one minibatch coupling.
+fn bench_coupling(r: &BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
+    let BenchRun {
+        ctx,
+        cfg,
+        base,
+        bytes0,
+        ..
+    } = r;
+    let (ctx, bytes0, base) = (*ctx, *bytes0, base.clone());
+    // The coupling alone: draw, ε, 50 log-domain Sinkhorn iterations, pair sampling
+    // (POT's baseline runs to its 1000-iteration cap at reg 0.05).
+    let batch = if name.ends_with("256") { 256 } else { 1024 };
+    let (mlp, _, _) = net("W-small");
+    let pool = Dataset::toy("moons", 1 << 16, 0)?;
+    let tc = TrainConfig {
+        batch,
+        coupling: crate::train::Coupling::Sinkhorn {
+            reg: 0.05,
+            iters: 50,
+        },
+        ..TrainConfig::default()
+    };
+    let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
+    tr.run_coupling(ctx, 1)?;
+    ctx.wait()?;
+    let (calls, secs, ms) = time_calls(cfg.min_time, 3, 1, |c| {
+        tr.run_coupling(ctx, c)?;
+        ctx.wait()
+    })?;
+    Ok(vec![BenchRecord {
+        unit: "one coupling (50 Sinkhorn iterations + pairs)".into(),
+        plans_per_s: Some(calls as f64 / secs),
+        ms_median: ms,
+        timed_calls: calls,
+        n: Some(batch),
+        peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
+        ..base
+    }])
 }

@@ -113,9 +113,16 @@ struct TrainArgs {
     /// Write a checkpoint every N steps (and always at the end and on Ctrl-C); 0: end only.
     #[arg(long, default_value_t = 1000)]
     checkpoint_every: u64,
-    /// Continue the interrupted run in DIR (its stored plan; other training flags are ignored).
+    /// Continue the interrupted run in DIR with its stored settings (other training flags
+    /// are refused).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Train up to step N of the schedule, checkpoint and stop (exit 0); --resume continues.
+    #[arg(long, value_name = "N")]
+    stop_after: Option<u64>,
+    /// Replace the run already in --out (without it, an existing run is an error).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Points drawn from the built-in data set (the training pool).
     #[arg(long, default_value_t = 100_000)]
     n_data: usize,
@@ -481,15 +488,17 @@ struct AdaptersArgs {
 }
 
 pub fn run() -> Result<()> {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            // Help and version go to stdout with exit 0; usage errors exit 2 with clap's text.
-            e.exit();
-        }
-    };
+    use clap::{CommandFactory, FromArgMatches};
+    // Help and version go to stdout with exit 0; usage errors exit 2 with clap's text.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(("train", m)) = matches.subcommand() {
+        refuse_flags_with_resume(m)?;
+    }
+    // Every command ends promptly and cleanly on SIGINT, SIGTERM or SIGHUP.
+    let signals = Signals::install()?;
     match cli.command {
-        Command::Train(a) => train(*a),
+        Command::Train(a) => train(*a, &signals),
         Command::Sample(a) => sample(a),
         Command::Encode(a) => map(a, true),
         Command::Decode(a) => map(a, false),
@@ -625,6 +634,31 @@ enum ProbeKind {
     Gaussian,
 }
 
+/// `train --resume DIR` continues DIR with its stored settings: a training flag given with
+/// it would be silently ignored, so it is an error that names the flags.
+fn refuse_flags_with_resume(m: &clap::ArgMatches) -> Result<()> {
+    use clap::parser::ValueSource;
+    if m.value_source("resume") != Some(ValueSource::CommandLine) {
+        return Ok(());
+    }
+    // What may change between slices of a run: where it runs and how it reports.
+    const ALLOWED: [&str; 5] = ["resume", "stop_after", "adapter", "backend", "json"];
+    let given: Vec<String> = m
+        .ids()
+        .map(|id| id.as_str())
+        .filter(|id| !ALLOWED.contains(id))
+        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "--resume continues a run with the settings it was started with; drop {} (or start a new run with them)",
+        given.join(", ")
+    )))
+}
+
 /// The command-line name of an option value.
 fn name_of(v: impl clap::ValueEnum) -> String {
     v.to_possible_value()
@@ -692,6 +726,7 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
         checkpoint_every: a.checkpoint_every,
         plot_samples: a.plot_samples,
         eval_n: a.eval_n,
+        data_fingerprint: None,
     };
     let mlp = MlpConfig {
         dim: 0,
@@ -722,6 +757,7 @@ fn open_run(a: &TrainArgs) -> Result<Run> {
         augment: a.augment,
         augment_fill: a.augment_fill,
         init: a.mle.init.as_deref().map(Model::load).transpose()?,
+        overwrite: a.overwrite,
     };
     Run::create(&run_dir(a), run_config(a)?, new)
 }
@@ -782,12 +818,52 @@ fn loss_text(run: &Run) -> impl Fn(f32) -> String {
     }
 }
 
-/// Ctrl-C: finish the steps already submitted, write a checkpoint, exit.
-fn stop_flag() -> std::sync::Arc<AtomicBool> {
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
-    stop
+/// SIGINT, SIGTERM and SIGHUP (what Ctrl-C, `timeout`, Docker, Kubernetes and Slurm
+/// send). While training, a signal raises `stop`: the trainer finishes the steps already
+/// submitted, writes a checkpoint and the process exits with 128 + the signal. In any
+/// other phase of any command, the process removes its temporary files and exits at once
+/// with that code, leaving no output that was not complete.
+struct Signals {
+    stop: std::sync::Arc<AtomicBool>,
+    /// The signal that raised `stop`.
+    which: std::sync::Arc<std::sync::atomic::AtomicI32>,
+    training: std::sync::Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let s = Signals {
+            stop: Default::default(),
+            which: Default::default(),
+            training: Default::default(),
+        };
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+            .map_err(|e| Error::invalid(format!("cannot install signal handlers: {e}")))?;
+        let (stop, which, training) = (s.stop.clone(), s.which.clone(), s.training.clone());
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                if training.load(Ordering::SeqCst) {
+                    which.store(sig, Ordering::SeqCst);
+                    stop.store(true, Ordering::SeqCst);
+                } else {
+                    flowgpu::io::atomic::remove_temporaries();
+                    std::process::exit(128 + sig);
+                }
+            }
+        });
+        Ok(s)
+    }
+
+    /// Signals raise `stop` (true) or end the process at once (false).
+    fn set_training(&self, on: bool) {
+        self.training.store(on, Ordering::SeqCst);
+    }
+
+    /// The exit code of a process stopped by the signal that raised `stop`.
+    fn exit_code(&self) -> i32 {
+        128 + self.which.load(Ordering::SeqCst)
+    }
 }
 
 /// loss.png and, for data of 2 or more dimensions, samples.png over the training data.
@@ -831,7 +907,7 @@ fn write_figures(run: &Run, sampler: &Sampler) -> Result<()> {
     .map_err(|e| Error::io(&png, e))
 }
 
-fn train(a: TrainArgs) -> Result<()> {
+fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
     let mut run = open_run(&a)?;
     let ctx = a.gpu.context()?;
     let mut trainer = run.trainer(&ctx)?;
@@ -847,11 +923,12 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     let nfe = trainer.mle().map(|m| m.nfe_handle());
     let describe = loss_text(&run);
-    let stop = stop_flag();
     let pb = progress_bar(steps, false);
     pb.set_position(trainer.step);
     let (t0, first_step) = (Instant::now(), trainer.step);
-    let stopped = run.train(&ctx, &mut trainer, &stop, |step, losses| {
+    signals.set_training(true);
+    let until = a.stop_after.unwrap_or(steps).min(steps);
+    let stopped = run.train_until(&ctx, &mut trainer, until, &signals.stop, |step, losses| {
         pb.set_position(step);
         if let Some(l) = losses.last() {
             let cost = nfe.as_ref().map_or(String::new(), |n| {
@@ -860,6 +937,7 @@ fn train(a: TrainArgs) -> Result<()> {
             pb.set_message(format!("{}{cost}", describe(*l)));
         }
     })?;
+    signals.set_training(false);
     pb.finish_and_clear();
     if stopped {
         eprintln!(
@@ -867,7 +945,15 @@ fn train(a: TrainArgs) -> Result<()> {
             trainer.step,
             run.dir.display()
         );
-        std::process::exit(130);
+        std::process::exit(signals.exit_code());
+    }
+    if trainer.step < steps {
+        eprintln!(
+            "stopped at step {} of {steps} (--stop-after); checkpoint written. Resume with: flowgpu train --resume {}",
+            trainer.step,
+            run.dir.display()
+        );
+        return Ok(());
     }
     let wall = t0.elapsed().as_secs_f64();
     let model = run.model(&ctx, &trainer)?;
@@ -972,8 +1058,8 @@ fn check_output_path(path: &Path) -> Result<&'static str> {
 /// Something that streams rows into a sink and reports solver statistics.
 type Producer<'a> = dyn FnMut(&mut dyn FnMut(&[f32]) -> Result<()>) -> Result<SolveStats> + 'a;
 
-/// Write rows streamed by `produce` to an .npy or .csv file, atomically: on any error
-/// the file is not created.
+/// Write rows streamed by `produce` to an .npy or .csv file, atomically: on any error,
+/// a NaN or an infinity among the rows included, the file is not created.
 fn write_rows(path: &Path, n: usize, dim: usize, produce: &mut Producer) -> Result<SolveStats> {
     use std::io::Write;
     let fmt = check_output_path(path)?;
@@ -983,8 +1069,18 @@ fn write_rows(path: &Path, n: usize, dim: usize, produce: &mut Producer) -> Resu
         if fmt == "npy" {
             w.write_all(&flowgpu::io::npy::npy_header(&[n, dim]))?;
         }
+        let mut written = 0usize;
         let mut sink = |rows: &[f32]| -> Result<()> {
             let io = |e: std::io::Error| Error::io(path, e);
+            if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
+                let row = (written + i) / dim.max(1);
+                return Err(Error::invalid(format!(
+                    "row {row} of the result is {} (the model or the solve diverged there); nothing was written to {}",
+                    rows[i],
+                    path.display()
+                )));
+            }
+            written += rows.len();
             if fmt == "npy" {
                 w.write_all(bytemuck::cast_slice(rows)).map_err(io)?;
             } else {
@@ -1325,6 +1421,49 @@ fn density(a: DensityArgs) -> Result<()> {
     Ok(())
 }
 
+/// One row of `flowgpu bench`'s table, and its dispatch profile when measured.
+fn print_bench_record(r: &flowgpu::bench::BenchRecord) {
+    let rate = if let Some(s) = r.steps_per_s {
+        format!("{s:.1} steps/s")
+    } else if let Some(n) = r.nfe_per_s {
+        format!("{n:.3} NFE/s")
+    } else if let Some(p) = r.plans_per_s {
+        format!("{p:.1} plans/s")
+    } else {
+        let s = r.shape.unwrap_or_default();
+        format!("{}x{}x{}", s[0], s[1], s[2])
+    };
+    // Long adapter names are cut: the backend and kernel tiles keep rows apart.
+    println!(
+        "{:<10} {:<24} {:<17} {:>18} {:>9.2} {:>10.2} {:>7.0}% {:>10.1}",
+        r.workload,
+        r.adapter.chars().take(24).collect::<String>(),
+        format!("{}, {}", r.backend, r.tiles),
+        rate,
+        r.gflops,
+        r.sgemm_gflops,
+        r.sgemm_pct,
+        r.peak_buffer_bytes as f64 / (1 << 20) as f64
+    );
+    let Some(p) = &r.profile else { return };
+    let total: f64 = p.iter().map(|k| k.total_ms).sum();
+    println!(
+        "  profile of {}: {} dispatches, {total:.3} ms of kernel time",
+        r.unit,
+        p.iter().map(|k| k.dispatches).sum::<usize>()
+    );
+    for k in p {
+        println!(
+            "    {:<40} {:>5} × {:>9.1} µs = {:>8.3} ms ({:>4.1}%)",
+            k.kernel,
+            k.dispatches,
+            1e3 * k.total_ms / k.dispatches as f64,
+            k.total_ms,
+            100.0 * k.total_ms / total
+        );
+    }
+}
+
 fn bench(a: BenchArgs) -> Result<()> {
     use flowgpu::bench;
     let mut cfg = bench::BenchConfig::new(a.quick);
@@ -1389,46 +1528,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 ctx.tiles.variant()
             );
             for r in bench::run(&ctx, name, &cfg)? {
-                let rate = if let Some(s) = r.steps_per_s {
-                    format!("{s:.1} steps/s")
-                } else if let Some(n) = r.nfe_per_s {
-                    format!("{n:.3} NFE/s")
-                } else if let Some(p) = r.plans_per_s {
-                    format!("{p:.1} plans/s")
-                } else {
-                    let s = r.shape.unwrap_or_default();
-                    format!("{}x{}x{}", s[0], s[1], s[2])
-                };
-                // Long adapter names are cut: the backend and kernel tiles keep rows apart.
-                println!(
-                    "{:<10} {:<24} {:<17} {:>18} {:>9.2} {:>10.2} {:>7.0}% {:>10.1}",
-                    r.workload,
-                    r.adapter.chars().take(24).collect::<String>(),
-                    format!("{}, {}", r.backend, r.tiles),
-                    rate,
-                    r.gflops,
-                    r.sgemm_gflops,
-                    r.sgemm_pct,
-                    r.peak_buffer_bytes as f64 / (1 << 20) as f64
-                );
-                if let Some(p) = &r.profile {
-                    let total: f64 = p.iter().map(|k| k.total_ms).sum();
-                    println!(
-                        "  profile of {}: {} dispatches, {total:.3} ms of kernel time",
-                        r.unit,
-                        p.iter().map(|k| k.dispatches).sum::<usize>()
-                    );
-                    for k in p {
-                        println!(
-                            "    {:<40} {:>5} × {:>9.1} µs = {:>8.3} ms ({:>4.1}%)",
-                            k.kernel,
-                            k.dispatches,
-                            1e3 * k.total_ms / k.dispatches as f64,
-                            k.total_ms,
-                            100.0 * k.total_ms / total
-                        );
-                    }
-                }
+                print_bench_record(&r);
                 lines.push(serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?);
             }
         }

@@ -23,6 +23,10 @@ pub enum Error {
     /// A user-supplied value is out of range or unknown.
     #[error("{0}")]
     InvalidInput(String),
+    /// Training diverged (a non-finite or exploding loss); the run keeps its last
+    /// checkpoint.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -137,6 +137,48 @@ struct TraceState {
     g_div: wgpu::BindGroup,
 }
 
+impl TraceState {
+    /// The probes of `capacity` rows of dimension `d` and the trace kernels bound to
+    /// `pass` and `div`.
+    fn new(
+        ctx: &GpuContext,
+        spec: Trace,
+        pass: &MlpPass,
+        arena: &UniformArena,
+        div: &wgpu::Buffer,
+        (capacity, d): (usize, usize),
+    ) -> Result<TraceState> {
+        let probes = ctx.storage("probes", spec.tangents(d) * capacity * d)?;
+        let init = trace::probe_init(ctx)?;
+        let divergence = trace::divergence(ctx)?;
+        let g_init = init.bind(
+            ctx,
+            arena,
+            &trace::ProbeInitBindings {
+                tangent_input: &pass.input,
+                probes: &probes,
+            },
+        );
+        let g_div = divergence.bind(
+            ctx,
+            arena,
+            &trace::DivergenceBindings {
+                probes: &probes,
+                tangent_out: pass.output(),
+                div,
+            },
+        );
+        Ok(TraceState {
+            spec,
+            _probes: probes,
+            init,
+            divergence,
+            g_init,
+            g_div,
+        })
+    }
+}
+
 /// Arena slots of the trace kernels (after the solver's own).
 const SLOT_PROBE: usize = 0;
 const SLOT_DIV: usize = 1;
@@ -267,34 +309,8 @@ impl ChunkSolver {
         let cotangent = ctx.storage("unused cotangent", 4)?;
         let trace = match trace_spec {
             Some(spec) => {
-                let probes = ctx.storage("probes", tangents * capacity * d)?;
-                let init = trace::probe_init(ctx)?;
-                let divergence = trace::divergence(ctx)?;
-                let g_init = init.bind(
-                    ctx,
-                    &trace_arena,
-                    &trace::ProbeInitBindings {
-                        tangent_input: &pass.input,
-                        probes: &probes,
-                    },
-                );
-                let g_div = divergence.bind(
-                    ctx,
-                    &trace_arena,
-                    &trace::DivergenceBindings {
-                        probes: &probes,
-                        tangent_out: pass.output(),
-                        div: &div,
-                    },
-                );
-                Some(TraceState {
-                    spec,
-                    _probes: probes,
-                    init,
-                    divergence,
-                    g_init,
-                    g_div,
-                })
+                let rows = (capacity, d);
+                Some(TraceState::new(ctx, spec, &pass, &trace_arena, &div, rows)?)
             }
             None => None,
         };

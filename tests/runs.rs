@@ -244,24 +244,52 @@ fn bad_choice(args: &[&str], value: &str, never: &Path) {
     assert!(!never.exists(), "{args:?}: {} was created", never.display());
 }
 
-#[test]
-fn every_kind_of_bad_input_is_a_clear_error_without_output() {
-    let dir = tmp("bad");
-    let f = |name: &str, body: &[u8]| -> String {
-        let p = dir.join(name);
+/// The files and the failing `train` of the bad-input checks, in `dir`.
+struct BadInputs<'a> {
+    dir: &'a Path,
+    out: PathBuf,
+}
+
+impl BadInputs<'_> {
+    /// A file `name` in the folder, with `body`.
+    fn file(&self, name: &str, body: &[u8]) -> String {
+        let p = self.dir.join(name);
         std::fs::write(&p, body).unwrap();
         p.to_str().unwrap().to_string()
-    };
-    let out = dir.join("never");
-    let o = s(&out);
-    let train = |data: &str, extra: &[&str], needle: &str| {
+    }
+
+    /// `train` on `data` with `extra` flags fails with `needle` and writes nothing.
+    fn train(&self, data: &str, extra: &[&str], needle: &str) {
+        let o = s(&self.out);
         let mut args = vec!["train", "--data", data, "--out", o];
         if !extra.iter().any(|a| a.starts_with("--steps")) {
             args.extend_from_slice(&["--steps", "20"]);
         }
         args.extend_from_slice(extra);
-        bad(&args, needle, &out);
+        bad(&args, needle, &self.out);
+    }
+}
+
+#[test]
+fn every_kind_of_bad_input_is_a_clear_error_without_output() {
+    let dir = tmp("bad");
+    let b = BadInputs {
+        dir: &dir,
+        out: dir.join("never"),
     };
+    bad_data_files(&b);
+    bad_names_and_numbers(&b);
+    let model = constant_column_run(&b);
+    bad_model_and_solver_flags(&b, &model);
+}
+
+/// Missing, empty, ragged, non-numeric, non-finite, truncated and mistyped data files.
+fn bad_data_files(b: &BadInputs) {
+    let (dir, f, train) = (
+        b.dir,
+        |n: &str, x: &[u8]| b.file(n, x),
+        |d: &str, e: &[&str], n: &str| b.train(d, e, n),
+    );
     // Data files.
     train(s(&dir.join("missing.csv")), &[], "missing.csv");
     train(&f("empty.csv", b""), &[], "empty");
@@ -283,9 +311,15 @@ fn every_kind_of_bad_input_is_a_clear_error_without_output() {
     d3.extend_from_slice(&[0u8; 32]);
     train(&f("d3.npy", &d3), &[], "3");
     train(&f("data.txt", b"1,2\n"), &[], "valid datasets");
+}
+
+/// Option values outside their choices, and numbers out of range.
+fn bad_names_and_numbers(b: &BadInputs) {
+    let (out, train) = (&b.out, |d: &str, e: &[&str], n: &str| b.train(d, e, n));
+    let o = s(out);
     // Names and numbers.
     let choice = |flag: &str, value: &str| {
-        bad_choice(&["train", "--out", o, flag, value], value, &out);
+        bad_choice(&["train", "--out", o, flag, value], value, out);
     };
     choice("--activation", "gelu");
     choice("--standardize", "maybe");
@@ -303,6 +337,15 @@ fn every_kind_of_bad_input_is_a_clear_error_without_output() {
         "moons",
         &["--batch", "600000", "--n-data", "600000"],
         "storage binding limit",
+    );
+}
+
+/// A file with a constant column trains (std 1); returns its run folder.
+fn constant_column_run(b: &BadInputs) -> PathBuf {
+    let (dir, f, train) = (
+        b.dir,
+        |n: &str, x: &[u8]| b.file(n, x),
+        |d: &str, e: &[&str], n: &str| b.train(d, e, n),
     );
     // A constant column trains fine (std 1, no division by zero).
     let mut constant = String::from("a,b\n");
@@ -332,8 +375,14 @@ fn every_kind_of_bad_input_is_a_clear_error_without_output() {
         "fewer than --batch",
     );
 
+    crun
+}
+
+/// Bad model folders, inputs and solver flags of sample, encode and logprob.
+fn bad_model_and_solver_flags(b: &BadInputs, crun: &Path) {
+    let (dir, f) = (b.dir, |n: &str, x: &[u8]| b.file(n, x));
     // Models and solver flags.
-    let model = s(&crun);
+    let model = s(crun);
     let pts = f("pts.csv", b"0.1,0.2\n0.3,0.4\n");
     let pts3 = f("pts3.csv", b"0.1,0.2,0.3\n");
     let res = dir.join("never.npy");
@@ -450,5 +499,5 @@ fn every_kind_of_bad_input_is_a_clear_error_without_output() {
         "layers.0.weight",
         &res,
     );
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -230,6 +230,19 @@ impl Dataset {
 
     /// Per-column mean and standard deviation. A constant column gets std 1 (it is only
     /// centred), so nothing is divided by zero.
+    /// FNV-1a hash (hex) of the values and labels: identifies the data a run trained on.
+    pub fn fingerprint(&self) -> String {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut add = |b: u8| h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        bytemuck::cast_slice::<f32, u8>(&self.points)
+            .iter()
+            .for_each(|&b| add(b));
+        for l in self.labels.iter().flatten() {
+            l.to_le_bytes().into_iter().for_each(&mut add);
+        }
+        format!("{h:016x}")
+    }
+
     /// Classes of a labelled set (largest label + 1; 0 without labels).
     pub fn n_classes(&self) -> usize {
         self.labels
@@ -252,11 +265,15 @@ impl Dataset {
                 *s += (v as f64 - m).powi(2) / n;
             }
         }
+        // A column is constant when its spread is below what f32 storage of its own
+        // values can resolve (a relative 1e-6 of its magnitude), judged per column: a
+        // Unix-time column beside one of values ~1e-3 leaves the small one alone.
         let std = var
             .iter()
-            .map(|&v| {
+            .zip(&mean)
+            .map(|(&v, m)| {
                 let s = v.sqrt();
-                if s > 1e-12 * (1.0 + mean.iter().fold(0.0f64, |a, b| a.max(b.abs()))) {
+                if s > 1e-6 * m.abs() && s > f64::MIN_POSITIVE {
                     s
                 } else {
                     1.0
@@ -330,5 +347,40 @@ impl Standardization {
                 *x = (*x as f64 * s + m) as f32;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(columns: &[Vec<f32>]) -> Dataset {
+        let n = columns[0].len();
+        Dataset {
+            name: "test".into(),
+            dim: columns.len(),
+            points: (0..n)
+                .flat_map(|i| columns.iter().map(move |c| c[i]))
+                .collect(),
+            labels: None,
+        }
+    }
+
+    #[test]
+    fn a_small_column_beside_a_huge_one_keeps_its_own_spread() {
+        let n = 2000;
+        let time: Vec<f32> = (0..n).map(|i| 1.7e9 + 1000.0 * i as f32).collect();
+        let small: Vec<f32> = (0..n).map(|i| 1e-3 * (i as f32 * 0.37).sin()).collect();
+        let flat = vec![5.0f32; n];
+        let s = set(&[time, small.clone(), flat]).standardization();
+        let mean = small.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var = small
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        assert!((s.std[1] / var.sqrt() - 1.0).abs() < 1e-6, "{:?}", s.std);
+        assert!((s.std[0] / (1000.0 * n as f64 / 12f64.sqrt()) - 1.0).abs() < 0.01);
+        assert_eq!(s.std[2], 1.0, "a constant column is left unscaled");
     }
 }

@@ -7,6 +7,23 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Temp files being written now, so that a process ending on a signal can remove them
+/// ([`remove_temporaries`]).
+static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn in_flight() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Remove every temp file this process is writing (before it exits on a signal: no
+/// `.<name>.tmp-*` file outlives its command).
+pub fn remove_temporaries() {
+    for p in in_flight().drain(..) {
+        let _ = std::fs::remove_file(p);
+    }
+}
 
 /// Distinguishes temp files of concurrent writers inside one process (the pid alone
 /// would collide when two threads write the same target).
@@ -40,6 +57,7 @@ pub fn write_atomic_with(
     f: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> io::Result<()> {
     let tmp = temp_path(path)?;
+    in_flight().push(tmp.clone());
     let result = (|| {
         let mut writer = BufWriter::new(File::create(&tmp)?);
         f(&mut writer)?;
@@ -48,6 +66,7 @@ pub fn write_atomic_with(
         drop(file);
         std::fs::rename(&tmp, path)
     })();
+    in_flight().retain(|p| p != &tmp);
     match result {
         Ok(()) => {
             sync_parent_dir(path);

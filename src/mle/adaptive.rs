@@ -89,8 +89,9 @@ impl MleState {
                     let mut cp = enc.begin_compute_pass(&Default::default());
                     if first {
                         let groups = mle::per_row_groups(&self.mle_base, &self.tiles);
-                        self.adj_start
-                            .dispatch(&mut cp, &self.g_adj_start, 0, groups);
+                        self.quad
+                            .adj_start
+                            .dispatch(&mut cp, &self.quad.g_adj_start, 0, groups);
                         ad.start.dispatch(&mut cp, &ad.g_adj_start, ADJ_START, rows);
                     }
                     ad.program.record_batch_global(
@@ -103,7 +104,9 @@ impl MleState {
                         },
                         |cp, s| {
                             self.field.record_vjp(cp, 0);
-                            self.accumulate.dispatch(cp, &ad.g_accumulate, s, params);
+                            self.quad
+                                .accumulate
+                                .dispatch(cp, &ad.g_accumulate, s, params);
                         },
                         |cp, a| {
                             // The first commit of a step initializes the gradient.
@@ -130,6 +133,53 @@ const FWD_STAGE: usize = 1; // + s for s < S − 1; + S − 1: adaptive_final
 const ADJ_START: usize = 8;
 const ADJ_STAGE: usize = 9; // + s for s < S − 1; + S − 1: error; + S: control; + S + 1: apply
 const ADAPTIVE_SLOTS: usize = ADJ_STAGE + ode::MAX_STAGES + 2;
+
+/// An adaptive solve of `base` from t0 to t1 under the objective's tolerances (first
+/// step 5% of the interval; Hairer–Wanner's controller constants).
+fn with_tolerances(
+    base: &ode::OdeParams,
+    cfg: &super::MleConfig,
+    t0: f64,
+    t1: f64,
+) -> ode::OdeParams {
+    ode::OdeParams {
+        t: t0 as f32,
+        h: (0.05 * (t1 - t0)) as f32,
+        t_end: t1 as f32,
+        rtol: cfg.rtol as f32,
+        atol: cfg.atol as f32,
+        safety: 0.9,
+        fac_min: 0.2,
+        fac_max: 10.0,
+        h_min: 1e-6,
+        ..*base
+    }
+}
+
+/// The quadrature slots: stage s adds b_s·∂S/∂θ into the attempt's gradient (the first
+/// initializes it); slots S and S + 1 commit an accepted attempt with weight −h (the
+/// step's first commit initializes the parameter gradient).
+fn set_quadrature(quad: &mut UniformArena, tab: &Tableau, base: &mle::MleParams) {
+    let ns = tab.stages();
+    for (s, b) in tab.b.iter().enumerate() {
+        let mp = mle::MleParams {
+            coef: *b as f32,
+            init: (s == 0) as u32,
+            ..*base
+        };
+        quad.set(s, &mp);
+    }
+    for init in [1u32, 0] {
+        // The attempt's gradient is one buffer, whatever the field's slots.
+        let mp = mle::MleParams {
+            coef: -1.0,
+            init,
+            parts: 1,
+            ..*base
+        };
+        quad.set(ns + (init == 0) as usize, &mp);
+    }
+}
 
 /// Rows of a solve still running; an error for a failed one.
 fn running(clock: &[f32], rows: usize, which: &str) -> Result<usize> {
@@ -216,28 +266,13 @@ impl Adaptive {
             div: input_grad,
             ..fwd_all
         };
-        let tol = |base: &ode::OdeParams, t0: f64, t1: f64| ode::OdeParams {
-            t: t0 as f32,
-            h: (0.05 * (t1 - t0)) as f32,
-            t_end: t1 as f32,
-            rtol: cfg.rtol as f32,
-            atol: cfg.atol as f32,
-            safety: 0.9,
-            fac_min: 0.2,
-            fac_max: 10.0,
-            h_min: 1e-6,
-            ..*base
+        let fwd = with_tolerances(fwd_base, cfg, 1.0, 0.0);
+        let adjoint = ode::OdeParams {
+            aug: st.ode_base.dim,
+            adjoint: 1,
+            ..st.ode_base
         };
-        let fwd = tol(fwd_base, 1.0, 0.0);
-        let adj = tol(
-            &ode::OdeParams {
-                aug: st.ode_base.dim,
-                adjoint: 1,
-                ..st.ode_base
-            },
-            0.0,
-            1.0,
-        );
+        let adj = with_tolerances(&adjoint, cfg, 0.0, 1.0);
         arena.set(FWD_INIT, &fwd);
         arena.set(ADJ_START, &adj);
         let program = AdaptiveProgram::new(&tab, &fwd);
@@ -253,24 +288,7 @@ impl Adaptive {
             },
         );
         arena.upload(ctx, 0..ADAPTIVE_SLOTS);
-        for (s, b) in tab.b.iter().enumerate() {
-            let mp = mle::MleParams {
-                coef: *b as f32,
-                init: (s == 0) as u32,
-                ..st.mle_base
-            };
-            quad.set(s, &mp);
-        }
-        for init in [1u32, 0] {
-            // The attempt's gradient is one buffer, whatever the field's slots.
-            let mp = mle::MleParams {
-                coef: -1.0,
-                init,
-                parts: 1,
-                ..st.mle_base
-            };
-            quad.set(ns + (init == 0) as usize, &mp);
-        }
+        set_quadrature(&mut quad, &tab, &st.mle_base);
         quad.upload(ctx, 0..ns + 2);
         Ok(Adaptive {
             g_noise: noise.bind(
@@ -304,7 +322,7 @@ impl Adaptive {
                 control: control.bound(ctx, &arena, &ode::GlobalControlBindings { clock }),
                 apply: apply.bound(ctx, &arena, &adj_all),
             },
-            g_accumulate: st.accumulate.bind(
+            g_accumulate: st.quad.accumulate.bind(
                 ctx,
                 &quad,
                 &mle::AccumulateBindings {

@@ -61,8 +61,12 @@ impl MleState {
                 bp.stage_input.dispatch(cp, &bp.g_stage_input, slot, rows);
                 bp.cotangent.dispatch(cp, &bp.g_cotangent, slot, rows);
                 self.field.record_vjp(cp, s);
-                self.accumulate
-                    .dispatch(cp, &self.g_accumulate, if first { 1 } else { 2 }, params);
+                self.quad.accumulate.dispatch(
+                    cp,
+                    &self.quad.g_accumulate,
+                    if first { 1 } else { 2 },
+                    params,
+                );
                 first = false;
                 bp.collect.dispatch(cp, &bp.g_collect, slot, rows);
             }
@@ -82,6 +86,24 @@ pub(super) struct BackpropBuffers<'a> {
 }
 
 impl Backprop {
+    /// backprop.wgsl's parameters for the solves of `ode_base` with `n_stages` stages.
+    pub(super) fn params(
+        ode_base: &ode::OdeParams,
+        n_stages: usize,
+        inv_batch: f64,
+    ) -> backprop::BackpropParams {
+        backprop::BackpropParams {
+            rows: ode_base.rows,
+            dim: ode_base.dim,
+            in_stride: ode_base.in_stride,
+            time_cols: ode_base.time_cols,
+            fwd_stride: ode_base.dim + 3,
+            n_stages: n_stages as u32,
+            inv_batch: inv_batch as f32,
+            ..Default::default()
+        }
+    }
+
     /// The reverse-mode kernels bound to the forward solve's buffers and the field's;
     /// `n_evals` parameter slots (one per stage of every step).
     pub(super) fn new(

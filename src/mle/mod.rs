@@ -27,7 +27,7 @@ mod field;
 
 pub use field::{field_vjp, FieldVjp, LikelihoodField};
 
-use crate::kernels::{backprop, mle, ode, Entry, Tiles};
+use crate::kernels::{backprop, mle, ode, Bound, Entry, Tiles};
 use crate::mlp::{GpuMlp, MlpPass};
 use crate::ode::program::{At, FixedProgram, StageKernels};
 use crate::solve::{Method, Tableau, TimeGrid, Trace};
@@ -197,8 +197,204 @@ pub fn step_seed(seed: u64, step: u64) -> u32 {
 struct OdeSolve {
     state: wgpu::Buffer,
     k: wgpu::Buffer,
-    g_init: wgpu::BindGroup,
+    /// The kernel that makes the initial state (`base_noise` or `start`).
+    init: Bound,
     kernels: StageKernels,
+}
+
+/// The buffers the solves of a step share.
+struct StepBuffers<'a> {
+    /// [x, ℓ, E, F] per row.
+    fwd_state: &'a wgpu::Buffer,
+    /// [x, a] per row.
+    adj_state: &'a wgpu::Buffer,
+    clock: &'a wgpu::Buffer,
+    history: &'a wgpu::Buffer,
+    /// The data pool the forward solve starts from.
+    data: &'a wgpu::Buffer,
+    /// Rows (the batch) and data dimension.
+    rows: usize,
+    dim: usize,
+}
+
+impl OdeSolve {
+    /// The forward solve (from data rows, reading the divergence) and the adjoint (from
+    /// the NLL's gradient, reading the field's input gradient) of a step.
+    fn both(
+        ctx: &GpuContext,
+        field: &LikelihoodField,
+        arena: &UniformArena,
+        b: &StepBuffers,
+    ) -> Result<(OdeSolve, OdeSolve)> {
+        let (input, d, rows) = (&field.pass.input, b.dim, b.rows);
+        let solve = |state, width, div, init| {
+            let bufs = SolveBuffers {
+                state,
+                div,
+                clock: b.clock,
+                history: b.history,
+                rows,
+                width,
+            };
+            OdeSolve::new(ctx, field, arena, &bufs, init)
+        };
+        let noise = ode::BaseNoiseBindings {
+            state: b.fwd_state,
+            input,
+            clock: b.clock,
+            source: b.data,
+            cotangent: &field.cotangent,
+        };
+        let fwd_init = ode::base_noise(ctx)?.bound(ctx, arena, &noise);
+        let fwd = solve(b.fwd_state, d + 3, &field.div, fwd_init)?;
+        let start = ode::StartBindings {
+            state: b.adj_state,
+            input,
+            clock: b.clock,
+            cotangent: &field.cotangent,
+        };
+        let adj_init = ode::start(ctx)?.bound(ctx, arena, &start);
+        let adj = solve(b.adj_state, 2 * d, field.input_grad(), adj_init)?;
+        Ok((fwd, adj))
+    }
+}
+
+/// The adjoint's start (the NLL and a(0)) and the quadrature that adds each stage's
+/// parameter gradient, bound to the step's buffers.
+struct Quadrature {
+    adj_start: Entry<mle::AdjointStart>,
+    accumulate: Entry<mle::Accumulate>,
+    g_adj_start: wgpu::BindGroup,
+    g_accumulate: wgpu::BindGroup,
+}
+
+impl Quadrature {
+    fn new(
+        ctx: &GpuContext,
+        arena: &UniformArena,
+        start: &mle::AdjointStartBindings,
+        accumulate: &mle::AccumulateBindings,
+    ) -> Result<Quadrature> {
+        let adj_start = mle::adjoint_start(ctx)?;
+        let acc = mle::accumulate(ctx)?;
+        Ok(Quadrature {
+            g_adj_start: adj_start.bind(ctx, arena, start),
+            g_accumulate: acc.bind(ctx, arena, accumulate),
+            adj_start,
+            accumulate: acc,
+        })
+    }
+}
+
+/// The buffers of one solve besides the field's.
+struct SolveBuffers<'a> {
+    state: &'a wgpu::Buffer,
+    /// What the stages read as dℓ/dt: the divergence integrands (forward) or the field's
+    /// input gradient (adjoint).
+    div: &'a wgpu::Buffer,
+    clock: &'a wgpu::Buffer,
+    history: &'a wgpu::Buffer,
+    rows: usize,
+    /// Floats per row of the state.
+    width: usize,
+}
+
+impl OdeSolve {
+    /// The stage kernels bound to `bufs` and the field's rows; `init` makes the state.
+    fn new(
+        ctx: &GpuContext,
+        field: &LikelihoodField,
+        arena: &UniformArena,
+        bufs: &SolveBuffers,
+        init: Bound,
+    ) -> Result<OdeSolve> {
+        let k = ctx.storage("mle ode stages", ode::MAX_STAGES * bufs.rows * bufs.width)?;
+        let all = ode::StageBindings {
+            state: bufs.state,
+            input: &field.pass.input,
+            v: field.pass.output(),
+            k: &k,
+            clock: bufs.clock,
+            traj: bufs.history,
+            div: bufs.div,
+            cotangent: &field.cotangent,
+        };
+        Ok(OdeSolve {
+            init,
+            kernels: StageKernels {
+                stage: ode::rk_stage(ctx)?.bound(ctx, arena, &all),
+                last: ode::rk_final(ctx)?.bound(ctx, arena, &all),
+            },
+            state: bufs.state.clone(),
+            k,
+        })
+    }
+}
+
+/// The likelihood field of a training step, with the weights of S per cotangent slot: the
+/// adjoint's are the constant adjoints of ℓ, E, F; backprop's are those times h·b_s of
+/// each stage (h < 0 from data to base).
+fn likelihood_field(
+    ctx: &GpuContext,
+    mlp: &GpuMlp,
+    cfg: &MleConfig,
+    batch: usize,
+    probe_slots: usize,
+) -> Result<LikelihoodField> {
+    let inv_b = 1.0 / batch as f64;
+    let a_const = [-inv_b, -cfg.kinetic * inv_b, -cfg.frobenius * inv_b];
+    let h_fwd = -1.0 / cfg.steps as f64;
+    let cot_weights: Vec<[f64; 3]> = if cfg.grad == MleGrad::Backprop {
+        let b = &cfg.tableau().b;
+        b.iter().map(|b| a_const.map(|a| a * h_fwd * b)).collect()
+    } else {
+        vec![a_const]
+    };
+    let n_cot = cot_weights.len();
+    let mut field = LikelihoodField::new(ctx, mlp, batch, cfg.trace(0), probe_slots, n_cot)?;
+    field.set_rows(ctx, mlp, batch, &cot_weights);
+    Ok(field)
+}
+
+/// The stage kernels' parameters of every solve of a step (`ode_base`), and the forward
+/// solve's: [x, ℓ, E, F] from the data (t = 1) to the base, with snapshots of every row.
+fn ode_bases(mlp: &GpuMlp, batch: usize, n_data: usize) -> (ode::OdeParams, ode::OdeParams) {
+    let ode_base = ode::OdeParams {
+        rows: batch as u32,
+        dim: mlp.cfg.dim as u32,
+        in_stride: mlp.layout.layers[0].in_pad as u32,
+        out_stride: MlpPass::out_stride(&mlp.cfg) as u32,
+        time_cols: mlp.cfg.time_cols() as u32,
+        class_id: ode::NO_CLASS,
+        ..Default::default()
+    };
+    let fwd_base = ode::OdeParams {
+        aug: 3,
+        n_source: n_data as u32,
+        t: 1.0,
+        snap_rows: batch as u32,
+        ..ode_base
+    };
+    (ode_base, fwd_base)
+}
+
+/// The parameters of mle.wgsl's kernels for a step over `batch` rows.
+fn mle_params(mlp: &GpuMlp, batch: usize, field: &LikelihoodField) -> mle::MleParams {
+    let d = mlp.cfg.dim;
+    mle::MleParams {
+        rows: batch as u32,
+        dim: d as u32,
+        fwd_stride: (d + 3) as u32,
+        n_params: mlp.layout.total as u32,
+        inv_batch: (1.0 / batch as f64) as f32,
+        log_norm: (0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()) as f32,
+        coef: 0.0,
+        init: 0,
+        // The field's rows are set once, to the batch: its slot count is fixed.
+        parts: field.grad_parts() as u32,
+        part_len: mlp.layout.total as u32,
+        _pad: [0; 2],
+    }
 }
 
 /// The GPU state of the maximum-likelihood objective inside a [`crate::train::Trainer`].
@@ -219,12 +415,7 @@ pub struct MleState {
     /// The fixed-step forward and adjoint solves (their stages in `ode_arena`).
     fwd_program: Option<FixedProgram>,
     adj_program: Option<FixedProgram>,
-    noise: Entry<ode::BaseNoise>,
-    start: Entry<ode::Start>,
-    adj_start: Entry<mle::AdjointStart>,
-    accumulate: Entry<mle::Accumulate>,
-    g_adj_start: wgpu::BindGroup,
-    g_accumulate: wgpu::BindGroup,
+    quad: Quadrature,
     backprop: Option<dto::Backprop>,
     adaptive: Option<adaptive::Adaptive>,
     /// Field evaluations of the last step: (forward, gradient).
@@ -277,21 +468,7 @@ impl MleState {
         let n_steps = cfg.steps;
         let backprop_mode = cfg.grad == MleGrad::Backprop;
         let inv_b = 1.0 / batch as f64;
-        // Weights of S: the adjoint's are the constant adjoints of ℓ, E, F; backprop's
-        // are those times h·b_s of each stage (h < 0 from data to base).
-        let a_const = [-inv_b, -cfg.kinetic * inv_b, -cfg.frobenius * inv_b];
-        let h_fwd = -1.0 / n_steps as f64;
-        let cot_weights: Vec<[f64; 3]> = if backprop_mode {
-            tab.b
-                .iter()
-                .map(|b| a_const.map(|a| a * h_fwd * b))
-                .collect()
-        } else {
-            vec![a_const]
-        };
-        let mut field =
-            LikelihoodField::new(ctx, mlp, batch, cfg.trace(0), k_slots, cot_weights.len())?;
-        field.set_rows(ctx, mlp, batch, &cot_weights);
+        let field = likelihood_field(ctx, mlp, cfg, batch, k_slots)?;
         let fwd_stride = d + 3;
         let fwd_state = ctx.storage("mle forward state", batch * fwd_stride)?;
         let adj_state = ctx.storage("mle adjoint state", batch * 2 * d)?;
@@ -311,74 +488,18 @@ impl MleState {
             k_slots + 1 + 2 * n_evals + n_steps + 1,
         );
         let mle_arena = UniformArena::new(ctx, "mle params", 1 + n_evals.max(2));
-        let noise = ode::base_noise(ctx)?;
-        let start = ode::start(ctx)?;
-        let stage = ode::rk_stage(ctx)?;
-        let final_ = ode::rk_final(ctx)?;
-        let adj_start = mle::adjoint_start(ctx)?;
-        let accumulate = mle::accumulate(ctx)?;
-        let p = &field.pass;
         let input_grad = field.input_grad();
-        // `extra` is what the stages read as `div`: the divergence integrands (forward)
-        // or the field's input gradient (adjoint).
-        let make = |state: &wgpu::Buffer,
-                    sd: usize,
-                    extra: &wgpu::Buffer,
-                    g_init: wgpu::BindGroup|
-         -> Result<OdeSolve> {
-            let k = ctx.storage("mle ode stages", ode::MAX_STAGES * batch * sd)?;
-            let all = ode::StageBindings {
-                state,
-                input: &p.input,
-                v: p.output(),
-                k: &k,
-                clock: &clock,
-                traj: &history,
-                div: extra,
-                cotangent: &field.cotangent,
-            };
-            Ok(OdeSolve {
-                g_init,
-                kernels: StageKernels {
-                    stage: stage.bound(ctx, &ode_arena, &all),
-                    last: final_.bound(ctx, &ode_arena, &all),
-                },
-                state: state.clone(),
-                k,
-            })
+        let step_bufs = StepBuffers {
+            fwd_state: &fwd_state,
+            adj_state: &adj_state,
+            clock: &clock,
+            history: &history,
+            data,
+            rows: batch,
+            dim: d,
         };
-        let fwd = make(
-            &fwd_state,
-            fwd_stride,
-            &field.div,
-            noise.bind(
-                ctx,
-                &ode_arena,
-                &ode::BaseNoiseBindings {
-                    state: &fwd_state,
-                    input: &p.input,
-                    clock: &clock,
-                    source: data,
-                    cotangent: &field.cotangent,
-                },
-            ),
-        )?;
-        let adj = make(
-            &adj_state,
-            2 * d,
-            input_grad,
-            start.bind(
-                ctx,
-                &ode_arena,
-                &ode::StartBindings {
-                    state: &adj_state,
-                    input: &p.input,
-                    clock: &clock,
-                    cotangent: &field.cotangent,
-                },
-            ),
-        )?;
-        let g_adj_start = adj_start.bind(
+        let (fwd, adj) = OdeSolve::both(ctx, &field, &ode_arena, &step_bufs)?;
+        let quad = Quadrature::new(
             ctx,
             &mle_arena,
             &mle::AdjointStartBindings {
@@ -386,31 +507,12 @@ impl MleState {
                 adj_state: &adj_state,
                 sample_loss,
             },
-        );
-        let g_accumulate = accumulate.bind(
-            ctx,
-            &mle_arena,
             &mle::AccumulateBindings {
                 stage_grads: &field.stage_grads,
                 grads,
             },
-        );
-        let ode_base = ode::OdeParams {
-            rows: batch as u32,
-            dim: d as u32,
-            in_stride: mlp.layout.layers[0].in_pad as u32,
-            out_stride: MlpPass::out_stride(&mlp.cfg) as u32,
-            time_cols: mlp.cfg.time_cols() as u32,
-            class_id: ode::NO_CLASS,
-            ..Default::default()
-        };
-        let fwd_base = ode::OdeParams {
-            aug: 3,
-            n_source: n_data as u32,
-            t: 1.0,
-            snap_rows: batch as u32,
-            ..ode_base
-        };
+        )?;
+        let (ode_base, fwd_base) = ode_bases(mlp, batch, n_data);
         let backprop = if backprop_mode {
             let bufs = dto::BackpropBuffers {
                 fwd_state: &fwd_state,
@@ -418,36 +520,14 @@ impl MleState {
                 k: &fwd.k,
                 input_grad,
             };
-            let base = backprop::BackpropParams {
-                rows: batch as u32,
-                dim: d as u32,
-                in_stride: ode_base.in_stride,
-                time_cols: ode_base.time_cols,
-                fwd_stride: fwd_stride as u32,
-                n_stages: ns as u32,
-                inv_batch: inv_b as f32,
-                ..Default::default()
-            };
+            let base = dto::Backprop::params(&ode_base, ns, inv_b);
             Some(dto::Backprop::new(
                 ctx, &field, &ode_arena, &bufs, base, n_evals,
             )?)
         } else {
             None
         };
-        let mle_base = mle::MleParams {
-            rows: batch as u32,
-            dim: d as u32,
-            fwd_stride: fwd_stride as u32,
-            n_params: mlp.layout.total as u32,
-            inv_batch: inv_b as f32,
-            log_norm: (0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()) as f32,
-            coef: 0.0,
-            init: 0,
-            // The field's rows are set once, to the batch: its slot count is fixed.
-            parts: field.grad_parts() as u32,
-            part_len: mlp.layout.total as u32,
-            _pad: [0; 2],
-        };
+        let mle_base = mle_params(mlp, batch, &field);
         let mut st = MleState {
             cfg: cfg.clone(),
             field,
@@ -460,12 +540,7 @@ impl MleState {
             mle_base,
             fwd_program: None,
             adj_program: None,
-            noise,
-            start,
-            adj_start,
-            accumulate,
-            g_adj_start,
-            g_accumulate,
+            quad,
             backprop,
             adaptive: None,
             last_nfe: std::rc::Rc::new(std::cell::Cell::new((cfg.nfe(), cfg.nfe_gradient()))),
@@ -611,7 +686,7 @@ impl MleState {
     pub fn record_step(&self, cp: &mut wgpu::ComputePass<'_>, i: usize) {
         let k = self.steps_per_submit;
         let rows = ode::per_row_groups(&self.ode_base, &self.tiles);
-        self.noise.dispatch(cp, &self.fwd.g_init, i, rows);
+        self.fwd.init.dispatch(cp, i, rows);
         self.field.record_probe_init(cp, i);
         let bp = self.backprop.as_ref();
         if let Some(bp) = bp {
@@ -641,9 +716,9 @@ impl MleState {
                 }
             },
         );
-        self.adj_start.dispatch(
+        self.quad.adj_start.dispatch(
             cp,
-            &self.g_adj_start,
+            &self.quad.g_adj_start,
             0,
             mle::per_row_groups(&self.mle_base, &self.tiles),
         );
@@ -652,7 +727,7 @@ impl MleState {
             self.record_backprop(cp, bp, params);
             return;
         }
-        self.start.dispatch(cp, &self.adj.g_init, k, rows);
+        self.adj.init.dispatch(cp, k, rows);
         let adj = self.adj_program.as_ref().expect("fixed-step programs");
         adj.record(
             cp,
@@ -664,8 +739,9 @@ impl MleState {
             },
             |cp, n| {
                 self.field.record_vjp(cp, 0);
-                self.accumulate
-                    .dispatch(cp, &self.g_accumulate, 1 + n, params);
+                self.quad
+                    .accumulate
+                    .dispatch(cp, &self.quad.g_accumulate, 1 + n, params);
             },
             |_, _| {},
         );

@@ -170,6 +170,8 @@ pub struct Trainer {
     pub step: u64,
     /// Step up to which losses were read back.
     last_read: u64,
+    /// The median |loss| of the first readback: the scale divergence is judged against.
+    loss_scale: Option<f64>,
     step_mlp: StepMlp,
     /// The gradient; with the fused step, its partial slots (adam adds them up).
     grads: wgpu::Buffer,
@@ -415,6 +417,40 @@ impl StepKernels {
     }
 }
 
+/// The median of |l| over `losses` (0 for none).
+fn median_abs(losses: &[f32]) -> f64 {
+    let mut v: Vec<f64> = losses.iter().map(|l| l.abs() as f64).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// cfm.wgsl's fixed parameters of a run (the step and its loss slot are set per step).
+fn cfm_params(
+    cfg: &TrainConfig,
+    mlp: &GpuMlp,
+    path: GaussianPath,
+    pools: &Pools,
+) -> cfm::CfmParams {
+    let d = mlp.cfg.dim;
+    cfm::CfmParams {
+        batch: cfg.batch as u32,
+        dim: d as u32,
+        n_data: pools.rows(d) as u32,
+        in_stride: mlp.layout.layers[0].in_pad as u32,
+        out_stride: MlpPass::out_stride(&mlp.cfg) as u32,
+        time_cols: mlp.cfg.time_cols() as u32,
+        path: path.gpu_code(),
+        path_param: path.gpu_param() as f32,
+        n_source: pools.source_rows(d) as u32,
+        paired: cfg.paired as u32,
+        n_classes: mlp.cfg.classes as u32,
+        label_dropout: cfg.label_dropout as f32,
+        coupled: matches!(cfg.coupling, Coupling::Sinkhorn { .. }) as u32,
+        seed: cfg.seed as u32,
+        ..Default::default()
+    }
+}
+
 /// AdamW's fixed parameters (the step's learning rate and bias corrections are set per
 /// step); with the fused step it adds the gradient slots and writes the batch loss.
 fn adam_params(cfg: &TrainConfig, n: usize, n_partials: usize, step: &StepMlp) -> adam::AdamParams {
@@ -442,6 +478,31 @@ fn adam_params(cfg: &TrainConfig, n: usize, n_partials: usize, step: &StepMlp) -
 }
 
 impl OtState {
+    /// The coupling's state, if the run couples its batches by minibatch OT.
+    fn for_coupling(
+        ctx: &GpuContext,
+        arena: &UniformArena,
+        bufs: &CfmBuffers,
+        cfg: &TrainConfig,
+        pools: &Pools,
+        d: usize,
+    ) -> Result<Option<OtState>> {
+        let Coupling::Sinkhorn { reg, iters } = cfg.coupling else {
+            return Ok(None);
+        };
+        let base = ot::OtParams {
+            batch: cfg.batch as u32,
+            dim: d as u32,
+            n_data: pools.rows(d) as u32,
+            n_source: pools.source_rows(d) as u32,
+            seed: cfg.seed as u32,
+            step: 0,
+            reg: reg as f32,
+            _pad: 0,
+        };
+        OtState::new(ctx, arena, bufs, base, iters).map(Some)
+    }
+
     /// The Sinkhorn kernels bound to the pools and their own buffers.
     fn new(
         ctx: &GpuContext,
@@ -596,40 +657,9 @@ impl Trainer {
                 history: &loss_history,
             },
         )?;
-        let cfm_base = cfm::CfmParams {
-            batch: cfg.batch as u32,
-            dim: d as u32,
-            n_data: pools.rows(d) as u32,
-            in_stride: mlp.layout.layers[0].in_pad as u32,
-            out_stride: out_stride as u32,
-            time_cols: mlp_cfg.time_cols() as u32,
-            path: path.gpu_code(),
-            path_param: path.gpu_param() as f32,
-            n_source: pools.source_rows(d) as u32,
-            paired: cfg.paired as u32,
-            n_classes: mlp_cfg.classes as u32,
-            label_dropout: cfg.label_dropout as f32,
-            coupled: matches!(cfg.coupling, Coupling::Sinkhorn { .. }) as u32,
-            seed: cfg.seed as u32,
-            ..Default::default()
-        };
+        let cfm_base = cfm_params(&cfg, &mlp, path, &pools);
         let adam_base = adam_params(&cfg, n, n_partials, &step_mlp);
-        let ot_state = match cfg.coupling {
-            Coupling::Independent => None,
-            Coupling::Sinkhorn { reg, iters } => {
-                let base = ot::OtParams {
-                    batch: cfg.batch as u32,
-                    dim: d as u32,
-                    n_data: pools.rows(d) as u32,
-                    n_source: pools.source_rows(d) as u32,
-                    seed: cfg.seed as u32,
-                    step: 0,
-                    reg: reg as f32,
-                    _pad: 0,
-                };
-                Some(OtState::new(ctx, &arena, &bufs, base, iters)?)
-            }
-        };
+        let ot_state = OtState::for_coupling(ctx, &arena, &bufs, &cfg, &pools, d)?;
         let mle = match &cfg.mle {
             Some(m) => {
                 let link = crate::mle::MleLink {
@@ -651,6 +681,7 @@ impl Trainer {
             path,
             step: 0,
             last_read: 0,
+            loss_scale: None,
             step_mlp,
             grads,
             moments,
@@ -937,10 +968,14 @@ impl Trainer {
             return Ok(());
         }
         let losses = self.recent_losses(ctx, since)?;
-        if let Some((i, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+        let scale = *self.loss_scale.get_or_insert_with(|| median_abs(&losses));
+        // Diverged: not finite, or a million times the scale of the first losses read
+        // (an exploding run would otherwise end "successfully" with a loss of 1e25).
+        let diverged = |l: f32| !l.is_finite() || (l.abs() as f64) > 1e6 * (1.0 + scale);
+        if let Some((i, l)) = losses.iter().enumerate().find(|(_, l)| diverged(**l)) {
             let at = self.last_read + i as u64 + 1;
-            return Err(Error::invalid(format!(
-                "the loss became {l} at step {at}; training stopped (the last checkpoint is kept). Try a lower --lr, gradient clipping (--clip-norm), or check the data for extreme values"
+            return Err(Error::Diverged(format!(
+                "the loss became {l} at step {at} (it started near {scale:.3}); training stopped, the last checkpoint is kept. Try a lower --lr, gradient clipping (--clip-norm), or check the data for extreme values"
             )));
         }
         self.last_read = self.step;
@@ -1000,24 +1035,59 @@ impl TrainState {
     /// safetensors with tensors `params`, `adam_m`, `adam_v`, `ema` (F32, flat GPU layout)
     /// and the step in the metadata, written atomically.
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let bytes = self.to_safetensors(&[], &[])?;
+        crate::io::atomic::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+    }
+
+    /// The state as safetensors bytes, with `extra` F32 tensors and metadata entries.
+    pub fn to_safetensors(
+        &self,
+        extra: &[(&str, &[f32])],
+        extra_meta: &[(&str, String)],
+    ) -> Result<Vec<u8>> {
         use safetensors::tensor::{Dtype, TensorView};
         let n = self.params.len();
         fn view(v: &[f32]) -> Result<TensorView<'_>> {
             TensorView::new(Dtype::F32, vec![v.len()], bytemuck::cast_slice(v))
                 .map_err(|e| Error::invalid(e.to_string()))
         }
-        let tensors = vec![
+        let mut tensors = vec![
             ("params".to_string(), view(&self.params)?),
             ("adam_m".to_string(), view(&self.moments[..n])?),
             ("adam_v".to_string(), view(&self.moments[n..])?),
             ("ema".to_string(), view(&self.ema)?),
         ];
+        for (name, v) in extra {
+            tensors.push((name.to_string(), view(v)?));
+        }
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "flowgpu-checkpoint".to_string());
         meta.insert("step".to_string(), self.step.to_string());
-        let bytes = safetensors::serialize(tensors, Some(meta))
-            .map_err(|e| Error::invalid(e.to_string()))?;
-        crate::io::atomic::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+        for (k, v) in extra_meta {
+            meta.insert(k.to_string(), v.clone());
+        }
+        safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    /// The metadata of checkpoint bytes and its F32 tensor `tensor`, if present.
+    pub fn extras(bytes: &[u8], path: &std::path::Path, tensor: &str) -> Result<Extras> {
+        let bad = |e: safetensors::SafeTensorError| {
+            Error::format(path, format!("not a valid checkpoint: {e}"))
+        };
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(bad)?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(bad)?;
+        let values = match st.tensor(tensor) {
+            Ok(t) if t.dtype() == safetensors::Dtype::F32 => Some(
+                t.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            Ok(_) => return Err(Error::format(path, format!("tensor '{tensor}' is not F32"))),
+            Err(_) => None,
+        };
+        Ok((meta, values))
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self> {
@@ -1059,6 +1129,9 @@ impl TrainState {
         })
     }
 }
+
+/// A checkpoint's metadata and one of its extra tensors ([`TrainState::extras`]).
+pub type Extras = (std::collections::HashMap<String, String>, Option<Vec<f32>>);
 
 /// Losses recorded by [`fit`]: one per step.
 pub type LossCurve = Vec<f32>;

@@ -3,11 +3,15 @@
 //! `examples/resumable_run.rs` drives one from the library.
 //!
 //! Files of a run folder (docs/formats.md):
-//! - `config.json`: [`RunConfig`] — the model's configuration with the optimizer's
-//!   (`"train"`) and the plan's (`"run"`) sections, typed end to end;
-//! - `model.safetensors`: the weights to sample with (the EMA's when `ema` is set);
-//! - `checkpoint.safetensors`: [`TrainState`], what an exact resume needs;
-//! - `loss.csv`: `step,loss,lr`, one line per step done.
+//! - `checkpoint.safetensors`: the checkpoint set in one file — [`TrainState`], the loss
+//!   of every step (`loss`) and the [`RunConfig`] (metadata `config`). Replacing it is one
+//!   atomic rename, so a kill at any instant leaves the previous set or the new one; a
+//!   resume reads only this file.
+//! - `config.json`, `model.safetensors` (the weights to sample with: the EMA's when `ema`
+//!   is set), `loss.csv` (`step,loss,lr`): exports of the checkpoint for people and other
+//!   tools, written after it (and again on resume).
+//! - `.lock`: the writer lock; one process writes a run folder at a time, and the lock
+//!   goes with the process however it ends.
 
 use super::{Pools, TrainConfig, TrainState, Trainer};
 use crate::data::{AugmentFill, Dataset, Standardization};
@@ -45,6 +49,9 @@ pub struct RunPlan {
     pub plot_samples: usize,
     /// Held-out points drawn for a toy's evaluation when nothing is held out.
     pub eval_n: usize,
+    /// FNV-1a hash of the data as loaded (values and labels): a resume refuses other data.
+    #[serde(default)]
+    pub data_fingerprint: Option<String>,
 }
 
 impl RunPlan {
@@ -64,6 +71,7 @@ impl RunPlan {
             checkpoint_every: 1000,
             plot_samples: 4000,
             eval_n: 2000,
+            data_fingerprint: None,
         }
     }
 }
@@ -142,6 +150,8 @@ pub struct NewRun {
     /// Train this model further: its shape, path, ANODE settings and standardization
     /// replace the configuration's (the data is re-standardized with its statistics).
     pub init: Option<Model>,
+    /// Replace a run already in the folder (else that is an error).
+    pub overwrite: bool,
 }
 
 /// A training run: its folder, configuration, data and progress.
@@ -160,14 +170,92 @@ pub struct Run {
     pub curve: Vec<f32>,
     /// The checkpoint a resumed run continues from.
     resume_state: Option<TrainState>,
+    /// Replace a run already in `dir` (a new run only).
+    overwrite: bool,
+    /// Held while this process writes the folder.
+    lock: Option<RunLock>,
+}
+
+/// The writer lock of a run folder: an OS file lock on `.lock`, released when the
+/// process ends however it ends, so a crash never leaves a folder locked.
+struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    fn take(dir: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                // Temp files left by a writer that was killed: the lock says it is gone.
+                remove_stale_temporaries(dir);
+                Ok(RunLock { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::invalid(format!(
+                "{} is being written by another flowgpu process; wait for it to end or choose another --out",
+                dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
+}
+
+/// Remove `.<name>.tmp-*` files (atomic writes a killed process left) from `dir`.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Files of a run folder (a new run replaces them all with `--overwrite`).
+const RUN_FILES: [&str; 6] = [
+    "checkpoint.safetensors",
+    "config.json",
+    "model.safetensors",
+    "loss.csv",
+    "loss.png",
+    "samples.png",
+];
+
+/// Whether `dir` holds a run (a checkpoint or a configuration).
+fn holds_run(dir: &Path) -> bool {
+    RUN_FILES[..2].iter().any(|f| dir.join(f).exists())
+}
+
+/// A new run may not silently replace another one.
+fn refuse_existing(dir: &Path) -> Result<()> {
+    if holds_run(dir) {
+        return Err(Error::invalid(format!(
+            "{d} already holds a run; continue it with --resume {d}, or pass --overwrite to replace it",
+            d = dir.display()
+        )));
+    }
+    Ok(())
 }
 
 impl Run {
     /// A new run in `dir` (created; the first checkpoint is written by [`Run::trainer`]).
     /// `config.model.mlp.dim` and `classes` are set from the data.
     pub fn create(dir: &Path, mut config: RunConfig, new: NewRun) -> Result<Run> {
+        if !new.overwrite {
+            refuse_existing(dir)?;
+        }
         config.train.validate()?;
-        let (mut train_set, held, std) = load_data(&config.plan, config.model.seed)?;
+        let (mut train_set, held, std) = load_data(&mut config.plan, config.model.seed)?;
         check_batch(&train_set, &config.train)?;
         let m = &mut config.model;
         m.augment = new.augment;
@@ -197,13 +285,23 @@ impl Run {
                 Weights::init(&m.mlp, &mut rng)
             }
         };
-        Self::assemble(dir, config, train_set, held, weights, None)
+        let mut run = Self::assemble(dir, config, train_set, held, weights, None)?;
+        run.overwrite = new.overwrite;
+        Ok(run)
     }
 
     /// The run in `dir`, to continue from its last checkpoint.
     pub fn resume(dir: &Path) -> Result<Run> {
-        let config = RunConfig::read(dir)?;
-        let (mut train_set, held, std) = load_data(&config.plan, config.model.seed)?;
+        if !holds_run(dir) {
+            return Err(Error::invalid(format!(
+                "{} holds no run to resume",
+                dir.display()
+            )));
+        }
+        let lock = RunLock::take(dir)?;
+        let saved = SavedCheckpoint::read(dir)?;
+        let mut config = saved.config;
+        let (mut train_set, held, std) = load_data(&mut config.plan, config.model.seed)?;
         check_batch(&train_set, &config.train)?;
         if config.model.data_dim() != train_set.dim {
             return Err(Error::invalid(format!(
@@ -221,10 +319,9 @@ impl Run {
             );
         }
         let weights = Model::load(dir)?.weights;
-        let state = TrainState::load(&dir.join("checkpoint.safetensors"))?;
-        let mut run = Self::assemble(dir, config, train_set, held, weights, Some(state))?;
-        let step = run.resume_state.as_ref().map_or(0, |s| s.step);
-        run.curve = read_loss_csv(&dir.join("loss.csv"), step)?;
+        let mut run = Self::assemble(dir, config, train_set, held, weights, Some(saved.state))?;
+        run.curve = saved.curve;
+        run.lock = Some(lock);
         Ok(run)
     }
 
@@ -263,6 +360,8 @@ impl Run {
             source,
             weights,
             resume_state,
+            overwrite: false,
+            lock: None,
         })
     }
 
@@ -273,7 +372,7 @@ impl Run {
 
     /// The trainer of this run on `ctx`: restored to the checkpoint when resuming; for a
     /// new run, the folder is created and its first checkpoint (step 0) written.
-    pub fn trainer(&self, ctx: &GpuContext) -> Result<Trainer> {
+    pub fn trainer(&mut self, ctx: &GpuContext) -> Result<Trainer> {
         let m = &self.config.model;
         let pool = Dataset::augment(&self.train_set.points, self.train_set.dim, m.augment, None);
         let mut trainer = Trainer::with_source(
@@ -289,9 +388,19 @@ impl Run {
             &self.config.train,
         )?;
         match &self.resume_state {
-            Some(st) => trainer.restore(ctx, st)?,
+            Some(st) => {
+                trainer.restore(ctx, st)?;
+                // The exports may lag the checkpoint (a kill between the two).
+                self.export(ctx, &trainer)?;
+            }
             None => {
-                std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+                self.lock = Some(RunLock::take(&self.dir)?);
+                // Checked again under the lock: another run may have started meanwhile.
+                if self.overwrite {
+                    self.clear()?;
+                } else {
+                    refuse_existing(&self.dir)?;
+                }
                 self.checkpoint(ctx, &trainer)?;
             }
         }
@@ -306,9 +415,23 @@ impl Run {
         ctx: &GpuContext,
         trainer: &mut Trainer,
         stop: &AtomicBool,
-        mut on_log: impl FnMut(u64, &[f32]),
+        on_log: impl FnMut(u64, &[f32]),
     ) -> Result<bool> {
         let steps = self.config.train.steps;
+        self.train_until(ctx, trainer, steps, stop, on_log)
+    }
+
+    /// [`train`](Self::train) up to step `until` of the run's schedule (a time slice of a
+    /// longer run: resume it later), with a checkpoint there.
+    pub fn train_until(
+        &mut self,
+        ctx: &GpuContext,
+        trainer: &mut Trainer,
+        until: u64,
+        stop: &AtomicBool,
+        mut on_log: impl FnMut(u64, &[f32]),
+    ) -> Result<bool> {
+        let steps = until.min(self.config.train.steps);
         let every = match self.config.plan.checkpoint_every {
             0 => steps,
             n => n,
@@ -329,18 +452,39 @@ impl Run {
         Ok(false)
     }
 
-    /// Write the checkpoint set: optimizer state, model weights, config.json, loss log.
+    /// Write the checkpoint set (one file: optimizer state, losses, configuration), then
+    /// its exports.
     pub fn checkpoint(&self, ctx: &GpuContext, trainer: &Trainer) -> Result<()> {
+        let saved = SavedCheckpoint {
+            state: trainer.state(ctx)?,
+            curve: self.curve.clone(),
+            config: self.config.clone(),
+        };
+        saved.write(&self.dir)?;
+        self.export(ctx, trainer)
+    }
+
+    /// The files people and other tools read: model.safetensors, config.json, loss.csv.
+    fn export(&self, ctx: &GpuContext, trainer: &Trainer) -> Result<()> {
         use crate::io::atomic::write_atomic;
-        trainer
-            .state(ctx)?
-            .save(&self.dir.join("checkpoint.safetensors"))?;
         let st = self.dir.join("model.safetensors");
         let weights = trainer.weights(ctx, true)?;
         write_atomic(&st, &weights.to_safetensors()?).map_err(|e| Error::io(&st, e))?;
         let cj = self.dir.join("config.json");
         write_atomic(&cj, &self.config.to_json()?).map_err(|e| Error::io(&cj, e))?;
         write_loss_csv(&self.dir.join("loss.csv"), &self.curve, &self.config.train)
+    }
+
+    /// Remove the files of a run this one replaces (`--overwrite`).
+    fn clear(&self) -> Result<()> {
+        for f in RUN_FILES {
+            let p = self.dir.join(f);
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The model the trainer holds now (the EMA's weights when the run keeps one).
@@ -376,10 +520,59 @@ impl Run {
     }
 }
 
+/// The checkpoint set of a run, stored in one file (`checkpoint.safetensors`).
+struct SavedCheckpoint {
+    state: TrainState,
+    /// The loss of every step done.
+    curve: Vec<f32>,
+    config: RunConfig,
+}
+
+impl SavedCheckpoint {
+    fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("checkpoint.safetensors");
+        let config =
+            String::from_utf8(self.config.to_json()?).map_err(|e| Error::invalid(e.to_string()))?;
+        let bytes = self
+            .state
+            .to_safetensors(&[("loss", &self.curve)], &[("config", config)])?;
+        crate::io::atomic::write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))
+    }
+
+    /// The set in `dir`; a checkpoint without its losses and configuration (written by an
+    /// earlier format) takes them from config.json and loss.csv.
+    fn read(dir: &Path) -> Result<SavedCheckpoint> {
+        let path = dir.join("checkpoint.safetensors");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let state = TrainState::from_bytes(&bytes, &path)?;
+        let (meta, loss) = TrainState::extras(&bytes, &path, "loss")?;
+        let config = match meta.get("config") {
+            Some(c) => RunConfig::parse(c.as_bytes(), &path)?,
+            None => RunConfig::read(dir)?,
+        };
+        let curve = match loss {
+            Some(l) if l.len() as u64 == state.step => l,
+            Some(l) => {
+                return Err(Error::format(
+                    &path,
+                    format!("holds {} losses for step {}", l.len(), state.step),
+                ))
+            }
+            None => read_loss_csv(&dir.join("loss.csv"), state.step)?,
+        };
+        Ok(SavedCheckpoint {
+            state,
+            curve,
+            config,
+        })
+    }
+}
+
 /// The data of a run, as its plan says: (training split in model units, held-out split in
 /// data units, standardization).
+/// A new run records the data's fingerprint in its plan; a resumed one must match it.
 fn load_data(
-    plan: &RunPlan,
+    plan: &mut RunPlan,
     seed: u64,
 ) -> Result<(Dataset, Option<Dataset>, Option<Standardization>)> {
     if plan.n_data == 0 {
@@ -388,6 +581,17 @@ fn load_data(
     let mut all = Dataset::load(&plan.data, plan.n_data, seed, plan.drop_nonfinite)?;
     if let Some(col) = plan.label_column {
         all.take_label_column(col)?;
+    }
+    let fingerprint = all.fingerprint();
+    match &plan.data_fingerprint {
+        Some(f) if *f != fingerprint => {
+            return Err(Error::invalid(format!(
+                "the data '{}' is not the data this run was trained on (fingerprint {fingerprint}, the run's {f}); restore it, or start a new run",
+                plan.data
+            )))
+        }
+        Some(_) => {}
+        None => plan.data_fingerprint = Some(fingerprint),
     }
     let is_toy = crate::data::toys::Toy::from_name(&plan.data).is_some();
     let (mut train, mut held) = all.split(plan.val_frac, seed)?;
