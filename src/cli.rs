@@ -1043,6 +1043,28 @@ fn moving_average(v: &[f32], w: usize) -> Vec<f32> {
     out
 }
 
+/// A figure path that can be written: a .png in an existing directory.
+fn check_figure_path(path: &Path) -> Result<()> {
+    if path.extension().and_then(|e| e.to_str()) != Some("png") {
+        return Err(Error::invalid(format!(
+            "{}: figures are PNG files; name it .png",
+            path.display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::invalid(format!(
+            "{}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Output format from the file extension.
 fn check_output_path(path: &Path) -> Result<&'static str> {
     match path.extension().and_then(|e| e.to_str()) {
@@ -1154,6 +1176,14 @@ fn sample(a: SampleArgs) -> Result<()> {
     check_output_path(&a.out)?;
     if a.n == 0 {
         return Err(Error::invalid("-n must be positive"));
+    }
+    if a.trajectories.is_some() && a.particles == 0 {
+        return Err(Error::invalid("--particles must be positive"));
+    }
+    // Figures are checked before the samples are written: a bad figure path must not
+    // fail the command after its main output exists.
+    for png in a.plot.iter().chain(&a.trajectories) {
+        check_figure_path(png)?;
     }
     let cfg = a.solver.config()?;
     let model = Model::load(&a.model)?;

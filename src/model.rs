@@ -540,10 +540,12 @@ impl Model {
     /// Read a model folder written by [`save`](Self::save), validating everything.
     pub fn load(dir: &Path) -> Result<Self> {
         let cj = dir.join("config.json");
-        let text = std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?;
+        let text = crate::io::read_bounded(&cj, crate::io::MAX_CONFIG_BYTES)
+            .map_err(|e| Error::io(&cj, e))?;
         let st = dir.join("model.safetensors");
         let config = Self::parse_config(&text, &cj)?;
-        let bytes = std::fs::read(&st).map_err(|e| Error::io(&st, e))?;
+        let bytes = crate::io::read_bounded(&st, crate::io::MAX_FILE_BYTES)
+            .map_err(|e| Error::io(&st, e))?;
         let weights = Weights::from_safetensors(&bytes, &config.mlp, &st)?;
         Ok(Model { config, weights })
     }

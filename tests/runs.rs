@@ -318,6 +318,11 @@ fn bad_names_and_numbers(b: &BadInputs) {
     let (out, train) = (&b.out, |d: &str, e: &[&str], n: &str| b.train(d, e, n));
     let o = s(out);
     // Names and numbers.
+    train(
+        "moons",
+        &["--steps-per-submit", "100000000"],
+        "--steps-per-submit",
+    );
     let choice = |flag: &str, value: &str| {
         bad_choice(&["train", "--out", o, flag, value], value, out);
     };
@@ -387,6 +392,29 @@ fn bad_model_and_solver_flags(b: &BadInputs, crun: &Path) {
     let pts3 = f("pts3.csv", b"0.1,0.2,0.3\n");
     let res = dir.join("never.npy");
     let r = s(&res);
+    // Figure options are checked before the samples are written.
+    let traj = s(&dir.join("t.png")).to_string();
+    bad(
+        &[
+            "sample",
+            "--model",
+            model,
+            "--out",
+            r,
+            "--trajectories",
+            &traj,
+            "--particles",
+            "0",
+        ],
+        "--particles",
+        &res,
+    );
+    let nowhere = s(&dir.join("no-such-dir").join("p.png")).to_string();
+    bad(
+        &["sample", "--model", model, "--out", r, "--plot", &nowhere],
+        "does not exist",
+        &res,
+    );
     bad_choice(
         &["sample", "--model", model, "--out", r, "--solver", "rk5"],
         "rk5",

@@ -79,7 +79,8 @@ impl Dataset {
     /// order) file. Non-finite values are an error, or with `drop_nonfinite` their rows
     /// are dropped.
     pub fn from_file(path: &Path, drop_nonfinite: bool) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::io::read_bounded(path, crate::io::MAX_FILE_BYTES)
+            .map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes, path, drop_nonfinite)
     }
 

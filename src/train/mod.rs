@@ -101,6 +101,11 @@ impl Default for TrainConfig {
     }
 }
 
+/// Most training steps recorded in one submit.
+pub const MAX_STEPS_PER_SUBMIT: usize = 1000;
+/// Most steps between two loss readbacks.
+pub const MAX_LOG_EVERY: usize = 1 << 20;
+
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let pos = |name: &str, ok: bool| {
@@ -115,6 +120,13 @@ impl TrainConfig {
         pos("--lr", self.lr > 0.0 && self.lr.is_finite())?;
         pos("--steps-per-submit", self.steps_per_submit > 0)?;
         pos("--log-every", self.log_every > 0)?;
+        // Each step recorded in a submit takes uniform slots, and each logged step a float
+        // of the loss history: keep both well inside one buffer.
+        if self.steps_per_submit > MAX_STEPS_PER_SUBMIT || self.log_every > MAX_LOG_EVERY {
+            return Err(Error::invalid(format!(
+                "--steps-per-submit must be at most {MAX_STEPS_PER_SUBMIT} and --log-every at most {MAX_LOG_EVERY}"
+            )));
+        }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return Err(Error::invalid("--weight-decay must be ≥ 0"));
         }
@@ -145,6 +157,15 @@ impl TrainConfig {
             return Err(Error::invalid("--batch is too large"));
         }
         Ok(())
+    }
+
+    /// EMA decay at 0-based step `s`: the configured decay, warmed up as (1 + s)/(10 + s)
+    /// (the usual schedule of an exponential moving average of weights): a constant 0.999
+    /// from the first step would keep the initialization in the average for thousands of
+    /// steps, and the saved model of a short run would be mostly untrained.
+    pub fn ema_decay_at(&self, s: u64) -> f64 {
+        self.ema
+            .map_or(0.0, |d| d.min((1.0 + s as f64) / (10.0 + s as f64)))
     }
 
     /// Learning rate at 0-based step `s`: linear warm-up, then cosine decay to 0.
@@ -723,6 +744,7 @@ impl Trainer {
                 lr: self.cfg.lr_at(s.min(total.saturating_sub(1))) as f32,
                 bias_corr1: (1.0 - self.cfg.beta1.powi(t)) as f32,
                 bias_corr2: (1.0 - self.cfg.beta2.powi(t)) as f32,
+                ema_decay: self.cfg.ema_decay_at(s) as f32,
                 loss_slot: (s % self.cfg.log_every as u64) as u32,
                 ..self.adam_base
             };

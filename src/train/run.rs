@@ -135,7 +135,8 @@ impl RunConfig {
 
     fn read(dir: &Path) -> Result<RunConfig> {
         let cj = dir.join("config.json");
-        let text = std::fs::read(&cj).map_err(|e| Error::io(&cj, e))?;
+        let text = crate::io::read_bounded(&cj, crate::io::MAX_CONFIG_BYTES)
+            .map_err(|e| Error::io(&cj, e))?;
         Self::parse(&text, &cj)
     }
 }
@@ -543,7 +544,8 @@ impl SavedCheckpoint {
     /// earlier format) takes them from config.json and loss.csv.
     fn read(dir: &Path) -> Result<SavedCheckpoint> {
         let path = dir.join("checkpoint.safetensors");
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = crate::io::read_bounded(&path, crate::io::MAX_FILE_BYTES)
+            .map_err(|e| Error::io(&path, e))?;
         let state = TrainState::from_bytes(&bytes, &path)?;
         let (meta, loss) = TrainState::extras(&bytes, &path, "loss")?;
         let config = match meta.get("config") {
@@ -696,7 +698,9 @@ fn write_loss_csv(path: &Path, curve: &[f32], cfg: &TrainConfig) -> Result<()> {
 }
 
 fn read_loss_csv(path: &Path, steps: u64) -> Result<Vec<f32>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes =
+        crate::io::read_bounded(path, crate::io::MAX_FILE_BYTES).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8_lossy(&bytes);
     let v: Vec<f32> = text
         .lines()
         .skip(1)
