@@ -495,6 +495,8 @@ pub fn run() -> Result<()> {
     if let Some(("train", m)) = matches.subcommand() {
         refuse_flags_with_resume(m)?;
     }
+    // The environment's settings, checked before any work.
+    flowgpu::gpu::Settings::global()?;
     // Every command ends promptly and cleanly on SIGINT, SIGTERM or SIGHUP.
     let signals = Signals::install()?;
     match cli.command {

@@ -399,3 +399,44 @@ fn resume_refuses_changed_data_and_conflicting_flags() {
     let (code, err) = run(&["train", "--resume", s(&out), "--stop-after", "200"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Fault injection: a run resumed from its step-200 checkpoint and trained to step 300 is
+/// killed (aborted) instead of each of its file operations in turn — its exports on resume,
+/// then the step-300 checkpoint set, the rename window included — and every folder it
+/// leaves resumes to step 300 with the weights of the run that was never killed.
+#[test]
+fn a_kill_at_every_file_operation_of_a_checkpoint_leaves_a_resumable_folder() {
+    let dir = tmp("inject");
+    let reference = dir.join("reference");
+    let (code, err) = train(&reference, &["--stop-after", "300"]);
+    assert_eq!(code, 0, "{err}");
+    let want = checkpoint(&reference);
+    let base = dir.join("base");
+    let (code, err) = train(&base, &["--stop-after", "200"]);
+    assert_eq!(code, 0, "{err}");
+    let mut killed = 0;
+    for n in 1.. {
+        let d = dir.join(format!("op-{n}"));
+        copy_dir(&base, &d);
+        let status = bin()
+            .args(["train", "--resume", s(&d), "--stop-after", "300"])
+            .env("FLOWGPU_FAULT_AFTER_FILE_OPS", n.to_string())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        let done = status.success();
+        killed += !done as usize;
+        let (code, err) = run(&["train", "--resume", s(&d), "--stop-after", "300"]);
+        assert_eq!(code, 0, "killed at file operation {n}: {err}");
+        assert!(
+            checkpoint(&d) == want,
+            "killed at file operation {n}: other weights"
+        );
+        assert!(temporaries(&d).is_empty(), "op {n}: {:?}", temporaries(&d));
+        if done {
+            break; // n is past the last file operation: every one was tried
+        }
+    }
+    // Exports on resume (3 files) and the checkpoint set (4): 5 operations each.
+    assert_eq!(killed, 35, "file operations tried");
+}

@@ -40,6 +40,9 @@ pub struct Settings {
     pub phase_barriers: bool,
     /// `FLOWGPU_STEP_GROUP_ROWS`: rows per workgroup of the fused training step [128].
     pub step_group_rows: usize,
+    /// `FLOWGPU_FAULT_AFTER_FILE_OPS=N`, for fault-injection tests: the process aborts, as
+    /// a kill would, instead of its Nth file operation of an atomic write.
+    pub fault_after_file_ops: Option<u64>,
 }
 
 impl Default for Settings {
@@ -53,6 +56,7 @@ impl Default for Settings {
             fused_step: true,
             phase_barriers: false,
             step_group_rows: 128,
+            fault_after_file_ops: None,
         }
     }
 }
@@ -77,6 +81,9 @@ impl Settings {
                 .unwrap_or(d.phase_barriers),
             step_group_rows: parse(&var, "FLOWGPU_STEP_GROUP_ROWS", positive)?
                 .unwrap_or(d.step_group_rows),
+            fault_after_file_ops: parse(&var, "FLOWGPU_FAULT_AFTER_FILE_OPS", |v| {
+                positive(v).map(|n| n as u64)
+            })?,
         })
     }
 
@@ -85,7 +92,11 @@ impl Settings {
         static SETTINGS: OnceLock<std::result::Result<Settings, String>> = OnceLock::new();
         SETTINGS
             .get_or_init(|| {
-                Settings::from_vars(|k| std::env::var(k).ok()).map_err(|e| e.to_string())
+                let s = Settings::from_vars(|k| std::env::var(k).ok());
+                if let Ok(Some(n)) = s.as_ref().map(|s| s.fault_after_file_ops) {
+                    crate::io::atomic::abort_at_file_op(n);
+                }
+                s.map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| Error::invalid(e.clone()))

@@ -9,6 +9,24 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// File operations of atomic writes done so far, and the one the process aborts at
+/// instead (fault-injection tests: `FLOWGPU_FAULT_AFTER_FILE_OPS`, `gpu::Settings`).
+static OPS: AtomicU64 = AtomicU64::new(0);
+static ABORT_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Abort the process, as a kill would, instead of its `n`th file operation (1-based) of an
+/// atomic write: create, write, fsync, rename, directory fsync.
+pub fn abort_at_file_op(n: u64) {
+    ABORT_AT.store(n, Ordering::SeqCst);
+}
+
+/// Count one file operation; abort when it is the one fault injection asked for.
+fn file_op() {
+    if OPS.fetch_add(1, Ordering::SeqCst) + 1 >= ABORT_AT.load(Ordering::SeqCst) {
+        std::process::abort();
+    }
+}
+
 /// Temp files being written now, so that a process ending on a signal can remove them
 /// ([`remove_temporaries`]).
 static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -59,16 +77,21 @@ pub fn write_atomic_with(
     let tmp = temp_path(path)?;
     in_flight().push(tmp.clone());
     let result = (|| {
+        file_op();
         let mut writer = BufWriter::new(File::create(&tmp)?);
+        file_op();
         f(&mut writer)?;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file_op();
         file.sync_all()?;
         drop(file);
+        file_op();
         std::fs::rename(&tmp, path)
     })();
     in_flight().retain(|p| p != &tmp);
     match result {
         Ok(()) => {
+            file_op();
             sync_parent_dir(path);
             Ok(())
         }
