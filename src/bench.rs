@@ -355,6 +355,14 @@ struct BenchRun<'a> {
     bytes0: u64,
 }
 
+impl<'a> BenchRun<'a> {
+    /// What a workload's records share: the context, the configuration, the bytes
+    /// allocated before it and the record's common fields.
+    fn shared(&self) -> (&'a GpuContext, &'a BenchConfig, u64, BenchRecord) {
+        (self.ctx, self.cfg, self.bytes0, self.base.clone())
+    }
+}
+
 /// Run one workload on a context.
 pub fn run(ctx: &GpuContext, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRecord>> {
     let mut r = BenchRun {
@@ -413,14 +421,7 @@ fn bench_sgemm(r: &BenchRun) -> Result<Vec<BenchRecord>> {
 
 /// W-small, W-fm: flow-matching training steps.
 fn bench_training(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
-    let BenchRun {
-        ctx,
-        cfg,
-        base,
-        sgemm,
-        bytes0,
-    } = r;
-    let (ctx, bytes0, base) = (*ctx, *bytes0, base.clone());
+    let (ctx, cfg, bytes0, base) = r.shared();
     let (mlp, batch, data) = net(name);
     let pool = Dataset::toy(data, 1 << 20, 0)?;
     let tc = TrainConfig {
@@ -434,7 +435,7 @@ fn bench_training(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
     let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
     let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
     let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
-    let sg = sgemm.at(ctx, batch, mlp.width)?;
+    let sg = r.sgemm.at(ctx, batch, mlp.width)?;
     let train_step = Some(tr.step_kind().to_string());
     Ok(vec![t.record(
         BenchRecord {
@@ -450,14 +451,7 @@ fn bench_training(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
 
 /// S-euler, S-rk4: sampling solves; L-exact, L-hutch: log-likelihood solves.
 fn bench_solve(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
-    let BenchRun {
-        ctx,
-        cfg,
-        base,
-        sgemm,
-        bytes0,
-    } = r;
-    let (ctx, bytes0, base) = (*ctx, *bytes0, base.clone());
+    let (ctx, cfg, bytes0, base) = r.shared();
     let (mlp, _, _) = net("W-fm");
     let m = random_model(&mlp);
     let s = Sampler::new(ctx, &m)?;
@@ -508,7 +502,7 @@ fn bench_solve(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
     let solves = calls as f64 / secs;
     let gflops = flops * solves / 1e9;
     let profile = profile_one(ctx, || one(&s))?;
-    let sg = sgemm.at(ctx, n.min(65536), mlp.width)?;
+    let sg = r.sgemm.at(ctx, n.min(65536), mlp.width)?;
     Ok(vec![BenchRecord {
         unit: "one solve".into(),
         profile,
@@ -529,14 +523,7 @@ fn bench_solve(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
 
 /// M-adjoint, M-backprop: one maximum-likelihood training step.
 fn bench_mle(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
-    let BenchRun {
-        ctx,
-        cfg,
-        base,
-        sgemm,
-        bytes0,
-    } = r;
-    let (ctx, bytes0, base) = (*ctx, *bytes0, base.clone());
+    let (ctx, cfg, bytes0, base) = r.shared();
     // One MLE step: W-small's 3×64 net with SiLU (MLE needs act''), batch 256,
     // 8gaussians, exact trace, RK4 × 8 steps. FLOPs: a field evaluation runs the
     // primal and 2 tangent row sets (3 forwards), a VJP that plus a backward over
@@ -573,7 +560,7 @@ fn bench_mle(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
     let vjps = mc.nfe() as f64;
     let flops = f * sets * (mc.nfe() as f64 + recompute + 3.0 * vjps);
     let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
-    let sg = sgemm.at(ctx, batch * (1 + mlp.dim), mlp.width)?;
+    let sg = r.sgemm.at(ctx, batch * (1 + mlp.dim), mlp.width)?;
     let nfe_per_s = t.rate() * (mc.nfe() + mc.nfe_gradient()) as f64;
     Ok(vec![t.record(
         BenchRecord {
@@ -590,14 +577,7 @@ fn bench_mle(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
 
 /// OT-sinkhorn-*: one minibatch coupling.
 fn bench_coupling(r: &BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
-    let BenchRun {
-        ctx,
-        cfg,
-        base,
-        bytes0,
-        ..
-    } = r;
-    let (ctx, bytes0, base) = (*ctx, *bytes0, base.clone());
+    let (ctx, cfg, bytes0, base) = r.shared();
     // The coupling alone: draw, ε, 50 log-domain Sinkhorn iterations, pair sampling
     // (POT's baseline runs to its 1000-iteration cap at reg 0.05).
     let batch = if name.ends_with("256") { 256 } else { 1024 };

@@ -936,16 +936,15 @@ fn run_fixed_chunk(
         for n in first_snap..=step + seg {
             cs.set_snap(&base, n, snap0 + n - first_snap);
         }
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut cp = enc.begin_compute_pass(&Default::default());
+        cs.arena.upload(ctx, 0..snap0 + step + seg + 1 - first_snap);
+        let cs = &*cs;
+        ctx.submit_pass(|cp| {
             if step == 0 {
-                cs.init_kernel(init).dispatch(&mut cp, 0, groups);
-                cs.record_snap(&mut cp, &base, 0, snap0);
+                cs.init_kernel(init).dispatch(cp, 0, groups);
+                cs.record_snap(cp, &base, 0, snap0);
             }
-            let cs = &*cs;
             program.record(
-                &mut cp,
+                cp,
                 step..step + seg,
                 At {
                     kernels: &cs.kernels.fixed,
@@ -955,9 +954,7 @@ fn run_fixed_chunk(
                 |cp, _| cs.record_eval(cp),
                 |cp, n| cs.record_snap(cp, &base, n, snap0 + n - first_snap),
             );
-        }
-        cs.arena.upload(ctx, 0..snap0 + step + seg + 1 - first_snap);
-        ctx.submit(enc)?;
+        })?;
         step += seg;
     }
     let nfe = (steps * program.stages_per_step()) as u64;
@@ -994,15 +991,14 @@ fn run_adaptive_chunk(
             for a in 0..ATTEMPTS_PER_SUBMIT {
                 cs.set_snap(&base, done + a + 1, snap0 + 1 + a);
             }
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut cp = enc.begin_compute_pass(&Default::default());
+            cs.arena.upload(ctx, 0..snap0 + 1 + ATTEMPTS_PER_SUBMIT);
+            ctx.submit_pass(|cp| {
                 if first {
-                    cs.init_kernel(init).dispatch(&mut cp, 0, groups);
-                    cs.record_snap(&mut cp, &base, 0, snap0);
+                    cs.init_kernel(init).dispatch(cp, 0, groups);
+                    cs.record_snap(cp, &base, 0, snap0);
                 }
                 program.record_per_row(
-                    &mut cp,
+                    cp,
                     first,
                     ATTEMPTS_PER_SUBMIT,
                     At {
@@ -1013,9 +1009,7 @@ fn run_adaptive_chunk(
                     |cp| cs.record_eval(cp),
                     |cp, a| cs.record_snap(cp, &base, done + a + 1, snap0 + 1 + a),
                 );
-            }
-            cs.arena.upload(ctx, 0..snap0 + 1 + ATTEMPTS_PER_SUBMIT);
-            ctx.submit(enc)?;
+            })?;
             done += ATTEMPTS_PER_SUBMIT;
             clock = ctx.read(&cs.clock, 0, rows * ode::CLOCK)?;
             running_rows(&clock, rows, "dopri5", "the vector field blows up there")

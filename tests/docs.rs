@@ -27,7 +27,7 @@ const HISTORY_PHRASES: &[&str] = &[
 ];
 
 /// Places outside the repository, matched case-insensitively.
-const OUTSIDE_PATHS: &[&str] = &["/work/", "/tmp/", "shared/baselines", "shared/device"];
+const OUTSIDE_PATHS: &[&str] = &["/work/", "/tmp/"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -402,6 +402,16 @@ impl GpuContext {
         self.check()
     }
 
+    /// Record one compute pass with `record` and submit it: one encoder, one submit.
+    pub fn submit_pass(&self, record: impl FnOnce(&mut wgpu::ComputePass<'_>)) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            record(&mut cp);
+        }
+        self.submit(enc)
+    }
+
     /// Copy `len` f32 starting at element `offset` of `buf` to the host (waits for the GPU).
     /// The sum, in slot order, of the first `len` floats of `slots` slots of `slot_len`
     /// floats each (per-workgroup partial gradients, added as the kernels add them).

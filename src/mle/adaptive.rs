@@ -44,15 +44,13 @@ impl MleState {
             ATTEMPTS,
             max,
             |first| {
-                let mut enc = ctx.device.create_command_encoder(&Default::default());
-                {
-                    let mut cp = enc.begin_compute_pass(&Default::default());
+                ctx.submit_pass(|cp| {
                     if first {
-                        ad.noise.dispatch(&mut cp, &ad.g_noise, FWD_INIT, rows);
-                        self.field.record_probe_init(&mut cp, 0);
+                        ad.noise.dispatch(cp, &ad.g_noise, FWD_INIT, rows);
+                        self.field.record_probe_init(cp, 0);
                     }
                     ad.program.record_per_row(
-                        &mut cp,
+                        cp,
                         first,
                         ATTEMPTS,
                         At {
@@ -63,8 +61,7 @@ impl MleState {
                         |cp| self.field.record_eval(cp),
                         |_, _| {},
                     );
-                }
-                ctx.submit(enc)?;
+                })?;
                 let clock = ctx.read(&ad.clock, 0, n_rows * ode::CLOCK)?;
                 running(&clock, n_rows, "forward")
             },
@@ -84,18 +81,16 @@ impl MleState {
             ATTEMPTS,
             max,
             |first| {
-                let mut enc = ctx.device.create_command_encoder(&Default::default());
-                {
-                    let mut cp = enc.begin_compute_pass(&Default::default());
+                ctx.submit_pass(|cp| {
                     if first {
                         let groups = mle::per_row_groups(&self.mle_base, &self.tiles);
                         self.quad
                             .adj_start
-                            .dispatch(&mut cp, &self.quad.g_adj_start, 0, groups);
-                        ad.start.dispatch(&mut cp, &ad.g_adj_start, ADJ_START, rows);
+                            .dispatch(cp, &self.quad.g_adj_start, 0, groups);
+                        ad.start.dispatch(cp, &ad.g_adj_start, ADJ_START, rows);
                     }
                     ad.program.record_batch_global(
-                        &mut cp,
+                        cp,
                         ATTEMPTS,
                         At {
                             kernels: &ad.adj_kernels,
@@ -115,8 +110,7 @@ impl MleState {
                             ad.commit.dispatch(cp, &ad.g_commit, slot, params);
                         },
                     );
-                }
-                ctx.submit(enc)?;
+                })?;
                 let clock = ctx.read(&ad.clock, 0, ode::CLOCK)?;
                 running(&clock, 1, "adjoint")
             },

@@ -226,18 +226,7 @@ impl OdeSolve {
         arena: &UniformArena,
         b: &StepBuffers,
     ) -> Result<(OdeSolve, OdeSolve)> {
-        let (input, d, rows) = (&field.pass.input, b.dim, b.rows);
-        let solve = |state, width, div, init| {
-            let bufs = SolveBuffers {
-                state,
-                div,
-                clock: b.clock,
-                history: b.history,
-                rows,
-                width,
-            };
-            OdeSolve::new(ctx, field, arena, &bufs, init)
-        };
+        let (input, d) = (&field.pass.input, b.dim);
         let noise = ode::BaseNoiseBindings {
             state: b.fwd_state,
             input,
@@ -246,7 +235,8 @@ impl OdeSolve {
             cotangent: &field.cotangent,
         };
         let fwd_init = ode::base_noise(ctx)?.bound(ctx, arena, &noise);
-        let fwd = solve(b.fwd_state, d + 3, &field.div, fwd_init)?;
+        let fwd_bufs = (b.fwd_state, &field.div, d + 3);
+        let fwd = OdeSolve::new(ctx, field, arena, b, fwd_bufs, fwd_init)?;
         let start = ode::StartBindings {
             state: b.adj_state,
             input,
@@ -254,7 +244,8 @@ impl OdeSolve {
             cotangent: &field.cotangent,
         };
         let adj_init = ode::start(ctx)?.bound(ctx, arena, &start);
-        let adj = solve(b.adj_state, 2 * d, field.input_grad(), adj_init)?;
+        let adj_bufs = (b.adj_state, field.input_grad(), 2 * d);
+        let adj = OdeSolve::new(ctx, field, arena, b, adj_bufs, adj_init)?;
         Ok((fwd, adj))
     }
 }
@@ -286,37 +277,27 @@ impl Quadrature {
     }
 }
 
-/// The buffers of one solve besides the field's.
-struct SolveBuffers<'a> {
-    state: &'a wgpu::Buffer,
-    /// What the stages read as dℓ/dt: the divergence integrands (forward) or the field's
-    /// input gradient (adjoint).
-    div: &'a wgpu::Buffer,
-    clock: &'a wgpu::Buffer,
-    history: &'a wgpu::Buffer,
-    rows: usize,
-    /// Floats per row of the state.
-    width: usize,
-}
-
 impl OdeSolve {
-    /// The stage kernels bound to `bufs` and the field's rows; `init` makes the state.
+    /// A solve of `state` (`width` floats per row) with the stage kernels bound to it, the
+    /// step's shared buffers and the field's rows; `div` is what the stages read as dℓ/dt
+    /// (the divergence integrands, or the adjoint's input gradient); `init` makes the state.
     fn new(
         ctx: &GpuContext,
         field: &LikelihoodField,
         arena: &UniformArena,
-        bufs: &SolveBuffers,
+        b: &StepBuffers,
+        (state, div, width): (&wgpu::Buffer, &wgpu::Buffer, usize),
         init: Bound,
     ) -> Result<OdeSolve> {
-        let k = ctx.storage("mle ode stages", ode::MAX_STAGES * bufs.rows * bufs.width)?;
+        let k = ctx.storage("mle ode stages", ode::MAX_STAGES * b.rows * width)?;
         let all = ode::StageBindings {
-            state: bufs.state,
+            state,
             input: &field.pass.input,
             v: field.pass.output(),
             k: &k,
-            clock: bufs.clock,
-            traj: bufs.history,
-            div: bufs.div,
+            clock: b.clock,
+            traj: b.history,
+            div,
             cotangent: &field.cotangent,
         };
         Ok(OdeSolve {
@@ -325,7 +306,7 @@ impl OdeSolve {
                 stage: ode::rk_stage(ctx)?.bound(ctx, arena, &all),
                 last: ode::rk_final(ctx)?.bound(ctx, arena, &all),
             },
-            state: bufs.state.clone(),
+            state: state.clone(),
             k,
         })
     }
