@@ -6,9 +6,10 @@ use flowgpu::data::{AugmentFill, Dataset};
 use flowgpu::error::{Error, Result};
 use flowgpu::mle::MleGrad;
 use flowgpu::model::{Activation, MlpConfig, Model, ModelConfig};
+use flowgpu::plot::{self, RGBColor};
 use flowgpu::solve::{Method, SolveConfig, SolveStats, TimeGrid, Tolerances, Trace};
 use flowgpu::train::{Coupling, NewRun, Run, RunConfig, RunPlan};
-use flowgpu::{plot, AdapterChoice, BackendChoice, GaussianPath, GpuContext};
+use flowgpu::{AdapterChoice, BackendChoice, GaussianPath, GpuContext};
 use flowgpu::{Sampler, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,6 +186,9 @@ struct TrainArgs {
     /// Samples drawn for samples.png.
     #[arg(long, default_value_t = 4000)]
     plot_samples: usize,
+    /// Also write flow.gif: 1000 samples carried from noise to data over 60 frames.
+    #[arg(long)]
+    animate: bool,
     /// Held-out points (fresh draws of the toy) for the final NLL; 0 skips it.
     #[arg(long, default_value_t = 2000)]
     eval_n: usize,
@@ -342,7 +346,7 @@ struct SampleArgs {
     seed: u64,
     #[command(flatten)]
     solver: SolverArgs,
-    /// Also plot the samples (2-D models) to this PNG.
+    /// Also plot the samples to this .png or .svg (a corner plot for more than 2-D).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Class-conditional models: the class to sample.
@@ -351,9 +355,17 @@ struct SampleArgs {
     /// Classifier-free guidance weight w (v = (1 + w)·v(x|c) − w·v(x)).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     guidance: f64,
-    /// Also plot the trajectories of --particles samples to this PNG.
+    /// Also plot the trajectories of --particles samples to this .png or .svg.
     #[arg(long)]
     trajectories: Option<PathBuf>,
+    /// Also write a GIF of --particles samples moving from noise (t = 0) to data (t = 1),
+    /// one frame per step of a fixed-step solve (RK4 when the solver is adaptive).
+    #[arg(long)]
+    animate: Option<PathBuf>,
+    /// Frames of --animate.
+    #[arg(long, default_value_t = 60)]
+    frames: usize,
+    /// Samples shown by --trajectories and --animate.
     #[arg(long, default_value_t = 300)]
     particles: usize,
     #[command(flatten)]
@@ -436,7 +448,8 @@ struct DensityArgs {
     /// Run folder with model.safetensors and config.json (a 2-D model).
     #[arg(long)]
     model: PathBuf,
-    /// Output PNG: model density (left) beside a histogram of the data (right).
+    /// Output .png or .svg: the model's log-density (left) beside a histogram of the data
+    /// (right, built-in toys), on one colour scale in nats.
     #[arg(long)]
     plot: PathBuf,
     /// Grid points per axis.
@@ -868,45 +881,110 @@ impl Signals {
     }
 }
 
-/// loss.png and, for data of 2 or more dimensions, samples.png over the training data.
-fn write_figures(run: &Run, sampler: &Sampler) -> Result<()> {
+/// loss.png; for data of 2 or more dimensions samples.png over held-out data (the
+/// training data when none is held out) and, with `--animate`, flow.gif.
+fn write_figures(run: &Run, sampler: &Sampler, animate: bool) -> Result<()> {
+    let tc = &run.config.train;
+    let lr: Vec<f64> = (0..run.curve.len() as u64).map(|s| tc.lr_at(s)).collect();
     let png = run.dir.join("loss.png");
-    let smooth = moving_average(&run.curve, 100);
-    plot::line_png(
-        &png,
-        &[(&run.curve, [170, 195, 235]), (&smooth, [20, 60, 160])],
-        800,
-        400,
-        true,
-    )
-    .map_err(|e| Error::io(&png, e))?;
+    let title = if tc.mle.is_some() {
+        "training loss (negative log-likelihood)"
+    } else {
+        "training loss (flow matching)"
+    };
+    let loss = plot::LossFigure {
+        loss: &run.curve,
+        lr: &lr,
+        smooth: 100,
+        title,
+    };
+    plot::save(&png, &loss).map_err(|e| Error::io(&png, e))?;
     let (d, n) = (run.train_set.dim, run.config.plan.plot_samples);
     if d < 2 || n == 0 {
         return Ok(());
     }
-    let (samples, _) = sampler.sample(n, run.config.model.seed, &SolveConfig::default())?;
-    let pts = &run.train_set.points;
-    let mut shown = pts[..pts.len().min(2 * n * d / 2)].to_vec();
-    if let Some(s) = &run.config.model.standardization {
-        s.undo(&mut shown);
-    }
-    let png = run.dir.join("samples.png");
-    let layer = |points, color, alpha| plot::Layer {
-        points,
-        dim: d,
-        color,
-        alpha,
+    let seed = run.config.model.seed;
+    let (samples, _) = sampler.sample(n, seed, &SolveConfig::default())?;
+    let (shown, label) = match &run.held {
+        Some(h) => (
+            h.points[..h.points.len().min(n * d)].to_vec(),
+            "held-out data",
+        ),
+        None => {
+            let pts = &run.train_set.points;
+            let mut shown = pts[..pts.len().min(n * d)].to_vec();
+            if let Some(s) = &run.config.model.standardization {
+                s.undo(&mut shown);
+            }
+            (shown, "training data")
+        }
     };
-    plot::scatter_png(
-        &png,
-        &[
-            layer(&shown, [160, 160, 160], 0.5),
-            layer(&samples, [220, 50, 30], 0.6),
+    let png = run.dir.join("samples.png");
+    let fig = plot::ScatterFigure {
+        layers: vec![
+            figure_layer(&shown, d, DATA_COLOUR, label),
+            figure_layer(&samples, d, SAMPLE_COLOUR, "model samples"),
         ],
-        600,
-        None,
-    )
-    .map_err(|e| Error::io(&png, e))
+        title: "samples",
+        max_dims: 4,
+    };
+    plot::save(&png, &fig).map_err(|e| Error::io(&png, e))?;
+    if animate {
+        let gif = run.dir.join("flow.gif");
+        let cfg = SolveConfig::default();
+        animate_flow(&gif, sampler, (1000, seed, 60), &cfg)?;
+    }
+    Ok(())
+}
+
+const DATA_COLOUR: RGBColor = RGBColor(150, 150, 150);
+const SAMPLE_COLOUR: RGBColor = RGBColor(220, 50, 30);
+
+fn figure_layer<'a>(
+    points: &'a [f32],
+    dim: usize,
+    color: RGBColor,
+    label: &'a str,
+) -> plot::Layer<'a> {
+    plot::Layer {
+        points,
+        dim,
+        color,
+        alpha: if color == DATA_COLOUR { 0.8 } else { 0.5 },
+        label,
+    }
+}
+
+/// A GIF of `particles` samples carried from the source to the data: `frames` frames
+/// from a fixed-step solve with `frames − 1` steps of the solver's method and grid
+/// (RK4 for adaptive solvers, whose steps are not evenly spaced in time).
+fn animate_flow(
+    path: &Path,
+    sampler: &Sampler,
+    (particles, seed, frames): (usize, u64, usize),
+    cfg: &SolveConfig,
+) -> Result<()> {
+    let method = if cfg.method.adaptive() {
+        Method::Rk4
+    } else {
+        cfg.method
+    };
+    let cfg = SolveConfig {
+        method,
+        steps: frames - 1,
+        ..cfg.clone()
+    };
+    let snapshots = sampler.trajectories(particles, seed, &cfg)?;
+    let times = cfg.grid.times(0.0, 1.0, cfg.steps);
+    let title = format!("flow, {} {} steps", method.name(), cfg.steps);
+    let anim = plot::Animation {
+        frames: &snapshots,
+        times: &times,
+        dim: sampler.data_dim(),
+        title: &title,
+        side: 520,
+    };
+    plot::animate_gif(path, &anim).map_err(|e| Error::io(path, e))
 }
 
 fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
@@ -960,7 +1038,7 @@ fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
     let wall = t0.elapsed().as_secs_f64();
     let model = run.model(&ctx, &trainer)?;
     let sampler = Sampler::new(&ctx, &model)?;
-    write_figures(&run, &sampler)?;
+    write_figures(&run, &sampler, a.animate)?;
     let summary = TrainSummary {
         final_loss: run.final_loss(100),
         mle_nfe: trainer.mle().map(|m| m.mean_nfe()),
@@ -1031,26 +1109,14 @@ fn report_train(
     }
 }
 
-/// Trailing moving average over `w` points (shorter at the start).
-fn moving_average(v: &[f32], w: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(v.len());
-    let mut s = 0.0f64;
-    for i in 0..v.len() {
-        s += v[i] as f64;
-        if i >= w {
-            s -= v[i - w] as f64;
-        }
-        out.push((s / (i + 1).min(w) as f64) as f32);
-    }
-    out
-}
-
 /// A figure path that can be written: a .png in an existing directory.
-fn check_figure_path(path: &Path) -> Result<()> {
-    if path.extension().and_then(|e| e.to_str()) != Some("png") {
+fn check_figure_path(path: &Path, kinds: &[&str]) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !kinds.iter().any(|k| ext.eq_ignore_ascii_case(k)) {
         return Err(Error::invalid(format!(
-            "{}: figures are PNG files; name it .png",
-            path.display()
+            "{}: name the figure .{}",
+            path.display(),
+            kinds.join(" or .")
         )));
     }
     let dir = match path.parent() {
@@ -1179,13 +1245,19 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.n == 0 {
         return Err(Error::invalid("-n must be positive"));
     }
-    if a.trajectories.is_some() && a.particles == 0 {
+    if (a.trajectories.is_some() || a.animate.is_some()) && a.particles == 0 {
         return Err(Error::invalid("--particles must be positive"));
+    }
+    if !(2..=1000).contains(&a.frames) {
+        return Err(Error::invalid("--frames must be between 2 and 1000"));
     }
     // Figures are checked before the samples are written: a bad figure path must not
     // fail the command after its main output exists.
-    for png in a.plot.iter().chain(&a.trajectories) {
-        check_figure_path(png)?;
+    for fig in a.plot.iter().chain(&a.trajectories) {
+        check_figure_path(fig, &["png", "svg"])?;
+    }
+    if let Some(gif) = &a.animate {
+        check_figure_path(gif, &["gif"])?;
     }
     let cfg = a.solver.config()?;
     let model = Model::load(&a.model)?;
@@ -1209,25 +1281,21 @@ fn sample(a: SampleArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     let wall = t0.elapsed().as_secs_f64();
-    if let Some(png) = &a.plot {
-        if d >= 2 {
-            plot::scatter_png(
-                png,
-                &[plot::Layer {
-                    points: &kept,
-                    dim: d,
-                    color: [220, 50, 30],
-                    alpha: 0.6,
-                }],
-                600,
-                None,
-            )
-            .map_err(|e| Error::io(png, e))?;
-        }
+    if let (Some(fig), true) = (&a.plot, d >= 2) {
+        let layers = vec![figure_layer(&kept, d, SAMPLE_COLOUR, "model samples")];
+        let title = format!("{} samples, {}", a.n, cfg.method.name());
+        let scatter = plot::ScatterFigure {
+            layers,
+            title: &title,
+            max_dims: 4,
+        };
+        plot::save(fig, &scatter).map_err(|e| Error::io(fig, e))?;
     }
-    if let Some(png) = &a.trajectories {
-        let traj = sampler.trajectories(a.particles, a.seed, &cfg)?;
-        plot_trajectories(png, &traj, d)?;
+    if let (Some(fig), true) = (&a.trajectories, d >= 2) {
+        plot_trajectories(fig, &sampler, a.particles, a.seed, &cfg)?;
+    }
+    if let (Some(gif), true) = (&a.animate, d >= 2) {
+        animate_flow(gif, &sampler, (a.particles, a.seed, a.frames), &cfg)?;
     }
     let rate = a.n as f64 * steps_per_sample(&cfg, &stats) / wall;
     eprintln!(
@@ -1251,26 +1319,35 @@ fn sample(a: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// Trajectories in (x, y): faint dots along each path (colour runs blue → red with t),
-/// starting points blue, end points red.
-fn plot_trajectories(png: &Path, traj: &[Vec<f32>], d: usize) -> Result<()> {
-    if d < 2 || traj.is_empty() {
-        return Ok(());
-    }
-    let n = traj.len();
-    let mut layers = Vec::new();
-    for (s, snap) in traj.iter().enumerate() {
-        let f = s as f32 / (n - 1).max(1) as f32;
-        let color = [(40.0 + 200.0 * f) as u8, 60, (230.0 - 200.0 * f) as u8];
-        let alpha = if s == 0 || s + 1 == n { 0.9 } else { 0.25 };
-        layers.push(plot::Layer {
-            points: snap,
-            dim: d,
-            color,
-            alpha,
-        });
-    }
-    plot::scatter_png(png, &layers, 700, None).map_err(|e| Error::io(png, e))
+/// Paths of `particles` samples in (x1, x2), coloured by time. Adaptive solvers record
+/// every attempt, whose times are not stored: their paths are coloured by attempt.
+fn plot_trajectories(
+    fig: &Path,
+    sampler: &Sampler,
+    particles: usize,
+    seed: u64,
+    cfg: &SolveConfig,
+) -> Result<()> {
+    let snapshots = sampler.trajectories(particles, seed, cfg)?;
+    let times: Vec<f64> = if cfg.method.adaptive() {
+        let n = snapshots.len().max(2) - 1;
+        (0..snapshots.len()).map(|k| k as f64 / n as f64).collect()
+    } else {
+        cfg.grid.times(0.0, 1.0, cfg.steps)
+    };
+    let title = format!("{particles} trajectories, {}", cfg.method.name());
+    let traj = plot::TrajectoryFigure {
+        snapshots: &snapshots,
+        times: &times,
+        dim: sampler.data_dim(),
+        title: &title,
+        time_label: if cfg.method.adaptive() {
+            "attempt / attempts"
+        } else {
+            "t"
+        },
+    };
+    plot::save(fig, &traj).map_err(|e| Error::io(fig, e))
 }
 
 fn map(a: MapArgs, encode: bool) -> Result<()> {
@@ -1374,7 +1451,26 @@ fn logprob(a: LogprobArgs) -> Result<()> {
     Ok(())
 }
 
+/// The log-density of 200 000 fresh draws of a built-in toy on the (g, lo, hi) grid
+/// (−∞ in empty cells); None for data files, which cannot be redrawn.
+fn toy_log_histogram(data: &str, (g, lo, hi): (usize, f64, f64)) -> Option<Vec<f64>> {
+    let n = 200_000;
+    let set = Dataset::toy(data, n, 1).ok()?;
+    let cell = (hi - lo) / g as f64;
+    let mut count = vec![0u32; g * g];
+    for p in set.points.chunks(2) {
+        let ix = ((p[0] as f64 - lo) / cell).floor();
+        let iy = ((p[1] as f64 - lo) / cell).floor();
+        if ix >= 0.0 && iy >= 0.0 && (ix as usize) < g && (iy as usize) < g {
+            count[iy as usize * g + ix as usize] += 1;
+        }
+    }
+    let norm = (n as f64 * cell * cell).ln();
+    Some(count.iter().map(|&c| (c as f64).ln() - norm).collect())
+}
+
 fn density(a: DensityArgs) -> Result<()> {
+    check_figure_path(&a.plot, &["png", "svg"])?;
     let cfg = a.solver.config()?;
     let trace = a.trace.trace()?;
     let range: Vec<f64> = a
@@ -1402,43 +1498,30 @@ fn density(a: DensityArgs) -> Result<()> {
     let sampler = Sampler::new(&ctx, &model)?;
     let (g, lo, hi) = (a.grid, range[0], range[1]);
     let cell = (hi - lo) / g as f64;
-    // Row 0 of the image is the top (largest y).
+    // Cell (ix, iy) at index iy·g + ix, y growing with iy.
     let mut pts = Vec::with_capacity(g * g * 2);
     for iy in 0..g {
         for ix in 0..g {
             pts.push((lo + (ix as f64 + 0.5) * cell) as f32);
-            pts.push((hi - (iy as f64 + 0.5) * cell) as f32);
+            pts.push((lo + (iy as f64 + 0.5) * cell) as f32);
         }
     }
     let t0 = Instant::now();
     let (logp, _, stats) = sampler.log_prob(&pts, trace, &cfg)?;
     let wall = t0.elapsed().as_secs_f64();
-    let dens: Vec<f32> = logp.iter().map(|&v| v.exp() as f32).collect();
-    // Histogram of the training data on the same grid (toy data sets can be redrawn).
-    let mut hist = vec![0.0f32; g * g];
-    if let Ok(data) = Dataset::toy(&model.config.data, 200_000, 1) {
-        for p in data.points.chunks(2) {
-            let ix = ((p[0] as f64 - lo) / cell).floor();
-            let iy = ((hi - p[1] as f64) / cell).floor();
-            if ix >= 0.0 && iy >= 0.0 && (ix as usize) < g && (iy as usize) < g {
-                hist[iy as usize * g + ix as usize] += 1.0;
-            }
-        }
-        let scale = dens.iter().cloned().fold(0.0f32, f32::max)
-            / hist.iter().cloned().fold(1.0f32, f32::max);
-        hist.iter_mut().for_each(|h| *h *= scale);
-    }
-    // Side by side with a 4-cell gap.
-    let gap = 4;
-    let w = 2 * g + gap;
-    let mut img = vec![0.0f32; w * g];
-    for iy in 0..g {
-        img[iy * w..iy * w + g].copy_from_slice(&dens[iy * g..(iy + 1) * g]);
-        img[iy * w + g + gap..(iy + 1) * w].copy_from_slice(&hist[iy * g..(iy + 1) * g]);
-    }
-    let scale = (600 / g).max(1) as u32;
-    plot::heatmap_png(&a.plot, &img, w, g, scale).map_err(|e| Error::io(&a.plot, e))?;
-    let mass: f64 = dens.iter().map(|&v| v as f64).sum::<f64>() * cell * cell;
+    let dens: Vec<f64> = logp.iter().map(|&v| v.exp()).collect();
+    let hist = toy_log_histogram(&model.config.data, (g, lo, hi));
+    let title = format!("density, {} {}", cfg.method.name(), model.config.data);
+    let fig = plot::DensityFigure {
+        grid: g,
+        lo,
+        hi,
+        model: &logp,
+        data: hist.as_deref(),
+        title: &title,
+    };
+    plot::save(&a.plot, &fig).map_err(|e| Error::io(&a.plot, e))?;
+    let mass: f64 = dens.iter().sum::<f64>() * cell * cell;
     eprintln!("density on a {g}×{g} grid over [{lo}, {hi}]² in {wall:.1} s (nfe {}); mass in the window {mass:.4} → {}", stats.nfe, a.plot.display());
     if a.gpu.json {
         let mut j = solve_json(&cfg, &stats);
