@@ -349,9 +349,10 @@ struct SampleArgs {
     /// Also plot the samples to this .png or .svg (a corner plot for more than 2-D).
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Class-conditional models: the class to sample.
-    #[arg(long)]
-    class: Option<usize>,
+    /// Class-conditional models: the label to sample, as written in the data's label
+    /// column.
+    #[arg(long, allow_negative_numbers = true)]
+    class: Option<i64>,
     /// Classifier-free guidance weight w (v = (1 + w)·v(x|c) − w·v(x)).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     guidance: f64,
@@ -818,14 +819,14 @@ fn loss_text(run: &Run) -> impl Fn(f32) -> String {
         .as_ref()
         .map(|s| s.std.iter().map(|v| v.ln()).sum())
         .unwrap_or(0.0);
-    let data_dim = m.data_dim() as f64;
+    let dims = m.density_dims() as f64;
     let mle = run.config.train.mle.is_some();
     move |l: f32| {
         if mle {
             let nats = l as f64 + log_jac;
             format!(
                 "NLL {nats:.3} nats, {:.3} bits/dim",
-                nats / (data_dim * std::f64::consts::LN_2)
+                nats / (dims * std::f64::consts::LN_2)
             )
         } else {
             format!("{l:.4}")
@@ -1263,7 +1264,8 @@ fn sample(a: SampleArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
     let ctx = a.gpu.context()?;
     let mut sampler = Sampler::new(&ctx, &model)?;
-    sampler.condition(a.class, a.guidance)?;
+    let class = a.class.map(|l| model.config.class_of(l)).transpose()?;
+    sampler.condition(class, a.guidance)?;
     let d = model.config.data_dim();
     let t0 = Instant::now();
     let pb = progress_bar(a.n as u64, false);
@@ -1424,7 +1426,8 @@ fn logprob(a: LogprobArgs) -> Result<()> {
         })?;
     }
     let nll = -logp.iter().sum::<f64>() / n as f64;
-    let bpd = nll / (d as f64 * std::f64::consts::LN_2);
+    let dims = model.config.density_dims();
+    let bpd = nll / (dims as f64 * std::f64::consts::LN_2);
     eprintln!(
         "{n} points: mean NLL {nll:.4} nats ({bpd:.4} bits/dim), {} trace, {} (nfe {}) in {wall:.2} s → {}",
         name_of(a.trace.trace),
@@ -1438,6 +1441,7 @@ fn logprob(a: LogprobArgs) -> Result<()> {
         j["n"] = n.into();
         j["nll_nats"] = nll.into();
         j["bits_per_dim"] = bpd.into();
+        j["density_dims"] = dims.into();
         j["trace"] = name_of(a.trace.trace).into();
         if let Trace::Hutchinson { probes, .. } = trace {
             j["probes"] = probes.into();

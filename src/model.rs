@@ -488,6 +488,11 @@ pub struct ModelConfig {
     /// What fills the source's augmented dimensions.
     #[serde(default)]
     pub augment_fill: crate::data::AugmentFill,
+    /// Class-conditional models: the data's label value of each class, ascending (class
+    /// k is the k-th distinct label of the label column). Absent: the labels are the
+    /// class numbers 0..classes−1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_labels: Vec<i64>,
     pub seed: u64,
 }
 
@@ -514,8 +519,54 @@ impl ModelConfig {
             source: None,
             augment: 0,
             augment_fill: Default::default(),
+            class_labels: Vec::new(),
             seed: 0,
         }
+    }
+
+    /// The class of data label `label` (through `class_labels` when the model has it).
+    pub fn class_of(&self, label: i64) -> Result<usize> {
+        let classes = self.mlp.classes;
+        if classes == 0 {
+            return Err(Error::invalid(
+                "--class needs a class-conditional model (trained with --label-column)",
+            ));
+        }
+        let found = if self.class_labels.is_empty() {
+            (0..classes as i64)
+                .contains(&label)
+                .then_some(label as usize)
+        } else {
+            self.class_labels.binary_search(&label).ok()
+        };
+        found.ok_or_else(|| {
+            let names: Vec<String> = if self.class_labels.is_empty() {
+                vec![format!("0..{}", classes - 1)]
+            } else {
+                self.class_labels
+                    .iter()
+                    .take(20)
+                    .map(|l| l.to_string())
+                    .collect()
+            };
+            Error::invalid(format!(
+                "--class {label} is not a label of this model; its labels are {}{}",
+                names.join(", "),
+                if self.class_labels.len() > 20 {
+                    ", …"
+                } else {
+                    ""
+                }
+            ))
+        })
+    }
+
+    /// Dimensions of the density that likelihoods are of: the model's. For an augmented
+    /// (ANODE) model that is the joint density of (x, 0) over data and augmented
+    /// dimensions, so NLLs and bits per dimension count all of them, in training and in
+    /// `logprob` alike.
+    pub fn density_dims(&self) -> usize {
+        self.mlp.dim
     }
 
     /// Dimension of the data (the model's, less the augmented dimensions).
@@ -579,6 +630,15 @@ impl Model {
             return Err(Error::format(
                 path,
                 "augment must be smaller than the model dimension",
+            ));
+        }
+        let labels = &config.class_labels;
+        if !labels.is_empty()
+            && (labels.len() != config.mlp.classes || labels.windows(2).any(|w| w[0] >= w[1]))
+        {
+            return Err(Error::format(
+                path,
+                "class_labels must hold one ascending, distinct label per class",
             ));
         }
         if let Some(s) = &config.standardization {

@@ -53,6 +53,7 @@ impl SolveConfig {
                 return Err(Error::invalid(format!("{name} must be positive, got {v}")));
             }
         }
+        check_f32_rtol("--rtol", t.rtol)?;
         let controller_ok = t.safety > 0.0
             && t.safety <= 1.0
             && t.fac_min > 0.0
@@ -433,6 +434,18 @@ impl ChunkSolver {
 
 /// Rows of an adaptive solve's clock readback still running, or an error naming the first
 /// row that failed (`what`: the solve; `blowup`: advice for a non-finite error estimate).
+/// The solver state is f32: a relative tolerance below its precision cannot be met by
+/// any step, whatever the vector field, so it is refused up front.
+pub(crate) fn check_f32_rtol(flag: &str, rtol: f64) -> Result<()> {
+    if rtol < f32::EPSILON as f64 {
+        return Err(Error::invalid(format!(
+            "{flag} {rtol:e} is below f32 precision ({:.1e}): the solver's state is f32, so no step can meet it; use {flag} 1e-6 or more",
+            f32::EPSILON
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn running_rows(clock: &[f32], rows: usize, what: &str, blowup: &str) -> Result<usize> {
     let mut running = 0;
     for (i, c) in clock.chunks(ode::CLOCK).take(rows).enumerate() {

@@ -376,3 +376,115 @@ fn bench_profile_counts_the_dispatches_of_a_training_step() {
             .all(|p| p["total_ms"].as_f64().unwrap() > 0.0));
     }
 }
+
+#[test]
+fn class_labels_that_are_not_0_to_k_map_through_the_config_table() {
+    let dir = tmp("labels");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut csv = String::from("x,y,label\n");
+    for i in 0..600 {
+        let (label, cx) = [(1, -4.0), (2, 0.0), (5, 4.0)][i % 3];
+        let j = (i as f64 * 0.7548).fract() - 0.5;
+        csv.push_str(&format!(
+            "{},{},{label}\n",
+            cx + j,
+            (i as f64 * 0.5698).fract() - 0.5
+        ));
+    }
+    let data = dir.join("blobs.csv");
+    std::fs::write(&data, csv).unwrap();
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    let (code, _, err) = flowgpu(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--label-column",
+        "2",
+        "--steps",
+        "100",
+        "--width",
+        "16",
+        "--batch",
+        "64",
+        "--plot-samples",
+        "0",
+        "--out",
+        r,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["mlp"]["classes"], 3,
+        "labels 1, 2, 5 are three classes"
+    );
+    assert_eq!(config["class_labels"], serde_json::json!([1, 2, 5]));
+    let out = dir.join("five.npy");
+    let o = out.to_str().unwrap();
+    let (code, _, err) = flowgpu(&[
+        "sample", "--model", r, "--class", "5", "-n", "50", "--out", o,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_clean_error(
+        &[
+            "sample",
+            "--model",
+            r,
+            "--class",
+            "3",
+            "-n",
+            "50",
+            "--out",
+            &format!("{o}.x.npy"),
+        ],
+        "its labels are 1, 2, 5",
+    );
+}
+
+#[test]
+fn an_augmented_model_counts_every_dimension_of_its_density() {
+    let dir = tmp("augment-bpd");
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    let (code, _, err) = flowgpu(&[
+        "train",
+        "--steps",
+        "50",
+        "--width",
+        "16",
+        "--augment",
+        "2",
+        "--plot-samples",
+        "0",
+        "--eval-n",
+        "0",
+        "--out",
+        r,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let pts = dir.join("pts.csv");
+    std::fs::write(&pts, "0.5,0.25\n-1,0.75\n").unwrap();
+    let out = dir.join("lp.npy");
+    let (code, stdout, err) = flowgpu(&[
+        "logprob",
+        "--model",
+        r,
+        "--input",
+        pts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(j["density_dims"], 4, "2 data + 2 augmented dimensions");
+    let (nll, bpd) = (
+        j["nll_nats"].as_f64().unwrap(),
+        j["bits_per_dim"].as_f64().unwrap(),
+    );
+    assert!(
+        (bpd - nll / (4.0 * std::f64::consts::LN_2)).abs() < 1e-9,
+        "{nll} {bpd}"
+    );
+}

@@ -432,6 +432,14 @@ fn bad_model_and_solver_flags(b: &BadInputs, crun: &Path) {
         "--rtol",
         &res,
     );
+    // A tolerance no f32 step can meet is refused as such, not blamed on the field.
+    bad(
+        &[
+            "sample", "--model", model, "--out", r, "--solver", "dopri5", "--rtol", "1e-9",
+        ],
+        "below f32 precision",
+        &res,
+    );
     bad_choice(
         &["sample", "--model", model, "--out", r, "--time-grid", "log"],
         "log",

@@ -37,8 +37,10 @@ pub struct Dataset {
     pub name: String,
     pub dim: usize,
     pub points: Vec<f32>,
-    /// Class of each row, for class-conditional models.
+    /// Class of each row (an index into `class_labels`), for class-conditional models.
     pub labels: Option<Vec<u32>>,
+    /// The data's label value of each class, ascending (empty without labels).
+    pub class_labels: Vec<i64>,
 }
 
 impl Dataset {
@@ -63,6 +65,7 @@ impl Dataset {
             dim: 2,
             points: toy.sample(n, &mut rng),
             labels: None,
+            class_labels: Vec::new(),
         })
     }
 
@@ -113,6 +116,7 @@ impl Dataset {
             dim,
             points,
             labels: None,
+            class_labels: Vec::new(),
         };
         let bad: Vec<usize> = (0..ds.len())
             .filter(|&i| ds.row(i).iter().any(|v| !v.is_finite()))
@@ -190,8 +194,9 @@ impl Dataset {
         out
     }
 
-    /// Move column `col` (0-based) out of the points into integer class labels 0..C−1;
-    /// returns C.
+    /// Move column `col` (0-based) out of the points into class labels: the distinct
+    /// integer values of the column, ascending, are the classes 0..C−1 (`class_labels`
+    /// keeps the table, so labels 1, 2, 5 make three classes, not six). Returns C.
     pub fn take_label_column(&mut self, col: usize) -> Result<usize> {
         if col >= self.dim || self.dim < 2 {
             return Err(Error::invalid(format!(
@@ -199,30 +204,45 @@ impl Dataset {
                 self.dim
             )));
         }
-        let mut labels = Vec::with_capacity(self.len());
-        let mut points = Vec::with_capacity(self.len() * (self.dim - 1));
+        let mut values = Vec::with_capacity(self.len());
         for (i, r) in self.points.chunks(self.dim).enumerate() {
             let v = r[col];
-            if !(v >= 0.0 && v.fract() == 0.0 && v < 1024.0) {
+            // Integers up to 2^24 are exact in f32, so no two labels merge.
+            if !(v.fract() == 0.0 && v.abs() <= 16_777_216.0) {
                 return Err(Error::invalid(format!(
-                    "{}: row {} has label {v} in column {col}; labels must be integers 0..1023",
+                    "{}: row {} has label {v} in column {col}; labels must be integers (|label| ≤ 2^24)",
                     self.name,
                     i + 1
                 )));
             }
-            labels.push(v as u32);
-            points.extend(
+            values.push(v as i64);
+        }
+        let mut table = values.clone();
+        table.sort_unstable();
+        table.dedup();
+        if table.len() > 1024 {
+            return Err(Error::invalid(format!(
+                "{}: column {col} holds {} distinct labels; class-conditional models take at most 1024",
+                self.name,
+                table.len()
+            )));
+        }
+        let index = |v: &i64| table.binary_search(v).unwrap_or(0) as u32;
+        self.labels = Some(values.iter().map(index).collect());
+        let d = self.dim;
+        self.points = self
+            .points
+            .chunks(d)
+            .flat_map(|r| {
                 r.iter()
                     .enumerate()
                     .filter(|(j, _)| *j != col)
-                    .map(|(_, x)| *x),
-            );
-        }
+                    .map(|(_, x)| *x)
+            })
+            .collect();
         self.dim -= 1;
-        self.points = points;
-        let classes = labels.iter().max().map(|m| *m as usize + 1).unwrap_or(0);
-        self.labels = Some(labels);
-        Ok(classes)
+        self.class_labels = table;
+        Ok(self.class_labels.len())
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
@@ -244,12 +264,9 @@ impl Dataset {
         format!("{h:016x}")
     }
 
-    /// Classes of a labelled set (largest label + 1; 0 without labels).
+    /// Classes of a labelled set (0 without labels).
     pub fn n_classes(&self) -> usize {
-        self.labels
-            .as_ref()
-            .and_then(|l| l.iter().max())
-            .map_or(0, |m| *m as usize + 1)
+        self.class_labels.len()
     }
 
     pub fn standardization(&self) -> Standardization {
@@ -316,12 +333,14 @@ impl Dataset {
             dim: self.dim,
             points: take(&idx[..n_val]),
             labels: take_labels(&idx[..n_val]),
+            class_labels: self.class_labels.clone(),
         };
         let train = Dataset {
             name: self.name.clone(),
             dim: self.dim,
             points: take(&idx[n_val..]),
             labels: take_labels(&idx[n_val..]),
+            class_labels: self.class_labels.clone(),
         };
         Ok((train, Some(val)))
     }
@@ -364,7 +383,22 @@ mod tests {
                 .flat_map(|i| columns.iter().map(move |c| c[i]))
                 .collect(),
             labels: None,
+            class_labels: Vec::new(),
         }
+    }
+
+    #[test]
+    fn labels_map_to_classes_through_a_table() {
+        let mut ds = set(&[vec![0.1, 0.2, 0.3, 0.4], vec![5.0, 1.0, 2.0, 5.0]]);
+        assert_eq!(ds.take_label_column(1).unwrap(), 3);
+        assert_eq!(ds.class_labels, vec![1, 2, 5]);
+        assert_eq!(ds.labels, Some(vec![2, 0, 1, 2]));
+        assert_eq!((ds.dim, ds.points.clone()), (1, vec![0.1, 0.2, 0.3, 0.4]));
+        let mut neg = set(&[vec![0.0, 1.0], vec![-3.0, 7.0]]);
+        assert_eq!(neg.take_label_column(1).unwrap(), 2);
+        assert_eq!(neg.class_labels, vec![-3, 7]);
+        let mut frac = set(&[vec![0.0], vec![0.5]]);
+        assert!(frac.take_label_column(1).is_err());
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! Plain numeric CSV matrices: comma separated, an optional header row, no quoting
-//! beyond a pair of double quotes around a cell.
+//! Numeric CSV matrices through the `csv` crate: comma separated, an optional header
+//! row, RFC 4180 quoting, LF, CR or CRLF line ends.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 /// Writes `data` (row-major, `cols` values per row) as CSV, atomically. Values use
 /// f32's `Display`, which prints the shortest string that parses back to the same
 /// f32, so a write/parse round trip is exact (NaN and ±inf print as `NaN`, `inf`).
+/// Header names are quoted where CSV needs it.
 pub fn write_csv(
     path: &Path,
     data: &[f32],
@@ -30,80 +31,152 @@ pub fn write_csv(
             )));
         }
     }
+    let rows = data
+        .chunks_exact(cols)
+        .map(|r| r.iter().map(f32::to_string));
+    write_records(path, header, rows)
+}
+
+/// Writes a header (if any) and records as CSV, atomically.
+pub fn write_records<R, S>(
+    path: &Path,
+    header: Option<&[&str]>,
+    records: impl Iterator<Item = R>,
+) -> io::Result<()>
+where
+    R: IntoIterator<Item = S>,
+    S: AsRef<[u8]>,
+{
     crate::io::atomic::write_atomic_with(path, |w| {
+        let mut out = csv::WriterBuilder::new().flexible(false).from_writer(w);
         if let Some(h) = header {
-            writeln!(w, "{}", h.join(","))?;
+            out.write_record(h)?;
         }
-        for row in data.chunks_exact(cols) {
-            for (j, v) in row.iter().enumerate() {
-                if j > 0 {
-                    w.write_all(b",")?;
-                }
-                write!(w, "{v}")?;
-            }
-            w.write_all(b"\n")?;
+        for r in records {
+            out.write_record(r)?;
         }
-        Ok(())
+        out.flush()
     })
 }
 
 /// Parses numeric CSV text into row-major values and the column count.
 ///
-/// Blank lines and trailing `\r` are ignored; a UTF-8 BOM is skipped. The first row is
-/// taken as a header if any of its cells is not a number. `nan` and `inf` cells parse
-/// (the caller decides whether they are acceptable). Errors are one line and name the
-/// row (the 1-based line number in the text, so it matches an editor) and column.
+/// Blank lines are ignored; a UTF-8 BOM is skipped; cells are trimmed and may be
+/// quoted. The first row is taken as a header if any of its cells is not a number.
+/// `nan` and `inf` cells parse (the caller decides whether they are acceptable). Errors
+/// are one line and name the row (the 1-based line number in the text, so it matches
+/// an editor) and column.
 pub fn parse_csv(text: &str) -> Result<(Vec<f32>, usize), String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut rows = text
-        .split('\n')
-        .enumerate()
-        .map(|(i, line)| (i + 1, line.strip_suffix('\r').unwrap_or(line)))
-        .filter(|(_, line)| !line.trim().is_empty());
-
-    let (first_no, first) = rows.next().ok_or("empty CSV file: no rows")?;
-    let first_cells: Vec<&str> = first.split(',').map(clean).collect();
-    let cols = first_cells.len();
-    let header = first_cells.iter().any(|c| parse_cell(c).is_none());
-
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut records = reader.records().filter(|r| match r {
+        // A line of blanks is one empty field once trimmed.
+        Ok(r) => !(r.len() == 1 && r[0].is_empty()),
+        Err(_) => true,
+    });
+    let line = |r: &csv::StringRecord| r.position().map_or(0, |p| line_of(text, p.byte()));
+    let first = records
+        .next()
+        .ok_or("empty CSV file: no rows")?
+        .map_err(|e| csv_error(text, e))?;
+    let (first_no, cols) = (line(&first), first.len());
+    let header = first.iter().any(|c| parse_cell(c).is_none());
     let mut data = Vec::new();
     if !header {
-        data.extend(first_cells.iter().filter_map(|c| parse_cell(c)));
+        data.extend(first.iter().filter_map(parse_cell));
     }
-    for (no, line) in rows {
-        let cells: Vec<&str> = line.split(',').map(clean).collect();
-        if cells.len() != cols {
+    for r in records {
+        let r = r.map_err(|e| csv_error(text, e))?;
+        let no = line(&r);
+        if r.len() != cols {
             return Err(format!(
                 "CSV row {no} has {} columns, expected {cols} (as in row {first_no})",
-                cells.len()
+                r.len()
             ));
         }
-        for (j, cell) in cells.iter().enumerate() {
+        for (j, cell) in r.iter().enumerate() {
             let v = parse_cell(cell).ok_or_else(|| {
                 if cell.is_empty() {
                     format!("CSV row {no}, column {}: empty cell", j + 1)
                 } else {
-                    format!("CSV row {no}, column {}: '{cell}' is not a number", j + 1)
+                    format!(
+                        "CSV row {no}, column {}: '{}' is not a number",
+                        j + 1,
+                        short(cell)
+                    )
                 }
             })?;
             data.push(v);
         }
     }
     if data.is_empty() {
+        let names: Vec<&str> = first.iter().collect();
         return Err(format!(
             "CSV has a header (row {first_no}: '{}') but no data rows",
-            first.trim()
+            short(&names.join(","))
         ));
     }
     Ok((data, cols))
 }
 
-/// Trims whitespace and one pair of surrounding double quotes.
-fn clean(cell: &str) -> &str {
-    let c = cell.trim();
-    c.strip_prefix('"')
-        .and_then(|c| c.strip_suffix('"'))
-        .map_or(c, str::trim)
+/// A cell as an error quotes it: at most 40 characters, on one line.
+fn short(cell: &str) -> String {
+    let one_line: String = cell
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(40) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+/// The 1-based line of byte `at` of `text`, counting LF, CRLF and lone CR line ends
+/// (csv's own line count skips blank lines, and a record's position is where the blank
+/// lines before it start).
+fn line_of(text: &str, at: u64) -> u64 {
+    let at = (at as usize).min(text.len());
+    let blank = text.as_bytes()[at..]
+        .iter()
+        .take_while(|&&c| c == b'\r' || c == b'\n')
+        .count();
+    let b = &text.as_bytes()[..at + blank];
+    let lone_cr = b
+        .windows(2)
+        .filter(|w| w[0] == b'\r' && w[1] != b'\n')
+        .count()
+        + (b.last() == Some(&b'\r')) as usize;
+    1 + (b.iter().filter(|&&c| c == b'\n').count() + lone_cr) as u64
+}
+
+fn csv_error(text: &str, e: csv::Error) -> String {
+    match e.position() {
+        Some(p) => format!("CSV row {}: {}", line_of(text, p.byte()), e.kind_text()),
+        None => format!("CSV: {e}"),
+    }
+}
+
+trait KindText {
+    fn kind_text(&self) -> String;
+}
+
+impl KindText for csv::Error {
+    /// The error without csv's own position prefix.
+    fn kind_text(&self) -> String {
+        match self.kind() {
+            csv::ErrorKind::Utf8 { err, .. } => format!("not UTF-8 text ({err})"),
+            _ => self
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("malformed")
+                .to_string(),
+        }
+    }
 }
 
 fn parse_cell(cell: &str) -> Option<f32> {
@@ -135,6 +208,10 @@ mod tests {
         for (a, b) in back.iter().zip(&data) {
             assert_eq!(a.to_bits(), b.to_bits(), "{a} vs {b}");
         }
+        write_csv(&p, &data[..2], 2, Some(&["a,b", "say \"hi\""])).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("\"a,b\",\"say \"\"hi\"\"\"\n"), "{text}");
+        assert_eq!(parse_csv(&text).unwrap(), (data[..2].to_vec(), 2));
         write_csv(&p, &data, 3, None).unwrap();
         let (back, cols) = parse_csv(&std::fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!((back.len(), cols), (6, 3));
@@ -148,7 +225,7 @@ mod tests {
     fn tolerant_parsing() {
         let (d, c) = parse_csv("\u{feff}\"a\", b\r\n\r\n1, 2\r\n  \n3,\"4e-1\"\r\n").unwrap();
         assert_eq!((d, c), (vec![1.0, 2.0, 3.0, 0.4], 2));
-        let (d, c) = parse_csv("5\n-6\n").unwrap();
+        let (d, c) = parse_csv("x\r5\r-6\r").unwrap();
         assert_eq!((d, c), (vec![5.0, -6.0], 1));
         let (d, _) = parse_csv("nan,inf,-inf").unwrap();
         assert!(d[0].is_nan() && d[1] == f32::INFINITY && d[2] == f32::NEG_INFINITY);
@@ -156,6 +233,7 @@ mod tests {
 
     #[test]
     fn errors_are_clear() {
+        let long_cell = format!("x,y\n1,{}\n", "z".repeat(5000));
         let cases = [
             ("", "empty"),
             ("\n \r\n", "empty"),
@@ -169,6 +247,11 @@ mod tests {
             ),
             ("1,2\n,4\n", "row 2, column 1: empty cell"),
             ("x,y\nfoo,bar\n", "row 2, column 1: 'foo'"),
+            (
+                "x,y\n1,\"2\n3\"\n",
+                "row 2, column 2: '2 3' is not a number",
+            ),
+            (&long_cell, "is not a number"),
         ];
         for (text, want) in cases {
             let err = parse_csv(text).expect_err(text);
@@ -177,6 +260,7 @@ mod tests {
                 "{text:?}: {err:?} should mention {want:?}"
             );
             assert!(!err.contains('\n'), "one-line message: {err:?}");
+            assert!(err.len() < 200, "a short message: {err:?}");
         }
     }
 

@@ -125,9 +125,10 @@ impl MleConfig {
             }
             if !(self.rtol > 0.0 && self.atol > 0.0) || self.max_steps == 0 {
                 return Err(Error::invalid(
-                    "--rtol, --atol and --max-steps must be positive",
+                    "--mle-rtol, --mle-atol and --mle-max-steps must be positive",
                 ));
             }
+            crate::solve::check_f32_rtol("--mle-rtol", self.rtol)?;
         }
         if self.steps == 0 {
             return Err(Error::invalid("--mle-steps must be positive"));

@@ -1189,6 +1189,7 @@ pub fn fit(
         config: crate::model::ModelConfig {
             data: data.name.clone(),
             seed: cfg.seed,
+            class_labels: data.class_labels.clone(),
             ..crate::model::ModelConfig::new(mlp_cfg.clone(), path)
         },
         weights: trainer.weights(ctx, true)?,

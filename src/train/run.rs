@@ -267,6 +267,7 @@ impl Run {
             ));
         }
         m.mlp.classes = train_set.n_classes();
+        m.class_labels = train_set.class_labels.clone();
         m.mlp.dim = train_set.dim + new.augment;
         m.standardization = std;
         m.source = config.plan.source.clone();
@@ -686,29 +687,29 @@ fn adopt_init_model(config: &mut ModelConfig, train: &mut Dataset, m: &Model) ->
 }
 
 fn write_loss_csv(path: &Path, curve: &[f32], cfg: &TrainConfig) -> Result<()> {
-    use std::io::Write;
-    crate::io::atomic::write_atomic_with(path, |w| {
-        writeln!(w, "step,loss,lr")?;
-        for (i, l) in curve.iter().enumerate() {
-            writeln!(w, "{},{},{}", i + 1, l, cfg.lr_at(i as u64))?;
-        }
-        Ok(())
-    })
-    .map_err(|e| Error::io(path, e))
+    let rows = curve.iter().enumerate().map(|(i, l)| {
+        [
+            (i + 1).to_string(),
+            l.to_string(),
+            cfg.lr_at(i as u64).to_string(),
+        ]
+    });
+    crate::io::csv::write_records(path, Some(&["step", "loss", "lr"]), rows)
+        .map_err(|e| Error::io(path, e))
 }
 
 fn read_loss_csv(path: &Path, steps: u64) -> Result<Vec<f32>> {
     let bytes =
         crate::io::read_bounded(path, crate::io::MAX_FILE_BYTES).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let v: Vec<f32> = text
-        .lines()
-        .skip(1)
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(bytes.as_slice());
+    let v: Vec<f32> = reader
+        .records()
         .take(steps as usize)
-        .map(|l| {
-            l.split(',')
-                .nth(1)
-                .and_then(|x| x.parse().ok())
+        .map(|r| {
+            r.ok()
+                .and_then(|r| r.get(1).and_then(|x| x.trim().parse().ok()))
                 .unwrap_or(f32::NAN)
         })
         .collect();
