@@ -20,7 +20,7 @@ struct CfmParams {
     out_stride: u32,    // MLP output (and target, gradient) row stride in floats
     time_cols: u32,     // number of time input columns (1 + 2·Fourier features)
     path: u32,          // PATH_* code
-    path_param: f32,    // σ_min (ot), exponent (poly), σ (icfm, sb)
+    path_param: f32,    // σ_min (ot, ve-sde), exponent (poly), σ (icfm, sb), β_min (vp-sde)
     seed: u32,
     step: u32,          // training step: keys the RNG, so each step draws fresh numbers
     loss_slot: u32,     // index into the loss history
@@ -29,6 +29,10 @@ struct CfmParams {
     n_classes: u32,     // class-conditional models: one-hot columns after the time features
     label_dropout: f32, // probability of training a row unconditionally (all-zero one-hot)
     coupled: u32,       // 1: row i's data partner is batch row pairs[i] (minibatch OT)
+    path_param2: f32,   // β_max (vp-sde), σ_max (ve-sde)
+    predict: u32,       // PREDICT_*: what the network's output is trained to be
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: CfmParams;
@@ -43,43 +47,9 @@ struct CfmParams {
 @group(0) @binding(9) var<storage, read> labels: array<u32>;
 @group(0) @binding(10) var<storage, read> pairs: array<u32>;
 
-const HALF_PI: f32 = 1.5707963267948966;
-
-struct Coefs {
-    a: f32,
-    b: f32,
-    c: f32,
-    da: f32,
-    db: f32,
-    dc: f32,
-}
-
-// Path coefficients at t (mirrored by GaussianPath::schedule in src/path.rs).
+// Path coefficients at t (path.wgsl).
 fn schedule(t: f32) -> Coefs {
-    let q = p.path_param;
-    switch p.path {
-        case PATH_VP: {
-            let c = cos(HALF_PI * t);
-            let s = sin(HALF_PI * t);
-            return Coefs(s, c, 0.0, HALF_PI * c, -HALF_PI * s, 0.0);
-        }
-        case PATH_POLY: {
-            let tn = pow(t, q);
-            let d = q * pow(t, q - 1.0);
-            return Coefs(tn, 1.0 - tn, 0.0, d, -d, 0.0);
-        }
-        case PATH_ICFM: {
-            return Coefs(t, 1.0 - t, q, 1.0, -1.0, 0.0);
-        }
-        case PATH_SB: {
-            let r = sqrt(t * (1.0 - t));
-            return Coefs(t, 1.0 - t, q * r, 1.0, -1.0, q * (1.0 - 2.0 * t) / (2.0 * r));
-        }
-        default: { // PATH_OT
-            let k = 1.0 - q;
-            return Coefs(t, 1.0 - k * t, 0.0, 1.0, -k, 0.0);
-        }
-    }
+    return path_coefs(p.path, p.path_param, p.path_param2, t);
 }
 
 @compute @workgroup_size(WG1, 1, 1)
@@ -88,6 +58,27 @@ fn cfm_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (i < p.batch) {
         prepare_row(i);
     }
+}
+
+// The regression target of the network's output (a score network is trained on b·ŝ
+// against −x0, i.e. with Song et al.'s weight b², see output_weight).
+fn target_of(s: Coefs, x1: f32, x0: f32, eps: f32) -> f32 {
+    switch p.predict {
+        case PREDICT_NOISE: { return x0; }
+        case PREDICT_DATA: { return x1; }
+        case PREDICT_SCORE: { return -x0; }
+        default: { return s.da * x1 + s.db * x0 + s.dc * eps; }
+    }
+}
+
+// The factor on row i's output in its loss |w·o − target|²: b(t) for a score network,
+// else 1 (t is redrawn from the same counter as prepare_row's).
+fn output_weight(i: u32) -> f32 {
+    if (p.predict != PREDICT_SCORE) {
+        return 1.0;
+    }
+    let t = uniform_open(rng_bits(p.seed, STREAM_TIME, p.step, i, 0u));
+    return schedule(t).b;
 }
 
 // Input row i ([x_t, time features, one-hot]) and its target (also cfm_step_subgroup.wgsl's).
@@ -121,7 +112,7 @@ fn prepare_row(i: u32) {
             eps = normal_at(p.seed, STREAM_EXTRA, p.step, i, j);
         }
         input[row_in + j] = s.a * x1 + s.b * x0 + s.c * eps;
-        target_u[row_out + j] = s.da * x1 + s.db * x0 + s.dc * eps;
+        target_u[row_out + j] = target_of(s, x1, x0, eps);
     }
     for (var c = 0u; c < p.time_cols; c++) {
         input[row_in + p.dim + c] = time_feature(c, t);
@@ -159,11 +150,12 @@ fn cfm_loss(@builtin(local_invocation_id) lid: vec3<u32>) {
     var s = 0.0;
     for (var i = lid.x; i < p.batch; i += WG1) {
         let row = i * p.out_stride;
+        let w = output_weight(i);
         var se = 0.0;
         for (var j = 0u; j < p.dim; j++) {
-            let d = v[row + j] - target_u[row + j];
+            let d = w * v[row + j] - target_u[row + j];
             se += d * d;
-            grad_v[row + j] = scale * d;
+            grad_v[row + j] = scale * w * d;
         }
         sample_loss[i] = se / f32(p.dim);
         s += se / f32(p.dim);

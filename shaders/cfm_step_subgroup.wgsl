@@ -11,19 +11,20 @@
 // One row set: the fused layers' tangent loops compile away.
 const TANGENT_ROWS: bool = false;
 
-// dL/dv = 2·(v − u)/(batch·dim) into the last layer's dZ (the output has no activation),
+// dL/dv = 2·w·(w·v − u)/(batch·dim) (w: cfm.wgsl's output_weight) into the last layer's dZ (the output has no activation),
 // and this lane's share of Σ_rows |v − u|²/dim (cfm.wgsl's cfm_loss, row by row).
 fn loss_rows(l: StepLayer, first: u32, last: u32, lane: u32) -> f32 {
     let scale = 2.0 / f32(p.batch * p.dim);
     var s = 0.0;
     for (var m = first + lane; m <= last; m += 8u) {
+        let w = output_weight(m);
         var se = 0.0;
         for (var j = 0u; j < l.out_vec4; j++) {
             let t = m * p.out_stride + 4u * j;
             let u = vec4<f32>(target_u[t], target_u[t + 1u], target_u[t + 2u], target_u[t + 3u]);
-            let d = act[l.h_off4 + m * l.out_vec4 + j] - u;
+            let d = w * act[l.h_off4 + m * l.out_vec4 + j] - u;
             se += dot(d, d);
-            act[l.d_off4 + m * l.out_vec4 + j] = scale * d;
+            act[l.d_off4 + m * l.out_vec4 + j] = scale * w * d;
         }
         s += se / f32(p.dim);
     }

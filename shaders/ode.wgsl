@@ -11,6 +11,12 @@
 //   adaptive_final: Dormand–Prince 5(4) with per-row step control: x_new, error estimate
 //                   and its norm, accept/reject, new h_i, FSAL, input of stage 1.
 //   snapshot:       copy the first snap_rows states into trajectory slot snap_slot.
+//   affine_step:    stochastic and exponential-integrator sampling (reverse SDE, DDIM,
+//                   ancestral): x ← P·x + Q·v + R·ξ with (P, Q, R) = coef[0..3] from the
+//                   host (src/diffusion.rs) and ξ ~ N(0, I) keyed by (global row, step).
+// A network that predicts noise, data or the score is converted to the velocity in
+// `deriv` (path.wgsl's to_velocity at the evaluation point's x and t), so every solver
+// integrates every kind of model; dℓ/dt converts with it: c_x·dim + c_o·Tr(∂o/∂x).
 // Batch-global step control (the adjoint solve of MLE training, src/mle/adaptive.rs): one h for
 // all rows, so that the parameter-gradient quadrature weighs each stage once for the
 // whole batch. An attempt is 7 fresh stages (no FSAL) through adaptive_stage, then:
@@ -59,9 +65,13 @@ struct OdeParams {
     class_id: u32,      // class of the rows (NO_CLASS: unconditional)
     guidance: f32,      // classifier-free guidance w: v = (1 + w)·v(x|c) − w·v(x)
     adjoint: u32,       // 1: the aug components are the adjoint a (see above)
+    path: u32,          // PATH_* and its parameters (path.wgsl): converting the output
+    path_param: f32,
+    path_param2: f32,
+    predict: u32,       // PREDICT_*: what the MLP outputs (converted to v in `deriv`)
+    step: u32,          // affine_step: the step's index (keys its noise)
+    source_scale: f32,  // base_noise: the source is N(0, scale²·I) (0 means 1)
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
     coef: array<vec4<f32>, 2>,
     err_coef: array<vec4<f32>, 2>,
 }
@@ -100,20 +110,36 @@ fn k_at(s: u32, i: u32, j: u32) -> f32 {
     return k[(s * p.rows + i) * sdim() + j];
 }
 
+// (c_x, c_o) of row i's last evaluation: v = c_x·x + c_o·o at the point and time the
+// MLP input row holds (read before a kernel overwrites that component or the time).
+fn conversion(i: u32) -> vec2<f32> {
+    let t = input[i * p.in_stride + p.dim];
+    return to_velocity(p.predict, p.path, p.path_param, p.path_param2, t);
+}
+
 // Derivative of state component j of row i from the last evaluation.
 fn deriv(i: u32, j: u32) -> f32 {
     if (j < p.dim) {
-        let vc = v[i * p.out_stride + j];
+        var o = v[i * p.out_stride + j];
         if (guided()) {
             let vu = v[(i + p.rows) * p.out_stride + j];
-            return (1.0 + p.guidance) * vc - p.guidance * vu;
+            o = (1.0 + p.guidance) * o - p.guidance * vu;
         }
-        return vc;
+        if (p.predict == PREDICT_VELOCITY) {
+            return o;
+        }
+        let c = conversion(i);
+        return c.x * input[i * p.in_stride + j] + c.y * o;
     }
     if (p.adjoint != 0u) {
         return -div[i * p.in_stride + j - p.dim];
     }
-    return div[i * DIV_STRIDE + j - p.dim];
+    let d = div[i * DIV_STRIDE + j - p.dim];
+    if (j == p.dim && p.predict != PREDICT_VELOCITY) {
+        let c = conversion(i);
+        return c.x * f32(p.dim) + c.y * d;
+    }
+    return d;
 }
 
 // Component j of the point where the field is evaluated next: x goes to the MLP input,
@@ -190,7 +216,8 @@ fn base_noise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     for (var j = 0u; j < p.dim; j++) {
         var x = 0.0;
         if (p.n_source == 0u) {
-            x = normal_at(p.seed, STREAM_BASE, p.row_offset + i, 0u, j);
+            let scale = select(p.source_scale, 1.0, p.source_scale == 0.0);
+            x = scale * normal_at(p.seed, STREAM_BASE, p.row_offset + i, 0u, j);
         } else {
             x = source[src * p.dim + j];
         }
@@ -224,6 +251,24 @@ fn rk_final(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     for (var j = 0u; j < sdim(); j++) {
         let x = state[i * sdim() + j] + p.h * store_and_combine(i, j);
+        state[i * sdim() + j] = x;
+        set_input(i, j, x);
+    }
+    write_time(i, p.t);
+}
+
+@compute @workgroup_size(WG1, 1, 1)
+fn affine_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    let pqr = p.coef[0];
+    for (var j = 0u; j < p.dim; j++) {
+        var x = pqr.x * state[i * sdim() + j] + pqr.y * deriv(i, j);
+        if (pqr.z != 0.0) {
+            x += pqr.z * normal_at(p.seed, STREAM_SDE, p.row_offset + i, p.step, j);
+        }
         state[i * sdim() + j] = x;
         set_input(i, j, x);
     }

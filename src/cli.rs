@@ -3,13 +3,14 @@
 
 use clap::{Args, Parser, Subcommand};
 use flowgpu::data::{AugmentFill, Dataset};
+use flowgpu::diffusion::StepRule;
 use flowgpu::error::{Error, Result};
 use flowgpu::mle::MleGrad;
 use flowgpu::model::{Activation, MlpConfig, Model, ModelConfig};
 use flowgpu::plot::{self, RGBColor};
 use flowgpu::solve::{Method, SolveConfig, SolveStats, TimeGrid, Tolerances, Trace};
 use flowgpu::train::{Coupling, NewRun, Run, RunConfig, RunPlan};
-use flowgpu::{AdapterChoice, BackendChoice, GaussianPath, GpuContext};
+use flowgpu::{AdapterChoice, BackendChoice, GaussianPath, GpuContext, Prediction};
 use flowgpu::{Sampler, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,11 +162,25 @@ struct TrainArgs {
     /// EMA decay of the weights (e.g. 0.999); samples and the checkpoint use the EMA.
     #[arg(long)]
     ema: Option<f64>,
-    /// Conditional path: ot (a=t, b=1−(1−σmin)t), vp (cosine), poly (a=tⁿ), icfm (+σ·ε), sb (Schrödinger bridge).
+    /// Conditional path: ot (a=t, b=1−(1−σmin)t), vp (cosine), poly (a=tⁿ), icfm (+σ·ε), sb (Schrödinger bridge), vp-sde (linear β), ve-sde (geometric σ).
     #[arg(long, default_value = "ot")]
     path: String,
-    #[arg(long, default_value_t = 0.0)]
-    sigma_min: f64,
+    /// σ_min of ot [0] or ve-sde [0.01].
+    #[arg(long)]
+    sigma_min: Option<f64>,
+    /// β_min of the vp-sde path.
+    #[arg(long, default_value_t = 0.1)]
+    beta_min: f64,
+    /// β_max of the vp-sde path.
+    #[arg(long, default_value_t = 20.0)]
+    beta_max: f64,
+    /// σ_max of the ve-sde path (its source is N(0, σ_max²)).
+    #[arg(long, default_value_t = 10.0)]
+    sigma_max: f64,
+    /// What the network predicts: velocity (flow matching), noise (ε, DDPM), data (x1)
+    /// or score; every command converts it to the velocity it integrates.
+    #[arg(long, value_enum, default_value_t = Prediction::Velocity)]
+    predict: Prediction,
     /// Noise level σ of the icfm and sb paths.
     #[arg(long, default_value_t = 0.1)]
     sigma: f64,
@@ -283,6 +298,36 @@ impl MleArgs {
     }
 }
 
+/// `sample`'s stochastic samplers (diffusion models, and any Gaussian-path model).
+#[derive(Args, Clone)]
+struct StochasticArgs {
+    /// Sample with the reverse SDE (Euler–Maruyama with the linear drift exact) instead of
+    /// the ODE: one network evaluation per --steps; --solver is not used.
+    #[arg(long, conflicts_with = "ddim")]
+    sde: bool,
+    /// --sde: scale γ of the diffusion γ·g(t) (1: the path's own reverse SDE; 0: the ODE).
+    #[arg(long, default_value_t = 1.0, requires = "sde")]
+    diffusion: f64,
+    /// Sample with DDIM steps (one network evaluation per --steps).
+    #[arg(long)]
+    ddim: bool,
+    /// --ddim: stochasticity η (0: deterministic DDIM; 1: DDPM's ancestral sampling).
+    #[arg(long, default_value_t = 0.0, requires = "ddim")]
+    eta: f64,
+}
+
+impl StochasticArgs {
+    fn rule(&self) -> StepRule {
+        match (self.sde, self.ddim) {
+            (true, _) => StepRule::Sde {
+                diffusion: self.diffusion,
+            },
+            (_, true) => StepRule::Ddim { eta: self.eta },
+            _ => StepRule::Ode,
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct SolverArgs {
     /// euler, midpoint, rk4 (fixed steps) or dopri5 (adaptive, per-sample step size).
@@ -325,6 +370,7 @@ impl SolverArgs {
                 ..Tolerances::default()
             },
             chunk: self.chunk,
+            rule: StepRule::Ode,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -346,6 +392,8 @@ struct SampleArgs {
     seed: u64,
     #[command(flatten)]
     solver: SolverArgs,
+    #[command(flatten)]
+    stochastic: StochasticArgs,
     /// Also plot the samples to this .png or .svg (a corner plot for more than 2-D).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -752,11 +800,20 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
         time_features: a.time_features,
         classes: 0,
     };
-    let path = GaussianPath::from_name(&a.path, a.sigma_min, a.sigma, a.exponent)?;
+    let flags = flowgpu::path::PathFlags {
+        sigma_min: a.sigma_min,
+        sigma: a.sigma,
+        exponent: a.exponent,
+        beta_min: a.beta_min,
+        beta_max: a.beta_max,
+        sigma_max: a.sigma_max,
+    };
+    let path = GaussianPath::from_name(&a.path, &flags)?;
     Ok(RunConfig {
         model: ModelConfig {
             data: a.data.clone(),
             seed: a.seed,
+            predict: a.predict,
             ..ModelConfig::new(mlp, path)
         },
         train: train_config(a)?,
@@ -965,7 +1022,7 @@ fn animate_flow(
     (particles, seed, frames): (usize, u64, usize),
     cfg: &SolveConfig,
 ) -> Result<()> {
-    let method = if cfg.method.adaptive() {
+    let method = if cfg.adaptive() {
         Method::Rk4
     } else {
         cfg.method
@@ -976,8 +1033,8 @@ fn animate_flow(
         ..cfg.clone()
     };
     let snapshots = sampler.trajectories(particles, seed, &cfg)?;
-    let times = cfg.grid.times(0.0, 1.0, cfg.steps);
-    let title = format!("flow, {} {} steps", method.name(), cfg.steps);
+    let times = cfg.grid.times_on(&sampler.path(), 0.0, 1.0, cfg.steps);
+    let title = format!("flow, {} {} steps", cfg.describe(), cfg.steps);
     let anim = plot::Animation {
         frames: &snapshots,
         times: &times,
@@ -1217,7 +1274,18 @@ fn solve_json(cfg: &SolveConfig, stats: &SolveStats) -> serde_json::Value {
         "solver": cfg.method.name(),
         "nfe": stats.nfe,
     });
-    if cfg.method.adaptive() {
+    match cfg.rule {
+        StepRule::Ode => {}
+        StepRule::Sde { diffusion } => {
+            j["solver"] = "sde".into();
+            j["diffusion"] = diffusion.into();
+        }
+        StepRule::Ddim { eta } => {
+            j["solver"] = "ddim".into();
+            j["eta"] = eta.into();
+        }
+    }
+    if cfg.adaptive() {
         j["rtol"] = cfg.tol.rtol.into();
         j["atol"] = cfg.tol.atol.into();
         j["nfe_needed_mean"] = stats.nfe_needed_mean.into();
@@ -1234,7 +1302,7 @@ fn solve_json(cfg: &SolveConfig, stats: &SolveStats) -> serde_json::Value {
 
 /// Solver steps per sample: fixed steps, or mean accepted steps for dopri5.
 fn steps_per_sample(cfg: &SolveConfig, stats: &SolveStats) -> f64 {
-    if cfg.method.adaptive() {
+    if cfg.adaptive() {
         stats.accepted_mean
     } else {
         cfg.steps as f64
@@ -1260,7 +1328,11 @@ fn sample(a: SampleArgs) -> Result<()> {
     if let Some(gif) = &a.animate {
         check_figure_path(gif, &["gif"])?;
     }
-    let cfg = a.solver.config()?;
+    let cfg = SolveConfig {
+        rule: a.stochastic.rule(),
+        ..a.solver.config()?
+    };
+    cfg.validate()?;
     let model = Model::load(&a.model)?;
     let ctx = a.gpu.context()?;
     let mut sampler = Sampler::new(&ctx, &model)?;
@@ -1285,7 +1357,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     let wall = t0.elapsed().as_secs_f64();
     if let (Some(fig), true) = (&a.plot, d >= 2) {
         let layers = vec![figure_layer(&kept, d, SAMPLE_COLOUR, "model samples")];
-        let title = format!("{} samples, {}", a.n, cfg.method.name());
+        let title = format!("{} samples, {}", a.n, cfg.describe());
         let scatter = plot::ScatterFigure {
             layers,
             title: &title,
@@ -1303,7 +1375,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     eprintln!(
         "sampled {} points with {} (nfe {}) in {wall:.2} s ({rate:.3e} samples·steps/s) → {}",
         a.n,
-        cfg.method.name(),
+        cfg.describe(),
         stats.nfe,
         a.out.display()
     );
@@ -1331,19 +1403,19 @@ fn plot_trajectories(
     cfg: &SolveConfig,
 ) -> Result<()> {
     let snapshots = sampler.trajectories(particles, seed, cfg)?;
-    let times: Vec<f64> = if cfg.method.adaptive() {
+    let times: Vec<f64> = if cfg.adaptive() {
         let n = snapshots.len().max(2) - 1;
         (0..snapshots.len()).map(|k| k as f64 / n as f64).collect()
     } else {
-        cfg.grid.times(0.0, 1.0, cfg.steps)
+        cfg.grid.times_on(&sampler.path(), 0.0, 1.0, cfg.steps)
     };
-    let title = format!("{particles} trajectories, {}", cfg.method.name());
+    let title = format!("{particles} trajectories, {}", cfg.describe());
     let traj = plot::TrajectoryFigure {
         snapshots: &snapshots,
         times: &times,
         dim: sampler.data_dim(),
         title: &title,
-        time_label: if cfg.method.adaptive() {
+        time_label: if cfg.adaptive() {
             "attempt / attempts"
         } else {
             "t"

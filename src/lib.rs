@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod diffusion;
 pub mod error;
 pub mod gpu;
 pub mod io;
@@ -39,6 +40,6 @@ pub mod train;
 pub use error::{Error, Result};
 pub use gpu::{AdapterChoice, BackendChoice, GpuContext};
 pub use model::{Activation, MlpConfig, Model, ModelConfig, Weights};
-pub use path::GaussianPath;
+pub use path::{GaussianPath, Prediction};
 pub use solve::{Method, Sampler, SolveConfig, SolveStats, TimeGrid, Tolerances, Trace};
 pub use train::{TrainConfig, Trainer};

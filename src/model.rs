@@ -493,6 +493,9 @@ pub struct ModelConfig {
     /// class numbers 0..classes−1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_labels: Vec<i64>,
+    /// What the network outputs; every solver converts it to a velocity.
+    #[serde(default)]
+    pub predict: crate::path::Prediction,
     pub seed: u64,
 }
 
@@ -520,6 +523,7 @@ impl ModelConfig {
             augment: 0,
             augment_fill: Default::default(),
             class_labels: Vec::new(),
+            predict: Default::default(),
             seed: 0,
         }
     }

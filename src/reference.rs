@@ -2,7 +2,7 @@
 //! and executable documentation of what each kernel computes.
 
 use crate::model::{Activation, MlpConfig, Weights};
-use crate::path::GaussianPath;
+use crate::path::{GaussianPath, Prediction};
 use crate::rng;
 
 /// Inputs, pre-activations and outputs of every layer for a batch (row-major).
@@ -104,6 +104,8 @@ pub struct CfmDraw<'a> {
     /// One class per data row (class-conditional models).
     pub labels: Option<&'a [u32]>,
     pub label_dropout: f64,
+    /// What the network is trained to output.
+    pub predict: crate::path::Prediction,
 }
 
 /// The CFM batch that `cfm_prepare` draws at `step`: MLP inputs and targets.
@@ -144,7 +146,13 @@ pub fn cfm_batch(
                 0.0
             };
             x.push(s.a * x1 + s.b * x0 + s.c * eps);
-            target.push(s.da * x1 + s.db * x0 + s.dc * eps);
+            target.push(match draw.predict {
+                Prediction::Velocity => s.da * x1 + s.db * x0 + s.dc * eps,
+                Prediction::Noise => x0,
+                Prediction::Data => x1,
+                // Trained as b·ŝ against −x0 (weight b², `output_weights`).
+                Prediction::Score => -x0,
+            });
         }
         let class = draw.labels.and_then(|l| {
             let u = rng::uniform_open(rng::rng_bits(seed, rng::STREAM_LABEL, step, i, 0));
@@ -155,6 +163,39 @@ pub fn cfm_batch(
         input.extend(input_row_class(cfg, &x, t, class));
     }
     (input, target)
+}
+
+/// The factor on each row's output in its loss |w·o − target|² (cfm.wgsl's
+/// output_weight): b(t) for score networks, else 1.
+pub fn output_weights(
+    path: &GaussianPath,
+    predict: Prediction,
+    seed: u32,
+    step: u32,
+    batch: usize,
+) -> Vec<f64> {
+    (0..batch as u32)
+        .map(|i| match predict {
+            Prediction::Score => {
+                let t = rng::uniform_open(rng::rng_bits(seed, rng::STREAM_TIME, step, i, 0));
+                path.schedule(t).b
+            }
+            _ => 1.0,
+        })
+        .collect()
+}
+
+/// L = mean over batch and dims of (w_i·o − target)² for rows of `d` values, and dL/do.
+pub fn cfm_loss_weighted(o: &[f64], target: &[f64], w: &[f64], d: usize) -> (f64, Vec<f64>) {
+    let n = o.len() as f64;
+    let (mut loss, mut grad) = (0.0, Vec::with_capacity(o.len()));
+    for (k, (a, b)) in o.iter().zip(target).enumerate() {
+        let wi = w[k / d];
+        let e = wi * a - b;
+        loss += e * e / n;
+        grad.push(2.0 * wi * e / n);
+    }
+    (loss, grad)
 }
 
 /// L = mean over batch and dims of (v − u)², and dL/dv.

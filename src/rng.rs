@@ -13,6 +13,8 @@ pub const STREAM_PROBE: u32 = 5;
 pub const STREAM_EXTRA: u32 = 6;
 pub const STREAM_LABEL: u32 = 7;
 pub const STREAM_COUPLING: u32 = 8;
+/// The noise of stochastic sampling steps (reverse SDE, ancestral), keyed by (row, step).
+pub const STREAM_SDE: u32 = 9;
 
 pub fn pcg_hash(v: u32) -> u32 {
     let state = v.wrapping_mul(747796405).wrapping_add(2891336453);

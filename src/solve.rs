@@ -7,6 +7,7 @@
 //! processed in chunks that fit the adapter; each chunk is a handful of submits with no
 //! readback until its end (adaptive: a status read every few attempts).
 
+use crate::diffusion::StepRule;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, UniformArena};
 use crate::kernels::{codes, ode, trace, Bound, Entry, Tiles};
@@ -25,6 +26,8 @@ pub struct SolveConfig {
     pub tol: Tolerances,
     /// Rows per GPU chunk.
     pub chunk: usize,
+    /// Sampling only: the reverse SDE or DDIM instead of `method` on the ODE.
+    pub rule: StepRule,
 }
 
 impl Default for SolveConfig {
@@ -35,11 +38,27 @@ impl Default for SolveConfig {
             grid: TimeGrid::Uniform,
             tol: Tolerances::default(),
             chunk: 65536,
+            rule: StepRule::Ode,
         }
     }
 }
 
 impl SolveConfig {
+    /// Whether the solve is adaptive (dopri5 on the ODE; the stochastic rules step on
+    /// the grid).
+    pub fn adaptive(&self) -> bool {
+        self.rule == StepRule::Ode && self.method.adaptive()
+    }
+
+    /// The sampler as reports name it: the method, or the stochastic rule.
+    pub fn describe(&self) -> String {
+        match self.rule {
+            StepRule::Ode => self.method.name().to_string(),
+            StepRule::Sde { diffusion } => format!("sde (diffusion {diffusion})"),
+            StepRule::Ddim { eta } => format!("ddim (eta {eta})"),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             return Err(Error::invalid("--steps must be positive"));
@@ -47,6 +66,7 @@ impl SolveConfig {
         if self.chunk == 0 {
             return Err(Error::invalid("--chunk must be positive"));
         }
+        self.rule.validate()?;
         let t = &self.tol;
         for (name, v) in [("--rtol", t.rtol), ("--atol", t.atol)] {
             if !(v > 0.0 && v.is_finite()) {
@@ -219,7 +239,18 @@ struct OdeKernels {
     noise: Bound,
     fixed: StageKernels,
     adaptive: StageKernels,
+    /// `affine_step` (both roles): the reverse-SDE and DDIM steps.
+    affine: StageKernels,
     snapshot: Bound,
+}
+
+/// Which stage kernels a fixed-step solve records.
+#[derive(Clone, Copy)]
+enum Kernels {
+    /// `rk_stage` / `rk_final`: a Runge–Kutta method on the ODE.
+    Fixed,
+    /// `affine_step`: a [`StepRule`] other than the ODE.
+    Affine,
 }
 
 /// Which kernel makes a chunk's initial state.
@@ -354,6 +385,10 @@ impl ChunkSolver {
             adaptive: StageKernels {
                 stage: ode::adaptive_stage(ctx)?.bound(ctx, &arena, &all),
                 last: ode::adaptive_final(ctx)?.bound(ctx, &arena, &all),
+            },
+            affine: StageKernels {
+                stage: ode::affine_step(ctx)?.bound(ctx, &arena, &all),
+                last: ode::affine_step(ctx)?.bound(ctx, &arena, &all),
             },
             snapshot: ode::snapshot(ctx)?.bound(
                 ctx,
@@ -540,8 +575,28 @@ impl<'a> Sampler<'a> {
         Ok(())
     }
 
+    /// The stage kernels' view of the model's path and prediction (converting its output
+    /// to a velocity) and of its source's scale.
+    fn conversion_params(&self) -> ode::OdeParams {
+        let path = &self.model.config.path;
+        let [path_param, path_param2] = path.gpu_params();
+        ode::OdeParams {
+            path: path.gpu_code(),
+            path_param,
+            path_param2,
+            predict: self.model.config.predict.gpu_code(),
+            source_scale: path.source_scale() as f32,
+            ..Default::default()
+        }
+    }
+
     fn guided(&self) -> bool {
         self.class_id != ode::NO_CLASS && self.guidance != 0.0
+    }
+
+    /// The model's Gaussian path.
+    pub fn path(&self) -> crate::path::GaussianPath {
+        self.model.config.path
     }
 
     /// Dimension the vector field works in (data + augmented dimensions).
@@ -657,6 +712,19 @@ impl<'a> Sampler<'a> {
         self.integrate_rows(x, t0, t1, cfg, None)
     }
 
+    /// The velocity the solvers integrate at (x, t), x in model units: the network's
+    /// output converted from what it predicts. (One Euler step of length 1 from t, less x:
+    /// exactly the stage kernels' conversion, to f32 rounding of x + v.)
+    pub fn velocity(&self, x: &[f32], t: f64) -> Result<Vec<f32>> {
+        let cfg = SolveConfig {
+            method: Method::Euler,
+            steps: 1,
+            ..SolveConfig::default()
+        };
+        let (y, _) = self.integrate(x, t, t + 1.0, &cfg)?;
+        Ok(y.iter().zip(x).map(|(a, b)| a - b).collect())
+    }
+
     /// Log-density of rows x (data units) under the model: the augmented ODE [x, ℓ] with
     /// dℓ/dt = Tr(∂v/∂x) from t = 1 to 0, ℓ(1) = 0, gives z = x(0) and
     /// log p(x) = log N(z; 0, I) + ℓ(0) (− Σ log std for standardized data).
@@ -695,12 +763,14 @@ impl<'a> Sampler<'a> {
             .flat_map(|r| r.iter().copied().chain([0.0]))
             .collect();
         let (out, stats) = self.integrate_rows(&aug, 1.0, 0.0, cfg, Some(trace))?;
-        let log_norm = -0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+        // The source N(0, s²·I) (s = σ_max for the VE SDE, else 1).
+        let s2 = self.model.config.path.source_scale().powi(2);
+        let log_norm = -0.5 * d as f64 * (2.0 * std::f64::consts::PI * s2).ln();
         let mut logp = Vec::with_capacity(out.len() / (d + 1));
         let mut z = Vec::with_capacity(m.len());
         for r in out.chunks(d + 1) {
             let sq: f64 = r[..d].iter().map(|&v| (v as f64).powi(2)).sum();
-            logp.push(log_norm - 0.5 * sq + r[d] as f64 + log_jac);
+            logp.push(log_norm - 0.5 * sq / s2 + r[d] as f64 + log_jac);
             z.extend_from_slice(&r[..d]);
         }
         Ok((logp, z, stats))
@@ -781,7 +851,7 @@ impl<'a> Sampler<'a> {
     ) -> Result<Vec<Vec<f32>>> {
         cfg.validate()?;
         let d = self.dim();
-        let slots = if cfg.method.adaptive() {
+        let slots = if cfg.adaptive() {
             cfg.tol.max_steps.min(4096) + 1
         } else {
             cfg.steps + 1
@@ -803,7 +873,7 @@ impl<'a> Sampler<'a> {
             1.0,
             cfg,
         )?;
-        let taken = if cfg.method.adaptive() {
+        let taken = if cfg.adaptive() {
             (stats.accepted_max + stats.rejected_max) as usize + 1
         } else {
             slots
@@ -860,7 +930,7 @@ impl<'a> Sampler<'a> {
             .unwrap_or(0.05 * (t1 - t0).abs())
             .min((t1 - t0).abs())
             * (t1 - t0).signum();
-        let base = ode::OdeParams {
+        let mut base = ode::OdeParams {
             rows: rows as u32,
             dim: d as u32,
             in_stride: self.mlp.layout.layers[0].in_pad as u32,
@@ -880,18 +950,32 @@ impl<'a> Sampler<'a> {
             fac_min: tol.fac_min as f32,
             fac_max: tol.fac_max as f32,
             h_min: tol.h_min as f32,
-            ..Default::default()
+            ..self.conversion_params()
         };
+        let path = &self.model.config.path;
+        if cfg.rule != StepRule::Ode && (self.n_source > 0 || !path.is_affine()) {
+            return Err(Error::invalid(format!(
+                "the {} sampler needs the Gaussian source and a path without extra noise (ot, vp, poly, vp-sde, ve-sde)",
+                cfg.rule.name()
+            )));
+        }
+        if cfg.rule != StepRule::Ode && !matches!(init, Init::Noise { .. }) {
+            return Err(Error::invalid(format!(
+                "the {} sampler draws samples (noise at t = 0 to data at t = 1); encode, decode and logprob solve the ODE",
+                cfg.rule.name()
+            )));
+        }
         let sd = d + base.aug as usize;
         // Initial state and first MLP input.
         let mut probe_offset = 0;
         let init_kernel = match init {
             Init::Noise { seed, offset } => {
+                // The seed and row offset also key the stochastic steps' noise.
+                base.seed = seed as u32;
+                base.row_offset = offset as u32;
                 cs.arena.set(
                     0,
                     &ode::OdeParams {
-                        seed: seed as u32,
-                        row_offset: offset as u32,
                         n_source: self.n_source as u32,
                         ..base
                     },
@@ -915,13 +999,21 @@ impl<'a> Sampler<'a> {
             }
             ctx.submit(enc)?;
         }
-        let stats = if cfg.method.adaptive() {
+        let stats = if cfg.adaptive() {
             let program = AdaptiveProgram::new(&tab, &base);
             run_adaptive_chunk(self.ctx, cs, init_kernel, &program, base, cfg.tol.max_steps)?
         } else {
-            let times = cfg.grid.times(t0, t1, cfg.steps);
-            let program = FixedProgram::new(&tab, &times, &base);
-            run_fixed_chunk(self.ctx, cs, init_kernel, &program, base)?
+            let times = cfg
+                .grid
+                .times_on(&self.model.config.path, t0, t1, cfg.steps);
+            let (program, kernels) = match cfg.rule {
+                StepRule::Ode => (FixedProgram::new(&tab, &times, &base), Kernels::Fixed),
+                rule => {
+                    let coefs = rule.program(&self.model.config.path, &times);
+                    (FixedProgram::affine(&times, &coefs, &base), Kernels::Affine)
+                }
+            };
+            run_fixed_chunk(self.ctx, cs, (init_kernel, kernels), &program, base)?
         };
         let x = ctx.read(&cs.state, 0, rows * sd)?;
         Ok((x, stats))
@@ -934,7 +1026,7 @@ impl<'a> Sampler<'a> {
 fn run_fixed_chunk(
     ctx: &GpuContext,
     cs: &mut ChunkSolver,
-    init: InitKernel,
+    (init, kernels): (InitKernel, Kernels),
     program: &FixedProgram,
     base: ode::OdeParams,
 ) -> Result<SolveStats> {
@@ -960,7 +1052,10 @@ fn run_fixed_chunk(
                 cp,
                 step..step + seg,
                 At {
-                    kernels: &cs.kernels.fixed,
+                    kernels: match kernels {
+                        Kernels::Fixed => &cs.kernels.fixed,
+                        Kernels::Affine => &cs.kernels.affine,
+                    },
                     slot: 1,
                     groups,
                 },

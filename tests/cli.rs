@@ -488,3 +488,107 @@ fn an_augmented_model_counts_every_dimension_of_its_density() {
         "{nll} {bpd}"
     );
 }
+
+#[test]
+fn diffusion_models_train_and_sample_by_ode_sde_and_ddim() {
+    let dir = tmp("diffusion");
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    let (code, _, err) = flowgpu(&[
+        "train",
+        "--path",
+        "vp-sde",
+        "--predict",
+        "noise",
+        "--steps",
+        "100",
+        "--width",
+        "16",
+        "--plot-samples",
+        "0",
+        "--eval-n",
+        "0",
+        "--out",
+        r,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["predict"], "noise");
+    assert_eq!(config["path"]["kind"], "vp-sde");
+    assert_eq!(config["path"]["beta_max"], 20.0);
+    let out = dir.join("s.npy");
+    let o = out.to_str().unwrap();
+    for (flags, solver, key, value) in [
+        (&["--sde"][..], "sde", "diffusion", 1.0),
+        (
+            &["--sde", "--diffusion", "0.5"][..],
+            "sde",
+            "diffusion",
+            0.5,
+        ),
+        (&["--ddim", "--eta", "1"][..], "ddim", "eta", 1.0),
+    ] {
+        let mut args = vec!["sample", "--model", r, "-n", "64", "--out", o, "--json"];
+        args.extend_from_slice(flags);
+        let (code, stdout, err) = flowgpu(&args);
+        assert_eq!(code, 0, "{flags:?}: {err}");
+        let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            (j["solver"].as_str(), j[key].as_f64()),
+            (Some(solver), Some(value))
+        );
+        let (x, _) = flowgpu::io::npy::read_npy_f32(&std::fs::read(&out).unwrap()).unwrap();
+        assert!(x.len() == 128 && x.iter().all(|v| v.is_finite()));
+    }
+    let never = dir.join("never.npy");
+    let n = never.to_str().unwrap();
+    assert_clean_error(
+        &["sample", "--model", r, "--out", n, "--ddim", "--eta", "2"],
+        "--eta must be in [0, 1]",
+    );
+    for bad in [
+        &["sample", "--model", r, "--out", n, "--diffusion", "2"][..],
+        &["sample", "--model", r, "--out", n, "--sde", "--ddim"][..],
+    ] {
+        let (code, _, err) = flowgpu(bad);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+    }
+    assert!(!never.exists());
+    let other = dir.join("other");
+    let ot = other.to_str().unwrap();
+    let short = [
+        "--steps",
+        "10",
+        "--width",
+        "8",
+        "--plot-samples",
+        "0",
+        "--out",
+        ot,
+    ];
+    for (flags, needle) in [
+        (
+            &["--path", "icfm", "--predict", "noise"][..],
+            "needs a path without extra noise",
+        ),
+        (
+            &["--predict", "score", "--objective", "mle"][..],
+            "--objective mle trains the velocity",
+        ),
+        (
+            &["--path", "ve-sde", "--sigma-min", "0"][..],
+            "0 < σ_min < σ_max",
+        ),
+        (
+            &["--path", "vp-sde", "--beta-min", "5", "--beta-max", "1"][..],
+            "β_min ≤ β_max",
+        ),
+    ] {
+        let mut args = vec!["train"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&short);
+        assert_clean_error(&args, needle);
+        assert!(!other.exists(), "{flags:?} left a run folder");
+    }
+}

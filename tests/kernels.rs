@@ -9,6 +9,7 @@ use flowgpu::gpu::UniformArena;
 use flowgpu::kernels::{adam, cfm};
 use flowgpu::mlp::{GpuMlp, MlpPass, PassOptions};
 use flowgpu::model::{pad4, Activation, MlpConfig, Weights};
+use flowgpu::path::Prediction;
 use flowgpu::{reference, GaussianPath, GpuContext};
 use rand::{Rng, SeedableRng};
 
@@ -368,10 +369,36 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
         (GaussianPath::Icfm { sigma: 0.1 }, true),
         (GaussianPath::Ot { sigma_min: 0.0 }, true),
     ];
-    for (pi, (path, use_pool)) in cases.into_iter().enumerate() {
+    // The diffusion paths, and every prediction target (the score with its b² weight).
+    let vp_sde = GaussianPath::VpSde {
+        beta_min: 0.1,
+        beta_max: 20.0,
+    };
+    let ve_sde = GaussianPath::VeSde {
+        sigma_min: 0.01,
+        sigma_max: 10.0,
+    };
+    let mut all: Vec<(GaussianPath, bool, Prediction)> = cases
+        .iter()
+        .map(|&(p, pool)| (p, pool, Prediction::Velocity))
+        .collect();
+    let paired_case = all.len() - 1;
+    all.extend([
+        (vp_sde, false, Prediction::Velocity),
+        (ve_sde, false, Prediction::Velocity),
+        (vp_sde, false, Prediction::Noise),
+        (vp_sde, false, Prediction::Data),
+        (ve_sde, false, Prediction::Score),
+        (
+            GaussianPath::Ot { sigma_min: 0.0 },
+            false,
+            Prediction::Score,
+        ),
+    ]);
+    for (pi, (path, use_pool, predict)) in all.into_iter().enumerate() {
         let data_buf = ctx.storage_from("data", &data).unwrap();
         // The last case couples source row i with data row i.
-        let paired = pi + 1 == cases.len();
+        let paired = pi == paired_case;
         let source = match (use_pool, paired) {
             (true, true) => Some(&paired_pool[..]),
             (true, false) => Some(&pool[..]),
@@ -394,7 +421,8 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             out_stride: 4,
             time_cols: 3,
             path: path.gpu_code(),
-            path_param: path.gpu_param() as f32,
+            path_param: path.gpu_params()[0],
+            path_param2: path.gpu_params()[1],
             seed: 42 + pi as u32,
             step: 12345,
             loss_slot: 5,
@@ -403,6 +431,8 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             n_classes: 0,
             label_dropout: 0.0,
             coupled: 0,
+            predict: predict.gpu_code(),
+            _pad: [0; 2],
         };
         arena.set(0, &p);
         arena.upload(ctx, 0..1);
@@ -455,24 +485,26 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             data: &data,
             source,
             paired,
+            predict,
             ..Default::default()
         };
         let (want_in, want_u) = reference::cfm_batch(&cfg, &path, &draw, p.seed, p.step, batch);
+        let name = format!("{} {}", path.name(), predict.name());
         let got_in = unpad(&ctx.read(&input, 0, batch * 8).unwrap(), batch, 6, 8);
         let got_u = unpad(&ctx.read(&target, 0, batch * 4).unwrap(), batch, 3, 4);
         // Box–Muller, powers and trig in f32: ~1e-6 relative (the SB target's 1/√(t(1−t))
         // amplifies t's rounding near the ends: 1e-4 there).
-        let rtol = if path.name() == "sb" { 1e-4 } else { 1e-5 };
-        assert_close(
-            &format!("{} x_t", path.name()),
-            &got_in,
-            &want_in,
-            rtol,
-            2e-5,
-        );
-        assert_close(&format!("{} u_t", path.name()), &got_u, &want_u, rtol, 2e-5);
+        // VP-SDE's ḃ = −α·ȧ/b grows as 1/√(1 − t) near the data: 1e-4 there too.
+        let rtol = if matches!(path.name(), "sb" | "vp-sde") {
+            1e-4
+        } else {
+            1e-5
+        };
+        assert_close(&format!("{name} x_t"), &got_in, &want_in, rtol, 2e-5);
+        assert_close(&format!("{name} target"), &got_u, &want_u, rtol, 2e-5);
         let v64: Vec<f64> = unpad(&vg, batch, 3, 4).iter().map(|&x| x as f64).collect();
-        let (want_loss, want_grad) = reference::cfm_loss(&v64, &want_u);
+        let w = reference::output_weights(&path, predict, p.seed, p.step, batch);
+        let (want_loss, want_grad) = reference::cfm_loss_weighted(&v64, &want_u, &w, 3);
         let got_grad = unpad(&ctx.read(&grad, 0, batch * 4).unwrap(), batch, 3, 4);
         assert_close("dL/dv", &got_grad, &want_grad, 1e-4, 1e-8);
         let got_loss = ctx.read(&history, 5, 1).unwrap()[0];
@@ -668,6 +700,7 @@ fn cfm_prepare_writes_class_one_hots_with_label_dropout() {
         n_classes: 5,
         label_dropout: 0.25,
         coupled: 0,
+        ..Default::default()
     };
     arena.set(0, &p);
     arena.upload(ctx, 0..1);

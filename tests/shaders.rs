@@ -30,10 +30,11 @@ fn every_wgsl_file_is_a_known_family() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
     for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        // Prepended to families (every one; those with subgroups; the fused ones), validated
-        // with them.
+        // Prepended to families (every one; those with subgroups; the fused ones; those of
+        // paths), validated with them.
         if [
             "common.wgsl",
+            "path.wgsl",
             "subgroup_tiles.wgsl",
             "fused_mlp_subgroup.wgsl",
         ]

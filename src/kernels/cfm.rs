@@ -24,6 +24,9 @@ crate::params! {
         pub n_classes: u32,
         pub label_dropout: f32,
         pub coupled: u32,
+        pub path_param2: f32,
+        pub predict: u32,
+        pub _pad: [u32; 2],
     }
 }
 

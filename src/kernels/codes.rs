@@ -37,6 +37,15 @@ shared! {
     PATH_POLY: u32 = 2;
     PATH_ICFM: u32 = 3;
     PATH_SB: u32 = 4;
+    PATH_VP_SDE: u32 = 5;
+    PATH_VE_SDE: u32 = 6;
+    /// Network outputs (`Prediction::gpu_code`, path.wgsl's `to_velocity`).
+    PREDICT_VELOCITY: u32 = 0;
+    PREDICT_NOISE: u32 = 1;
+    PREDICT_DATA: u32 = 2;
+    PREDICT_SCORE: u32 = 3;
+    /// path.wgsl's clamp of conversion times (`path::T_EDGE`).
+    T_EDGE: f32 = 1e-3;
     /// Activations (`Activation::gpu_code`, common.wgsl's `act`).
     ACT_IDENTITY: u32 = 0;
     ACT_RELU: u32 = 1;
@@ -57,6 +66,7 @@ shared! {
     STREAM_EXTRA: u32 = rng::STREAM_EXTRA;
     STREAM_LABEL: u32 = rng::STREAM_LABEL;
     STREAM_COUPLING: u32 = rng::STREAM_COUPLING;
+    STREAM_SDE: u32 = rng::STREAM_SDE;
     /// Per-row status in the adaptive clock buffer (ode.wgsl).
     RUNNING: f32 = 0.0;
     DONE: f32 = 1.0;

@@ -57,6 +57,8 @@ const SUBGROUP_TILES: &str = include_str!("../../shaders/subgroup_tiles.wgsl");
 /// A whole small MLP forward and backward in one workgroup (after subgroup_tiles.wgsl), for
 /// the fused families.
 const FUSED_MLP: &str = include_str!("../../shaders/fused_mlp_subgroup.wgsl");
+/// The Gaussian paths and prediction conversions (before cfm.wgsl and ode.wgsl).
+const PATHS: &str = include_str!("../../shaders/path.wgsl");
 
 impl Shader {
     pub const ALL: [Shader; 13] = [
@@ -147,12 +149,17 @@ impl Shader {
             Shader::CfmStepSubgroup | Shader::FieldSubgroup => FUSED_MLP,
             _ => "",
         };
+        let paths = match self {
+            Shader::Cfm | Shader::CfmStepSubgroup | Shader::Ode => PATHS,
+            _ => "",
+        };
         format!(
-            "{}\n{}\n{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{}\n{}",
             preamble(tiles),
             COMMON,
             subgroup,
             fused,
+            paths,
             base,
             self.body()
         )

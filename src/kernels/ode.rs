@@ -43,7 +43,13 @@ crate::params! {
         pub class_id: u32,
         pub guidance: f32,
         pub adjoint: u32,
-        pub _pad: [u32; 3],
+        pub path: u32,
+        pub path_param: f32,
+        pub path_param2: f32,
+        pub predict: u32,
+        pub step: u32,
+        pub source_scale: f32,
+        pub _pad: u32,
         pub coef: [f32; 8],
         pub err_coef: [f32; 8],
     }
@@ -92,6 +98,7 @@ pub const START: EntryPoint<Start> = EntryPoint::new(Shader::Ode, "start");
 pub const BASE_NOISE: EntryPoint<BaseNoise> = EntryPoint::new(Shader::Ode, "base_noise");
 pub const RK_STAGE: EntryPoint<Stage> = EntryPoint::new(Shader::Ode, "rk_stage");
 pub const RK_FINAL: EntryPoint<Stage> = EntryPoint::new(Shader::Ode, "rk_final");
+pub const AFFINE_STEP: EntryPoint<Stage> = EntryPoint::new(Shader::Ode, "affine_step");
 pub const ADAPTIVE_STAGE: EntryPoint<Stage> = EntryPoint::new(Shader::Ode, "adaptive_stage");
 pub const ADAPTIVE_FINAL: EntryPoint<Stage> = EntryPoint::new(Shader::Ode, "adaptive_final");
 pub const ADAPTIVE_ERROR: EntryPoint<Stage> = EntryPoint::new(Shader::Ode, "adaptive_error");
@@ -111,6 +118,9 @@ pub fn rk_stage(ctx: &GpuContext) -> Result<Entry<Stage>> {
 }
 pub fn rk_final(ctx: &GpuContext) -> Result<Entry<Stage>> {
     RK_FINAL.get(ctx)
+}
+pub fn affine_step(ctx: &GpuContext) -> Result<Entry<Stage>> {
+    AFFINE_STEP.get(ctx)
 }
 pub fn adaptive_stage(ctx: &GpuContext) -> Result<Entry<Stage>> {
     ADAPTIVE_STAGE.get(ctx)
@@ -138,6 +148,7 @@ pub fn specs() -> Vec<Spec> {
         BASE_NOISE.spec(),
         RK_STAGE.spec(),
         RK_FINAL.spec(),
+        AFFINE_STEP.spec(),
         ADAPTIVE_STAGE.spec(),
         ADAPTIVE_FINAL.spec(),
         ADAPTIVE_ERROR.spec(),

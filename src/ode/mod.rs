@@ -3,6 +3,7 @@
 //! oracle both build on these.
 
 use crate::error::{Error, Result};
+use crate::path::GaussianPath;
 
 pub(crate) mod program;
 
@@ -35,6 +36,16 @@ impl Tableau {
             c: vec![0.0, 0.5],
             a: vec![vec![], vec![0.5]],
             b: vec![0.0, 1.0],
+            e: None,
+            order: 2,
+        }
+    }
+    /// Heun's method (explicit trapezoid), second order: EDM's sampler (Karras et al. 2022).
+    pub fn heun() -> Self {
+        Tableau {
+            c: vec![0.0, 1.0],
+            a: vec![vec![], vec![1.0]],
+            b: vec![0.5, 0.5],
             e: None,
             order: 2,
         }
@@ -113,16 +124,18 @@ impl Tableau {
 pub enum Method {
     Euler,
     Midpoint,
+    Heun,
     Rk4,
     Dopri5,
 }
 
 impl Method {
-    pub const NAMES: &'static str = "euler, midpoint, rk4, dopri5";
+    pub const NAMES: &'static str = "euler, midpoint, heun, rk4, dopri5";
     pub fn from_name(s: &str) -> Result<Self> {
         Ok(match s {
             "euler" => Method::Euler,
             "midpoint" => Method::Midpoint,
+            "heun" => Method::Heun,
             "rk4" => Method::Rk4,
             "dopri5" => Method::Dopri5,
             _ => {
@@ -137,6 +150,7 @@ impl Method {
         match self {
             Method::Euler => "euler",
             Method::Midpoint => "midpoint",
+            Method::Heun => "heun",
             Method::Rk4 => "rk4",
             Method::Dopri5 => "dopri5",
         }
@@ -145,6 +159,7 @@ impl Method {
         match self {
             Method::Euler => Tableau::euler(),
             Method::Midpoint => Tableau::midpoint(),
+            Method::Heun => Tableau::heun(),
             Method::Rk4 => Tableau::rk4(),
             Method::Dopri5 => Tableau::dopri5(),
         }
@@ -166,16 +181,20 @@ pub enum TimeGrid {
     Start,
     End,
     Ends,
+    /// EDM's grid (Karras et al. 2022, ρ = 7): uniform in σ^(1/ρ) for the path's noise
+    /// level σ(t) = b/a, from min(σ(0), 80) to max(σ(1), 0.002), with t = 0 and 1 added.
+    Edm,
 }
 
 impl TimeGrid {
-    pub const NAMES: &'static str = "uniform, start, end, ends";
+    pub const NAMES: &'static str = "uniform, start, end, ends, edm";
     pub fn from_name(s: &str) -> Result<Self> {
         Ok(match s {
             "uniform" => TimeGrid::Uniform,
             "start" => TimeGrid::Start,
             "end" => TimeGrid::End,
             "ends" => TimeGrid::Ends,
+            "edm" => TimeGrid::Edm,
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown time grid '{s}'; valid grids: {}",
@@ -190,11 +209,30 @@ impl TimeGrid {
             TimeGrid::Start => u * u,
             TimeGrid::End => 1.0 - (1.0 - u) * (1.0 - u),
             TimeGrid::Ends => 0.5 * (1.0 - (std::f64::consts::PI * u).cos()),
+            TimeGrid::Edm => u,
         }
     }
+
+    /// K + 1 times from t0 to t1 on `path` (only the EDM grid depends on it).
+    pub fn times_on(self, path: &GaussianPath, t0: f64, t1: f64, steps: usize) -> Vec<f64> {
+        if self != TimeGrid::Edm {
+            return self.times(t0, t1, steps);
+        }
+        let forward = edm_times(path, steps);
+        let (lo, hi) = (t0.min(t1), t0.max(t1));
+        let mut ts: Vec<f64> = forward.iter().map(|u| lo + (hi - lo) * u).collect();
+        if t1 < t0 {
+            ts.reverse();
+        }
+        ts
+    }
     /// K + 1 times from t0 to t1. The grid is defined in model time (0 = noise, 1 = data),
-    /// so "start" is dense near t = 0 whichever way the solve runs.
+    /// so "start" is dense near t = 0 whichever way the solve runs. The EDM grid needs the
+    /// path ([`times_on`](Self::times_on)); here it is the OT path's.
     pub fn times(self, t0: f64, t1: f64, steps: usize) -> Vec<f64> {
+        if self == TimeGrid::Edm {
+            return self.times_on(&GaussianPath::Ot { sigma_min: 0.0 }, t0, t1, steps);
+        }
         (0..=steps)
             .map(|k| {
                 let u = k as f64 / steps as f64;
@@ -207,6 +245,63 @@ impl TimeGrid {
             })
             .collect()
     }
+}
+
+/// EDM's ρ and noise-level range.
+const EDM_RHO: f64 = 7.0;
+const EDM_SIGMA_MAX: f64 = 80.0;
+const EDM_SIGMA_MIN: f64 = 0.002;
+
+/// The EDM grid on [0, 1] in model time: σ_k uniform in σ^(1/ρ) between the ends of the
+/// path's range of σ = b/a (clipped to [0.002, 80]); t = 0 and t = 1 are always grid
+/// points, the clipped ends become their neighbours.
+fn edm_times(path: &GaussianPath, steps: usize) -> Vec<f64> {
+    let sigma = |t: f64| {
+        let s = path.schedule(t);
+        if s.a > 0.0 {
+            s.b / s.a
+        } else {
+            f64::INFINITY
+        }
+    };
+    let (s0, s1) = (sigma(0.0), sigma(1.0));
+    let (hi_is_start, lo_is_end) = (s0 <= EDM_SIGMA_MAX, s1 >= EDM_SIGMA_MIN);
+    let i0 = usize::from(!hi_is_start);
+    let i1 = if lo_is_end {
+        steps
+    } else {
+        steps.saturating_sub(1)
+    };
+    if steps < 3 || i1 <= i0 {
+        return TimeGrid::Uniform.times(0.0, 1.0, steps);
+    }
+    let (hi, lo) = (s0.min(EDM_SIGMA_MAX), s1.max(EDM_SIGMA_MIN));
+    let (r_hi, r_lo) = (hi.powf(1.0 / EDM_RHO), lo.powf(1.0 / EDM_RHO));
+    let m = (i1 - i0) as f64;
+    (0..=steps)
+        .map(|k| match k {
+            0 => 0.0,
+            k if k == steps => 1.0,
+            k => {
+                let target = (r_hi + (k - i0) as f64 / m * (r_lo - r_hi)).powf(EDM_RHO);
+                invert_decreasing(&sigma, target)
+            }
+        })
+        .collect()
+}
+
+/// t in [0, 1] with f(t) = target for f decreasing (bisection to f64 resolution).
+fn invert_decreasing(f: &impl Fn(f64) -> f64, target: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..64 {
+        let mid = 0.5 * (lo + hi);
+        if f(mid) > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
 }
 
 /// Settings of the adaptive solver (Hairer & Wanner's standard controller).

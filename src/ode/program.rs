@@ -87,6 +87,27 @@ impl FixedProgram {
         FixedProgram { stages, ns }
     }
 
+    /// One `affine_step` per step of `times`, x ← P·x + Q·v + R·ξ with `coefs[n]` =
+    /// (P, Q, R) of step n (its index keys the step's noise).
+    pub fn affine(times: &[f64], coefs: &[[f64; 3]], base: &ode::OdeParams) -> FixedProgram {
+        let stages = times
+            .windows(2)
+            .zip(coefs)
+            .enumerate()
+            .map(|(n, (w, c))| {
+                let p = ode::OdeParams {
+                    step: n as u32,
+                    t: w[1] as f32,
+                    h: (w[1] - w[0]) as f32,
+                    coef: self::coefs(c),
+                    ..*base
+                };
+                (p, true)
+            })
+            .collect();
+        FixedProgram { stages, ns: 1 }
+    }
+
     /// Stages per step.
     pub fn stages_per_step(&self) -> usize {
         self.ns

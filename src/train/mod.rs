@@ -15,7 +15,7 @@ use crate::gpu::{GpuContext, UniformArena};
 use crate::kernels::{adam, cfm, ot, Entry, Tiles};
 use crate::mlp::{CfmBuffers, FusedCfmPass, GpuMlp, MlpPass, PassOptions};
 use crate::model::{MlpConfig, Weights};
-use crate::path::GaussianPath;
+use crate::path::{GaussianPath, Prediction};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod run;
@@ -461,7 +461,8 @@ fn cfm_params(
         out_stride: MlpPass::out_stride(&mlp.cfg) as u32,
         time_cols: mlp.cfg.time_cols() as u32,
         path: path.gpu_code(),
-        path_param: path.gpu_param() as f32,
+        path_param: path.gpu_params()[0],
+        path_param2: path.gpu_params()[1],
         n_source: pools.source_rows(d) as u32,
         paired: cfg.paired as u32,
         n_classes: mlp.cfg.classes as u32,
@@ -581,6 +582,27 @@ impl OtState {
 
 impl Trainer {
     /// Upload the (already standardized) data pool and the initial weights; x0 ~ N(0, I).
+    /// Train the network to output `predict` instead of the velocity (the targets and,
+    /// for the score, the loss weight change; nothing else does).
+    pub fn set_prediction(&mut self, predict: Prediction) -> Result<()> {
+        predict.check(&self.path)?;
+        if predict != Prediction::Velocity && self.cfg.mle.is_some() {
+            return Err(Error::invalid(format!(
+                "--predict {} trains by flow matching; --objective mle trains the velocity",
+                predict.name()
+            )));
+        }
+        let gaussian_source = self.cfm_base.n_source == 0;
+        if matches!(predict, Prediction::Noise | Prediction::Score) && !gaussian_source {
+            return Err(Error::invalid(format!(
+                "--predict {} needs the Gaussian source (its noise and score); drop --source",
+                predict.name()
+            )));
+        }
+        self.cfm_base.predict = predict.gpu_code();
+        Ok(())
+    }
+
     pub fn new(
         ctx: &GpuContext,
         mlp_cfg: &MlpConfig,

@@ -389,6 +389,7 @@ impl Run {
             },
             &self.config.train,
         )?;
+        trainer.set_prediction(m.predict)?;
         match &self.resume_state {
             Some(st) => {
                 trainer.restore(ctx, st)?;
