@@ -1103,6 +1103,7 @@ fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
         held_out_nll: run.held_out_nll(&sampler)?,
         wall,
         steps_per_s: (steps - first_step) as f64 / wall,
+        animated: a.animate,
     };
     report_train(&run, &summary, &describe, &ctx, a.gpu.json);
     Ok(())
@@ -1115,6 +1116,8 @@ struct TrainSummary {
     held_out_nll: Option<f64>,
     wall: f64,
     steps_per_s: f64,
+    /// flow.gif was written.
+    animated: bool,
 }
 
 /// The final line on stderr, and the JSON summary on stdout with `--json`.
@@ -1138,11 +1141,12 @@ fn report_train(
         None => format!("loss {:.4}", s.final_loss),
     };
     eprintln!(
-        "done: {} steps in {:.1} s ({:.1} steps/s), final {final_text} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, checkpoint.safetensors, loss.csv, loss.png, samples.png}}",
+        "done: {} steps in {:.1} s ({:.1} steps/s), final {final_text} (mean of last 100 steps){nll_text}; wrote {}/{{model.safetensors, config.json, checkpoint.safetensors, loss.csv, loss.png, samples.png{}}}",
         tc.steps,
         s.wall,
         s.steps_per_s,
-        run.dir.display()
+        run.dir.display(),
+        if s.animated { ", flow.gif" } else { "" }
     );
     if json {
         println!(

@@ -41,6 +41,10 @@ pub struct Dataset {
     pub labels: Option<Vec<u32>>,
     /// The data's label value of each class, ascending (empty without labels).
     pub class_labels: Vec<i64>,
+    /// A data file's values as parsed, in f64 and row-aligned with `points`, until
+    /// [`standardize`](Self::standardize) uses them: statistics and standardization come
+    /// from them, so a column of Unix times keeps its seconds. None for toys.
+    pub exact: Option<Vec<f64>>,
 }
 
 impl Dataset {
@@ -66,6 +70,7 @@ impl Dataset {
             points: toy.sample(n, &mut rng),
             labels: None,
             class_labels: Vec::new(),
+            exact: None,
         })
     }
 
@@ -89,17 +94,17 @@ impl Dataset {
 
     /// As [`from_file`](Self::from_file), for the bytes of a file named `path`.
     pub fn from_bytes(bytes: &[u8], path: &Path, drop_nonfinite: bool) -> Result<Self> {
-        let (points, dim) = match path.extension().and_then(|e| e.to_str()) {
+        let (exact, dim) = match path.extension().and_then(|e| e.to_str()) {
             Some("npy") => {
                 let (d, shape) =
-                    crate::io::npy::read_npy_f32(bytes).map_err(|m| Error::format(path, m))?;
+                    crate::io::npy::read_npy_f64(bytes).map_err(|m| Error::format(path, m))?;
                 let dim = if shape.len() == 2 { shape[1] } else { 1 };
                 (d, dim)
             }
             Some("csv") => {
                 let text = std::str::from_utf8(bytes)
                     .map_err(|_| Error::format(path, "not UTF-8 text"))?;
-                crate::io::csv::parse_csv(text).map_err(|m| Error::format(path, m))?
+                crate::io::csv::parse_csv_f64(text).map_err(|m| Error::format(path, m))?
             }
             _ => {
                 return Err(Error::invalid(format!(
@@ -108,15 +113,16 @@ impl Dataset {
                 )))
             }
         };
-        if dim == 0 || points.is_empty() {
+        if dim == 0 || exact.is_empty() {
             return Err(Error::format(path, "has no data rows"));
         }
         let mut ds = Dataset {
             name: path.display().to_string(),
             dim,
-            points,
+            points: exact.iter().map(|&v| v as f32).collect(),
             labels: None,
             class_labels: Vec::new(),
+            exact: Some(exact),
         };
         let bad: Vec<usize> = (0..ds.len())
             .filter(|&i| ds.row(i).iter().any(|v| !v.is_finite()))
@@ -139,10 +145,15 @@ impl Dataset {
                     ),
                 ));
             }
-            let keep: Vec<f32> = (0..ds.len())
+            let kept: Vec<usize> = (0..ds.len())
                 .filter(|i| bad.binary_search(i).is_err())
-                .flat_map(|i| ds.row(i).to_vec())
                 .collect();
+            let keep: Vec<f32> = kept.iter().flat_map(|&i| ds.row(i).to_vec()).collect();
+            ds.exact = ds.exact.as_ref().map(|e| {
+                kept.iter()
+                    .flat_map(|&i| e[i * dim..(i + 1) * dim].to_vec())
+                    .collect()
+            });
             if keep.is_empty() {
                 return Err(Error::format(
                     path,
@@ -230,16 +241,8 @@ impl Dataset {
         let index = |v: &i64| table.binary_search(v).unwrap_or(0) as u32;
         self.labels = Some(values.iter().map(index).collect());
         let d = self.dim;
-        self.points = self
-            .points
-            .chunks(d)
-            .flat_map(|r| {
-                r.iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != col)
-                    .map(|(_, x)| *x)
-            })
-            .collect();
+        self.points = drop_column(&self.points, d, col);
+        self.exact = self.exact.as_ref().map(|e| drop_column(e, d, col));
         self.dim -= 1;
         self.class_labels = table;
         Ok(self.class_labels.len())
@@ -271,27 +274,29 @@ impl Dataset {
 
     pub fn standardization(&self) -> Standardization {
         let n = self.len() as f64;
+        let values: Box<dyn Fn(usize) -> f64 + '_> = match &self.exact {
+            Some(e) => Box::new(move |k| e[k]),
+            None => Box::new(move |k| self.points[k] as f64),
+        };
         let mut mean = vec![0.0; self.dim];
-        for r in self.points.chunks(self.dim) {
-            for (m, &v) in mean.iter_mut().zip(r) {
-                *m += v as f64 / n;
-            }
+        for k in 0..self.points.len() {
+            mean[k % self.dim] += values(k) / n;
         }
         let mut var = vec![0.0; self.dim];
-        for r in self.points.chunks(self.dim) {
-            for ((s, &v), m) in var.iter_mut().zip(r).zip(&mean) {
-                *s += (v as f64 - m).powi(2) / n;
-            }
+        for k in 0..self.points.len() {
+            var[k % self.dim] += (values(k) - mean[k % self.dim]).powi(2) / n;
         }
-        // A column is constant when its spread is below what f32 storage of its own
-        // values can resolve (a relative 1e-6 of its magnitude), judged per column: a
-        // Unix-time column beside one of values ~1e-3 leaves the small one alone.
+        // A column is constant when its spread is below what its values' storage resolves
+        // (relative to its own magnitude: 1e-12 for the parsed f64 values, 1e-6 for f32),
+        // judged per column: a Unix-time column beside one of values ~1e-3 leaves the
+        // small one alone, and one of seconds around 1.7e9 keeps its spread.
+        let resolution = if self.exact.is_some() { 1e-12 } else { 1e-6 };
         let std = var
             .iter()
             .zip(&mean)
             .map(|(&v, m)| {
                 let s = v.sqrt();
-                if s > 1e-6 * m.abs() && s > f64::MIN_POSITIVE {
+                if s > resolution * m.abs() && s > f64::MIN_POSITIVE {
                     s
                 } else {
                     1.0
@@ -299,6 +304,20 @@ impl Dataset {
             })
             .collect();
         Standardization { mean, std }
+    }
+
+    /// Standardize the points with `s`, from the parsed f64 values when the set has them
+    /// (then dropped: the points are no longer raw).
+    pub fn standardize(&mut self, s: &Standardization) {
+        match self.exact.take() {
+            Some(e) => {
+                let d = self.dim;
+                for (k, (p, v)) in self.points.iter_mut().zip(&e).enumerate() {
+                    *p = ((v - s.mean[k % d]) / s.std[k % d]) as f32;
+                }
+            }
+            None => s.apply(&mut self.points),
+        }
     }
 
     /// Shuffle rows (seeded) and hold out `val_frac` of them (at least one row when > 0).
@@ -323,6 +342,14 @@ impl Dataset {
         let take = |ids: &[usize]| -> Vec<f32> {
             ids.iter().flat_map(|&i| self.row(i).to_vec()).collect()
         };
+        let take_exact = |ids: &[usize]| -> Option<Vec<f64>> {
+            let d = self.dim;
+            self.exact.as_ref().map(|e| {
+                ids.iter()
+                    .flat_map(|&i| e[i * d..(i + 1) * d].to_vec())
+                    .collect()
+            })
+        };
         let take_labels = |ids: &[usize]| -> Option<Vec<u32>> {
             self.labels
                 .as_ref()
@@ -334,6 +361,7 @@ impl Dataset {
             points: take(&idx[..n_val]),
             labels: take_labels(&idx[..n_val]),
             class_labels: self.class_labels.clone(),
+            exact: take_exact(&idx[..n_val]),
         };
         let train = Dataset {
             name: self.name.clone(),
@@ -341,9 +369,22 @@ impl Dataset {
             points: take(&idx[n_val..]),
             labels: take_labels(&idx[n_val..]),
             class_labels: self.class_labels.clone(),
+            exact: take_exact(&idx[n_val..]),
         };
         Ok((train, Some(val)))
     }
+}
+
+/// Rows of `d` values without column `col`.
+fn drop_column<T: Copy>(v: &[T], d: usize, col: usize) -> Vec<T> {
+    v.chunks(d)
+        .flat_map(|r| {
+            r.iter()
+                .enumerate()
+                .filter(|(j, _)| *j != col)
+                .map(|(_, x)| *x)
+        })
+        .collect()
 }
 
 /// Per-column standardization of the data: the model sees (x − mean) / std.
@@ -384,7 +425,44 @@ mod tests {
                 .collect(),
             labels: None,
             class_labels: Vec::new(),
+            exact: None,
         }
+    }
+
+    /// A Unix-time column (seconds apart around 1.7e9, where f32 resolves 128 s) beside
+    /// one of values ~1e-3: statistics and standardization from the parsed f64 values keep
+    /// every second distinct and both columns at unit spread.
+    #[test]
+    fn statistics_come_from_the_parsed_values() {
+        let mut csv = String::from("time,small\n");
+        for i in 0..1000 {
+            csv.push_str(&format!(
+                "{},{}\n",
+                1_700_000_000 + i,
+                1e-3 * (i as f64 * 0.37).sin()
+            ));
+        }
+        let mut ds = Dataset::from_bytes(csv.as_bytes(), Path::new("t.csv"), false).unwrap();
+        let s = ds.standardization();
+        assert!((s.mean[0] - 1_700_000_499.5).abs() < 1e-3, "{}", s.mean[0]);
+        assert!((s.std[0] / (1000.0 / 12f64.sqrt()) - 1.0).abs() < 1e-3);
+        ds.standardize(&s);
+        let mut col: Vec<f32> = ds.points.iter().step_by(2).copied().collect();
+        col.sort_by(f32::total_cmp);
+        col.dedup();
+        assert_eq!(col.len(), 1000, "every second stays distinct");
+        let sd = |c: usize| {
+            let v: Vec<f64> = ds
+                .points
+                .iter()
+                .skip(c)
+                .step_by(2)
+                .map(|&x| x as f64)
+                .collect();
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        assert!((sd(0) - 1.0).abs() < 1e-4 && (sd(1) - 1.0).abs() < 1e-4);
     }
 
     #[test]

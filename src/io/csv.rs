@@ -67,6 +67,15 @@ where
 /// are one line and name the row (the 1-based line number in the text, so it matches
 /// an editor) and column.
 pub fn parse_csv(text: &str) -> Result<(Vec<f32>, usize), String> {
+    parse_cells(text)
+}
+
+/// As [`parse_csv`], each value parsed as f64 (the data loader's statistics use them).
+pub fn parse_csv_f64(text: &str) -> Result<(Vec<f64>, usize), String> {
+    parse_cells(text)
+}
+
+fn parse_cells<T: std::str::FromStr>(text: &str) -> Result<(Vec<T>, usize), String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -84,10 +93,10 @@ pub fn parse_csv(text: &str) -> Result<(Vec<f32>, usize), String> {
         .ok_or("empty CSV file: no rows")?
         .map_err(|e| csv_error(text, e))?;
     let (first_no, cols) = (line(&first), first.len());
-    let header = first.iter().any(|c| parse_cell(c).is_none());
+    let header = first.iter().any(|c| c.parse::<T>().is_err());
     let mut data = Vec::new();
     if !header {
-        data.extend(first.iter().filter_map(parse_cell));
+        data.extend(first.iter().filter_map(|c| c.parse::<T>().ok()));
     }
     for r in records {
         let r = r.map_err(|e| csv_error(text, e))?;
@@ -99,7 +108,7 @@ pub fn parse_csv(text: &str) -> Result<(Vec<f32>, usize), String> {
             ));
         }
         for (j, cell) in r.iter().enumerate() {
-            let v = parse_cell(cell).ok_or_else(|| {
+            let v = cell.parse::<T>().map_err(|_| {
                 if cell.is_empty() {
                     format!("CSV row {no}, column {}: empty cell", j + 1)
                 } else {
@@ -177,10 +186,6 @@ impl KindText for csv::Error {
                 .to_string(),
         }
     }
-}
-
-fn parse_cell(cell: &str) -> Option<f32> {
-    cell.parse::<f32>().ok()
 }
 
 #[cfg(test)]

@@ -88,6 +88,12 @@ pub fn write_npy_f32(path: &Path, data: &[f32], shape: &[usize]) -> io::Result<(
 /// Parses a `.npy` file's bytes into row-major f32 values and the shape (1 or 2
 /// dimensions). float64 files are converted to f32.
 pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
+    let (data, shape) = read_npy_f64(bytes)?;
+    Ok((data.into_iter().map(|v| v as f32).collect(), shape))
+}
+
+/// As [`read_npy_f32`], with the values as stored (float32 widened exactly to f64).
+pub fn read_npy_f64(bytes: &[u8]) -> Result<(Vec<f64>, Vec<usize>), String> {
     if bytes.len() < 8 || &bytes[..6] != MAGIC {
         return Err("not an NPY file (missing \\x93NUMPY magic)".into());
     }
@@ -158,19 +164,19 @@ pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
         ));
     }
     let body = &body[..needed];
-    let mut data: Vec<f32> = if item == 4 {
+    let mut data: Vec<f64> = if item == 4 {
         body.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
             .collect()
     } else {
         body.chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect()
     };
     if h.fortran_order && h.shape.len() == 2 {
         // Column-major (element (i, j) at j * rows + i) to row-major.
         let (rows, cols) = (h.shape[0], h.shape[1]);
-        let mut rm = vec![0.0f32; count];
+        let mut rm = vec![0.0f64; count];
         for j in 0..cols {
             for i in 0..rows {
                 rm[i * cols + j] = data[j * rows + i];

@@ -1,7 +1,7 @@
 //! The flow as a GIF: particles carried from the source (t = 0) to the data (t = 1),
 //! one frame per snapshot, the frame's time printed on it.
 
-use super::{invalid, render_rgb, robust_range, tick, viridis, DrawResult, Figure, FONT};
+use super::{ends_view, invalid, render_rgb, tick, viridis, DrawResult, Figure, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::io;
@@ -81,13 +81,6 @@ fn start_colours(first: &[f32], d: usize) -> Vec<RGBColor> {
         .collect()
 }
 
-/// The smallest square window holding both ranges, centred on them.
-fn square([(x0, x1), (y0, y1)]: [(f64, f64); 2]) -> [(f64, f64); 2] {
-    let half = 0.5 * (x1 - x0).max(y1 - y0);
-    let (cx, cy) = (0.5 * (x0 + x1), 0.5 * (y0 + y1));
-    [(cx - half, cx + half), (cy - half, cy + half)]
-}
-
 /// Write `anim` to `path` as a looping GIF, one frame per snapshot (the last held for
 /// 1.5 s), atomically.
 pub fn animate_gif(path: &Path, anim: &Animation) -> io::Result<()> {
@@ -105,12 +98,7 @@ pub fn animate_gif(path: &Path, anim: &Animation) -> io::Result<()> {
         return Err(invalid("every frame must hold the same particles"));
     }
     // One square view for every frame, holding the bulk of the source and of the data.
-    let ends = [&anim.frames[0], &anim.frames[anim.frames.len() - 1]];
-    let col = |c: usize| {
-        ends.into_iter()
-            .flat_map(move |f| f.chunks_exact(d).map(move |r| r[c]))
-    };
-    let range = square([robust_range(col(0)), robust_range(col(1))]);
+    let range = ends_view(anim.frames, d);
     let colours = start_colours(&anim.frames[0], d);
     let side = anim.side as u16;
     let mut out = Vec::new();

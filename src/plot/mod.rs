@@ -185,6 +185,20 @@ pub(crate) fn robust_range(values: impl Iterator<Item = f32>) -> (f64, f64) {
     }
 }
 
+/// The square window (columns 0 and 1) holding the bulk of the first and the last of
+/// `snapshots` (rows of `d` values): the source and the data of a flow.
+pub(crate) fn ends_view(snapshots: &[Vec<f32>], d: usize) -> [(f64, f64); 2] {
+    let ends = [&snapshots[0], &snapshots[snapshots.len() - 1]];
+    let col = |c: usize| {
+        ends.into_iter()
+            .flat_map(move |f| f.chunks_exact(d).map(move |r| r[c]))
+    };
+    let [(x0, x1), (y0, y1)] = [robust_range(col(0)), robust_range(col(1))];
+    let half = 0.5 * (x1 - x0).max(y1 - y0);
+    let (cx, cy) = (0.5 * (x0 + x1), 0.5 * (y0 + y1));
+    [(cx - half, cx + half), (cy - half, cy + half)]
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::path::Path;

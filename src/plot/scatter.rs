@@ -308,10 +308,10 @@ impl Figure for TrajectoryFigure<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let (plot, bar) = root.split_horizontally(720);
         let n = self.snapshots.first().map_or(0, |s| s.len() / self.dim);
-        let all = self.snapshots.iter().flat_map(|s| s.iter().copied());
-        let cols: Vec<f32> = all.collect();
-        let col = |c: usize| cols.chunks_exact(self.dim).map(move |r| r[c]);
-        let ((x0, x1), (y0, y1)) = (robust_range(col(0)), robust_range(col(1)));
+        if n == 0 {
+            return Ok(());
+        }
+        let [(x0, x1), (y0, y1)] = super::ends_view(self.snapshots, self.dim);
         let mut chart = ChartBuilder::on(&plot)
             .caption(self.title, (FONT, 22))
             .margin(12)

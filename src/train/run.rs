@@ -608,7 +608,7 @@ fn load_data(
     }
     let std = plan.standardize.then(|| {
         let s = train.standardization();
-        s.apply(&mut train.points);
+        train.standardize(&s);
         s
     });
     Ok((train, held, std))
@@ -632,7 +632,7 @@ fn load_source(
         )));
     }
     if let Some(s) = std {
-        s.apply(&mut ds.points);
+        ds.standardize(s);
     }
     Ok(Some(ds.points))
 }
