@@ -65,12 +65,18 @@ fn path_coefs(path: u32, q0: f32, q1: f32, t: f32) -> Coefs {
 }
 
 // Prediction::to_velocity: noise v = (ȧ/a)·x + (ḃ − ȧ·b/a)·ε̂, data v = (ḃ/b)·x +
-// (ȧ − ḃ·a/b)·x̂1, score ε̂ = −b·ŝ; coefficients at t clamped to [T_EDGE, 1 − T_EDGE].
+// (ȧ − ḃ·a/b)·x̂1, score ε̂ = −b·ŝ; where the divisor (a; b for data) is below T_EDGE or a
+// derivative is not finite, the coefficients are taken at t clamped to [T_EDGE, 1 − T_EDGE].
 fn to_velocity(predict: u32, path: u32, q0: f32, q1: f32, t: f32) -> vec2<f32> {
     if (predict == PREDICT_VELOCITY) {
         return vec2<f32>(0.0, 1.0);
     }
-    let s = path_coefs(path, q0, q1, clamp(t, T_EDGE, 1.0 - T_EDGE));
+    var s = path_coefs(path, q0, q1, t);
+    let divisor = select(s.a, s.b, predict == PREDICT_DATA);
+    // ḃ is infinite at the data end of the VP SDE (|x| > 1e30 also catches inf).
+    if (divisor < T_EDGE || !(abs(s.da) <= 1e30 && abs(s.db) <= 1e30)) {
+        s = path_coefs(path, q0, q1, clamp(t, T_EDGE, 1.0 - T_EDGE));
+    }
     let noise = vec2<f32>(s.da / s.a, s.db - s.da * s.b / s.a);
     switch predict {
         case PREDICT_DATA: {

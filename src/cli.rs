@@ -41,10 +41,40 @@ enum Command {
     Logprob(LogprobArgs),
     /// Heat map of the model density on a 2-D grid, beside the training data.
     Density(DensityArgs),
+    /// Concatenate the shards of a sharded sample, encode, decode or logprob run.
+    Merge(MergeArgs),
     /// List every adapter wgpu can see.
     Adapters(AdaptersArgs),
     /// Throughput of the standard workloads (as in benches/torch_baseline.py; docs/performance.md).
     Bench(BenchArgs),
+}
+
+/// `--shard I/N`: only the rows of shard I of N, plus a manifest for `flowgpu merge`.
+#[derive(Args, Clone)]
+struct ShardArgs {
+    /// Write only shard I of N of the rows (rows ⌊I·n/N⌋ to ⌊(I+1)·n/N⌋) and a manifest
+    /// <out>.shard.json; `flowgpu merge` joins the N outputs into the unsharded file.
+    #[arg(long)]
+    shard: Option<flowgpu::shard::Shard>,
+}
+
+impl ShardArgs {
+    fn rows(&self, n: usize) -> std::ops::Range<usize> {
+        self.shard.map_or(0..n, |s| s.rows(n))
+    }
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The merged file: .npy or .csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// The shard files (any order), each with its <file>.shard.json.
+    #[arg(required = true)]
+    parts: Vec<PathBuf>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -418,6 +448,8 @@ struct SampleArgs {
     #[arg(long, default_value_t = 300)]
     particles: usize,
     #[command(flatten)]
+    shard: ShardArgs,
+    #[command(flatten)]
     gpu: GpuArgs,
 }
 
@@ -434,6 +466,8 @@ struct MapArgs {
     out: PathBuf,
     #[command(flatten)]
     solver: SolverArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -488,6 +522,8 @@ struct LogprobArgs {
     trace: TraceArgs,
     #[command(flatten)]
     solver: SolverArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -568,6 +604,7 @@ pub fn run() -> Result<()> {
         Command::Decode(a) => map(a, false),
         Command::Logprob(a) => logprob(a),
         Command::Density(a) => density(a),
+        Command::Merge(a) => merge(a),
         Command::Adapters(a) => adapters(a),
         Command::Bench(a) => bench(a),
     }
@@ -1343,13 +1380,14 @@ fn sample(a: SampleArgs) -> Result<()> {
     let class = a.class.map(|l| model.config.class_of(l)).transpose()?;
     sampler.condition(class, a.guidance)?;
     let d = model.config.data_dim();
+    let range = a.shard.rows(a.n);
     let t0 = Instant::now();
-    let pb = progress_bar(a.n as u64, false);
+    let pb = progress_bar(range.len() as u64, false);
     pb.set_message("samples");
     // Keep up to 20 000 samples for the plot; the rest streams to the file.
     let mut kept: Vec<f32> = Vec::new();
-    let stats = write_rows(&a.out, a.n, d, &mut |sink| {
-        sampler.sample_into(a.n, a.seed, &cfg, &mut |rows| {
+    let stats = write_rows(&a.out, range.len(), d, &mut |sink| {
+        sampler.sample_rows_into(range.clone(), a.seed, &cfg, &mut |rows| {
             if kept.len() < 20_000 * d {
                 kept.extend_from_slice(&rows[..rows.len().min(20_000 * d - kept.len())]);
             }
@@ -1359,6 +1397,16 @@ fn sample(a: SampleArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     let wall = t0.elapsed().as_secs_f64();
+    let run = serde_json::json!({ "seed": a.seed, "class": a.class, "guidance": a.guidance });
+    ShardRun {
+        shard: a.shard.shard,
+        command: "sample",
+        model: &a.model,
+        input: None,
+        settings: shard_settings(&cfg, run),
+        n: a.n,
+    }
+    .write(&a.out, "rows", d)?;
     if let (Some(fig), true) = (&a.plot, d >= 2) {
         let layers = vec![figure_layer(&kept, d, SAMPLE_COLOUR, "model samples")];
         let title = format!("{} samples, {}", a.n, cfg.describe());
@@ -1375,10 +1423,10 @@ fn sample(a: SampleArgs) -> Result<()> {
     if let (Some(gif), true) = (&a.animate, d >= 2) {
         animate_flow(gif, &sampler, (a.particles, a.seed, a.frames), &cfg)?;
     }
-    let rate = a.n as f64 * steps_per_sample(&cfg, &stats) / wall;
+    let rate = range.len() as f64 * steps_per_sample(&cfg, &stats) / wall;
     eprintln!(
         "sampled {} points with {} (nfe {}) in {wall:.2} s ({rate:.3e} samples·steps/s) → {}",
-        a.n,
+        range.len(),
         cfg.describe(),
         stats.nfe,
         a.out.display()
@@ -1438,14 +1486,16 @@ fn map(a: MapArgs, encode: bool) -> Result<()> {
     } else {
         (model.config.mlp.dim, model.config.data_dim())
     };
-    let x = read_rows(&a.input, d_in)?;
+    let all = read_rows(&a.input, d_in)?;
+    let range = a.shard.rows(all.len() / d_in);
+    let x = &all[range.start * d_in..range.end * d_in];
     let ctx = a.gpu.context()?;
     let sampler = Sampler::new(&ctx, &model)?;
     let t0 = Instant::now();
-    let (y, stats) = if encode {
-        sampler.encode(&x, &cfg)?
-    } else {
-        sampler.decode(&x, &cfg)?
+    let (y, stats) = match (x.is_empty(), encode) {
+        (true, _) => (Vec::new(), SolveStats::default()),
+        (false, true) => sampler.encode(x, &cfg)?,
+        (false, false) => sampler.decode(x, &cfg)?,
     };
     let wall = t0.elapsed().as_secs_f64();
     let n = x.len() / d_in;
@@ -1454,6 +1504,15 @@ fn map(a: MapArgs, encode: bool) -> Result<()> {
         Ok(stats.clone())
     })?;
     let what = if encode { "encode" } else { "decode" };
+    ShardRun {
+        shard: a.shard.shard,
+        command: what,
+        model: &a.model,
+        input: Some(&a.input),
+        settings: shard_settings(&cfg, serde_json::Value::Null),
+        n: all.len() / d_in,
+    }
+    .write(&a.out, "rows", d)?;
     eprintln!(
         "{what}d {n} rows with {} (nfe {}) in {wall:.2} s → {}",
         cfg.method.name(),
@@ -1482,11 +1541,22 @@ fn logprob(a: LogprobArgs) -> Result<()> {
     let trace = a.trace.trace()?;
     let model = Model::load(&a.model)?;
     let d = model.config.data_dim();
-    let x = read_rows(&a.input, d)?;
+    let all = read_rows(&a.input, d)?;
+    let range = a.shard.rows(all.len() / d);
+    if range.is_empty() {
+        return Err(Error::invalid(format!(
+            "shard {} of {} rows is empty; use fewer shards",
+            a.shard
+                .shard
+                .map_or(String::new(), |s| format!("{}/{}", s.index, s.count)),
+            all.len() / d
+        )));
+    }
+    let x = &all[range.start * d..range.end * d];
     let ctx = a.gpu.context()?;
     let sampler = Sampler::new(&ctx, &model)?;
     let t0 = Instant::now();
-    let (logp, z, stats) = sampler.log_prob(&x, trace, &cfg)?;
+    let (logp, z, stats) = sampler.log_prob_from(x, range.start, trace, &cfg)?;
     let d_latent = model.config.mlp.dim;
     let wall = t0.elapsed().as_secs_f64();
     let n = logp.len();
@@ -1500,6 +1570,18 @@ fn logprob(a: LogprobArgs) -> Result<()> {
             sink(&z)?;
             Ok(stats.clone())
         })?;
+    }
+    let shard_run = ShardRun {
+        shard: a.shard.shard,
+        command: "logprob",
+        model: &a.model,
+        input: Some(&a.input),
+        settings: shard_settings(&cfg, serde_json::json!({ "trace": format!("{trace:?}") })),
+        n: all.len() / d,
+    };
+    shard_run.write(&a.out, "logp", 1)?;
+    if let Some(l) = &a.latent {
+        shard_run.write(l, "latent", d_latent)?;
     }
     let nll = -logp.iter().sum::<f64>() / n as f64;
     let dims = model.config.density_dims();
@@ -1743,6 +1825,73 @@ fn bench(a: BenchArgs) -> Result<()> {
         for l in &lines {
             println!("{l}");
         }
+    }
+    Ok(())
+}
+
+/// The settings that decide a sharded command's rows (not where or in what chunks it ran).
+fn shard_settings(cfg: &SolveConfig, extra: serde_json::Value) -> serde_json::Value {
+    let mut solver = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(o) = solver.as_object_mut() {
+        o.remove("chunk");
+    }
+    serde_json::json!({ "solver": solver, "run": extra })
+}
+
+/// The manifest of a shard's output (nothing without --shard).
+struct ShardRun<'a> {
+    shard: Option<flowgpu::shard::Shard>,
+    command: &'a str,
+    model: &'a Path,
+    input: Option<&'a Path>,
+    settings: serde_json::Value,
+    n: usize,
+}
+
+impl ShardRun<'_> {
+    fn write(&self, out: &Path, output: &str, dim: usize) -> Result<()> {
+        let Some(s) = self.shard else { return Ok(()) };
+        let r = s.rows(self.n);
+        flowgpu::shard::Manifest {
+            command: self.command.into(),
+            output: output.into(),
+            model: flowgpu::shard::model_fingerprint(self.model)?,
+            input: self
+                .input
+                .map(flowgpu::shard::file_fingerprint)
+                .transpose()?,
+            settings: self.settings.clone(),
+            n: self.n,
+            dim,
+            shard: [s.index, s.count],
+            rows: [r.start, r.end],
+        }
+        .write(out)
+    }
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    check_output_path(&a.out)?;
+    let m = flowgpu::shard::merge(&a.parts, &a.out)?;
+    eprintln!(
+        "merged {} shards of {} {} rows ({} × {}) → {}",
+        a.parts.len(),
+        m.command,
+        m.output,
+        m.n,
+        m.dim,
+        a.out.display()
+    );
+    if a.json {
+        let j = serde_json::json!({
+            "command": "merge",
+            "shards": a.parts.len(),
+            "of": m.command,
+            "n": m.n,
+            "dim": m.dim,
+            "out": a.out,
+        });
+        println!("{j}");
     }
     Ok(())
 }

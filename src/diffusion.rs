@@ -101,10 +101,20 @@ impl StepRule {
 fn sde_step(path: &GaussianPath, g2: f64, t: f64, t1: f64) -> [f64; 3] {
     let a1 = path.schedule(t1).a;
     let phi = |s: f64| (path.schedule(s).a / a1).powf(g2);
-    let a0 = path.schedule(t).a;
-    let p = if a0 > 0.0 { (a0 / a1).powf(g2) } else { 0.0 };
-    let q = (1.0 + g2) * integrate(phi, t, t1, 4);
-    let var = integrate(
+    // 0^0 = 1: with γ = 0 the step is Euler's even where a(t) = 0.
+    let p = (path.schedule(t).a / a1).powf(g2);
+    if g2 == 0.0 {
+        return [p, t1 - t, 0.0];
+    }
+    // Where a(t) = 0 the noise integrand grows like (s − t)^(2γ² − 1): the substitution
+    // s = t + h·u^m with 2mγ² ≥ 1 makes it bounded for the quadrature.
+    let m = if path.schedule(t).a > 0.0 {
+        1.0
+    } else {
+        (0.5 / g2).max(1.0)
+    };
+    let q = (1.0 + g2) * integrate_graded(phi, t, t1, m);
+    let var = integrate_graded(
         |s| {
             let c = path.schedule(s);
             let gg = 2.0 * c.b * (c.b * c.da / c.a - c.db);
@@ -112,9 +122,20 @@ fn sde_step(path: &GaussianPath, g2: f64, t: f64, t1: f64) -> [f64; 3] {
         },
         t,
         t1,
-        4,
+        m,
     );
     [p, q, var.max(0.0).sqrt()]
+}
+
+/// ∫ f over [lo, hi] in the variable u with s = lo + (hi − lo)·u^m (graded towards lo).
+fn integrate_graded(f: impl Fn(f64) -> f64, lo: f64, hi: f64, m: f64) -> f64 {
+    let h = hi - lo;
+    integrate(
+        |u| f(lo + h * u.powf(m)) * h * m * u.powf(m - 1.0),
+        0.0,
+        1.0,
+        8,
+    )
 }
 
 /// DDIM(η): x' = a'·x̂1 + √(b'² − σ²)·ε̂ + σ·ξ with (x̂1, ε̂) solved from x = a·x̂1 + b·ε̂,
@@ -195,6 +216,7 @@ mod tests {
             for rule in [
                 StepRule::Sde { diffusion: 1.0 },
                 StepRule::Sde { diffusion: 0.5 },
+                StepRule::Sde { diffusion: 0.1 },
                 StepRule::Ddim { eta: 0.0 },
                 StepRule::Ddim { eta: 1.0 },
             ] {
@@ -207,12 +229,36 @@ mod tests {
         }
     }
 
-    /// γ = 0 is the Euler step of the ODE.
+    /// γ = 0 is the Euler step of the ODE, also from t = 0 where a vanishes.
     #[test]
     fn zero_diffusion_is_euler() {
         for path in PATHS {
-            let c = StepRule::Sde { diffusion: 0.0 }.coefficients(&path, 0.3, 0.35);
-            assert!((c[0] - 1.0).abs() < 1e-12 && (c[1] - 0.05).abs() < 1e-12 && c[2] == 0.0);
+            for t in [0.0, 0.3] {
+                let c = StepRule::Sde { diffusion: 0.0 }.coefficients(&path, t, t + 0.05);
+                assert!((c[0] - 1.0).abs() < 1e-12 && (c[1] - 0.05).abs() < 1e-12 && c[2] == 0.0);
+            }
+        }
+    }
+
+    /// The first step from pure noise on the OT path (a(0) = 0): its noise variance is
+    /// ∫₀ʰ γ²·g²·(s/h)^(2γ²) ds = γ²·2·∫₀ʰ (1 − s)·s^(2γ² − 1)/h^(2γ²) ds, singular at 0 for
+    /// small γ; the graded quadrature gets it to 1e-6.
+    #[test]
+    fn the_first_step_from_pure_noise_draws_its_full_noise() {
+        let ot = GaussianPath::Ot { sigma_min: 0.0 };
+        let h = 0.01;
+        for gamma in [0.1f64, 0.2, 0.5, 1.0] {
+            let g2 = gamma * gamma;
+            let k = 2.0 * g2;
+            // γ²·2·[h^k/k − h^(k+1)/(k+1)]/h^k
+            let want = g2 * 2.0 * (1.0 / k - h / (k + 1.0));
+            let [p, _, r] = StepRule::Sde { diffusion: gamma }.coefficients(&ot, 0.0, h);
+            assert_eq!(p, 0.0);
+            assert!(
+                (r * r / want - 1.0).abs() < 1e-6,
+                "γ {gamma}: R² {} vs {want}",
+                r * r
+            );
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod plot;
 #[doc(hidden)]
 pub mod reference;
 pub mod rng;
+pub mod shard;
 pub mod solve;
 pub mod train;
 

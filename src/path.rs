@@ -65,7 +65,9 @@ pub enum Prediction {
 }
 
 /// Conversions divide by a (noise, score) or b (data), which vanish at the ends of some
-/// paths: their coefficients are taken at t clamped to [T_EDGE, 1 − T_EDGE].
+/// paths, and ḃ is infinite at the data end of the VP SDE: there (divisor below `T_EDGE`, or
+/// a derivative not finite) the coefficients are taken at t clamped to [T_EDGE, 1 − T_EDGE];
+/// elsewhere at t itself.
 pub const T_EDGE: f64 = codes::T_EDGE as f64;
 
 /// Path coefficients at t: (a, b, c) and their time derivatives.
@@ -118,9 +120,10 @@ impl GaussianPath {
     }
 
     fn vp_sde(beta_min: f64, beta_max: f64) -> Result<Self> {
-        if !(beta_min > 0.0 && beta_max >= beta_min && beta_max <= 1000.0) {
+        // β_max ≤ 200 keeps α(0) = exp(−½∫β) ≥ e^−50, within f32's range on the GPU.
+        if !(beta_min > 0.0 && beta_max >= beta_min && beta_max <= 200.0) {
             return Err(Error::invalid(format!(
-                "--beta-min and --beta-max must satisfy 0 < β_min ≤ β_max ≤ 1000, got {beta_min} and {beta_max}"
+                "--beta-min and --beta-max must satisfy 0 < β_min ≤ β_max ≤ 200, got {beta_min} and {beta_max}"
             )));
         }
         Ok(GaussianPath::VpSde { beta_min, beta_max })
@@ -307,12 +310,17 @@ impl Prediction {
     /// (c_x, c_o) with v = c_x·x + c_o·o: the velocity at (x, t) of a network output o of
     /// this kind on `path` (c = 0). From x = a·x̂1 + b·ε̂, v = ȧ·x̂1 + ḃ·ε̂ and ŝ = −ε̂/b:
     /// noise: v = (ȧ/a)·x + (ḃ − ȧ·b/a)·ε̂; data: v = (ḃ/b)·x + (ȧ − ḃ·a/b)·x̂1;
-    /// score: ε̂ = −b·ŝ. Coefficients at t clamped to [T_EDGE, 1 − T_EDGE].
+    /// score: ε̂ = −b·ŝ. Where the divisor (a, or b for data) is below T_EDGE, the
+    /// coefficients are taken at t clamped to [T_EDGE, 1 − T_EDGE].
     pub fn to_velocity(self, path: &GaussianPath, t: f64) -> (f64, f64) {
         if self == Prediction::Velocity {
             return (0.0, 1.0);
         }
-        let s = path.schedule(t.clamp(T_EDGE, 1.0 - T_EDGE));
+        let mut s = path.schedule(t);
+        let divisor = if self == Prediction::Data { s.b } else { s.a };
+        if divisor < T_EDGE || !(s.da.is_finite() && s.db.is_finite()) {
+            s = path.schedule(t.clamp(T_EDGE, 1.0 - T_EDGE));
+        }
         match self {
             Prediction::Noise => (s.da / s.a, s.db - s.da * s.b / s.a),
             Prediction::Data => (s.db / s.b, s.da - s.db * s.a / s.b),

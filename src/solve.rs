@@ -648,17 +648,33 @@ impl<'a> Sampler<'a> {
         cfg: &SolveConfig,
         sink: &mut dyn FnMut(&[f32]) -> Result<()>,
     ) -> Result<SolveStats> {
-        cfg.validate()?;
         if n == 0 {
             return Err(Error::invalid("-n must be positive"));
         }
-        if n > u32::MAX as usize {
+        self.sample_rows_into(0..n, seed, cfg, sink)
+    }
+
+    /// Samples `rows` (global indices) of a run of `seed`: exactly those rows of
+    /// [`sample_into`](Self::sample_into) of any larger n, so shards of a run concatenate to
+    /// the whole. An empty range delivers nothing.
+    pub fn sample_rows_into(
+        &self,
+        rows: std::ops::Range<usize>,
+        seed: u64,
+        cfg: &SolveConfig,
+        sink: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<SolveStats> {
+        cfg.validate()?;
+        if rows.end > u32::MAX as usize {
             return Err(Error::invalid("-n must be below 2^32"));
         }
-        let capacity = self.capacity(cfg.chunk.min(n), 0)?;
+        let (mut start, n) = (rows.start, rows.end);
+        if start >= n {
+            return Ok(SolveStats::default());
+        }
+        let capacity = self.capacity(cfg.chunk.min(n - start), 0)?;
         let mut cs = ChunkSolver::new(self.ctx, &self.mlp, capacity, 0, 0, None, &self.source)?;
         let mut stats = SolveStats::default();
-        let mut start = 0;
         while start < n {
             let rows = capacity.min(n - start);
             let (x, s) = self.solve_chunk(
@@ -709,7 +725,7 @@ impl<'a> Sampler<'a> {
         t1: f64,
         cfg: &SolveConfig,
     ) -> Result<(Vec<f32>, SolveStats)> {
-        self.integrate_rows(x, t0, t1, cfg, None)
+        self.integrate_rows(x, (t0, t1), cfg, None, 0)
     }
 
     /// The velocity the solvers integrate at (x, t), x in model units: the network's
@@ -727,11 +743,25 @@ impl<'a> Sampler<'a> {
 
     /// Log-density of rows x (data units) under the model: the augmented ODE [x, ℓ] with
     /// dℓ/dt = Tr(∂v/∂x) from t = 1 to 0, ℓ(1) = 0, gives z = x(0) and
-    /// log p(x) = log N(z; 0, I) + ℓ(0) (− Σ log std for standardized data).
+    /// log p(x) = log N(z; 0, s²·I) + ℓ(0) (− Σ log std for standardized data), s the
+    /// path's source scale (σ_max for the VE SDE, else 1).
     /// Returns (log p per row, z per row in model units, cost).
     pub fn log_prob(
         &self,
         x: &[f32],
+        trace: Trace,
+        cfg: &SolveConfig,
+    ) -> Result<(Vec<f64>, Vec<f32>, SolveStats)> {
+        self.log_prob_from(x, 0, trace, cfg)
+    }
+
+    /// [`log_prob`](Self::log_prob) of rows whose first is row `first_row` of a larger set:
+    /// Hutchinson probes are keyed by the global row, so the rows of a shard get exactly the
+    /// unsharded run's values.
+    pub fn log_prob_from(
+        &self,
+        x: &[f32],
+        first_row: usize,
         trace: Trace,
         cfg: &SolveConfig,
     ) -> Result<(Vec<f64>, Vec<f32>, SolveStats)> {
@@ -762,7 +792,7 @@ impl<'a> Sampler<'a> {
             .chunks(d)
             .flat_map(|r| r.iter().copied().chain([0.0]))
             .collect();
-        let (out, stats) = self.integrate_rows(&aug, 1.0, 0.0, cfg, Some(trace))?;
+        let (out, stats) = self.integrate_rows(&aug, (1.0, 0.0), cfg, Some(trace), first_row)?;
         // The source N(0, s²·I) (s = σ_max for the VE SDE, else 1).
         let s2 = self.model.config.path.source_scale().powi(2);
         let log_norm = -0.5 * d as f64 * (2.0 * std::f64::consts::PI * s2).ln();
@@ -776,7 +806,9 @@ impl<'a> Sampler<'a> {
         Ok((logp, z, stats))
     }
 
-    /// Per-row divergence estimate Tr(∂v/∂x) at (x, t), x in model units (tests, tools).
+    /// Per-row divergence estimate Tr(∂o/∂x) of the network's output o at (x, t), x in model
+    /// units (tests, tools): Tr(∂v/∂x) for velocity models; for other predictions the
+    /// solvers' dℓ/dt is c_x·dim + c_o·Tr(∂o/∂x) (`Prediction::to_velocity`).
     pub fn divergence(&self, x: &[f32], t: f64, trace: Trace) -> Result<Vec<f32>> {
         let d = self.dim();
         let n = x.len() / d;
@@ -810,10 +842,10 @@ impl<'a> Sampler<'a> {
     fn integrate_rows(
         &self,
         x: &[f32],
-        t0: f64,
-        t1: f64,
+        (t0, t1): (f64, f64),
         cfg: &SolveConfig,
         trace: Option<Trace>,
+        first_row: usize,
     ) -> Result<(Vec<f32>, SolveStats)> {
         cfg.validate()?;
         let sd = self.dim() + trace.is_some() as usize;
@@ -832,7 +864,7 @@ impl<'a> Sampler<'a> {
         for (c, rows) in x.chunks(capacity * sd).enumerate() {
             let init = Init::Rows {
                 rows,
-                offset: c * capacity,
+                offset: first_row + c * capacity,
             };
             let (y, s) = self.solve_chunk(&mut cs, rows.len() / sd, init, t0, t1, cfg)?;
             out.extend(y);

@@ -584,6 +584,14 @@ fn diffusion_models_train_and_sample_by_ode_sde_and_ddim() {
             &["--path", "vp-sde", "--beta-min", "5", "--beta-max", "1"][..],
             "β_min ≤ β_max",
         ),
+        (
+            &["--path", "ve-sde", "--objective", "mle"][..],
+            "trains against an N(0, I) source",
+        ),
+        (
+            &["--path", "ve-sde", "--source", "8gaussians"][..],
+            "drop --source",
+        ),
     ] {
         let mut args = vec!["train"];
         args.extend_from_slice(flags);

@@ -256,15 +256,12 @@ impl Dataset {
     /// centred), so nothing is divided by zero.
     /// FNV-1a hash (hex) of the values and labels: identifies the data a run trained on.
     pub fn fingerprint(&self) -> String {
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        let mut add = |b: u8| h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        bytemuck::cast_slice::<f32, u8>(&self.points)
-            .iter()
-            .for_each(|&b| add(b));
+        let mut h = crate::io::Fingerprint::default();
+        h.add(bytemuck::cast_slice::<f32, u8>(&self.points));
         for l in self.labels.iter().flatten() {
-            l.to_le_bytes().into_iter().for_each(&mut add);
+            h.add(&l.to_le_bytes());
         }
-        format!("{h:016x}")
+        h.hex()
     }
 
     /// Classes of a labelled set (0 without labels).
@@ -463,6 +460,19 @@ mod tests {
             (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
         };
         assert!((sd(0) - 1.0).abs() < 1e-4 && (sd(1) - 1.0).abs() < 1e-4);
+    }
+
+    /// config.json keeps the statistics to the last bit (resume compares them exactly;
+    /// serde_json's default float parser is off by one ulp on this value).
+    #[test]
+    fn standardization_survives_json_exactly() {
+        let s = Standardization {
+            mean: vec![0.024193523800430668, 102.99333333333402],
+            std: vec![0.9991893536989437, 2.0031345806380916],
+        };
+        let back: Standardization =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

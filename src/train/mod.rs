@@ -445,6 +445,28 @@ fn median_abs(losses: &[f32]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The VE SDE's source is N(0, σ_max²·I), which its flow-matching targets build in: it takes
+/// neither a source pool (sampling would start from the pool unscaled) nor maximum
+/// likelihood (whose base density is N(0, I)).
+fn check_source_scale(path: &GaussianPath, pools: &Pools, cfg: &TrainConfig) -> Result<()> {
+    if path.source_scale() == 1.0 {
+        return Ok(());
+    }
+    if pools.source.is_some() {
+        return Err(Error::invalid(format!(
+            "the {} path's source is N(0, σ_max²·I); drop --source",
+            path.name()
+        )));
+    }
+    if cfg.mle.is_some() {
+        return Err(Error::invalid(format!(
+            "--objective mle trains against an N(0, I) source; the {} path's is N(0, σ_max²·I): train it by flow matching",
+            path.name()
+        )));
+    }
+    Ok(())
+}
+
 /// cfm.wgsl's fixed parameters of a run (the step and its loss slot are set per step).
 fn cfm_params(
     cfg: &TrainConfig,
@@ -632,6 +654,7 @@ impl Trainer {
         cfg.validate()?;
         mlp_cfg.validate()?;
         pools.validate(mlp_cfg, cfg)?;
+        check_source_scale(&path, &pools, cfg)?;
         let d = mlp_cfg.dim;
         let mut cfg = cfg.clone();
         cfg.log_every = cfg.log_every.div_ceil(cfg.steps_per_submit) * cfg.steps_per_submit;

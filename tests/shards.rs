@@ -1,0 +1,283 @@
+//! Sharded commands: the N shards of `sample`, `encode`, `decode` and `logprob` (Hutchinson
+//! probes too) merge into the unsharded output byte for byte, with uneven N, empty shards
+//! and shards run in other chunk sizes; `merge` refuses incomplete, duplicated and mixed
+//! sets; the one-host recipe of docs/scale.md (xargs) runs as written.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowgpu");
+
+fn flowgpu(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run flowgpu");
+    let err = String::from_utf8_lossy(&out.stderr).into();
+    (out.status.code().unwrap_or(-1), err)
+}
+
+fn ok(args: &[&str]) {
+    let (code, err) = flowgpu(args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flowgpu-shards-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Run `args` (with `--out` appended per shard) as `count` shards, merge them, and return
+/// the merged bytes; `extra(i)` adds per-shard flags (chunk sizes).
+fn sharded(dir: &Path, tag: &str, args: &[&str], count: usize, ext: &str) -> Vec<u8> {
+    let mut parts = Vec::new();
+    for i in 0..count {
+        let part = dir.join(format!("{tag}-{i}.{ext}"));
+        let shard = format!("{i}/{count}");
+        let chunk = (3 + 5 * i).to_string();
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--shard", &shard, "--chunk", &chunk, "--out", s(&part)]);
+        ok(&a);
+        parts.push(part);
+    }
+    let merged = dir.join(format!("{tag}-merged.{ext}"));
+    let mut m = vec!["merge", "--out", s(&merged)];
+    m.extend(parts.iter().rev().map(|p| s(p)));
+    ok(&m);
+    std::fs::read(&merged).unwrap()
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_output_bit_for_bit() {
+    let dir = tmp("bits");
+    let run = dir.join("run");
+    ok(&[
+        "train",
+        "--steps",
+        "50",
+        "--width",
+        "8",
+        "--plot-samples",
+        "0",
+        "--eval-n",
+        "0",
+        "--out",
+        s(&run),
+    ]);
+    let m = s(&run);
+    let full = dir.join("full.npy");
+    ok(&[
+        "sample",
+        "--model",
+        m,
+        "-n",
+        "103",
+        "--solver",
+        "rk4",
+        "--steps",
+        "5",
+        "--out",
+        s(&full),
+    ]);
+    let want = std::fs::read(&full).unwrap();
+    let sample = [
+        "sample", "--model", m, "-n", "103", "--solver", "rk4", "--steps", "5",
+    ];
+    assert_eq!(
+        sharded(&dir, "s4", &sample, 4, "npy"),
+        want,
+        "sample, 4 shards"
+    );
+    // 7 shards of 103 rows in chunks of 3..33 rows; CSV.
+    let full_csv = dir.join("full.csv");
+    ok(&[
+        "sample",
+        "--model",
+        m,
+        "-n",
+        "103",
+        "--solver",
+        "rk4",
+        "--steps",
+        "5",
+        "--out",
+        s(&full_csv),
+    ]);
+    let want_csv = std::fs::read(&full_csv).unwrap();
+    assert_eq!(
+        sharded(&dir, "s7", &sample, 7, "csv"),
+        want_csv,
+        "sample, 7 CSV shards"
+    );
+    // More shards than rows: empty shards.
+    let few = ["sample", "--model", m, "-n", "5", "--steps", "4"];
+    let five = dir.join("five.npy");
+    ok(&[
+        "sample",
+        "--model",
+        m,
+        "-n",
+        "5",
+        "--steps",
+        "4",
+        "--out",
+        s(&five),
+    ]);
+    assert_eq!(
+        sharded(&dir, "s8", &few, 8, "npy"),
+        std::fs::read(&five).unwrap(),
+        "8 shards of 5 rows"
+    );
+
+    for (cmd, input) in [("encode", &full), ("decode", &full)] {
+        let out = dir.join(format!("{cmd}.npy"));
+        let args = [
+            "--model",
+            m,
+            "--input",
+            s(input),
+            "--solver",
+            "rk4",
+            "--steps",
+            "5",
+        ];
+        let mut a = vec![cmd];
+        a.extend(args);
+        ok(&[a.as_slice(), &["--out", s(&out)]].concat());
+        assert_eq!(
+            sharded(&dir, cmd, &a, 3, "npy"),
+            std::fs::read(&out).unwrap(),
+            "{cmd}"
+        );
+    }
+
+    // Hutchinson probes are keyed by the global row.
+    let lp = dir.join("lp.npy");
+    let args = [
+        "logprob",
+        "--model",
+        m,
+        "--input",
+        s(&full),
+        "--trace",
+        "hutchinson",
+        "--probes",
+        "2",
+        "--steps",
+        "6",
+    ];
+    ok(&[&args[..], &["--out", s(&lp)]].concat());
+    assert_eq!(
+        sharded(&dir, "lp", &args, 5, "npy"),
+        std::fs::read(&lp).unwrap(),
+        "logprob"
+    );
+}
+
+#[test]
+fn merge_refuses_incomplete_duplicated_and_mixed_shards() {
+    let dir = tmp("refuse");
+    let run = dir.join("run");
+    ok(&[
+        "train",
+        "--steps",
+        "20",
+        "--width",
+        "8",
+        "--plot-samples",
+        "0",
+        "--eval-n",
+        "0",
+        "--out",
+        s(&run),
+    ]);
+    let m = s(&run);
+    let part = |i: usize, seed: &str| {
+        let p = dir.join(format!("p{i}-{seed}.npy"));
+        let shard = format!("{i}/3");
+        ok(&[
+            "sample",
+            "--model",
+            m,
+            "-n",
+            "30",
+            "--seed",
+            seed,
+            "--steps",
+            "4",
+            "--shard",
+            &shard,
+            "--out",
+            s(&p),
+        ]);
+        p
+    };
+    let (p0, p1, p2, q2) = (part(0, "1"), part(1, "1"), part(2, "1"), part(2, "2"));
+    let out = dir.join("merged.npy");
+    for (parts, needle) in [
+        (vec![&p0, &p1], "shard 2/3 is missing"),
+        (vec![&p0, &p1, &p1, &p2], "shard 1/3 is twice"),
+        (vec![&p0, &p1, &q2], "not shards of the same run"),
+    ] {
+        let mut a = vec!["merge", "--out", s(&out)];
+        a.extend(parts.iter().map(|p| s(p)));
+        let (code, err) = flowgpu(&a);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(!out.exists());
+    }
+    // A file that is not a shard.
+    let full = dir.join("full.npy");
+    ok(&[
+        "sample",
+        "--model",
+        m,
+        "-n",
+        "30",
+        "--steps",
+        "4",
+        "--out",
+        s(&full),
+    ]);
+    let (code, err) = flowgpu(&["merge", "--out", s(&out), s(&full)]);
+    assert!(code == 1 && err.contains("no shard manifest"), "{err}");
+    let (code, err) = flowgpu(&["sample", "--model", m, "--out", s(&out), "--shard", "3/3"]);
+    assert!(code == 2 && err.contains("0 ≤ I < N"), "{err}");
+}
+
+/// docs/scale.md's one-host recipe: `seq 0 3 | xargs -P 2 …`, then merge.
+#[test]
+fn the_xargs_recipe_runs_as_written() {
+    let dir = tmp("xargs");
+    let run = dir.join("run");
+    ok(&[
+        "train",
+        "--steps",
+        "20",
+        "--width",
+        "8",
+        "--plot-samples",
+        "0",
+        "--eval-n",
+        "0",
+        "--out",
+        s(&run),
+    ]);
+    let script = format!(
+        "cd {d} && seq 0 3 | xargs -P 2 -I{{}} {BIN} sample --model run -n 1000 --shard {{}}/4 --out part-{{}}.npy && {BIN} merge --out samples.npy part-*.npy && {BIN} sample --model run -n 1000 --out whole.npy",
+        d = s(&dir)
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("samples.npy")).unwrap(),
+        std::fs::read(dir.join("whole.npy")).unwrap()
+    );
+}
