@@ -79,7 +79,8 @@ struct MergeArgs {
 
 #[derive(Args, Clone)]
 struct GpuArgs {
-    /// Use the adapter whose name contains this (case-insensitive).
+    /// Use the adapter whose name contains this (case-insensitive); `all`: every adapter
+    /// (sample, encode, decode and logprob split their rows evenly over them).
     #[arg(long, global = true)]
     adapter: Option<String>,
     /// Restrict the search to one backend.
@@ -91,7 +92,29 @@ struct GpuArgs {
 }
 
 impl GpuArgs {
+    /// `--adapter all`: every adapter (`sample`, `encode`, `decode` and `logprob` split
+    /// their rows over them).
+    fn wants_all(&self) -> bool {
+        self.adapter.as_deref() == Some("all")
+    }
+
+    /// One context, or with `--adapter all` one per adapter.
+    fn contexts(&self) -> Result<Vec<GpuContext>> {
+        if self.wants_all() {
+            return GpuContext::all(&AdapterChoice {
+                backend: self.backend,
+                ..Default::default()
+            });
+        }
+        Ok(vec![self.context()?])
+    }
+
     fn context(&self) -> Result<GpuContext> {
+        if self.wants_all() {
+            return Err(Error::invalid(
+                "--adapter all splits the rows of sample, encode, decode and logprob; name one adapter for this command",
+            ));
+        }
         GpuContext::new(&AdapterChoice {
             name: self.adapter.clone(),
             backend: self.backend,
@@ -1375,10 +1398,10 @@ fn sample(a: SampleArgs) -> Result<()> {
     };
     cfg.validate()?;
     let model = Model::load(&a.model)?;
-    let ctx = a.gpu.context()?;
-    let mut sampler = Sampler::new(&ctx, &model)?;
+    let ctxs = a.gpu.contexts()?;
+    let ctx = &ctxs[0];
     let class = a.class.map(|l| model.config.class_of(l)).transpose()?;
-    sampler.condition(class, a.guidance)?;
+    let sampler = conditioned_sampler(ctx, &model, class, a.guidance)?;
     let d = model.config.data_dim();
     let range = a.shard.rows(a.n);
     let t0 = Instant::now();
@@ -1386,15 +1409,41 @@ fn sample(a: SampleArgs) -> Result<()> {
     pb.set_message("samples");
     // Keep up to 20 000 samples for the plot; the rest streams to the file.
     let mut kept: Vec<f32> = Vec::new();
-    let stats = write_rows(&a.out, range.len(), d, &mut |sink| {
-        sampler.sample_rows_into(range.clone(), a.seed, &cfg, &mut |rows| {
-            if kept.len() < 20_000 * d {
-                kept.extend_from_slice(&rows[..rows.len().min(20_000 * d - kept.len())]);
+    let mut keep = |rows: &[f32]| {
+        if kept.len() < 20_000 * d {
+            kept.extend_from_slice(&rows[..rows.len().min(20_000 * d - kept.len())]);
+        }
+        pb.inc((rows.len() / d) as u64);
+    };
+    let mut parts = Vec::new();
+    let stats = if ctxs.len() == 1 {
+        write_rows(&a.out, range.len(), d, &mut |sink| {
+            sampler.sample_rows_into(range.clone(), a.seed, &cfg, &mut |rows| {
+                keep(rows);
+                sink(rows)
+            })
+        })?
+    } else {
+        let done = over_adapters(&ctxs, range.clone(), &|c, part| {
+            let mut out = Vec::new();
+            let sampler = conditioned_sampler(c, &model, class, a.guidance)?;
+            let s = sampler.sample_rows_into(part, a.seed, &cfg, &mut |r| {
+                out.extend_from_slice(r);
+                Ok(())
+            })?;
+            Ok((out, s))
+        })?;
+        parts = done.iter().map(|(p, _)| p.clone()).collect();
+        write_rows(&a.out, range.len(), d, &mut |sink| {
+            let mut stats = SolveStats::default();
+            for (_, (rows, s)) in &done {
+                keep(rows);
+                sink(rows)?;
+                stats.merge(s);
             }
-            pb.inc((rows.len() / d) as u64);
-            sink(rows)
-        })
-    })?;
+            Ok(stats)
+        })?
+    };
     pb.finish_and_clear();
     let wall = t0.elapsed().as_secs_f64();
     let run = serde_json::json!({ "seed": a.seed, "class": a.class, "guidance": a.guidance });
@@ -1439,6 +1488,9 @@ fn sample(a: SampleArgs) -> Result<()> {
         j["sample_steps_per_s"] = rate.into();
         j["adapter"] = ctx.adapter_name().into();
         j["backend"] = ctx.backend_name().into();
+        if !parts.is_empty() {
+            j["adapters"] = adapters_json(&ctxs, &parts);
+        }
         j["out"] = a.out.to_string_lossy().into();
         println!("{j}");
     }
@@ -1489,14 +1541,26 @@ fn map(a: MapArgs, encode: bool) -> Result<()> {
     let all = read_rows(&a.input, d_in)?;
     let range = a.shard.rows(all.len() / d_in);
     let x = &all[range.start * d_in..range.end * d_in];
-    let ctx = a.gpu.context()?;
-    let sampler = Sampler::new(&ctx, &model)?;
+    let ctxs = a.gpu.contexts()?;
+    let ctx = &ctxs[0];
     let t0 = Instant::now();
-    let (y, stats) = match (x.is_empty(), encode) {
-        (true, _) => (Vec::new(), SolveStats::default()),
-        (false, true) => sampler.encode(x, &cfg)?,
-        (false, false) => sampler.decode(x, &cfg)?,
-    };
+    let done = over_adapters(&ctxs, range.clone(), &|c, part| {
+        let xs = &all[part.start * d_in..part.end * d_in];
+        if xs.is_empty() {
+            return Ok((Vec::new(), SolveStats::default()));
+        }
+        let s = Sampler::new(c, &model)?;
+        if encode {
+            s.encode(xs, &cfg)
+        } else {
+            s.decode(xs, &cfg)
+        }
+    })?;
+    let (mut y, mut stats) = (Vec::with_capacity(range.len() * d), SolveStats::default());
+    for (_, (ys, s)) in &done {
+        y.extend_from_slice(ys);
+        stats.merge(s);
+    }
     let wall = t0.elapsed().as_secs_f64();
     let n = x.len() / d_in;
     write_rows(&a.out, n, d, &mut |sink| {
@@ -1527,6 +1591,10 @@ fn map(a: MapArgs, encode: bool) -> Result<()> {
         j["sample_steps_per_s"] = (n as f64 * steps_per_sample(&cfg, &stats) / wall).into();
         j["adapter"] = ctx.adapter_name().into();
         j["backend"] = ctx.backend_name().into();
+        if ctxs.len() > 1 {
+            let parts: Vec<_> = done.iter().map(|(p, _)| p.clone()).collect();
+            j["adapters"] = adapters_json(&ctxs, &parts);
+        }
         println!("{j}");
     }
     Ok(())
@@ -1552,11 +1620,22 @@ fn logprob(a: LogprobArgs) -> Result<()> {
             all.len() / d
         )));
     }
-    let x = &all[range.start * d..range.end * d];
-    let ctx = a.gpu.context()?;
-    let sampler = Sampler::new(&ctx, &model)?;
+    let ctxs = a.gpu.contexts()?;
+    let ctx = &ctxs[0];
     let t0 = Instant::now();
-    let (logp, z, stats) = sampler.log_prob_from(x, range.start, trace, &cfg)?;
+    let done = over_adapters(&ctxs, range.clone(), &|c, part| {
+        let xs = &all[part.start * d..part.end * d];
+        if xs.is_empty() {
+            return Ok((Vec::new(), Vec::new(), SolveStats::default()));
+        }
+        Sampler::new(c, &model)?.log_prob_from(xs, part.start, trace, &cfg)
+    })?;
+    let (mut logp, mut z, mut stats) = (Vec::new(), Vec::new(), SolveStats::default());
+    for (_, (l, zs, s)) in &done {
+        logp.extend_from_slice(l);
+        z.extend_from_slice(zs);
+        stats.merge(s);
+    }
     let d_latent = model.config.mlp.dim;
     let wall = t0.elapsed().as_secs_f64();
     let n = logp.len();
@@ -1608,6 +1687,10 @@ fn logprob(a: LogprobArgs) -> Result<()> {
         j["wall_s"] = wall.into();
         j["adapter"] = ctx.adapter_name().into();
         j["backend"] = ctx.backend_name().into();
+        if ctxs.len() > 1 {
+            let parts: Vec<_> = done.iter().map(|(p, _)| p.clone()).collect();
+            j["adapters"] = adapters_json(&ctxs, &parts);
+        }
         println!("{j}");
     }
     Ok(())
@@ -1894,4 +1977,69 @@ fn merge(a: MergeArgs) -> Result<()> {
         println!("{j}");
     }
     Ok(())
+}
+
+/// Rows `range` split evenly over `ctxs` (adapter k takes part k of K, as `--shard k/K`
+/// would within the range), each part computed by `work` on its adapter in its own thread;
+/// the parts in row order.
+fn over_adapters<T: Send>(
+    ctxs: &[GpuContext],
+    range: std::ops::Range<usize>,
+    work: &(dyn Fn(&GpuContext, std::ops::Range<usize>) -> Result<T> + Sync),
+) -> Result<Vec<(std::ops::Range<usize>, T)>> {
+    let parts: Vec<std::ops::Range<usize>> = (0..ctxs.len())
+        .map(|k| {
+            let r = flowgpu::shard::Shard {
+                index: k,
+                count: ctxs.len(),
+            }
+            .rows(range.len());
+            range.start + r.start..range.start + r.end
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ctxs
+            .iter()
+            .zip(&parts)
+            .map(|(ctx, part)| scope.spawn(move || work(ctx, part.clone())))
+            .collect();
+        let results: Vec<Result<T>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Gpu("an adapter's thread failed".into())))
+            })
+            .collect();
+        results
+            .into_iter()
+            .zip(parts.iter().cloned())
+            .map(|(r, p)| r.map(|t| (p, t)))
+            .collect()
+    })
+}
+
+/// The adapters of `ctxs` with their rows, for `--json`.
+fn adapters_json(ctxs: &[GpuContext], parts: &[std::ops::Range<usize>]) -> serde_json::Value {
+    ctxs.iter()
+        .zip(parts)
+        .map(|(c, r)| {
+            serde_json::json!({
+                "name": c.adapter_name(),
+                "backend": c.backend_name(),
+                "rows": [r.start, r.end],
+            })
+        })
+        .collect()
+}
+
+/// A sampler of `model` on `ctx`, drawing `class` with guidance weight `guidance`.
+fn conditioned_sampler<'a>(
+    ctx: &'a GpuContext,
+    model: &'a Model,
+    class: Option<usize>,
+    guidance: f64,
+) -> Result<Sampler<'a>> {
+    let mut s = Sampler::new(ctx, model)?;
+    s.condition(class, guidance)?;
+    Ok(s)
 }

@@ -112,7 +112,8 @@ pub struct SolveStats {
 }
 
 impl SolveStats {
-    fn merge(&mut self, o: &SolveStats) {
+    /// Add the statistics of another solve (another chunk, shard or adapter).
+    pub fn merge(&mut self, o: &SolveStats) {
         let n = (self.rows + o.rows).max(1) as f64;
         self.accepted_mean =
             (self.accepted_mean * self.rows as f64 + o.accepted_mean * o.rows as f64) / n;

@@ -281,3 +281,119 @@ fn the_xargs_recipe_runs_as_written() {
         std::fs::read(dir.join("whole.npy")).unwrap()
     );
 }
+
+/// `--adapter all` splits the rows evenly over every adapter wgpu sees, in one process:
+/// adapter k's rows are exactly what that adapter alone writes for shard k/K (lavapipe and
+/// llvmpipe-GL here, whose kernels differ, so the rows are compared adapter by adapter).
+#[test]
+fn adapter_all_splits_the_rows_over_every_adapter() {
+    let dir = tmp("all");
+    let run = dir.join("run");
+    ok(&[
+        "train",
+        "--steps",
+        "20",
+        "--width",
+        "8",
+        "--plot-samples",
+        "0",
+        "--eval-n",
+        "0",
+        "--out",
+        s(&run),
+    ]);
+    let m = s(&run);
+    let read = |p: &Path| {
+        flowgpu::io::npy::read_npy_f32(&std::fs::read(p).unwrap())
+            .unwrap()
+            .0
+    };
+    let all = dir.join("all.npy");
+    let out = Command::new(BIN)
+        .args([
+            "sample",
+            "--model",
+            m,
+            "-n",
+            "101",
+            "--steps",
+            "8",
+            "--adapter",
+            "all",
+            "--json",
+            "--out",
+            s(&all),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = read(&all);
+    let adapters = j["adapters"].as_array().cloned().unwrap_or_default();
+    eprintln!("--adapter all: {adapters:?}");
+    let k_all = adapters.len().max(1);
+    let mut covered = 0;
+    for (k, a) in adapters.iter().enumerate() {
+        let (lo, hi) = (
+            a["rows"][0].as_u64().unwrap() as usize,
+            a["rows"][1].as_u64().unwrap() as usize,
+        );
+        assert_eq!(lo, covered);
+        covered = hi;
+        let part = dir.join(format!("part-{k}.npy"));
+        let shard = format!("{k}/{k_all}");
+        let backend = a["backend"].as_str().unwrap();
+        ok(&[
+            "sample",
+            "--model",
+            m,
+            "-n",
+            "101",
+            "--steps",
+            "8",
+            "--backend",
+            backend,
+            "--shard",
+            &shard,
+            "--out",
+            s(&part),
+        ]);
+        assert_eq!(read(&part), rows[2 * lo..2 * hi], "adapter {k} ({backend})");
+    }
+    if adapters.is_empty() {
+        // One adapter: --adapter all is the plain command.
+        let one = dir.join("one.npy");
+        ok(&[
+            "sample",
+            "--model",
+            m,
+            "-n",
+            "101",
+            "--steps",
+            "8",
+            "--out",
+            s(&one),
+        ]);
+        assert_eq!(read(&one), rows);
+    } else {
+        assert_eq!(covered, 101);
+    }
+    let (code, err) = flowgpu(&[
+        "train",
+        "--adapter",
+        "all",
+        "--steps",
+        "5",
+        "--out",
+        s(&dir.join("t")),
+    ]);
+    assert!(
+        code == 1 && err.contains("--adapter all splits the rows"),
+        "{err}"
+    );
+}

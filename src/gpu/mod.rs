@@ -267,6 +267,23 @@ impl GpuContext {
         Self::from_adapter(adapter, choice)
     }
 
+    /// A context on every adapter wgpu sees (within `choice.backend`), in preference order:
+    /// `--adapter all`.
+    pub fn all(choice: &AdapterChoice) -> Result<Vec<Self>> {
+        let settings = Settings::global()?;
+        let backend = choice.backend.or(settings.backend);
+        let inst = instance(backend);
+        let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend)));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
+        }
+        adapters.sort_by_key(|a| preference(&a.get_info()));
+        adapters
+            .into_iter()
+            .map(|a| Self::from_adapter(a, choice))
+            .collect()
+    }
+
     fn from_adapter(adapter: wgpu::Adapter, choice: &AdapterChoice) -> Result<Self> {
         let profile = choice.profile;
         let info = adapter.get_info();
