@@ -1456,22 +1456,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         n: a.n,
     }
     .write(&a.out, "rows", d)?;
-    if let (Some(fig), true) = (&a.plot, d >= 2) {
-        let layers = vec![figure_layer(&kept, d, SAMPLE_COLOUR, "model samples")];
-        let title = format!("{} samples, {}", a.n, cfg.describe());
-        let scatter = plot::ScatterFigure {
-            layers,
-            title: &title,
-            max_dims: 4,
-        };
-        plot::save(fig, &scatter).map_err(|e| Error::io(fig, e))?;
-    }
-    if let (Some(fig), true) = (&a.trajectories, d >= 2) {
-        plot_trajectories(fig, &sampler, a.particles, a.seed, &cfg)?;
-    }
-    if let (Some(gif), true) = (&a.animate, d >= 2) {
-        animate_flow(gif, &sampler, (a.particles, a.seed, a.frames), &cfg)?;
-    }
+    sample_figures(&a, &sampler, &kept, range.len(), &cfg)?;
     let rate = range.len() as f64 * steps_per_sample(&cfg, &stats) / wall;
     eprintln!(
         "sampled {} points with {} (nfe {}) in {wall:.2} s ({rate:.3e} samples·steps/s) → {}",
@@ -1483,7 +1468,10 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.gpu.json {
         let mut j = solve_json(&cfg, &stats);
         j["command"] = "sample".into();
-        j["n"] = a.n.into();
+        j["n"] = range.len().into();
+        if let Some(s) = a.shard.shard {
+            j["shard"] = serde_json::json!([s.index, s.count]);
+        }
         j["wall_s"] = wall.into();
         j["sample_steps_per_s"] = rate.into();
         j["adapter"] = ctx.adapter_name().into();
@@ -1736,7 +1724,7 @@ fn density(a: DensityArgs) -> Result<()> {
     if model.config.data_dim() != 2 {
         return Err(Error::invalid(format!(
             "density plots need a 2-D model; this one has dimension {}",
-            model.config.mlp.dim
+            model.config.data_dim()
         )));
     }
     let ctx = a.gpu.context()?;
@@ -1933,7 +1921,9 @@ struct ShardRun<'a> {
 
 impl ShardRun<'_> {
     fn write(&self, out: &Path, output: &str, dim: usize) -> Result<()> {
-        let Some(s) = self.shard else { return Ok(()) };
+        let Some(s) = self.shard else {
+            return flowgpu::shard::Manifest::remove(out);
+        };
         let r = s.rows(self.n);
         flowgpu::shard::Manifest {
             command: self.command.into(),
@@ -1948,6 +1938,7 @@ impl ShardRun<'_> {
             dim,
             shard: [s.index, s.count],
             rows: [r.start, r.end],
+            file: flowgpu::shard::file_fingerprint(out)?,
         }
         .write(out)
     }
@@ -2042,4 +2033,33 @@ fn conditioned_sampler<'a>(
     let mut s = Sampler::new(ctx, model)?;
     s.condition(class, guidance)?;
     Ok(s)
+}
+
+/// `sample`'s figures: the samples kept for the plot (`kept`, of `n` drawn), the
+/// trajectories and the animation, each when asked (and the data has 2 or more dimensions).
+fn sample_figures(
+    a: &SampleArgs,
+    sampler: &Sampler,
+    kept: &[f32],
+    n: usize,
+    cfg: &SolveConfig,
+) -> Result<()> {
+    let d = sampler.data_dim();
+    if let (Some(fig), true) = (&a.plot, d >= 2) {
+        let layers = vec![figure_layer(kept, d, SAMPLE_COLOUR, "model samples")];
+        let title = format!("{n} samples, {}", cfg.describe());
+        let scatter = plot::ScatterFigure {
+            layers,
+            title: &title,
+            max_dims: 4,
+        };
+        plot::save(fig, &scatter).map_err(|e| Error::io(fig, e))?;
+    }
+    if let (Some(fig), true) = (&a.trajectories, d >= 2) {
+        plot_trajectories(fig, sampler, a.particles, a.seed, cfg)?;
+    }
+    if let (Some(gif), true) = (&a.animate, d >= 2) {
+        animate_flow(gif, sampler, (a.particles, a.seed, a.frames), cfg)?;
+    }
+    Ok(())
 }

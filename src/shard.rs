@@ -65,6 +65,8 @@ pub struct Manifest {
     pub shard: [usize; 2],
     /// [start, end) of this shard's rows.
     pub rows: [usize; 2],
+    /// Fingerprint of the output file's bytes: a manifest belongs to one file.
+    pub file: String,
 }
 
 /// Fingerprint of a model folder's files.
@@ -109,8 +111,28 @@ impl Manifest {
                 path.display()
             ))
         })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::format(&path, format!("not a shard manifest: {e}")))
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::format(&path, format!("not a shard manifest: {e}")))?;
+        let [i, count] = m.shard;
+        let sane = count > 0
+            && i < count
+            && m.rows[0] <= m.rows[1]
+            && m.rows[1] <= m.n
+            && m.n.checked_mul(m.dim.max(1)).is_some_and(|v| v <= 1 << 34);
+        if !sane {
+            return Err(Error::format(&path, "is not a consistent shard manifest"));
+        }
+        Ok(m)
+    }
+
+    /// Remove the manifest of `output`, if any (an output written without --shard has
+    /// none, so a stale one must not survive it).
+    pub fn remove(output: &Path) -> Result<()> {
+        let path = Self::path_for(output);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
     }
 
     /// Everything but the shard's own place: equal for every shard of one run.
@@ -118,6 +140,7 @@ impl Manifest {
         Manifest {
             shard: [0, self.shard[1]],
             rows: [0, 0],
+            file: String::new(),
             ..self.clone()
         }
     }
@@ -179,11 +202,17 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Manifest> {
     let first = all[0].1.clone();
     let mut rows = Vec::with_capacity(first.n * first.dim);
     for (p, m) in &all {
+        let bytes =
+            crate::io::read_bounded(p, crate::io::MAX_FILE_BYTES).map_err(|e| Error::io(p, e))?;
+        if Fingerprint::default().add(&bytes).hex() != m.file {
+            return Err(Error::invalid(format!(
+                "{} is not the file its manifest was written for (it changed after the shard ran)",
+                p.display()
+            )));
+        }
         if m.rows[0] == m.rows[1] {
             continue;
         }
-        let bytes =
-            crate::io::read_bounded(p, crate::io::MAX_FILE_BYTES).map_err(|e| Error::io(p, e))?;
         let (data, cols) = match p.extension().and_then(|e| e.to_str()) {
             Some("npy") => {
                 let (d, shape) =

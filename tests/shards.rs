@@ -229,6 +229,30 @@ fn merge_refuses_incomplete_duplicated_and_mixed_shards() {
         assert!(err.contains(needle), "{needle}: {err}");
         assert!(!out.exists());
     }
+    // A shard file changed after its shard ran; a shard's path reused by a run without
+    // --shard (its stale manifest is removed).
+    let mut bytes = std::fs::read(&p0).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&p0, bytes).unwrap();
+    let (code, err) = flowgpu(&["merge", "--out", s(&out), s(&p0), s(&p1), s(&p2)]);
+    assert!(
+        code == 1 && err.contains("changed after the shard ran"),
+        "{err}"
+    );
+    ok(&[
+        "sample",
+        "--model",
+        m,
+        "-n",
+        "10",
+        "--steps",
+        "4",
+        "--out",
+        s(&p1),
+    ]);
+    let (code, err) = flowgpu(&["merge", "--out", s(&out), s(&p0), s(&p1), s(&p2)]);
+    assert!(code == 1 && err.contains("no shard manifest"), "{err}");
+    assert!(!out.exists());
     // A file that is not a shard.
     let full = dir.join("full.npy");
     ok(&[

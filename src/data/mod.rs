@@ -216,9 +216,19 @@ impl Dataset {
             )));
         }
         let mut values = Vec::with_capacity(self.len());
-        for (i, r) in self.points.chunks(self.dim).enumerate() {
-            let v = r[col];
-            // Integers up to 2^24 are exact in f32, so no two labels merge.
+        // The parsed values when there are some, so that f32 rounding merges no labels.
+        let column: Vec<f64> = match &self.exact {
+            Some(e) => e.iter().skip(col).step_by(self.dim).copied().collect(),
+            None => self
+                .points
+                .iter()
+                .skip(col)
+                .step_by(self.dim)
+                .map(|&v| v as f64)
+                .collect(),
+        };
+        for (i, &v) in column.iter().enumerate() {
+            // Integers up to 2^24 are exact in f32 (in which toy labels arrive).
             if !(v.fract() == 0.0 && v.abs() <= 16_777_216.0) {
                 return Err(Error::invalid(format!(
                     "{}: row {} has label {v} in column {col}; labels must be integers (|label| ≤ 2^24)",

@@ -59,6 +59,7 @@ impl Figure for Frame<'_> {
         chart.draw_series(
             snap.chunks_exact(d)
                 .zip(self.colours)
+                .filter(|(r, _)| r[0].is_finite() && r[1].is_finite())
                 .map(|(r, c)| Circle::new((r[0] as f64, r[1] as f64), 2, c.mix(0.8).filled())),
         )?;
         Ok(())

@@ -39,7 +39,11 @@ impl DensityFigure<'_> {
         if !top.is_finite() {
             return (-1.0, 0.0);
         }
-        let bottom = bottom.max(top - SPAN);
+        let bottom = if bottom.is_finite() {
+            bottom.max(top - SPAN)
+        } else {
+            top - SPAN
+        };
         (bottom, if top > bottom { top } else { bottom + 1.0 })
     }
 

@@ -109,7 +109,7 @@ impl LossFigure<'_> {
                 label("loss (log scale)")
             );
         } else {
-            let pad = 0.05 * (hi - lo).max(1e-12);
+            let pad = 0.05 * (hi - lo).max(1e-3 * hi.abs().max(lo.abs())).max(1e-12);
             finish!(
                 chart.build_cartesian_2d(1.0..x_max, (lo - pad)..(hi + pad))?,
                 label("loss")

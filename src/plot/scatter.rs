@@ -322,7 +322,11 @@ impl Figure for TrajectoryFigure<'_> {
         for p in 0..n {
             let pts: Vec<(f64, f64)> = self.path(p).collect();
             for (k, w) in pts.windows(2).enumerate() {
-                let t = 0.5 * (self.times[k] + self.times[(k + 1).min(self.times.len() - 1)]);
+                let finite = w.iter().all(|p| p.0.is_finite() && p.1.is_finite());
+                if !finite || k + 1 >= self.times.len() {
+                    continue;
+                }
+                let t = 0.5 * (self.times[k] + self.times[k + 1]);
                 chart.draw_series(LineSeries::new(w.iter().copied(), viridis(t).mix(0.6)))?;
             }
         }
@@ -334,9 +338,12 @@ impl Figure for TrajectoryFigure<'_> {
             let d = self.dim;
             let snap = &self.snapshots[s];
             chart
-                .draw_series((0..n).map(|p| {
-                    Circle::new((snap[p * d] as f64, snap[p * d + 1] as f64), 2, c.filled())
-                }))?
+                .draw_series(
+                    (0..n)
+                        .map(|p| (snap[p * d] as f64, snap[p * d + 1] as f64))
+                        .filter(|q| q.0.is_finite() && q.1.is_finite())
+                        .map(|q| Circle::new(q, 2, c.filled())),
+                )?
                 .label(label)
                 .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
         }

@@ -611,6 +611,11 @@ fn load_data(
         train.standardize(&s);
         s
     });
+    // The parsed f64 values have served the statistics; the run keeps f32 points only.
+    train.exact = None;
+    if let Some(h) = held.as_mut() {
+        h.exact = None;
+    }
     Ok((train, held, std))
 }
 
