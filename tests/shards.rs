@@ -50,14 +50,14 @@ fn sharded(dir: &Path, tag: &str, args: &[&str], count: usize, ext: &str) -> Vec
     std::fs::read(&merged).unwrap()
 }
 
-#[test]
-fn shards_merge_into_the_unsharded_output_bit_for_bit() {
-    let dir = tmp("bits");
+/// A small model trained for `steps` steps, in `dir`/run.
+fn tiny_model(dir: &Path, steps: u32) -> PathBuf {
     let run = dir.join("run");
+    let steps = steps.to_string();
     ok(&[
         "train",
         "--steps",
-        "50",
+        &steps,
         "--width",
         "8",
         "--plot-samples",
@@ -67,25 +67,20 @@ fn shards_merge_into_the_unsharded_output_bit_for_bit() {
         "--out",
         s(&run),
     ]);
+    run
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_output_bit_for_bit() {
+    let dir = tmp("bits");
+    let run = tiny_model(&dir, 50);
     let m = s(&run);
     let full = dir.join("full.npy");
-    ok(&[
-        "sample",
-        "--model",
-        m,
-        "-n",
-        "103",
-        "--solver",
-        "rk4",
-        "--steps",
-        "5",
-        "--out",
-        s(&full),
-    ]);
-    let want = std::fs::read(&full).unwrap();
     let sample = [
         "sample", "--model", m, "-n", "103", "--solver", "rk4", "--steps", "5",
     ];
+    ok(&[&sample[..], &["--out", s(&full)]].concat());
+    let want = std::fs::read(&full).unwrap();
     assert_eq!(
         sharded(&dir, "s4", &sample, 4, "npy"),
         want,
@@ -93,19 +88,7 @@ fn shards_merge_into_the_unsharded_output_bit_for_bit() {
     );
     // 7 shards of 103 rows in chunks of 3..33 rows; CSV.
     let full_csv = dir.join("full.csv");
-    ok(&[
-        "sample",
-        "--model",
-        m,
-        "-n",
-        "103",
-        "--solver",
-        "rk4",
-        "--steps",
-        "5",
-        "--out",
-        s(&full_csv),
-    ]);
+    ok(&[&sample[..], &["--out", s(&full_csv)]].concat());
     let want_csv = std::fs::read(&full_csv).unwrap();
     assert_eq!(
         sharded(&dir, "s7", &sample, 7, "csv"),
@@ -180,20 +163,7 @@ fn shards_merge_into_the_unsharded_output_bit_for_bit() {
 #[test]
 fn merge_refuses_incomplete_duplicated_and_mixed_shards() {
     let dir = tmp("refuse");
-    let run = dir.join("run");
-    ok(&[
-        "train",
-        "--steps",
-        "20",
-        "--width",
-        "8",
-        "--plot-samples",
-        "0",
-        "--eval-n",
-        "0",
-        "--out",
-        s(&run),
-    ]);
+    let run = tiny_model(&dir, 20);
     let m = s(&run);
     let part = |i: usize, seed: &str| {
         let p = dir.join(format!("p{i}-{seed}.npy"));
@@ -276,20 +246,7 @@ fn merge_refuses_incomplete_duplicated_and_mixed_shards() {
 #[test]
 fn the_xargs_recipe_runs_as_written() {
     let dir = tmp("xargs");
-    let run = dir.join("run");
-    ok(&[
-        "train",
-        "--steps",
-        "20",
-        "--width",
-        "8",
-        "--plot-samples",
-        "0",
-        "--eval-n",
-        "0",
-        "--out",
-        s(&run),
-    ]);
+    tiny_model(&dir, 20); // the recipe names it by its folder, run
     let script = format!(
         "cd {d} && seq 0 3 | xargs -P 2 -I{{}} {BIN} sample --model run -n 1000 --shard {{}}/4 --out part-{{}}.npy && {BIN} merge --out samples.npy part-*.npy && {BIN} sample --model run -n 1000 --out whole.npy",
         d = s(&dir)
@@ -312,20 +269,7 @@ fn the_xargs_recipe_runs_as_written() {
 #[test]
 fn adapter_all_splits_the_rows_over_every_adapter() {
     let dir = tmp("all");
-    let run = dir.join("run");
-    ok(&[
-        "train",
-        "--steps",
-        "20",
-        "--width",
-        "8",
-        "--plot-samples",
-        "0",
-        "--eval-n",
-        "0",
-        "--out",
-        s(&run),
-    ]);
+    let run = tiny_model(&dir, 20);
     let m = s(&run);
     let read = |p: &Path| {
         flowgpu::io::npy::read_npy_f32(&std::fs::read(p).unwrap())

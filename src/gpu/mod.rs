@@ -202,6 +202,17 @@ pub fn list_adapters(backend: Option<BackendChoice>) -> Result<Vec<AdapterSummar
     Ok(adapters.iter().map(|a| summarize(a, settings)).collect())
 }
 
+/// Every adapter of `backend` (all backends: None), in preference order; none is an error.
+fn adapters_of(backend: Option<BackendChoice>) -> Result<Vec<wgpu::Adapter>> {
+    let inst = instance(backend);
+    let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend)));
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
+    }
+    adapters.sort_by_key(|a| preference(&a.get_info()));
+    Ok(adapters)
+}
+
 fn inst_backends(backend: Option<BackendChoice>) -> wgpu::Backends {
     backend
         .map(|b| b.backends())
@@ -239,12 +250,7 @@ impl GpuContext {
     /// do ([`Settings`]).
     pub fn new(choice: &AdapterChoice) -> Result<Self> {
         let settings = Settings::global()?;
-        let backend = choice.backend.or(settings.backend);
-        let inst = instance(backend);
-        let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend)));
-        if adapters.is_empty() {
-            return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
-        }
+        let mut adapters = adapters_of(choice.backend.or(settings.backend))?;
         if let Some(name) = choice.name.as_ref().or(settings.adapter.as_ref()) {
             let needle = name.to_lowercase();
             let all: Vec<String> = adapters
@@ -262,7 +268,6 @@ impl GpuContext {
                 )));
             }
         }
-        adapters.sort_by_key(|a| preference(&a.get_info()));
         let adapter = adapters.remove(0);
         Self::from_adapter(adapter, choice)
     }
@@ -271,14 +276,7 @@ impl GpuContext {
     /// `--adapter all`.
     pub fn all(choice: &AdapterChoice) -> Result<Vec<Self>> {
         let settings = Settings::global()?;
-        let backend = choice.backend.or(settings.backend);
-        let inst = instance(backend);
-        let mut adapters = pollster::block_on(inst.enumerate_adapters(inst_backends(backend)));
-        if adapters.is_empty() {
-            return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
-        }
-        adapters.sort_by_key(|a| preference(&a.get_info()));
-        adapters
+        adapters_of(choice.backend.or(settings.backend))?
             .into_iter()
             .map(|a| Self::from_adapter(a, choice))
             .collect()

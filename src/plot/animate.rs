@@ -1,7 +1,7 @@
 //! The flow as a GIF: particles carried from the source (t = 0) to the data (t = 1),
 //! one frame per snapshot, the frame's time printed on it.
 
-use super::{ends_view, invalid, render_rgb, tick, viridis, DrawResult, Figure, FONT};
+use super::{axes, ends_view, invalid, render_rgb, viridis, DrawResult, Figure, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::io;
@@ -42,18 +42,7 @@ impl Figure for Frame<'_> {
             .x_label_area_size(35)
             .y_label_area_size(45)
             .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc("x1")
-            .y_desc("x2")
-            .x_labels(5)
-            .y_labels(5)
-            .x_label_formatter(&|v| tick(*v))
-            .y_label_formatter(&|v| tick(*v))
-            .label_style((FONT, 12))
-            .axis_desc_style((FONT, 14))
-            .light_line_style(RGBColor(242, 242, 242))
-            .draw()?;
+        axes(&mut chart, ("x1", "x2"), 12, true)?;
         let d = self.anim.dim;
         let snap = &self.anim.frames[self.k];
         chart.draw_series(

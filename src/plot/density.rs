@@ -1,6 +1,6 @@
 //! A 2-D log-density on a grid beside the data's histogram, on one colour scale in nats.
 
-use super::{tick, viridis, DrawResult, Figure, FONT};
+use super::{axes, color_bar, viridis, DrawResult, Figure, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -69,53 +69,7 @@ impl DensityFigure<'_> {
             let c = viridis((v - lo_c) / (hi_c - lo_c));
             Rectangle::new([(x, y), (x + cell, y + cell)], c.filled())
         }))?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc("x1")
-            .y_desc("x2")
-            .x_labels(5)
-            .y_labels(5)
-            .x_label_formatter(&|v| tick(*v))
-            .y_label_formatter(&|v| tick(*v))
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 16))
-            .draw()?;
-        Ok(())
-    }
-
-    fn color_bar<DB: DrawingBackend>(
-        &self,
-        area: &DrawingArea<DB, Shift>,
-        (lo, hi): (f64, f64),
-    ) -> DrawResult<DB> {
-        let mut chart = ChartBuilder::on(area)
-            .margin_top(48)
-            .margin_bottom(55)
-            .margin_right(10)
-            .y_label_area_size(0)
-            .right_y_label_area_size(55)
-            .build_cartesian_2d(0.0..1.0, lo..hi)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .disable_y_mesh()
-            .disable_x_axis()
-            .y_desc("log density (nats)")
-            .y_labels(7)
-            .y_label_formatter(&|v| tick(*v))
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 15))
-            .draw()?;
-        let step = (hi - lo) / 200.0;
-        chart.draw_series((0..200).map(|i| {
-            let v = lo + i as f64 * step;
-            Rectangle::new(
-                [(0.0, v), (1.0, v + step)],
-                viridis(i as f64 / 199.0).filled(),
-            )
-        }))?;
-        Ok(())
+        axes(&mut chart, ("x1", "x2"), 14, false)
     }
 }
 
@@ -137,7 +91,7 @@ impl Figure for DensityFigure<'_> {
             }
             None => self.panel(&panels, self.model, "model log p(x)", scale)?,
         }
-        self.color_bar(&bar, scale)
+        color_bar(&bar, scale, "log density (nats)", (48, 55))
     }
 }
 

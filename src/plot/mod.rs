@@ -121,6 +121,73 @@ pub fn save(path: &Path, fig: &impl Figure) -> io::Result<()> {
     }
 }
 
+/// A chart with f64 axes, as every figure draws them.
+pub(crate) type Chart<'a, 'b, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Axes with numbers and names (`font` px labels), light grid lines when `grid`.
+pub(crate) fn axes<DB: DrawingBackend>(
+    chart: &mut Chart<'_, '_, DB>,
+    (x, y): (&str, &str),
+    font: u32,
+    grid: bool,
+) -> DrawResult<DB> {
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x)
+        .y_desc(y)
+        .x_labels(5)
+        .y_labels(5)
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .label_style((FONT, font))
+        .axis_desc_style((FONT, font + 2))
+        .light_line_style(RGBColor(242, 242, 242));
+    if !grid {
+        mesh.disable_mesh();
+    }
+    mesh.draw()
+}
+
+/// A vertical viridis colour bar from `lo` to `hi` named `label`, inset by `margins` (top,
+/// bottom) pixels so that it lines up with the plot beside it.
+pub(crate) fn color_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    (lo, hi): (f64, f64),
+    label: &str,
+    (top, bottom): (u32, u32),
+) -> DrawResult<DB> {
+    let mut chart = ChartBuilder::on(area)
+        .margin_top(top)
+        .margin_bottom(bottom)
+        .margin_right(10)
+        .y_label_area_size(0)
+        .right_y_label_area_size(55)
+        .build_cartesian_2d(0.0..1.0, lo..hi)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .disable_y_mesh()
+        .disable_x_axis()
+        .y_desc(label)
+        .y_labels(7)
+        .y_label_formatter(&|v| tick(*v))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .draw()?;
+    let step = (hi - lo) / 200.0;
+    chart.draw_series((0..200).map(|i| {
+        let v = lo + i as f64 * step;
+        Rectangle::new(
+            [(0.0, v), (1.0, v + step)],
+            viridis(i as f64 / 199.0).filled(),
+        )
+    }))?;
+    Ok(())
+}
+
 /// Viridis anchor colours at 0, 1/8, ..., 1 (sampled from matplotlib's map);
 /// interpolating linearly between them is visually indistinguishable from the full
 /// table.

@@ -1,8 +1,7 @@
 //! Point clouds: a 2-D scatter, a corner plot (pairwise scatters over 1-D histograms)
 //! for more dimensions, and particle trajectories coloured by time.
 
-use super::{robust_range, tick, viridis, DrawResult, Figure, FONT};
-use plotters::coord::types::RangedCoordf64;
+use super::{axes, color_bar, robust_range, tick, viridis, Chart, DrawResult, Figure, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -38,31 +37,9 @@ pub struct ScatterFigure<'a> {
     pub max_dims: usize,
 }
 
-type Chart<'a, 'b, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
-
 /// The name of column `c` on an axis.
 fn axis_name(c: usize) -> String {
     format!("x{}", c + 1)
-}
-
-fn mesh<DB: DrawingBackend>(
-    chart: &mut Chart<'_, '_, DB>,
-    x: &str,
-    y: &str,
-    font: u32,
-) -> DrawResult<DB> {
-    chart
-        .configure_mesh()
-        .x_desc(x)
-        .y_desc(y)
-        .x_labels(5)
-        .y_labels(5)
-        .x_label_formatter(&|v| tick(*v))
-        .y_label_formatter(&|v| tick(*v))
-        .label_style((FONT, font))
-        .axis_desc_style((FONT, font + 2))
-        .light_line_style(RGBColor(242, 242, 242))
-        .draw()
 }
 
 /// Dots of each layer at columns (x, y); the dot radius shrinks for large clouds.
@@ -109,7 +86,7 @@ impl ScatterFigure<'_> {
             .x_label_area_size(45)
             .y_label_area_size(55)
             .build_cartesian_2d((cx - half)..(cx + half), (cy - half)..(cy + half))?;
-        mesh(&mut chart, &axis_name(0), &axis_name(1), 14)?;
+        axes(&mut chart, (&axis_name(0), &axis_name(1)), 14, true)?;
         dots(&mut chart, &self.layers, (0, 1), true)?;
         chart
             .configure_series_labels()
@@ -192,12 +169,11 @@ impl ScatterFigure<'_> {
             .y_label_area_size(if first_col { 45 } else { 0 })
             .build_cartesian_2d(x0..x1, y0..y1)?;
         let (xn, yn) = (axis_name(x), axis_name(y));
-        mesh(
-            &mut chart,
-            if last_row { &xn } else { "" },
-            if first_col { &yn } else { "" },
-            12,
-        )?;
+        let names = (
+            if last_row { xn.as_str() } else { "" },
+            if first_col { yn.as_str() } else { "" },
+        );
+        axes(&mut chart, names, 12, true)?;
         dots(&mut chart, &self.layers, (x, y), false)
     }
 
@@ -269,35 +245,6 @@ impl TrajectoryFigure<'_> {
             .iter()
             .map(move |s| (s[p * d] as f64, s[p * d + 1] as f64))
     }
-
-    fn color_bar<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
-        let mut chart = ChartBuilder::on(area)
-            .margin_top(60)
-            .margin_bottom(57)
-            .margin_right(10)
-            .y_label_area_size(0)
-            .right_y_label_area_size(40)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .disable_y_mesh()
-            .disable_x_axis()
-            .y_desc(self.time_label)
-            .y_labels(6)
-            .y_label_formatter(&|v| tick(*v))
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 15))
-            .draw()?;
-        chart.draw_series((0..100).map(|i| {
-            let t = i as f64 / 100.0;
-            Rectangle::new(
-                [(0.0, t), (1.0, t + 0.01)],
-                viridis(i as f64 / 99.0).filled(),
-            )
-        }))?;
-        Ok(())
-    }
 }
 
 impl Figure for TrajectoryFigure<'_> {
@@ -318,7 +265,7 @@ impl Figure for TrajectoryFigure<'_> {
             .x_label_area_size(45)
             .y_label_area_size(55)
             .build_cartesian_2d(x0..x1, y0..y1)?;
-        mesh(&mut chart, &axis_name(0), &axis_name(1), 14)?;
+        axes(&mut chart, (&axis_name(0), &axis_name(1)), 14, true)?;
         for p in 0..n {
             let pts: Vec<(f64, f64)> = self.path(p).collect();
             for (k, w) in pts.windows(2).enumerate() {
@@ -354,7 +301,7 @@ impl Figure for TrajectoryFigure<'_> {
             .label_font((FONT, 15))
             .position(SeriesLabelPosition::UpperRight)
             .draw()?;
-        self.color_bar(&bar)
+        color_bar(&bar, (0.0, 1.0), self.time_label, (60, 57))
     }
 }
 
