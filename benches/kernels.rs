@@ -137,6 +137,7 @@ fn cases(ctx: &GpuContext, n_params: usize, rows: usize, ot_batch: usize) -> Vec
         out_stride: 4,
         time_cols: 1,
         seed: 7,
+        mean_rows: rows as u32,
         ..Default::default()
     };
     v.push(Case {

@@ -150,6 +150,7 @@ fn fused_step(ctx: &GpuContext, mlp: &GpuMlp, rows: usize, calls: usize, reps: u
             in_stride: layout.layers[0].in_pad as u32,
             out_stride: 4,
             time_cols: 1,
+            mean_rows: rows as u32,
             ..Default::default()
         },
     );

@@ -31,8 +31,8 @@ struct CfmParams {
     coupled: u32,       // 1: row i's data partner is batch row pairs[i] (minibatch OT)
     path_param2: f32,   // β_max (vp-sde), σ_max (ve-sde)
     predict: u32,       // PREDICT_*: what the network's output is trained to be
-    _pad0: u32,
-    _pad1: u32,
+    row0: u32,          // global batch row of local row 0 (data-parallel shares): keys the RNG
+    mean_rows: u32,     // rows the loss and its gradient average over (the whole batch)
 }
 
 @group(0) @binding(0) var<uniform> p: CfmParams;
@@ -77,23 +77,26 @@ fn output_weight(i: u32) -> f32 {
     if (p.predict != PREDICT_SCORE) {
         return 1.0;
     }
-    let t = uniform_open(rng_bits(p.seed, STREAM_TIME, p.step, i, 0u));
+    let t = uniform_open(rng_bits(p.seed, STREAM_TIME, p.step, p.row0 + i, 0u));
     return schedule(t).b;
 }
 
 // Input row i ([x_t, time features, one-hot]) and its target (also cfm_step_subgroup.wgsl's).
+// Its random numbers are keyed by the global row g = row0 + i, so a batch split over
+// adapters draws exactly the rows of the whole batch.
 fn prepare_row(i: u32) {
+    let g = p.row0 + i;
     // The data row: this row's own draw, or (coupled) the draw of its OT partner row.
-    var partner = i;
+    var partner = g;
     if (p.coupled != 0u) {
         partner = pairs[i];
     }
     let idx = rng_bits(p.seed, STREAM_INDEX, p.step, partner, 0u) % p.n_data;
-    let t = uniform_open(rng_bits(p.seed, STREAM_TIME, p.step, i, 0u));
+    let t = uniform_open(rng_bits(p.seed, STREAM_TIME, p.step, g, 0u));
     let s = schedule(t);
     // The source row: its own random index (independent coupling), or the data row's
     // (paired coupling).
-    var src = rng_bits(p.seed, STREAM_INDEX, p.step, i, 1u) % max(p.n_source, 1u);
+    var src = rng_bits(p.seed, STREAM_INDEX, p.step, g, 1u) % max(p.n_source, 1u);
     if (p.paired != 0u) {
         src = idx;
     }
@@ -103,13 +106,13 @@ fn prepare_row(i: u32) {
         let x1 = data[idx * p.dim + j];
         var x0 = 0.0;
         if (p.n_source == 0u) {
-            x0 = normal_at(p.seed, STREAM_NOISE, p.step, i, j);
+            x0 = normal_at(p.seed, STREAM_NOISE, p.step, g, j);
         } else {
             x0 = source[src * p.dim + j];
         }
         var eps = 0.0;
         if (s.c != 0.0 || s.dc != 0.0) {
-            eps = normal_at(p.seed, STREAM_EXTRA, p.step, i, j);
+            eps = normal_at(p.seed, STREAM_EXTRA, p.step, g, j);
         }
         input[row_in + j] = s.a * x1 + s.b * x0 + s.c * eps;
         target_u[row_out + j] = target_of(s, x1, x0, eps);
@@ -119,7 +122,7 @@ fn prepare_row(i: u32) {
     }
     if (p.n_classes > 0u) {
         // Label dropout trains the unconditional field too (classifier-free guidance).
-        let drop = uniform_open(rng_bits(p.seed, STREAM_LABEL, p.step, i, 0u)) < p.label_dropout;
+        let drop = uniform_open(rng_bits(p.seed, STREAM_LABEL, p.step, g, 0u)) < p.label_dropout;
         let label = labels[idx];
         for (var k = 0u; k < p.n_classes; k++) {
             input[row_in + p.dim + p.time_cols + k] = select(0.0, 1.0, k == label && !drop);
@@ -139,14 +142,14 @@ fn store_mean_loss(lid: u32, s: f32) {
         for (var k = 0u; k < WG1; k++) {
             total += partial_sum[k];
         }
-        loss_history[p.loss_slot] = total / f32(p.batch);
+        loss_history[p.loss_slot] = total / f32(p.mean_rows);
     }
 }
 
 // One workgroup: thread l handles rows l, l + WG1, ...
 @compute @workgroup_size(WG1, 1, 1)
 fn cfm_loss(@builtin(local_invocation_id) lid: vec3<u32>) {
-    let scale = 2.0 / f32(p.batch * p.dim);
+    let scale = 2.0 / f32(p.mean_rows * p.dim);
     var s = 0.0;
     for (var i = lid.x; i < p.batch; i += WG1) {
         let row = i * p.out_stride;

@@ -11,10 +11,10 @@
 // One row set: the fused layers' tangent loops compile away.
 const TANGENT_ROWS: bool = false;
 
-// dL/dv = 2·w·(w·v − u)/(batch·dim) (w: cfm.wgsl's output_weight) into the last layer's dZ (the output has no activation),
+// dL/dv = 2·w·(w·v − u)/(mean_rows·dim) (w: cfm.wgsl's output_weight) into the last layer's dZ (the output has no activation),
 // and this lane's share of Σ_rows |v − u|²/dim (cfm.wgsl's cfm_loss, row by row).
 fn loss_rows(l: StepLayer, first: u32, last: u32, lane: u32) -> f32 {
-    let scale = 2.0 / f32(p.batch * p.dim);
+    let scale = 2.0 / f32(p.mean_rows * p.dim);
     var s = 0.0;
     for (var m = first + lane; m <= last; m += 8u) {
         let w = output_weight(m);

@@ -79,8 +79,9 @@ struct MergeArgs {
 
 #[derive(Args, Clone)]
 struct GpuArgs {
-    /// Use the adapter whose name contains this (case-insensitive); `all`: every adapter
-    /// (sample, encode, decode and logprob split their rows evenly over them).
+    /// Use the adapter whose name contains this (case-insensitive); `all`, or several
+    /// names separated by commas: every adapter named (sample, encode, decode and logprob
+    /// split their rows evenly over them; train splits each batch).
     #[arg(long, global = true)]
     adapter: Option<String>,
     /// Restrict the search to one backend.
@@ -92,27 +93,39 @@ struct GpuArgs {
 }
 
 impl GpuArgs {
-    /// `--adapter all`: every adapter (`sample`, `encode`, `decode` and `logprob` split
-    /// their rows over them).
+    /// `--adapter all` or a comma-separated list: several adapters (`sample`, `encode`,
+    /// `decode` and `logprob` split their rows over them, `train` each batch).
     fn wants_all(&self) -> bool {
-        self.adapter.as_deref() == Some("all")
+        self.adapter
+            .as_deref()
+            .is_some_and(|a| a == "all" || a.contains(','))
     }
 
-    /// One context, or with `--adapter all` one per adapter.
+    /// One context, or with `--adapter all` (or a list) one per adapter.
     fn contexts(&self) -> Result<Vec<GpuContext>> {
-        if self.wants_all() {
-            return GpuContext::all(&AdapterChoice {
+        match self.adapter.as_deref() {
+            Some("all") => GpuContext::all(&AdapterChoice {
                 backend: self.backend,
                 ..Default::default()
-            });
+            }),
+            Some(list) if list.contains(',') => list
+                .split(',')
+                .map(|name| {
+                    GpuContext::new(&AdapterChoice {
+                        name: Some(name.trim().to_string()),
+                        backend: self.backend,
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            _ => Ok(vec![self.context()?]),
         }
-        Ok(vec![self.context()?])
     }
 
     fn context(&self) -> Result<GpuContext> {
         if self.wants_all() {
             return Err(Error::invalid(
-                "--adapter all splits the rows of sample, encode, decode and logprob; name one adapter for this command",
+                "several adapters split the rows of sample, encode, decode and logprob and the batches of train; name one adapter for this command",
             ));
         }
         GpuContext::new(&AdapterChoice {
@@ -1107,15 +1120,19 @@ fn animate_flow(
 
 fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
     let mut run = open_run(&a)?;
-    let ctx = a.gpu.context()?;
-    let mut trainer = run.trainer(&ctx)?;
+    let mut ctxs = a.gpu.contexts()?;
+    let ctx = ctxs.remove(0);
+    let mut trainer = run.trainer_on(&ctx, ctxs)?;
     let steps = run.config.train.steps;
     if run.is_resumed() {
         let d = run.dir.display();
         eprintln!("resuming {d} at step {} of {steps}", trainer.step);
     }
-    let (adapter, backend) = (ctx.adapter_name(), ctx.backend_name());
-    eprintln!("training on {adapter} ({backend}) → {}", run.dir.display());
+    eprintln!(
+        "training on {} → {}",
+        describe_shares(&trainer.shares(&ctx)),
+        run.dir.display()
+    );
     if let Some(m) = &run.config.train.mle {
         eprintln!("{}", describe_mle(m));
     }
@@ -1165,8 +1182,20 @@ fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
         steps_per_s: (steps - first_step) as f64 / wall,
         animated: a.animate,
     };
-    report_train(&run, &summary, &describe, &ctx, a.gpu.json);
+    report_train(&run, &summary, &describe, &trainer.shares(&ctx), a.gpu.json);
     Ok(())
+}
+
+/// "A (backend)", or for a split batch "A (backend): batch rows 0..128 + B (backend): …".
+fn describe_shares(shares: &[flowgpu::train::parallel::ShareInfo]) -> String {
+    if let [one] = shares {
+        return format!("{} ({})", one.adapter, one.backend);
+    }
+    shares
+        .iter()
+        .map(|s| format!("{} ({}): batch rows {:?}", s.adapter, s.backend, s.rows))
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// What a finished training run reports.
@@ -1185,7 +1214,7 @@ fn report_train(
     run: &Run,
     s: &TrainSummary,
     describe: &dyn Fn(f32) -> String,
-    ctx: &GpuContext,
+    shares: &[flowgpu::train::parallel::ShareInfo],
     json: bool,
 ) {
     let (tc, plan) = (&run.config.train, &run.config.plan);
@@ -1223,8 +1252,13 @@ fn report_train(
                 "held_out_nll": s.held_out_nll,
                 "wall_s": s.wall,
                 "steps_per_s": s.steps_per_s,
-                "adapter": ctx.adapter_name(),
-                "backend": ctx.backend_name(),
+                "adapter": shares[0].adapter,
+                "backend": shares[0].backend,
+                "adapters": shares.iter().map(|s| serde_json::json!({
+                    "name": s.adapter,
+                    "backend": s.backend,
+                    "rows": [s.rows.start, s.rows.end],
+                })).collect::<Vec<_>>(),
                 "out": run.dir,
             })
         );

@@ -432,7 +432,8 @@ fn cfm_prepare_and_loss_match_reference_for_each_path() {
             label_dropout: 0.0,
             coupled: 0,
             predict: predict.gpu_code(),
-            _pad: [0; 2],
+            row0: 0,
+            mean_rows: batch as u32,
         };
         arena.set(0, &p);
         arena.upload(ctx, 0..1);
@@ -700,6 +701,7 @@ fn cfm_prepare_writes_class_one_hots_with_label_dropout() {
         n_classes: 5,
         label_dropout: 0.25,
         coupled: 0,
+        mean_rows: batch as u32,
         ..Default::default()
     };
     arena.set(0, &p);

@@ -352,16 +352,16 @@ fn adapter_all_splits_the_rows_over_every_adapter() {
         assert_eq!(covered, 101);
     }
     let (code, err) = flowgpu(&[
-        "train",
+        "density",
+        "--model",
+        m,
         "--adapter",
         "all",
-        "--steps",
-        "5",
-        "--out",
-        s(&dir.join("t")),
+        "--plot",
+        s(&dir.join("d.png")),
     ]);
     assert!(
-        code == 1 && err.contains("--adapter all splits the rows"),
+        code == 1 && err.contains("name one adapter for this command"),
         "{err}"
     );
 }

@@ -427,7 +427,6 @@ impl GpuContext {
         self.submit(enc)
     }
 
-    /// Copy `len` f32 starting at element `offset` of `buf` to the host (waits for the GPU).
     /// The sum, in slot order, of the first `len` floats of `slots` slots of `slot_len`
     /// floats each (per-workgroup partial gradients, added as the kernels add them).
     pub fn read_slot_sum(
@@ -447,19 +446,34 @@ impl GpuContext {
         Ok(sum)
     }
 
+    /// Copy `len` f32 starting at element `offset` of `buf` to the host (waits for the GPU).
     pub fn read(&self, buf: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
-        if len == 0 {
-            return Ok(Vec::new());
+        let mut parts = self.read_ranges(&[(buf, offset, len)])?;
+        Ok(parts.pop().unwrap_or_default())
+    }
+
+    /// Several ranges `(buffer, first element, length)` of f32 to the host in one copy
+    /// submit and one wait (a data-parallel step reads its gradient and loss together).
+    pub fn read_ranges(&self, ranges: &[(&wgpu::Buffer, usize, usize)]) -> Result<Vec<Vec<f32>>> {
+        let total: usize = ranges.iter().map(|r| r.2).sum();
+        if total == 0 {
+            return Ok(vec![Vec::new(); ranges.len()]);
         }
-        let bytes = (len * 4) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: bytes,
+            size: (total * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buf, (offset * 4) as u64, &staging, 0, bytes);
+        let mut at = 0u64;
+        for &(buf, offset, len) in ranges {
+            let bytes = (len * 4) as u64;
+            if bytes > 0 {
+                enc.copy_buffer_to_buffer(buf, (offset * 4) as u64, &staging, at, bytes);
+            }
+            at += bytes;
+        }
         self.queue.submit(Some(enc.finish()));
         let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
@@ -472,7 +486,7 @@ impl GpuContext {
         rx.recv()
             .map_err(|_| Error::Gpu("readback callback never ran".into()))?
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-        let out = {
+        let flat = {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
@@ -480,7 +494,15 @@ impl GpuContext {
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         staging.unmap();
-        Ok(out)
+        let mut rest = flat.as_slice();
+        Ok(ranges
+            .iter()
+            .map(|r| {
+                let (head, tail) = rest.split_at(r.2);
+                rest = tail;
+                head.to_vec()
+            })
+            .collect())
     }
 
     /// Wait until all submitted work is done.

@@ -26,7 +26,8 @@ crate::params! {
         pub coupled: u32,
         pub path_param2: f32,
         pub predict: u32,
-        pub _pad: [u32; 2],
+        pub row0: u32,
+        pub mean_rows: u32,
     }
 }
 

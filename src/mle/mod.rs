@@ -401,7 +401,7 @@ pub struct MleState {
     backprop: Option<dto::Backprop>,
     adaptive: Option<adaptive::Adaptive>,
     /// Field evaluations of the last step: (forward, gradient).
-    last_nfe: std::rc::Rc<std::cell::Cell<(usize, usize)>>,
+    last_nfe: NfeHandle,
     /// Adaptive: total evaluations (forward, gradient) and steps counted.
     nfe_total: (usize, usize, usize),
     n_stages: usize,
@@ -525,7 +525,7 @@ impl MleState {
             quad,
             backprop,
             adaptive: None,
-            last_nfe: std::rc::Rc::new(std::cell::Cell::new((cfg.nfe(), cfg.nfe_gradient()))),
+            last_nfe: NfeHandle::new((cfg.nfe(), cfg.nfe_gradient())),
             nfe_total: (0, 0, 0),
             n_stages: ns,
             steps_per_submit,
@@ -751,7 +751,7 @@ impl MleState {
 
     /// A handle that always reads [`last_nfe`](Self::last_nfe) (progress displays that
     /// cannot borrow the trainer while it runs).
-    pub fn nfe_handle(&self) -> std::rc::Rc<std::cell::Cell<(usize, usize)>> {
+    pub fn nfe_handle(&self) -> NfeHandle {
         self.last_nfe.clone()
     }
 
@@ -776,3 +776,28 @@ impl MleState {
 }
 
 impl OdeSolve {}
+
+/// The evaluations of the last step, (forward, gradient), shared with a progress display
+/// (a trainer may run on another thread, hence atomics).
+#[derive(Clone, Debug)]
+pub struct NfeHandle(std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>);
+
+impl NfeHandle {
+    fn new(nfe: (usize, usize)) -> Self {
+        let h = NfeHandle(std::sync::Arc::new(Default::default()));
+        h.set(nfe);
+        h
+    }
+
+    /// The last step's (forward, gradient) evaluations.
+    pub fn get(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.0[0].load(Relaxed), self.0[1].load(Relaxed))
+    }
+
+    pub(crate) fn set(&self, nfe: (usize, usize)) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0[0].store(nfe.0, Relaxed);
+        self.0[1].store(nfe.1, Relaxed);
+    }
+}

@@ -18,6 +18,7 @@ use crate::model::{MlpConfig, Weights};
 use crate::path::{GaussianPath, Prediction};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod parallel;
 pub mod run;
 pub use run::{NewRun, Run, RunConfig, RunPlan};
 
@@ -215,6 +216,9 @@ pub struct Trainer {
     _labels: wgpu::Buffer,
     ot: Option<OtState>,
     mle: Option<crate::mle::MleState>,
+    /// Data parallelism: the other adapters' trainers, each with a share of the batch
+    /// (this one holds the first share and the optimizer).
+    replicas: Vec<parallel::Replica>,
 }
 
 /// How a flow-matching step runs the MLP.
@@ -491,6 +495,7 @@ fn cfm_params(
         label_dropout: cfg.label_dropout as f32,
         coupled: matches!(cfg.coupling, Coupling::Sinkhorn { .. }) as u32,
         seed: cfg.seed as u32,
+        mean_rows: cfg.batch as u32,
         ..Default::default()
     }
 }
@@ -766,6 +771,7 @@ impl Trainer {
             _labels: label_buf,
             ot: ot_state,
             mle,
+            replicas: Vec::new(),
         })
     }
 
@@ -774,26 +780,13 @@ impl Trainer {
     pub fn run_steps(&mut self, ctx: &GpuContext, n: usize) -> Result<()> {
         let k = self.cfg.steps_per_submit;
         assert!(n <= k);
-        let total = self.cfg.steps;
+        if !self.replicas.is_empty() {
+            return self.run_parallel_steps(ctx, n);
+        }
         for i in 0..n {
             let s = self.step + i as u64; // 0-based
-            let cp = cfm::CfmParams {
-                step: s as u32,
-                loss_slot: (s % self.cfg.log_every as u64) as u32,
-                ..self.cfm_base
-            };
-            self.arena.set(i, &cp);
-            let t = (s + 1) as i32;
-            let ap = adam::AdamParams {
-                step: t as u32,
-                lr: self.cfg.lr_at(s.min(total.saturating_sub(1))) as f32,
-                bias_corr1: (1.0 - self.cfg.beta1.powi(t)) as f32,
-                bias_corr2: (1.0 - self.cfg.beta2.powi(t)) as f32,
-                ema_decay: self.cfg.ema_decay_at(s) as f32,
-                loss_slot: (s % self.cfg.log_every as u64) as u32,
-                ..self.adam_base
-            };
-            self.arena.set(k + i, &ap);
+            self.arena.set(i, &self.cfm_step_params(s));
+            self.arena.set(k + i, &self.adam_step_params(s));
             if let Some(m) = &mut self.mle {
                 m.set_step(i, s);
             }
@@ -831,33 +824,12 @@ impl Trainer {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            let per_sample = cfm::per_sample_groups(&self.cfm_base, &self.tiles);
             for i in 0..n {
                 if let Some(m) = &self.mle {
                     m.record_step(&mut pass, i);
                 } else {
                     self.record_coupling(&mut pass, 2 * k + i);
-                    match &self.step_mlp {
-                        StepMlp::Layers {
-                            pass: p,
-                            loss,
-                            g_loss,
-                        } => {
-                            self.kernels.prepare.dispatch(
-                                &mut pass,
-                                &self.kernels.g_prepare,
-                                i,
-                                per_sample,
-                            );
-                            p.record_forward(&mut pass);
-                            // Also writes this step's batch loss (no loss_reduce).
-                            loss.dispatch(&mut pass, g_loss, i, [1, 1, 1]);
-                            p.record_backward(&mut pass);
-                        }
-                        // Draws its rows itself; adam_update adds up its loss and
-                        // gradient slots.
-                        StepMlp::Fused(f) => f.record(&mut pass, i),
-                    }
+                    self.record_gradient(&mut pass, i);
                 }
                 self.record_update(&mut pass, i);
             }
@@ -865,6 +837,52 @@ impl Trainer {
         ctx.submit(enc)?;
         self.step += n as u64;
         Ok(())
+    }
+
+    /// cfm.wgsl's parameters of step `s` (0-based).
+    fn cfm_step_params(&self, s: u64) -> cfm::CfmParams {
+        cfm::CfmParams {
+            step: s as u32,
+            loss_slot: (s % self.cfg.log_every as u64) as u32,
+            ..self.cfm_base
+        }
+    }
+
+    /// AdamW's parameters of step `s` (0-based): its learning rate and bias corrections.
+    fn adam_step_params(&self, s: u64) -> adam::AdamParams {
+        let t = (s + 1) as i32;
+        adam::AdamParams {
+            step: t as u32,
+            lr: self.cfg.lr_at(s.min(self.cfg.steps.saturating_sub(1))) as f32,
+            bias_corr1: (1.0 - self.cfg.beta1.powi(t)) as f32,
+            bias_corr2: (1.0 - self.cfg.beta2.powi(t)) as f32,
+            ema_decay: self.cfg.ema_decay_at(s) as f32,
+            loss_slot: (s % self.cfg.log_every as u64) as u32,
+            ..self.adam_base
+        }
+    }
+
+    /// A flow-matching step's loss and gradient with the CfmParams of arena slot `i`:
+    /// draw, forward, loss, backward (or the one fused dispatch).
+    fn record_gradient(&self, pass: &mut wgpu::ComputePass<'_>, i: usize) {
+        match &self.step_mlp {
+            StepMlp::Layers {
+                pass: p,
+                loss,
+                g_loss,
+            } => {
+                let per_sample = cfm::per_sample_groups(&self.cfm_base, &self.tiles);
+                self.kernels
+                    .prepare
+                    .dispatch(pass, &self.kernels.g_prepare, i, per_sample);
+                p.record_forward(pass);
+                // Also writes this step's batch loss (no loss_reduce).
+                loss.dispatch(pass, g_loss, i, [1, 1, 1]);
+                p.record_backward(pass);
+            }
+            // Draws its rows itself; adam_update adds up its loss and gradient slots.
+            StepMlp::Fused(f) => f.record(pass, i),
+        }
     }
 
     /// The MLE loss of step slot `i` into the history (cfm_loss, or with the fused step
@@ -1082,6 +1100,7 @@ impl Trainer {
             .write_buffer(&self.ema, 0, bytemuck::cast_slice(&st.ema));
         self.step = st.step;
         self.last_read = st.step;
+        self.broadcast_weights(&st.params)?;
         ctx.wait()
     }
 }

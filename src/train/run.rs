@@ -375,21 +375,25 @@ impl Run {
     /// The trainer of this run on `ctx`: restored to the checkpoint when resuming; for a
     /// new run, the folder is created and its first checkpoint (step 0) written.
     pub fn trainer(&mut self, ctx: &GpuContext) -> Result<Trainer> {
+        self.trainer_on(ctx, Vec::new())
+    }
+
+    /// [`trainer`](Self::trainer) with each batch split over `ctx` and `others`
+    /// (data-parallel, [`crate::train::parallel`]).
+    pub fn trainer_on(&mut self, ctx: &GpuContext, others: Vec<GpuContext>) -> Result<Trainer> {
         let m = &self.config.model;
         let pool = Dataset::augment(&self.train_set.points, self.train_set.dim, m.augment, None);
-        let mut trainer = Trainer::with_source(
-            ctx,
-            &m.mlp,
-            m.path,
-            &self.weights,
-            Pools {
-                data: &pool,
-                source: self.source.as_deref(),
-                labels: self.train_set.labels.as_deref(),
-            },
-            &self.config.train,
-        )?;
-        trainer.set_prediction(m.predict)?;
+        let pools = Pools {
+            data: &pool,
+            source: self.source.as_deref(),
+            labels: self.train_set.labels.as_deref(),
+        };
+        let build = |c: &GpuContext, tc: &TrainConfig| {
+            let mut t = Trainer::with_source(c, &m.mlp, m.path, &self.weights, pools, tc)?;
+            t.set_prediction(m.predict)?;
+            Ok(t)
+        };
+        let mut trainer = Trainer::data_parallel(ctx, others, &self.config.train, build)?;
         match &self.resume_state {
             Some(st) => {
                 trainer.restore(ctx, st)?;
