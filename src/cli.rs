@@ -2,6 +2,7 @@
 //! the library.
 
 use clap::{Args, Parser, Subcommand};
+use flowgpu::data::stream::StreamPlan;
 use flowgpu::data::{AugmentFill, Dataset};
 use flowgpu::diffusion::StepRule;
 use flowgpu::error::{Error, Result};
@@ -178,6 +179,13 @@ struct TrainArgs {
     /// Drop rows with NaN or infinite values instead of refusing the file.
     #[arg(long)]
     drop_nonfinite: bool,
+    /// Stream an NPY data file instead of loading it whole: a GPU pool of this many MiB of
+    /// its rows, replaced as training goes (data larger than memory; docs/scale.md).
+    #[arg(long, value_name = "MIB")]
+    stream_pool: Option<f64>,
+    /// Steps between pool replacements (default: pool rows / batch).
+    #[arg(long, value_name = "STEPS", requires = "stream_pool")]
+    stream_refresh: Option<u64>,
     /// Write a checkpoint every N steps (and always at the end and on Ctrl-C); 0: end only.
     #[arg(long, default_value_t = 1000)]
     checkpoint_every: u64,
@@ -864,6 +872,10 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
         plot_samples: a.plot_samples,
         eval_n: a.eval_n,
         data_fingerprint: None,
+        stream: a.stream_pool.map(|pool_mib| StreamPlan {
+            pool_mib,
+            refresh_steps: a.stream_refresh,
+        }),
     };
     let mlp = MlpConfig {
         dim: 0,
@@ -1133,6 +1145,16 @@ fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
         describe_shares(&trainer.shares(&ctx)),
         run.dir.display()
     );
+    if let Some(s) = run.stream() {
+        eprintln!(
+            "streaming {}: {} rows, a pool of {} rows ({:.1} MiB) replaced every {} steps",
+            run.config.plan.data,
+            s.file_rows(),
+            s.pool_rows,
+            (s.pool_rows * s.dim() * 4) as f64 / (1u64 << 20) as f64,
+            s.refresh_steps
+        );
+    }
     if let Some(m) = &run.config.train.mle {
         eprintln!("{}", describe_mle(m));
     }
@@ -1184,6 +1206,15 @@ fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
     };
     report_train(&run, &summary, &describe, &trainer.shares(&ctx), a.gpu.json);
     Ok(())
+}
+
+/// The process's peak resident memory in MiB (Linux: VmHWM of /proc/self/status; None
+/// elsewhere).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// "A (backend)", or for a split batch "A (backend): batch rows 0..128 + B (backend): …".
@@ -1259,6 +1290,13 @@ fn report_train(
                     "backend": s.backend,
                     "rows": [s.rows.start, s.rows.end],
                 })).collect::<Vec<_>>(),
+                "stream": run.stream().map(|s| serde_json::json!({
+                    "file_rows": s.file_rows(),
+                    "pool_rows": s.pool_rows,
+                    "block_rows": s.block_rows,
+                    "refresh_steps": s.refresh_steps,
+                })),
+                "peak_rss_mib": peak_rss_mib(),
                 "out": run.dir,
             })
         );

@@ -1,6 +1,7 @@
 //! Data sets: the built-in 2D toys and user files (CSV, NPY), as flat row-major f32, with
 //! per-column standardization and a held-out split.
 
+pub mod stream;
 pub mod toys;
 
 use crate::error::{Error, Result};
@@ -280,37 +281,22 @@ impl Dataset {
     }
 
     pub fn standardization(&self) -> Standardization {
-        let n = self.len() as f64;
-        let values: Box<dyn Fn(usize) -> f64 + '_> = match &self.exact {
-            Some(e) => Box::new(move |k| e[k]),
-            None => Box::new(move |k| self.points[k] as f64),
-        };
-        let mut mean = vec![0.0; self.dim];
-        for k in 0..self.points.len() {
-            mean[k % self.dim] += values(k) / n;
+        let mut m = ColumnMoments::new(self.dim, self.len());
+        // A column is constant when its spread is below what its values' storage resolves:
+        // 1e-12 of its magnitude for the parsed f64 values, 1e-6 for f32.
+        match &self.exact {
+            Some(e) => {
+                m.add_mean(e.iter().copied());
+                m.add_spread(e.iter().copied());
+                m.finish(1e-12)
+            }
+            None => {
+                let values = || self.points.iter().map(|&v| v as f64);
+                m.add_mean(values());
+                m.add_spread(values());
+                m.finish(1e-6)
+            }
         }
-        let mut var = vec![0.0; self.dim];
-        for k in 0..self.points.len() {
-            var[k % self.dim] += (values(k) - mean[k % self.dim]).powi(2) / n;
-        }
-        // A column is constant when its spread is below what its values' storage resolves
-        // (relative to its own magnitude: 1e-12 for the parsed f64 values, 1e-6 for f32),
-        // judged per column: a Unix-time column beside one of values ~1e-3 leaves the
-        // small one alone, and one of seconds around 1.7e9 keeps its spread.
-        let resolution = if self.exact.is_some() { 1e-12 } else { 1e-6 };
-        let std = var
-            .iter()
-            .zip(&mean)
-            .map(|(&v, m)| {
-                let s = v.sqrt();
-                if s > resolution * m.abs() && s > f64::MIN_POSITIVE {
-                    s
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-        Standardization { mean, std }
     }
 
     /// Standardize the points with `s`, from the parsed f64 values when the set has them
@@ -392,6 +378,72 @@ fn drop_column<T: Copy>(v: &[T], d: usize, col: usize) -> Vec<T> {
                 .map(|(_, x)| *x)
         })
         .collect()
+}
+
+/// Per-column mean and standard deviation of row-major values in two passes (the mean,
+/// then the spread about it), accumulated in row order: the values may come in chunks
+/// that start on a row ([`stream`]) and give the bits of one whole pass.
+pub struct ColumnMoments {
+    dim: usize,
+    rows: f64,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    /// Values taken in the current pass (to place the next chunk's columns).
+    seen: usize,
+}
+
+impl ColumnMoments {
+    /// For `rows` rows of `dim` columns (the mean adds each value / rows).
+    pub fn new(dim: usize, rows: usize) -> Self {
+        ColumnMoments {
+            dim,
+            rows: rows as f64,
+            mean: vec![0.0; dim],
+            var: vec![0.0; dim],
+            seen: 0,
+        }
+    }
+
+    /// First pass: every value, in row order.
+    pub fn add_mean(&mut self, values: impl Iterator<Item = f64>) {
+        for v in values {
+            self.mean[self.seen % self.dim] += v / self.rows;
+            self.seen += 1;
+        }
+    }
+
+    /// Second pass: every value again, in row order.
+    pub fn add_spread(&mut self, values: impl Iterator<Item = f64>) {
+        let total = self.rows as usize * self.dim;
+        for v in values {
+            let k = (self.seen - total) % self.dim;
+            self.var[k] += (v - self.mean[k]).powi(2) / self.rows;
+            self.seen += 1;
+        }
+    }
+
+    /// The standardization; a column whose spread is within `resolution` of its magnitude
+    /// is constant and keeps std 1 (per column: a Unix-time column beside one of values
+    /// ~1e-3 leaves the small one alone, and one of seconds around 1.7e9 keeps its spread).
+    pub fn finish(self, resolution: f64) -> Standardization {
+        let std = self
+            .var
+            .iter()
+            .zip(&self.mean)
+            .map(|(&v, m)| {
+                let s = v.sqrt();
+                if s > resolution * m.abs() && s > f64::MIN_POSITIVE {
+                    s
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Standardization {
+            mean: self.mean,
+            std,
+        }
+    }
 }
 
 /// Per-column standardization of the data: the model sees (x − mean) / std.

@@ -92,91 +92,148 @@ pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
     Ok((data.into_iter().map(|v| v as f32).collect(), shape))
 }
 
+/// Where an NPY file's values are and how they are stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpyLayout {
+    /// Bytes per value: 4 (float32) or 8 (float64).
+    pub item: usize,
+    pub fortran_order: bool,
+    /// 1 or 2 dimensions.
+    pub shape: Vec<usize>,
+    /// Byte offset of the first value.
+    pub data_start: usize,
+    /// Bytes of values the shape needs.
+    pub data_len: usize,
+}
+
+impl NpyLayout {
+    /// (rows, columns): a 1-D array is one column.
+    pub fn rows_cols(&self) -> (usize, usize) {
+        (self.shape[0], self.shape.get(1).copied().unwrap_or(1))
+    }
+
+    /// The layout from the file's first bytes (`prefix`: at least up to the end of the
+    /// header; the data is not needed).
+    pub fn parse(prefix: &[u8]) -> Result<NpyLayout, String> {
+        let header_end = Self::header_end(prefix)?;
+        let start = header_end - Self::header_len_of(prefix)?;
+        let header = prefix.get(start..header_end).ok_or_else(|| {
+            format!(
+                "truncated NPY file: header needs {} bytes, file has {}",
+                header_end - start,
+                prefix.len().saturating_sub(start)
+            )
+        })?;
+        let header = std::str::from_utf8(header).map_err(|_| "NPY header is not valid text")?;
+        let h = parse_header(header)?;
+        let item = match h.descr.as_str() {
+            "<f4" => 4,
+            "<f8" => 8,
+            other => {
+                return Err(format!(
+                    "unsupported NPY dtype '{other}' (expected '<f4' float32 or '<f8' float64)"
+                ))
+            }
+        };
+        if h.shape.is_empty() || h.shape.len() > 2 {
+            return Err(format!(
+                "unsupported NPY shape {:?}: expected a 1-D or 2-D array",
+                h.shape
+            ));
+        }
+        let too_large = || format!("NPY shape {:?} is too large", h.shape);
+        let count = h
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(too_large)?;
+        let data_len = count.checked_mul(item).ok_or_else(too_large)?;
+        Ok(NpyLayout {
+            item,
+            fortran_order: h.fortran_order,
+            shape: h.shape,
+            data_start: header_end,
+            data_len,
+        })
+    }
+
+    /// The header dict's length field.
+    fn header_len_of(prefix: &[u8]) -> Result<usize, String> {
+        if prefix.len() < 8 || &prefix[..6] != MAGIC {
+            return Err("not an NPY file (missing \\x93NUMPY magic)".into());
+        }
+        let (major, minor) = (prefix[6], prefix[7]);
+        let field = match major {
+            1 => prefix.get(8..10),
+            2 | 3 => prefix.get(8..12),
+            _ => return Err(format!("unsupported NPY version {major}.{minor}")),
+        }
+        .ok_or("truncated NPY file: header length missing")?;
+        Ok(field
+            .iter()
+            .rev()
+            .fold(0usize, |acc, &b| (acc << 8) | b as usize))
+    }
+
+    /// The byte offset where the header ends and the data starts.
+    pub fn header_end(prefix: &[u8]) -> Result<usize, String> {
+        let len = Self::header_len_of(prefix)?;
+        let start: usize = if prefix[6] == 1 { 10 } else { 12 };
+        start
+            .checked_add(len)
+            .ok_or_else(|| "bad NPY header length".into())
+    }
+
+    /// Refuse a file whose size is not the header plus exactly the shape's values.
+    pub fn check_size(&self, file_len: usize) -> Result<(), String> {
+        let body = file_len.saturating_sub(self.data_start);
+        if body < self.data_len {
+            return Err(format!(
+                "truncated NPY file: shape {:?} needs {} data bytes, found {body}",
+                self.shape, self.data_len
+            ));
+        }
+        if body > self.data_len {
+            // numpy itself ignores trailing bytes, but they almost always mean the header
+            // and data disagree, so refuse rather than silently load the wrong matrix.
+            return Err(format!(
+                "NPY file has {} unexpected bytes after the data for shape {:?}",
+                body - self.data_len,
+                self.shape
+            ));
+        }
+        Ok(())
+    }
+
+    /// Little-endian values of this layout's dtype, widened exactly to f64, appended to `out`.
+    pub fn decode(&self, bytes: &[u8], out: &mut Vec<f64>) {
+        if self.item == 4 {
+            out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+            );
+        } else {
+            out.extend(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+            );
+        }
+    }
+}
+
 /// As [`read_npy_f32`], with the values as stored (float32 widened exactly to f64).
 pub fn read_npy_f64(bytes: &[u8]) -> Result<(Vec<f64>, Vec<usize>), String> {
-    if bytes.len() < 8 || &bytes[..6] != MAGIC {
-        return Err("not an NPY file (missing \\x93NUMPY magic)".into());
-    }
-    let (major, minor) = (bytes[6], bytes[7]);
-    let (len_bytes, header_start) = match major {
-        1 => (2, 10),
-        2 | 3 => (4, 12),
-        _ => return Err(format!("unsupported NPY version {major}.{minor}")),
-    };
-    let len_field = bytes
-        .get(8..header_start)
-        .ok_or("truncated NPY file: header length missing")?;
-    let header_len = if len_bytes == 2 {
-        u16::from_le_bytes([len_field[0], len_field[1]]) as usize
-    } else {
-        u32::from_le_bytes([len_field[0], len_field[1], len_field[2], len_field[3]]) as usize
-    };
-    let header_end = header_start
-        .checked_add(header_len)
-        .ok_or("bad NPY header length")?;
-    let header = bytes.get(header_start..header_end).ok_or_else(|| {
-        format!(
-            "truncated NPY file: header needs {header_len} bytes, file has {}",
-            bytes.len().saturating_sub(header_start)
-        )
-    })?;
-    let header = std::str::from_utf8(header).map_err(|_| "NPY header is not valid text")?;
-    let h = parse_header(header)?;
-
-    let item = match h.descr.as_str() {
-        "<f4" => 4,
-        "<f8" => 8,
-        other => {
-            return Err(format!(
-                "unsupported NPY dtype '{other}' (expected '<f4' float32 or '<f8' float64)"
-            ))
-        }
-    };
-    if h.shape.is_empty() || h.shape.len() > 2 {
-        return Err(format!(
-            "unsupported NPY shape {:?}: expected a 1-D or 2-D array",
-            h.shape
-        ));
-    }
-    let count = h
-        .shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format!("NPY shape {:?} is too large", h.shape))?;
-    let body = &bytes[header_end..];
-    let needed = count
-        .checked_mul(item)
-        .ok_or_else(|| format!("NPY shape {:?} is too large", h.shape))?;
-    if body.len() < needed {
-        return Err(format!(
-            "truncated NPY file: shape {:?} needs {needed} data bytes, found {}",
-            h.shape,
-            body.len()
-        ));
-    }
-    if body.len() > needed {
-        // numpy itself ignores trailing bytes, but they almost always mean the header
-        // and data disagree, so refuse rather than silently load the wrong matrix.
-        return Err(format!(
-            "NPY file has {} unexpected bytes after the data for shape {:?}",
-            body.len() - needed,
-            h.shape
-        ));
-    }
-    let body = &body[..needed];
-    let mut data: Vec<f64> = if item == 4 {
-        body.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect()
-    } else {
-        body.chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect()
-    };
-    if h.fortran_order && h.shape.len() == 2 {
+    let layout = NpyLayout::parse(bytes)?;
+    layout.check_size(bytes.len())?;
+    let body = &bytes[layout.data_start..layout.data_start + layout.data_len];
+    let mut data = Vec::with_capacity(layout.data_len / layout.item);
+    layout.decode(body, &mut data);
+    if layout.fortran_order && layout.shape.len() == 2 {
         // Column-major (element (i, j) at j * rows + i) to row-major.
-        let (rows, cols) = (h.shape[0], h.shape[1]);
-        let mut rm = vec![0.0f64; count];
+        let (rows, cols) = layout.rows_cols();
+        let mut rm = vec![0.0f64; data.len()];
         for j in 0..cols {
             for i in 0..rows {
                 rm[i * cols + j] = data[j * rows + i];
@@ -184,7 +241,7 @@ pub fn read_npy_f64(bytes: &[u8]) -> Result<(Vec<f64>, Vec<usize>), String> {
         }
         data = rm;
     }
-    Ok((data, h.shape))
+    Ok((data, layout.shape))
 }
 
 struct Header {

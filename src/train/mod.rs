@@ -208,7 +208,7 @@ pub struct Trainer {
     kernels: StepKernels,
     tiles: Tiles,
     // Kept alive for the bind groups.
-    _data: wgpu::Buffer,
+    data: wgpu::Buffer,
     _target: wgpu::Buffer,
     _sample_loss: wgpu::Buffer,
     _partials: wgpu::Buffer,
@@ -442,6 +442,24 @@ impl StepKernels {
     }
 }
 
+/// A pool the GPU can bind whole; a larger one is refused with the way out.
+fn fits_binding(ctx: &GpuContext, what: &str, pool: &[f32]) -> Result<()> {
+    let (bytes, limit) = (
+        pool.len() as u64 * 4,
+        ctx.limits.max_storage_buffer_binding_size,
+    );
+    if bytes <= limit {
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    Err(Error::invalid(format!(
+        "the {what} takes {:.0} MiB, more than the {:.0} MiB this adapter binds at once; stream the data file with --stream-pool {:.0} (docs/scale.md)",
+        mib(bytes),
+        mib(limit),
+        (mib(limit) / 2.0).floor()
+    )))
+}
+
 /// The median of |l| over `losses` (0 for none).
 fn median_abs(losses: &[f32]) -> f64 {
     let mut v: Vec<f64> = losses.iter().map(|l| l.abs() as f64).collect();
@@ -672,6 +690,8 @@ impl Trainer {
         } else {
             ctx.storage("grads", n)?
         };
+        fits_binding(ctx, "training data", pools.data)?;
+        fits_binding(ctx, "source", pools.source.unwrap_or(&[]))?;
         let data_buf = ctx.storage_from("data pool", pools.data)?;
         let source_buf = ctx.storage_from("source pool", pools.source.unwrap_or(&[]))?;
         let labels = bytemuck::cast_slice(pools.labels.unwrap_or(&[]));
@@ -763,7 +783,7 @@ impl Trainer {
             adam_base,
             kernels,
             tiles: ctx.tiles,
-            _data: data_buf,
+            data: data_buf,
             _target: target,
             _sample_loss: sample_loss,
             _partials: partials,
@@ -1076,6 +1096,24 @@ impl Trainer {
             moments: ctx.read(&self.moments, 0, 2 * n)?,
             ema: ctx.read(&self.ema, 0, n)?,
         })
+    }
+
+    /// Replace the data pool's rows (model units, as many as before): a streamed run's
+    /// next pool, on every adapter of a data-parallel trainer.
+    pub fn replace_data(&mut self, ctx: &GpuContext, pool: &[f32]) -> Result<()> {
+        let want = self.cfm_base.n_data as usize * self.cfm_base.dim as usize;
+        if pool.len() != want {
+            return Err(Error::invalid(format!(
+                "a replacement data pool has {} values, the trainer's {want}",
+                pool.len()
+            )));
+        }
+        ctx.queue
+            .write_buffer(&self.data, 0, bytemuck::cast_slice(pool));
+        for r in &mut self.replicas {
+            r.trainer.replace_data(&r.ctx, pool)?;
+        }
+        ctx.check()
     }
 
     /// Continue from a saved state (same model shape and settings).

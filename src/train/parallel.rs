@@ -25,7 +25,7 @@ use crate::shard::Shard;
 /// Another adapter's trainer (its own context) and its share of the batch.
 pub struct Replica {
     pub ctx: GpuContext,
-    trainer: Trainer,
+    pub(super) trainer: Trainer,
 }
 
 /// The adapters of a data-parallel run with their batch rows, for reports.

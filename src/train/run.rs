@@ -14,6 +14,7 @@
 //!   goes with the process however it ends.
 
 use super::{Pools, TrainConfig, TrainState, Trainer};
+use crate::data::stream::{DataStream, NpyRows, StreamPlan};
 use crate::data::{AugmentFill, Dataset, Standardization};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -52,6 +53,9 @@ pub struct RunPlan {
     /// FNV-1a hash of the data as loaded (values and labels): a resume refuses other data.
     #[serde(default)]
     pub data_fingerprint: Option<String>,
+    /// Stream the data file through a GPU pool instead of loading it whole.
+    #[serde(default)]
+    pub stream: Option<StreamPlan>,
 }
 
 impl RunPlan {
@@ -72,6 +76,7 @@ impl RunPlan {
             plot_samples: 4000,
             eval_n: 2000,
             data_fingerprint: None,
+            stream: None,
         }
     }
 }
@@ -175,6 +180,8 @@ pub struct Run {
     overwrite: bool,
     /// Held while this process writes the folder.
     lock: Option<RunLock>,
+    /// The data file's stream, when the run streams it (`train_set` is then the pool).
+    stream: Option<DataStream>,
 }
 
 /// The writer lock of a run folder: an OS file lock on `.lock`, released when the
@@ -256,7 +263,8 @@ impl Run {
             refuse_existing(dir)?;
         }
         config.train.validate()?;
-        let (mut train_set, held, std) = load_data(&mut config.plan, config.model.seed)?;
+        let loaded = load_data(&mut config.plan, config.model.seed, config.train.batch)?;
+        let (mut train_set, held, std) = (loaded.train, loaded.held, loaded.std);
         check_batch(&train_set, &config.train)?;
         let m = &mut config.model;
         m.augment = new.augment;
@@ -289,6 +297,7 @@ impl Run {
         };
         let mut run = Self::assemble(dir, config, train_set, held, weights, None)?;
         run.overwrite = new.overwrite;
+        run.adopt_stream(loaded.stream, 0)?;
         Ok(run)
     }
 
@@ -303,7 +312,8 @@ impl Run {
         let lock = RunLock::take(dir)?;
         let saved = SavedCheckpoint::read(dir)?;
         let mut config = saved.config;
-        let (mut train_set, held, std) = load_data(&mut config.plan, config.model.seed)?;
+        let loaded = load_data(&mut config.plan, config.model.seed, config.train.batch)?;
+        let (mut train_set, held, std) = (loaded.train, loaded.held, loaded.std);
         check_batch(&train_set, &config.train)?;
         if config.model.data_dim() != train_set.dim {
             return Err(Error::invalid(format!(
@@ -321,9 +331,11 @@ impl Run {
             );
         }
         let weights = Model::load(dir)?.weights;
+        let step = saved.state.step;
         let mut run = Self::assemble(dir, config, train_set, held, weights, Some(saved.state))?;
         run.curve = saved.curve;
         run.lock = Some(lock);
+        run.adopt_stream(loaded.stream, step)?;
         Ok(run)
     }
 
@@ -364,7 +376,39 @@ impl Run {
             resume_state,
             overwrite: false,
             lock: None,
+            stream: None,
         })
+    }
+
+    /// Take the run's data stream (if it streams), its pools in the model's units, and
+    /// load the pool that training resumes at (`step`).
+    fn adopt_stream(&mut self, stream: Option<DataStream>, step: u64) -> Result<()> {
+        let Some(mut s) = stream else { return Ok(()) };
+        s.standardization = self.config.model.standardization.clone();
+        let e = s.pool_of(step);
+        self.train_set.points = s.pool(e)?;
+        self.stream = Some(s);
+        Ok(())
+    }
+
+    /// The data stream of a run that streams its file.
+    pub fn stream(&self) -> Option<&DataStream> {
+        self.stream.as_ref()
+    }
+
+    /// A streamed run at a pool boundary takes the next pool (host and trainer).
+    fn refresh_pool(&mut self, ctx: &GpuContext, trainer: &mut Trainer) -> Result<()> {
+        let Some(s) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        if !trainer.step.is_multiple_of(s.refresh_steps) || trainer.step >= self.config.train.steps
+        {
+            return Ok(());
+        }
+        self.train_set.points = s.pool(s.pool_of(trainer.step))?;
+        let m = &self.config.model;
+        let pool = Dataset::augment(&self.train_set.points, self.train_set.dim, m.augment, None);
+        trainer.replace_data(ctx, &pool)
     }
 
     /// Whether this run continues an earlier one.
@@ -443,18 +487,26 @@ impl Run {
             0 => steps,
             n => n,
         };
+        let refresh = self.stream.as_ref().map_or(u64::MAX, |s| s.refresh_steps);
         while trainer.step < steps {
             let next = ((trainer.step / every) + 1) * every;
+            let pool_end = (trainer.step / refresh)
+                .saturating_add(1)
+                .saturating_mul(refresh);
             let curve = &mut self.curve;
-            let stopped = trainer.run_until(ctx, next.min(steps), stop, |step, losses| {
+            let target = next.min(steps).min(pool_end);
+            let stopped = trainer.run_until(ctx, target, stop, |step, losses| {
                 curve.extend_from_slice(losses);
                 on_log(step, losses);
                 Ok(())
             })?;
-            self.checkpoint(ctx, trainer)?;
+            if trainer.step.is_multiple_of(every) || trainer.step == steps || stopped {
+                self.checkpoint(ctx, trainer)?;
+            }
             if stopped {
                 return Ok(true);
             }
+            self.refresh_pool(ctx, trainer)?;
         }
         Ok(false)
     }
@@ -576,31 +628,30 @@ impl SavedCheckpoint {
     }
 }
 
-/// The data of a run, as its plan says: (training split in model units, held-out split in
-/// data units, standardization).
-/// A new run records the data's fingerprint in its plan; a resumed one must match it.
-fn load_data(
-    plan: &mut RunPlan,
-    seed: u64,
-) -> Result<(Dataset, Option<Dataset>, Option<Standardization>)> {
+/// A run's data as its plan says.
+struct LoadedData {
+    /// The training split (a streamed run: its first pool) in model units.
+    train: Dataset,
+    /// The held-out split in data units.
+    held: Option<Dataset>,
+    std: Option<Standardization>,
+    stream: Option<DataStream>,
+}
+
+/// The data of a run, as its plan says. A new run records the data's fingerprint in its
+/// plan; a resumed one must match it.
+fn load_data(plan: &mut RunPlan, seed: u64, batch: usize) -> Result<LoadedData> {
     if plan.n_data == 0 {
         return Err(Error::invalid("--n-data must be positive"));
+    }
+    if plan.stream.is_some() {
+        return load_stream(plan, seed, batch);
     }
     let mut all = Dataset::load(&plan.data, plan.n_data, seed, plan.drop_nonfinite)?;
     if let Some(col) = plan.label_column {
         all.take_label_column(col)?;
     }
-    let fingerprint = all.fingerprint();
-    match &plan.data_fingerprint {
-        Some(f) if *f != fingerprint => {
-            return Err(Error::invalid(format!(
-                "the data '{}' is not the data this run was trained on (fingerprint {fingerprint}, the run's {f}); restore it, or start a new run",
-                plan.data
-            )))
-        }
-        Some(_) => {}
-        None => plan.data_fingerprint = Some(fingerprint),
-    }
+    check_fingerprint(plan, all.fingerprint())?;
     let is_toy = crate::data::toys::Toy::from_name(&plan.data).is_some();
     let (mut train, mut held) = all.split(plan.val_frac, seed)?;
     if held.is_none() && is_toy && plan.eval_n > 0 {
@@ -620,7 +671,67 @@ fn load_data(
     if let Some(h) = held.as_mut() {
         h.exact = None;
     }
-    Ok((train, held, std))
+    Ok(LoadedData {
+        train,
+        held,
+        std,
+        stream: None,
+    })
+}
+
+/// A new run records the data's fingerprint; a resumed one refuses other data.
+fn check_fingerprint(plan: &mut RunPlan, fingerprint: String) -> Result<()> {
+    match &plan.data_fingerprint {
+        Some(f) if *f != fingerprint => Err(Error::invalid(format!(
+            "the data '{}' is not the data this run was trained on (fingerprint {fingerprint}, the run's {f}); restore it, or start a new run",
+            plan.data
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            plan.data_fingerprint = Some(fingerprint);
+            Ok(())
+        }
+    }
+}
+
+/// A streamed NPY file: its statistics and fingerprint from two chunked passes, and its
+/// first pool as the training set (in data units: the run standardizes its pools).
+fn load_stream(plan: &mut RunPlan, seed: u64, batch: usize) -> Result<LoadedData> {
+    let refuse = |what: &str| {
+        Err(Error::invalid(format!(
+            "--stream-pool reads an NPY file in chunks; {what}"
+        )))
+    };
+    if !plan.data.ends_with(".npy") {
+        return refuse("save the data with np.save (toys and CSV files load whole)");
+    }
+    if plan.val_frac > 0.0 || plan.label_column.is_some() || plan.drop_nonfinite {
+        return refuse("--val-frac, --label-column and --drop-nonfinite need the file in memory");
+    }
+    let spec = plan.stream.clone().unwrap_or(StreamPlan {
+        pool_mib: 0.0,
+        refresh_steps: None,
+    });
+    let mut rows = NpyRows::open(Path::new(&plan.data))?;
+    let scan = crate::data::stream::scan(&mut rows)?;
+    check_fingerprint(plan, scan.fingerprint)?;
+    let std = plan.standardize.then_some(scan.standardization);
+    let mut stream = DataStream::new(rows, &spec, batch, seed)?;
+    stream.standardization = std.clone();
+    let train = Dataset {
+        name: plan.data.clone(),
+        dim: stream.dim(),
+        points: stream.pool(0)?,
+        labels: None,
+        class_labels: Vec::new(),
+        exact: None,
+    };
+    Ok(LoadedData {
+        train,
+        held: None,
+        std,
+        stream: Some(stream),
+    })
 }
 
 /// The source pool of a run (model units), if its source is not N(0, I).

@@ -1,0 +1,202 @@
+//! Streamed training data (`train --stream-pool`, src/data/stream.rs): a file larger than
+//! the memory set for it trains with bounded memory, measured; a streamed run resumes bit
+//! for bit; what streaming cannot do is refused with one line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowgpu");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flowgpu-stream-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// An f32 NPY file of `rows` × `dim`, written row block by row block (never whole in
+/// memory): two Gaussian clusters at ±3 along the first axis, the rest N(0, 1)-ish.
+fn write_npy(path: &Path, rows: usize, dim: usize) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(&flowgpu::io::npy::npy_header(&[rows, dim]))
+        .unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut block = Vec::with_capacity(4096 * dim * 4);
+    for r in 0..rows {
+        for j in 0..dim {
+            // Sum of 4 uniforms: mean 2, variance 1/3 → standardized-ish.
+            let g = (0..4).map(|_| uniform()).sum::<f64>() - 2.0;
+            let v = g * 1.7
+                + if j == 0 {
+                    3.0 * (r % 2) as f64 * 2.0 - 3.0
+                } else {
+                    0.0
+                };
+            block.extend_from_slice(&(v as f32).to_le_bytes());
+        }
+        if block.len() >= 4096 * dim * 4 {
+            f.write_all(&block).unwrap();
+            block.clear();
+        }
+    }
+    f.write_all(&block).unwrap();
+    f.flush().unwrap();
+}
+
+/// (exit code, stderr, last stdout line as JSON).
+fn flowgpu(args: &[&str]) -> (i32, String, Option<serde_json::Value>) {
+    let out = Command::new(BIN).args(args).output().expect("run flowgpu");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    let err = String::from_utf8_lossy(&out.stderr).into();
+    (out.status.code().unwrap_or(-1), err, json)
+}
+
+/// A 768 MiB file (12.6M rows of 16 f32) trains with an 8 MiB pool: the whole process
+/// peaks below half the file's size (lavapipe itself takes ~200 MiB here), having
+/// scanned every row for the statistics and replaced its pool every 128 steps.
+#[test]
+fn a_file_larger_than_its_memory_trains_with_bounded_memory() {
+    let dir = tmp("big");
+    let data = dir.join("big.npy");
+    let (rows, dim) = (12_582_912, 16);
+    write_npy(&data, rows, dim);
+    let file_mib = std::fs::metadata(&data).unwrap().len() as f64 / (1u64 << 20) as f64;
+    let out = dir.join("run");
+    let (code, err, json) = flowgpu(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--stream-pool",
+        "8",
+        "--stream-refresh",
+        "128",
+        "--steps",
+        "400",
+        "--batch",
+        "256",
+        "--plot-samples",
+        "500",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&data).ok();
+    assert_eq!(code, 0, "{err}");
+    let j = json.unwrap();
+    let peak = j["peak_rss_mib"].as_f64();
+    eprintln!(
+        "file {file_mib:.0} MiB, pool 8 MiB: peak RSS {peak:?} MiB; stream {}",
+        j["stream"]
+    );
+    assert_eq!(j["stream"]["file_rows"].as_u64(), Some(rows as u64));
+    assert_eq!(j["stream"]["pool_rows"].as_u64(), Some(131_072));
+    if cfg!(target_os = "linux") {
+        let peak = peak.expect("Linux reports VmHWM");
+        assert!(
+            peak < file_mib / 2.0,
+            "peak {peak:.0} MiB, file {file_mib:.0} MiB"
+        );
+    }
+    let loss = j["final_loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss < 2.0, "final loss {loss}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A streamed run stopped between pool replacements and resumed writes the model of the
+/// uninterrupted run, byte for byte (the pool of a step is a function of the seed).
+#[test]
+fn a_streamed_run_resumes_bit_for_bit() {
+    let dir = tmp("resume");
+    let data = dir.join("d.npy");
+    write_npy(&data, 50_000, 4);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--stream-pool",
+            "0.25",
+            "--stream-refresh",
+            "37",
+            "--steps",
+            "200",
+            "--batch",
+            "128",
+            "--checkpoint-every",
+            "60",
+            "--plot-samples",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (code, err, _) = flowgpu(&args);
+        assert_eq!(code, 0, "{err}");
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    let whole = run("whole", &[]);
+    run("parts", &["--stop-after", "90"]);
+    let (code, err, _) = flowgpu(&["train", "--resume", dir.join("parts").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let resumed = std::fs::read(dir.join("parts/model.safetensors")).unwrap();
+    assert!(whole == resumed, "the resumed streamed run differs");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// One line and exit code 1 for what streaming cannot do.
+#[test]
+fn streaming_refuses_what_it_cannot_do() {
+    let dir = tmp("refuse");
+    let npy = dir.join("d.npy");
+    write_npy(&npy, 1000, 2);
+    let csv = dir.join("d.csv");
+    std::fs::write(&csv, "1,2\n3,4\n").unwrap();
+    let fortran = dir.join("f.npy");
+    let mut bytes = std::fs::read(&npy).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"False").unwrap();
+    bytes[at..at + 5].copy_from_slice(b"True ");
+    std::fs::write(&fortran, bytes).unwrap();
+    let cases: [(&Path, &[&str], &str); 6] = [
+        (&csv, &[], "save the data with np.save"),
+        (Path::new("moons"), &[], "save the data with np.save"),
+        (&npy, &["--val-frac", "0.1"], "need the file in memory"),
+        (&npy, &["--stream-pool", "0.001"], "fewer than --batch"),
+        (&fortran, &[], "Fortran order"),
+        (&npy, &["--stream-refresh", "0"], "at least 1 step"),
+    ];
+    for (data, extra, want) in cases {
+        let out = dir.join("run");
+        let mut args = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if !extra.contains(&"--stream-pool") {
+            args.extend_from_slice(&["--stream-pool", "1"]);
+        }
+        args.extend_from_slice(extra);
+        let (code, err, _) = flowgpu(&args);
+        assert!(
+            code == 1 && err.contains(want) && err.trim().lines().count() == 1,
+            "{extra:?}: {code} {err}"
+        );
+        assert!(!out.join("model.safetensors").exists());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
