@@ -32,6 +32,10 @@ pub const WORKLOADS: [&str; 11] = [
     "M-backprop",
 ];
 
+/// Workloads that `bench --adapter all` also runs split over every adapter at once:
+/// data-parallel training steps, and sampling rows split as `sample --adapter all` does.
+pub const SPLIT_WORKLOADS: [&str; 4] = ["W-small", "W-fm", "S-euler", "S-rk4"];
+
 /// Bench options.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -110,6 +114,19 @@ pub struct BenchRecord {
     /// `--profile`: kernel time of one call, per kernel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<crate::gpu::profile::KernelTime>>,
+    /// A split workload: every adapter it ran on at once, in order (`adapter` is the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapters: Option<Vec<String>>,
+    /// A split workload: its rate over the first adapter's alone, measured in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_first: Option<f64>,
+}
+
+impl BenchRecord {
+    /// The workload's rate: steps, NFE or plans per second (None for G-sgemm).
+    pub fn rate(&self) -> Option<f64> {
+        self.steps_per_s.or(self.nfe_per_s).or(self.plans_per_s)
+    }
 }
 
 /// With a profiling context: time one more call dispatch by dispatch.
@@ -256,6 +273,18 @@ fn random_model(cfg: &MlpConfig) -> Model {
             ..ModelConfig::new(cfg.clone(), GaussianPath::Ot { sigma_min: 0.0 })
         },
         weights: w,
+    }
+}
+
+/// The optimizer of the training workloads: constant learning rate, no clipping.
+fn bench_train_config(batch: usize) -> TrainConfig {
+    TrainConfig {
+        steps: u64::MAX / 4,
+        batch,
+        warmup: 0,
+        cosine: false,
+        clip_norm: 0.0,
+        ..TrainConfig::default()
     }
 }
 
@@ -424,14 +453,7 @@ fn bench_training(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
     let (ctx, cfg, bytes0, base) = r.shared();
     let (mlp, batch, data) = net(name);
     let pool = Dataset::toy(data, 1 << 20, 0)?;
-    let tc = TrainConfig {
-        steps: u64::MAX / 4,
-        batch,
-        warmup: 0,
-        cosine: false,
-        clip_norm: 0.0,
-        ..TrainConfig::default()
-    };
+    let tc = bench_train_config(batch);
     let mut tr = bench_trainer(ctx, &mlp, &pool.points, &tc)?;
     let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
     let t = time_training(ctx, &mut tr, flops, cfg.min_time)?;
@@ -607,4 +629,144 @@ fn bench_coupling(r: &BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
         peak_buffer_bytes: ctx.allocated_bytes() - bytes0,
         ..base
     }])
+}
+
+/// `name` (one of [`SPLIT_WORKLOADS`]) split over every context of `ctxs` at once: W-* as
+/// data-parallel training (each adapter a share of the batch, the gradient reduced through
+/// the host), S-* with the rows split evenly, one thread per adapter. The record carries
+/// every adapter's name; the SGEMM ratio is to the first adapter's SGEMM, and the buffer
+/// bytes are every adapter's together.
+pub fn run_split(ctxs: Vec<GpuContext>, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRecord>> {
+    if ctxs.is_empty() || !SPLIT_WORKLOADS.contains(&name) {
+        return Err(Error::invalid(format!(
+            "'{name}' does not split over adapters; these do: {}",
+            SPLIT_WORKLOADS.join(", ")
+        )));
+    }
+    let names: Vec<String> = ctxs.iter().map(|c| c.adapter_name().to_string()).collect();
+    let backends: Vec<String> = ctxs.iter().map(|c| c.backend_name()).collect();
+    let base = BenchRecord {
+        workload: name.to_string(),
+        adapter: names[0].clone(),
+        backend: backends.join("+"),
+        tiles: ctxs
+            .iter()
+            .map(|c| c.tiles.variant())
+            .collect::<Vec<_>>()
+            .join("+"),
+        quick: cfg.quick,
+        adapters: Some(names),
+        ..Default::default()
+    };
+    let record = if name.starts_with('W') {
+        split_training(ctxs, name, cfg, base)?
+    } else {
+        split_sampling(&ctxs, name, cfg, base)?
+    };
+    Ok(vec![record])
+}
+
+/// W-small, W-fm over several adapters (data-parallel steps).
+fn split_training(
+    ctxs: Vec<GpuContext>,
+    name: &str,
+    cfg: &BenchConfig,
+    base: BenchRecord,
+) -> Result<BenchRecord> {
+    let (mlp, batch, data) = net(name);
+    let pool = Dataset::toy(data, 1 << 20, 0)?;
+    let tc = bench_train_config(batch);
+    let mut ctxs = ctxs.into_iter();
+    let lead = ctxs.next().ok_or_else(|| Error::invalid("no adapter"))?;
+    let build = |c: &GpuContext, tc: &TrainConfig| bench_trainer(c, &mlp, &pool.points, tc);
+    let mut tr = Trainer::data_parallel(&lead, ctxs.collect(), &tc, build)?;
+    let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
+    let t = time_training(&lead, &mut tr, flops, cfg.min_time)?;
+    let sg = SgemmCache {
+        min_time: cfg.min_time.min(1.0),
+        at_shape: Default::default(),
+    }
+    .at(&lead, batch, mlp.width)?;
+    Ok(t.record(
+        BenchRecord {
+            unit: "one training step".into(),
+            train_step: Some(tr.step_kind().to_string()),
+            n: Some(batch),
+            peak_buffer_bytes: tr.allocated_bytes(&lead),
+            ..base
+        },
+        sg,
+    ))
+}
+
+/// S-euler, S-rk4 with the rows split evenly over the adapters, one thread each.
+fn split_sampling(
+    ctxs: &[GpuContext],
+    name: &str,
+    cfg: &BenchConfig,
+    base: BenchRecord,
+) -> Result<BenchRecord> {
+    let (mlp, _, _) = net("W-fm");
+    let m = random_model(&mlp);
+    let (method, stages) = if name == "S-euler" {
+        (Method::Euler, 1)
+    } else {
+        (Method::Rk4, 4)
+    };
+    let solve = SolveConfig {
+        method,
+        steps: cfg.steps,
+        chunk: 1 << 20,
+        ..SolveConfig::default()
+    };
+    let n = cfg.n_sample;
+    let samplers = ctxs
+        .iter()
+        .map(|c| Sampler::new(c, &m))
+        .collect::<Result<Vec<_>>>()?;
+    let count = samplers.len();
+    let solve_all = |n: usize| -> Result<()> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = samplers
+                .iter()
+                .enumerate()
+                .map(|(index, s)| {
+                    let rows = crate::shard::Shard { index, count }.rows(n);
+                    let solve = &solve;
+                    scope.spawn(move || s.sample_rows_into(rows, 0, solve, &mut |_| Ok(())))
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| Error::Gpu("an adapter's thread failed".into()))??;
+            }
+            Ok(())
+        })
+    };
+    solve_all(n.min(256 * count))?;
+    let nfe = cfg.steps * stages;
+    let flops = (mlp.flops_per_sample() * n as u64) as f64 * nfe as f64;
+    let (calls, secs, ms) = time_calls(cfg.min_time, 2, 1, |_| solve_all(n))?;
+    let solves = calls as f64 / secs;
+    let gflops = flops * solves / 1e9;
+    let sg = SgemmCache {
+        min_time: cfg.min_time.min(1.0),
+        at_shape: Default::default(),
+    }
+    .at(&ctxs[0], n.min(65536), mlp.width)?;
+    Ok(BenchRecord {
+        unit: "one solve".into(),
+        nfe_per_s: Some(solves * nfe as f64),
+        sample_steps_per_s: Some(solves * cfg.steps as f64),
+        gflops,
+        ms_median: ms,
+        timed_calls: calls,
+        flops_per_call: flops,
+        sgemm_gflops: sg,
+        sgemm_pct: 100.0 * gflops / sg,
+        n: Some(n),
+        steps: Some(cfg.steps),
+        peak_buffer_bytes: ctxs.iter().map(|c| c.allocated_bytes()).sum(),
+        ..base
+    })
 }

@@ -1841,6 +1841,45 @@ fn density(a: DensityArgs) -> Result<()> {
     Ok(())
 }
 
+/// `bench --adapter all` on a host with several adapters: the split workloads over all of
+/// them at once, each against the first adapter's rate in `alone` (this run's).
+fn bench_split(
+    choices: &[AdapterChoice],
+    names: &[String],
+    cfg: &flowgpu::bench::BenchConfig,
+    alone: &[flowgpu::bench::BenchRecord],
+) -> Result<Vec<flowgpu::bench::BenchRecord>> {
+    use flowgpu::bench;
+    let mut out = Vec::new();
+    let first = alone.first().map(|r| r.adapter.clone()).unwrap_or_default();
+    for name in names
+        .iter()
+        .filter(|n| bench::SPLIT_WORKLOADS.contains(&n.as_str()))
+    {
+        eprintln!("bench: {name} split over {} adapters", choices.len());
+        let ctxs = choices
+            .iter()
+            .map(GpuContext::new)
+            .collect::<Result<Vec<_>>>()?;
+        let base = alone
+            .iter()
+            .find(|r| &r.workload == name && r.adapter == first)
+            .and_then(|r| r.rate());
+        for mut r in bench::run_split(ctxs, name, cfg)? {
+            r.vs_first = base.zip(r.rate()).map(|(b, k)| k / b);
+            print_bench_record(&r);
+            if let Some(v) = r.vs_first {
+                println!(
+                    "  {name} on {} adapters at once: {v:.2}× the first adapter alone",
+                    choices.len()
+                );
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 /// One row of `flowgpu bench`'s table, and its dispatch profile when measured.
 fn print_bench_record(r: &flowgpu::bench::BenchRecord) {
     let rate = if let Some(s) = r.steps_per_s {
@@ -1933,7 +1972,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             ..Default::default()
         }]
     };
-    let mut lines = Vec::new();
+    let (mut lines, mut records) = (Vec::new(), Vec::new());
     println!(
         "{:<10} {:<24} {:<17} {:>18} {:>9} {:>10} {:>8} {:>10}",
         "workload", "adapter", "backend, tiles", "rate", "GFLOP/s", "SGEMM", "% SGEMM", "peak MiB"
@@ -1950,7 +1989,13 @@ fn bench(a: BenchArgs) -> Result<()> {
             for r in bench::run(&ctx, name, &cfg)? {
                 print_bench_record(&r);
                 lines.push(serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?);
+                records.push(r);
             }
+        }
+    }
+    if choices.len() > 1 {
+        for r in bench_split(&choices, &names, &cfg, &records)? {
+            lines.push(serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?);
         }
     }
     if let Some(path) = &a.out {

@@ -302,6 +302,46 @@ fn adapters_lists_at_least_one() {
     assert!(!json["adapters"].as_array().unwrap().is_empty());
 }
 
+/// `bench --adapter all` adds the split workloads: W-small trained data-parallel over
+/// every adapter at once, with its rate against the first adapter's alone.
+#[test]
+fn bench_reports_a_multi_adapter_figure() {
+    let (code, out, err) = flowgpu_env(
+        &[
+            "bench",
+            "--quick",
+            "--only",
+            "W-small",
+            "--adapter",
+            "all",
+            "--json",
+            "--min-time",
+            "0.2",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let singles = records.iter().filter(|r| r["adapters"].is_null()).count();
+    let split: Vec<_> = records
+        .iter()
+        .filter(|r| !r["adapters"].is_null())
+        .collect();
+    eprintln!("{singles} adapters; split: {split:?}");
+    if singles > 1 {
+        assert_eq!(split.len(), 1);
+        let s = split[0];
+        assert_eq!(s["adapters"].as_array().unwrap().len(), singles);
+        assert!(s["steps_per_s"].as_f64().unwrap() > 0.0);
+        let ratio = s["vs_first"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
+        assert!(s["peak_buffer_bytes"].as_u64().unwrap() > 0);
+    }
+}
+
 #[test]
 fn bench_profile_counts_the_dispatches_of_a_training_step() {
     // W-small's step, three ways. Per-layer kernels: prepare, 4 forward, loss (with the

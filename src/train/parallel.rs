@@ -110,6 +110,16 @@ impl Trainer {
             .collect()
     }
 
+    /// GPU buffer bytes allocated on `ctx` and every replica's adapter.
+    pub fn allocated_bytes(&self, ctx: &GpuContext) -> u64 {
+        ctx.allocated_bytes()
+            + self
+                .replicas
+                .iter()
+                .map(|r| r.ctx.allocated_bytes())
+                .sum::<u64>()
+    }
+
     /// The rows of a whole batch (all shares).
     pub fn batch_rows(&self) -> usize {
         self.cfm_base.mean_rows as usize
