@@ -609,7 +609,8 @@ struct BenchArgs {
     /// Also append the JSON lines to this file.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// "all" runs every adapter; otherwise as for other commands (a name substring).
+    /// "all" runs every adapter, or several names separated by commas; then the split
+    /// workloads run once more over all of them at once. Otherwise a name substring.
     #[arg(long)]
     adapter: Option<String>,
     #[arg(long, value_enum)]
@@ -1965,12 +1966,20 @@ fn bench(a: BenchArgs) -> Result<()> {
             })
             .collect()
     } else {
-        vec![AdapterChoice {
-            name: a.adapter.clone(),
+        // One name, or several separated by commas.
+        let names = a.adapter.as_deref().map(|l| l.split(',').map(str::trim));
+        match names {
+            Some(list) => list.map(|n| Some(n.to_string())).collect(),
+            None => vec![None],
+        }
+        .into_iter()
+        .map(|name| AdapterChoice {
+            name,
             backend: a.backend,
             profile: a.profile,
             ..Default::default()
-        }]
+        })
+        .collect()
     };
     let (mut lines, mut records) = (Vec::new(), Vec::new());
     println!(
