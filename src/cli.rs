@@ -99,21 +99,21 @@ impl GpuArgs {
     fn wants_all(&self) -> bool {
         self.adapter
             .as_deref()
-            .is_some_and(|a| a == "all" || a.contains(','))
+            .is_some_and(|a| a.eq_ignore_ascii_case("all") || a.contains(','))
     }
 
     /// One context, or with `--adapter all` (or a list) one per adapter.
     fn contexts(&self) -> Result<Vec<GpuContext>> {
         match self.adapter.as_deref() {
-            Some("all") => GpuContext::all(&AdapterChoice {
+            Some(all) if all.eq_ignore_ascii_case("all") => GpuContext::all(&AdapterChoice {
                 backend: self.backend,
                 ..Default::default()
             }),
-            Some(list) if list.contains(',') => list
-                .split(',')
+            Some(list) if list.contains(',') => adapter_names(list)?
+                .into_iter()
                 .map(|name| {
                     GpuContext::new(&AdapterChoice {
-                        name: Some(name.trim().to_string()),
+                        name: Some(name),
                         backend: self.backend,
                         ..Default::default()
                     })
@@ -1131,6 +1131,17 @@ fn animate_flow(
     plot::animate_gif(path, &anim).map_err(|e| Error::io(path, e))
 }
 
+/// The names of `--adapter A,B,...`, none of them empty (an empty one would match any).
+fn adapter_names(list: &str) -> Result<Vec<String>> {
+    let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).collect();
+    if names.iter().any(String::is_empty) {
+        return Err(Error::invalid(format!(
+            "--adapter '{list}' has an empty name; give names separated by commas, e.g. --adapter lavapipe,llvmpipe"
+        )));
+    }
+    Ok(names)
+}
+
 fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
     let mut run = open_run(&a)?;
     let mut ctxs = a.gpu.contexts()?;
@@ -1949,7 +1960,11 @@ fn bench(a: BenchArgs) -> Result<()> {
             )));
         }
     }
-    let choices: Vec<AdapterChoice> = if a.adapter.as_deref() == Some("all") {
+    let all = a
+        .adapter
+        .as_deref()
+        .is_some_and(|n| n.eq_ignore_ascii_case("all"));
+    let choices: Vec<AdapterChoice> = if all {
         flowgpu::gpu::list_adapters(a.backend)?
             .into_iter()
             .map(|s| AdapterChoice {
@@ -1967,9 +1982,8 @@ fn bench(a: BenchArgs) -> Result<()> {
             .collect()
     } else {
         // One name, or several separated by commas.
-        let names = a.adapter.as_deref().map(|l| l.split(',').map(str::trim));
-        match names {
-            Some(list) => list.map(|n| Some(n.to_string())).collect(),
+        match a.adapter.as_deref() {
+            Some(list) => adapter_names(list)?.into_iter().map(Some).collect(),
             None => vec![None],
         }
         .into_iter()

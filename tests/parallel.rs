@@ -261,9 +261,17 @@ fn train_command_splits_the_batch_over_every_adapter() {
     if adapters.len() > 1 {
         assert_eq!(code, Some(1), "{err}");
         assert!(
-            err.contains("minibatch-OT") && err.trim().lines().count() == 1,
+            err.contains("minibatch-OT") && one_error_line(&err),
             "{err}"
         );
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The error is one line (Mesa's warning about a missing XDG_RUNTIME_DIR aside).
+fn one_error_line(err: &str) -> bool {
+    err.lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+        .count()
+        == 1
 }

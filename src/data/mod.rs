@@ -412,9 +412,10 @@ impl ColumnMoments {
         }
     }
 
-    /// Second pass: every value again, in row order.
+    /// Second pass: every value again, in row order (after the whole first pass).
     pub fn add_spread(&mut self, values: impl Iterator<Item = f64>) {
         let total = self.rows as usize * self.dim;
+        assert!(self.seen >= total, "add_spread before the whole mean pass");
         for v in values {
             let k = (self.seen - total) % self.dim;
             self.var[k] += (v - self.mean[k]).powi(2) / self.rows;

@@ -9,8 +9,9 @@
 //! of a step — like every draw within it — is a pure function of the seed and the step: a
 //! resumed run reads the same pools.
 //!
-//! Memory: the pool on the host while it is read (P rows of f32 plus one block of f64) and
-//! on the GPU, independent of the file's size.
+//! Memory: the pool on the GPU, and on the host a few copies of it while one is read (the
+//! f32 rows, the augmented copy, wgpu's staging) plus one block of f64 and the block order
+//! (64 indices per pool's worth of rows); not the file.
 
 use super::{ColumnMoments, Standardization};
 use crate::error::{Error, Result};
@@ -57,8 +58,11 @@ impl NpyRows {
         if end > len || end > 1 << 20 {
             return Err(Error::format(path, "truncated or oversized NPY header"));
         }
-        prefix.resize(end, 0);
-        file.read_exact(&mut prefix[12.min(len)..]).map_err(io)?;
+        let have = prefix.len();
+        if end > have {
+            prefix.resize(end, 0);
+            file.read_exact(&mut prefix[have..]).map_err(io)?;
+        }
         let layout = NpyLayout::parse(&prefix).map_err(|m| Error::format(path, m))?;
         layout.check_size(len).map_err(|m| Error::format(path, m))?;
         if layout.fortran_order && layout.shape.len() == 2 {
@@ -116,15 +120,16 @@ impl NpyRows {
 /// What the two passes over a file give.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FileScan {
-    /// As [`super::Dataset::standardization`] of the file loaded whole.
-    pub standardization: Standardization,
+    /// As [`super::Dataset::standardization`] of the file loaded whole (when asked for).
+    pub standardization: Option<Standardization>,
     /// As [`super::Dataset::fingerprint`] of the file loaded whole.
     pub fingerprint: String,
 }
 
-/// Mean, std and fingerprint of every row, two chunked passes; a non-finite value (as
-/// f32, what training would see) is an error naming its row.
-pub fn scan(rows: &mut NpyRows) -> Result<FileScan> {
+/// The fingerprint of every row and, with `moments`, the mean and std (a second chunked
+/// pass; a resumed run has its standardization already); a non-finite value (as f32, what
+/// training would see) is an error naming its row.
+pub fn scan(rows: &mut NpyRows, want_moments: bool) -> Result<FileScan> {
     let (n, dim) = (rows.rows, rows.dim);
     let mut moments = ColumnMoments::new(dim, n);
     let mut hash = crate::io::Fingerprint::default();
@@ -134,7 +139,7 @@ pub fn scan(rows: &mut NpyRows) -> Result<FileScan> {
             return Err(Error::format(
                 &path,
                 format!(
-                    "row {} has a non-finite value; a streamed file must be finite (clean it, or load it whole with --drop-nonfinite)",
+                    "row {} has a value that is not finite in f32 (NaN, ±Inf or beyond ±3.4e38); a streamed file must be finite (clean it, or load it whole with --drop-nonfinite)",
                     start + k / dim
                 ),
             ));
@@ -145,12 +150,18 @@ pub fn scan(rows: &mut NpyRows) -> Result<FileScan> {
         moments.add_mean(chunk.iter().copied());
         Ok(())
     })?;
+    if !want_moments {
+        return Ok(FileScan {
+            standardization: None,
+            fingerprint: hash.hex(),
+        });
+    }
     rows.for_each_chunk(|_, chunk| {
         moments.add_spread(chunk.iter().copied());
         Ok(())
     })?;
     Ok(FileScan {
-        standardization: moments.finish(1e-12),
+        standardization: Some(moments.finish(1e-12)),
         fingerprint: hash.hex(),
     })
 }
@@ -176,6 +187,8 @@ pub struct DataStream {
     /// The model's units the pools are standardized to (None: data units).
     pub standardization: Option<Standardization>,
     order: Option<PassOrder>,
+    /// The pool last read.
+    pub loaded: Option<u64>,
 }
 
 impl DataStream {
@@ -207,6 +220,7 @@ impl DataStream {
             seed,
             standardization: None,
             order: None,
+            loaded: None,
         })
     }
 
@@ -229,7 +243,11 @@ impl DataStream {
         let (n, p) = (self.rows.rows as u64, self.pool_rows as u64);
         let mut out = Vec::with_capacity(self.pool_rows * self.rows.dim);
         let mut buf = Vec::with_capacity(self.block_rows * self.rows.dim);
-        let (mut at, end) = (e * p, (e + 1) * p);
+        let at_row = |e: u64| {
+            e.checked_mul(p)
+                .ok_or_else(|| Error::invalid("the stream's row position overflows: fewer steps, or a larger --stream-refresh"))
+        };
+        let (mut at, end) = (at_row(e)?, at_row(e + 1)?);
         while at < end {
             let (pass, offset) = (at / n, (at % n) as usize);
             let order = self.order_of(pass);
@@ -242,6 +260,7 @@ impl DataStream {
             self.push_model_units(&buf, &mut out);
             at += run as u64;
         }
+        self.loaded = Some(e);
         Ok(out)
     }
 
@@ -344,6 +363,31 @@ mod tests {
         std::fs::remove_file(path).ok();
     }
 
+    /// Malformed headers are errors, never panics: short files, a v1 header length of 0
+    /// or 1, a header longer than the file, trailing bytes.
+    #[test]
+    fn bad_headers_are_errors() {
+        let p = std::env::temp_dir().join(format!("flowgpu-stream-{}-bad.npy", std::process::id()));
+        let good = crate::io::npy::npy_header(&[2, 2]);
+        let mut cases: Vec<Vec<u8>> = vec![
+            vec![],
+            b"\x93NUMPY".to_vec(),
+            b"\x93NUMPY\x01\x00\x00\x00".to_vec(),
+            b"\x93NUMPY\x01\x00\x01\x00x".to_vec(),
+            b"\x93NUMPY\x01\x00\x00\x00abcdefgh".to_vec(),
+            b"\x93NUMPY\x01\x00\xff\xff".to_vec(),
+            good.clone(),
+        ];
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[0u8; 20]);
+        cases.push(trailing);
+        for bytes in cases {
+            std::fs::write(&p, &bytes).unwrap();
+            assert!(NpyRows::open(&p).is_err(), "{bytes:?}");
+        }
+        std::fs::remove_file(p).ok();
+    }
+
     /// The chunked passes give the bits of the whole-file statistics and fingerprint.
     #[test]
     fn scan_matches_the_whole_file() {
@@ -355,8 +399,10 @@ mod tests {
             .collect();
         crate::io::npy::write_npy_f32(&p, &v, &[rows, dim]).unwrap();
         let whole = super::super::Dataset::from_file(&p, false).unwrap();
-        let got = scan(&mut NpyRows::open(&p).unwrap()).unwrap();
-        assert_eq!(got.standardization, whole.standardization());
+        let got = scan(&mut NpyRows::open(&p).unwrap(), true).unwrap();
+        let fingerprint_only = scan(&mut NpyRows::open(&p).unwrap(), false).unwrap();
+        assert_eq!(fingerprint_only.fingerprint, got.fingerprint);
+        assert_eq!(got.standardization, Some(whole.standardization()));
         assert_eq!(got.fingerprint, whole.fingerprint());
         std::fs::remove_file(p).ok();
     }

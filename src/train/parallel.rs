@@ -14,8 +14,11 @@
 //!    the update, and its new weights are read back and written to the others.
 //!
 //! wgpu has no peer-to-peer copies, so the reduction goes through the host: two waits and
-//! 2·(K−1) + 2 parameter-sized transfers per step, against none for one adapter. It pays
+//! 2·K + 1 parameter-sized transfers per step (K gradients read, one written to the lead,
+//! its weights read and written to the K − 1 others), against none for one adapter. It pays
 //! where an adapter's share of forward and backward costs more than that.
+//!
+//! The lead's `cfg.batch` is its share; [`Trainer::batch_rows`] is the whole batch.
 
 use super::{StepMlp, TrainConfig, Trainer};
 use crate::error::{Error, Result};

@@ -265,7 +265,9 @@ impl Run {
         config.train.validate()?;
         let loaded = load_data(&mut config.plan, config.model.seed, config.train.batch)?;
         let (mut train_set, held, std) = (loaded.train, loaded.held, loaded.std);
-        check_batch(&train_set, &config.train)?;
+        if loaded.stream.is_none() {
+            check_batch(&train_set, &config.train)?;
+        }
         let m = &mut config.model;
         m.augment = new.augment;
         m.augment_fill = new.augment_fill;
@@ -280,9 +282,10 @@ impl Run {
         m.standardization = std;
         m.source = config.plan.source.clone();
         m.mlp.validate()?;
-        if config.train.paired && (config.plan.val_frac > 0.0 || config.plan.source.is_none()) {
+        let split = config.plan.val_frac > 0.0 || config.plan.stream.is_some();
+        if config.train.paired && (split || config.plan.source.is_none()) {
             return Err(Error::invalid(
-                "--paired needs a --source file with one row per data row, and no --val-frac",
+                "--paired needs a --source file with one row per data row, and neither --val-frac nor --stream-pool",
             ));
         }
         let weights = match &new.init {
@@ -314,7 +317,9 @@ impl Run {
         let mut config = saved.config;
         let loaded = load_data(&mut config.plan, config.model.seed, config.train.batch)?;
         let (mut train_set, held, std) = (loaded.train, loaded.held, loaded.std);
-        check_batch(&train_set, &config.train)?;
+        if loaded.stream.is_none() {
+            check_batch(&train_set, &config.train)?;
+        }
         if config.model.data_dim() != train_set.dim {
             return Err(Error::invalid(format!(
                 "the data now has dimension {}, the run's model {}",
@@ -381,12 +386,11 @@ impl Run {
     }
 
     /// Take the run's data stream (if it streams), its pools in the model's units, and
-    /// load the pool that training resumes at (`step`).
+    /// read the pool that training resumes at (`step`).
     fn adopt_stream(&mut self, stream: Option<DataStream>, step: u64) -> Result<()> {
         let Some(mut s) = stream else { return Ok(()) };
         s.standardization = self.config.model.standardization.clone();
-        let e = s.pool_of(step);
-        self.train_set.points = s.pool(e)?;
+        self.train_set.points = s.pool(s.pool_of(step))?;
         self.stream = Some(s);
         Ok(())
     }
@@ -396,16 +400,17 @@ impl Run {
         self.stream.as_ref()
     }
 
-    /// A streamed run at a pool boundary takes the next pool (host and trainer).
-    fn refresh_pool(&mut self, ctx: &GpuContext, trainer: &mut Trainer) -> Result<()> {
+    /// A streamed run's pool for the trainer's step, read and sent to the trainer unless it
+    /// is the pool already there.
+    fn sync_pool(&mut self, ctx: &GpuContext, trainer: &mut Trainer) -> Result<()> {
         let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        if !trainer.step.is_multiple_of(s.refresh_steps) || trainer.step >= self.config.train.steps
-        {
+        let e = s.pool_of(trainer.step);
+        if s.loaded == Some(e) {
             return Ok(());
         }
-        self.train_set.points = s.pool(s.pool_of(trainer.step))?;
+        self.train_set.points = s.pool(e)?;
         let m = &self.config.model;
         let pool = Dataset::augment(&self.train_set.points, self.train_set.dim, m.augment, None);
         trainer.replace_data(ctx, &pool)
@@ -489,6 +494,7 @@ impl Run {
         };
         let refresh = self.stream.as_ref().map_or(u64::MAX, |s| s.refresh_steps);
         while trainer.step < steps {
+            self.sync_pool(ctx, trainer)?;
             let next = ((trainer.step / every) + 1) * every;
             let pool_end = (trainer.step / refresh)
                 .saturating_add(1)
@@ -506,7 +512,6 @@ impl Run {
             if stopped {
                 return Ok(true);
             }
-            self.refresh_pool(ctx, trainer)?;
         }
         Ok(false)
     }
@@ -694,8 +699,9 @@ fn check_fingerprint(plan: &mut RunPlan, fingerprint: String) -> Result<()> {
     }
 }
 
-/// A streamed NPY file: its statistics and fingerprint from two chunked passes, and its
-/// first pool as the training set (in data units: the run standardizes its pools).
+/// A streamed NPY file: its fingerprint and (a new run standardizing its data) statistics
+/// from chunked passes; the training set is empty until the run reads its first pool
+/// ([`Run::adopt_stream`], in the model's units).
 fn load_stream(plan: &mut RunPlan, seed: u64, batch: usize) -> Result<LoadedData> {
     let refuse = |what: &str| {
         Err(Error::invalid(format!(
@@ -713,15 +719,16 @@ fn load_stream(plan: &mut RunPlan, seed: u64, batch: usize) -> Result<LoadedData
         refresh_steps: None,
     });
     let mut rows = NpyRows::open(Path::new(&plan.data))?;
-    let scan = crate::data::stream::scan(&mut rows)?;
+    // A resumed run has its standardization: the fingerprint pass suffices.
+    let new_run = plan.data_fingerprint.is_none();
+    let scan = crate::data::stream::scan(&mut rows, new_run && plan.standardize)?;
     check_fingerprint(plan, scan.fingerprint)?;
-    let std = plan.standardize.then_some(scan.standardization);
-    let mut stream = DataStream::new(rows, &spec, batch, seed)?;
-    stream.standardization = std.clone();
+    let std = scan.standardization;
+    let stream = DataStream::new(rows, &spec, batch, seed)?;
     let train = Dataset {
         name: plan.data.clone(),
         dim: stream.dim(),
-        points: stream.pool(0)?,
+        points: Vec::new(),
         labels: None,
         class_labels: Vec::new(),
         exact: None,
