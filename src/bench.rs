@@ -120,6 +120,9 @@ pub struct BenchRecord {
     /// A split workload: its rate over the first adapter's alone, measured in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_first: Option<f64>,
+    /// A split workload: each adapter's weight (its share of the rows or the batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<u32>>,
 }
 
 impl BenchRecord {
@@ -633,15 +636,24 @@ fn bench_coupling(r: &BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
 
 /// `name` (one of [`SPLIT_WORKLOADS`]) split over every context of `ctxs` at once: W-* as
 /// data-parallel training (each adapter a share of the batch, the gradient reduced through
-/// the host), S-* with the rows split evenly, one thread per adapter. The record carries
+/// the host), S-* with the rows split, one thread per adapter; the shares in proportion to
+/// `weights`. The record carries
 /// every adapter's name; the SGEMM ratio is to the first adapter's SGEMM, and the buffer
 /// bytes are every adapter's together.
-pub fn run_split(ctxs: Vec<GpuContext>, name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRecord>> {
+pub fn run_split(
+    ctxs: Vec<GpuContext>,
+    name: &str,
+    cfg: &BenchConfig,
+    weights: &[u32],
+) -> Result<Vec<BenchRecord>> {
     if ctxs.is_empty() || !SPLIT_WORKLOADS.contains(&name) {
         return Err(Error::invalid(format!(
             "'{name}' does not split over adapters; these do: {}",
             SPLIT_WORKLOADS.join(", ")
         )));
+    }
+    if weights.len() != ctxs.len() {
+        return Err(Error::invalid("one weight per adapter"));
     }
     let names: Vec<String> = ctxs.iter().map(|c| c.adapter_name().to_string()).collect();
     let backends: Vec<String> = ctxs.iter().map(|c| c.backend_name()).collect();
@@ -656,12 +668,13 @@ pub fn run_split(ctxs: Vec<GpuContext>, name: &str, cfg: &BenchConfig) -> Result
             .join("+"),
         quick: cfg.quick,
         adapters: Some(names),
+        weights: Some(weights.to_vec()),
         ..Default::default()
     };
     let record = if name.starts_with('W') {
-        split_training(ctxs, name, cfg, base)?
+        split_training(ctxs, name, cfg, weights, base)?
     } else {
-        split_sampling(&ctxs, name, cfg, base)?
+        split_sampling(&ctxs, name, cfg, weights, base)?
     };
     Ok(vec![record])
 }
@@ -671,6 +684,7 @@ fn split_training(
     ctxs: Vec<GpuContext>,
     name: &str,
     cfg: &BenchConfig,
+    weights: &[u32],
     base: BenchRecord,
 ) -> Result<BenchRecord> {
     let (mlp, batch, data) = net(name);
@@ -679,7 +693,7 @@ fn split_training(
     let mut ctxs = ctxs.into_iter();
     let lead = ctxs.next().ok_or_else(|| Error::invalid("no adapter"))?;
     let build = |c: &GpuContext, tc: &TrainConfig| bench_trainer(c, &mlp, &pool.points, tc);
-    let mut tr = Trainer::data_parallel(&lead, ctxs.collect(), &tc, build)?;
+    let mut tr = Trainer::data_parallel_weighted(&lead, ctxs.collect(), weights, &tc, build)?;
     let flops = 3.0 * (mlp.flops_per_sample() * batch as u64) as f64;
     let t = time_training(&lead, &mut tr, flops, cfg.min_time)?;
     let sg = SgemmCache {
@@ -699,11 +713,12 @@ fn split_training(
     ))
 }
 
-/// S-euler, S-rk4 with the rows split evenly over the adapters, one thread each.
+/// S-euler, S-rk4 with the rows split over the adapters by `weights`, one thread each.
 fn split_sampling(
     ctxs: &[GpuContext],
     name: &str,
     cfg: &BenchConfig,
+    weights: &[u32],
     base: BenchRecord,
 ) -> Result<BenchRecord> {
     let (mlp, _, _) = net("W-fm");
@@ -724,14 +739,13 @@ fn split_sampling(
         .iter()
         .map(|c| Sampler::new(c, &m))
         .collect::<Result<Vec<_>>>()?;
-    let count = samplers.len();
     let solve_all = |n: usize| -> Result<()> {
         std::thread::scope(|scope| {
             let handles: Vec<_> = samplers
                 .iter()
                 .enumerate()
                 .map(|(index, s)| {
-                    let rows = crate::shard::Shard { index, count }.rows(n);
+                    let rows = crate::shard::weighted_rows(n, weights, index);
                     let solve = &solve;
                     scope.spawn(move || s.sample_rows_into(rows, 0, solve, &mut |_| Ok(())))
                 })
@@ -743,7 +757,7 @@ fn split_sampling(
             Ok(())
         })
     };
-    solve_all(n.min(256 * count))?;
+    solve_all(n.min(256 * ctxs.len()))?;
     let nfe = cfg.steps * stages;
     let flops = (mlp.flops_per_sample() * n as u64) as f64 * nfe as f64;
     let (calls, secs, ms) = time_calls(cfg.min_time, 2, 1, |_| solve_all(n))?;

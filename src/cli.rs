@@ -88,12 +88,51 @@ struct GpuArgs {
     /// Restrict the search to one backend.
     #[arg(long, value_enum, global = true)]
     backend: Option<BackendChoice>,
+    /// With several adapters: their shares of the rows (or of each batch) in proportion to
+    /// these integer weights, one per adapter in order (e.g. 3,1) [even].
+    #[arg(long, global = true, value_name = "W,W,...")]
+    adapter_weights: Option<String>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long, global = true)]
     json: bool,
 }
 
 impl GpuArgs {
+    /// One weight per adapter of `ctxs` (`--adapter-weights`, else all 1).
+    fn weights(&self, ctxs: &[GpuContext]) -> Result<Vec<u32>> {
+        let Some(list) = &self.adapter_weights else {
+            return Ok(vec![1; ctxs.len()]);
+        };
+        let bad = || {
+            Error::invalid(format!(
+                "--adapter-weights '{list}': give one whole number ≥ 1 per adapter, e.g. 3,1"
+            ))
+        };
+        let w = list
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&v| v >= 1)
+                    .ok_or_else(bad)
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        if w.len() != ctxs.len() {
+            let names: Vec<String> = ctxs
+                .iter()
+                .map(|c| format!("{} ({})", c.adapter_name(), c.backend_name()))
+                .collect();
+            return Err(Error::invalid(format!(
+                "--adapter-weights gives {} weights for {} adapters: {}",
+                w.len(),
+                ctxs.len(),
+                names.join(", ")
+            )));
+        }
+        Ok(w)
+    }
+
     /// `--adapter all` or a comma-separated list: several adapters (`sample`, `encode`,
     /// `decode` and `logprob` split their rows over them, `train` each batch).
     fn wants_all(&self) -> bool {
@@ -121,9 +160,18 @@ impl GpuArgs {
                 .collect(),
             _ => Ok(vec![self.context()?]),
         }
+        .and_then(|ctxs| {
+            self.weights(&ctxs)?;
+            Ok(ctxs)
+        })
     }
 
     fn context(&self) -> Result<GpuContext> {
+        if self.adapter_weights.is_some() && !self.wants_all() {
+            return Err(Error::invalid(
+                "--adapter-weights splits work over several adapters: name them with --adapter all or --adapter A,B",
+            ));
+        }
         if self.wants_all() {
             return Err(Error::invalid(
                 "several adapters split the rows of sample, encode, decode and logprob and the batches of train; name one adapter for this command",
@@ -1145,8 +1193,9 @@ fn adapter_names(list: &str) -> Result<Vec<String>> {
 fn train(a: TrainArgs, signals: &Signals) -> Result<()> {
     let mut run = open_run(&a)?;
     let mut ctxs = a.gpu.contexts()?;
+    let weights = a.gpu.weights(&ctxs)?;
     let ctx = ctxs.remove(0);
-    let mut trainer = run.trainer_on(&ctx, ctxs)?;
+    let mut trainer = run.trainer_on(&ctx, ctxs, &weights)?;
     let steps = run.config.train.steps;
     if run.is_resumed() {
         let d = run.dir.display();
@@ -1508,7 +1557,7 @@ fn sample(a: SampleArgs) -> Result<()> {
             })
         })?
     } else {
-        let done = over_adapters(&ctxs, range.clone(), &|c, part| {
+        let done = over_adapters(&ctxs, &a.gpu.weights(&ctxs)?, range.clone(), &|c, part| {
             let mut out = Vec::new();
             let sampler = conditioned_sampler(c, &model, class, a.guidance)?;
             let s = sampler.sample_rows_into(part, a.seed, &cfg, &mut |r| {
@@ -1616,7 +1665,7 @@ fn map(a: MapArgs, encode: bool) -> Result<()> {
     let ctxs = a.gpu.contexts()?;
     let ctx = &ctxs[0];
     let t0 = Instant::now();
-    let done = over_adapters(&ctxs, range.clone(), &|c, part| {
+    let done = over_adapters(&ctxs, &a.gpu.weights(&ctxs)?, range.clone(), &|c, part| {
         let xs = &all[part.start * d_in..part.end * d_in];
         if xs.is_empty() {
             return Ok((Vec::new(), SolveStats::default()));
@@ -1695,7 +1744,7 @@ fn logprob(a: LogprobArgs) -> Result<()> {
     let ctxs = a.gpu.contexts()?;
     let ctx = &ctxs[0];
     let t0 = Instant::now();
-    let done = over_adapters(&ctxs, range.clone(), &|c, part| {
+    let done = over_adapters(&ctxs, &a.gpu.weights(&ctxs)?, range.clone(), &|c, part| {
         let xs = &all[part.start * d..part.end * d];
         if xs.is_empty() {
             return Ok((Vec::new(), Vec::new(), SolveStats::default()));
@@ -1854,7 +1903,8 @@ fn density(a: DensityArgs) -> Result<()> {
 }
 
 /// `bench --adapter all` on a host with several adapters: the split workloads over all of
-/// them at once, each against the first adapter's rate in `alone` (this run's).
+/// them at once, each against the first adapter's rate in `alone` (this run's), evenly and,
+/// where the adapters' own rates differ, weighted by them (`--adapter-weights`).
 fn bench_split(
     choices: &[AdapterChoice],
     names: &[String],
@@ -1863,33 +1913,56 @@ fn bench_split(
 ) -> Result<Vec<flowgpu::bench::BenchRecord>> {
     use flowgpu::bench;
     let mut out = Vec::new();
-    let first = alone.first().map(|r| r.adapter.clone()).unwrap_or_default();
     for name in names
         .iter()
         .filter(|n| bench::SPLIT_WORKLOADS.contains(&n.as_str()))
     {
-        eprintln!("bench: {name} split over {} adapters", choices.len());
-        let ctxs = choices
+        // One record per adapter, in order.
+        let rates: Vec<Option<f64>> = alone
             .iter()
-            .map(GpuContext::new)
-            .collect::<Result<Vec<_>>>()?;
-        let base = alone
-            .iter()
-            .find(|r| &r.workload == name && r.adapter == first)
-            .and_then(|r| r.rate());
-        for mut r in bench::run_split(ctxs, name, cfg)? {
-            r.vs_first = base.zip(r.rate()).map(|(b, k)| k / b);
-            print_bench_record(&r);
-            if let Some(v) = r.vs_first {
-                println!(
-                    "  {name} on {} adapters at once: {v:.2}× the first adapter alone",
-                    choices.len()
-                );
+            .filter(|r| &r.workload == name)
+            .map(|r| r.rate())
+            .collect();
+        let base = rates.first().copied().flatten();
+        let even = vec![1; choices.len()];
+        let mut splits = vec![even.clone()];
+        splits.extend(throughput_weights(&rates).filter(|w| *w != even));
+        for weights in splits {
+            eprintln!(
+                "bench: {name} split over {} adapters, weights {weights:?}",
+                choices.len()
+            );
+            let ctxs = choices
+                .iter()
+                .map(GpuContext::new)
+                .collect::<Result<Vec<_>>>()?;
+            for mut r in bench::run_split(ctxs, name, cfg, &weights)? {
+                r.vs_first = base.zip(r.rate()).map(|(b, k)| k / b);
+                print_bench_record(&r);
+                if let Some(v) = r.vs_first {
+                    println!(
+                        "  {name} on {} adapters at once (--adapter-weights {}): {v:.2}× the first adapter alone",
+                        choices.len(),
+                        weights.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                    );
+                }
+                out.push(r);
             }
-            out.push(r);
         }
     }
     Ok(out)
+}
+
+/// Integer weights in proportion to the adapters' rates (the slowest 4), if all are known.
+fn throughput_weights(rates: &[Option<f64>]) -> Option<Vec<u32>> {
+    let rates: Vec<f64> = rates.iter().copied().collect::<Option<_>>()?;
+    let slowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    (slowest > 0.0 && slowest.is_finite()).then(|| {
+        rates
+            .iter()
+            .map(|r| ((4.0 * r / slowest).round() as u32).max(1))
+            .collect()
+    })
 }
 
 /// One row of `flowgpu bench`'s table, and its dispatch profile when measured.
@@ -2115,16 +2188,13 @@ fn merge(a: MergeArgs) -> Result<()> {
 /// the parts in row order.
 fn over_adapters<T: Send>(
     ctxs: &[GpuContext],
+    weights: &[u32],
     range: std::ops::Range<usize>,
     work: &(dyn Fn(&GpuContext, std::ops::Range<usize>) -> Result<T> + Sync),
 ) -> Result<Vec<(std::ops::Range<usize>, T)>> {
     let parts: Vec<std::ops::Range<usize>> = (0..ctxs.len())
         .map(|k| {
-            let r = flowgpu::shard::Shard {
-                index: k,
-                count: ctxs.len(),
-            }
-            .rows(range.len());
+            let r = flowgpu::shard::weighted_rows(range.len(), weights, k);
             range.start + r.start..range.start + r.end
         })
         .collect();

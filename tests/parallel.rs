@@ -56,6 +56,12 @@ fn train_cfg(batch: usize, steps: u64) -> TrainConfig {
 /// vp, with class labels if `classes` > 0, so the share offsets reach every random draw
 /// (time, noise, index and label dropout).
 fn trainer(k: usize, tc: &TrainConfig, classes: usize) -> (GpuContext, Trainer) {
+    weighted_trainer(&vec![1; k], tc, classes)
+}
+
+/// [`trainer`] with the batch split in proportion to `weights`.
+fn weighted_trainer(weights: &[u32], tc: &TrainConfig, classes: usize) -> (GpuContext, Trainer) {
+    let k = weights.len();
     let (points, labels) = data(4000);
     let w = Weights::init(&cfg(classes), &mut rand::rngs::StdRng::seed_from_u64(5));
     let build = |c: &GpuContext, tc: &TrainConfig| {
@@ -70,7 +76,7 @@ fn trainer(k: usize, tc: &TrainConfig, classes: usize) -> (GpuContext, Trainer) 
     };
     let mut ctxs = contexts(k);
     let lead = ctxs.remove(0);
-    let t = Trainer::data_parallel(&lead, ctxs, tc, build).unwrap();
+    let t = Trainer::data_parallel_weighted(&lead, ctxs, weights, tc, build).unwrap();
     for s in t.shares(&lead) {
         eprintln!("  {} ({}): rows {:?}", s.adapter, s.backend, s.rows);
     }
@@ -87,7 +93,8 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// The shares' gradients, added on the host, are the whole batch's gradient: uneven
-/// shares (100 rows over 2 and 3 adapters) within f32 summation-order error (1e-6).
+/// shares (100 rows over 2 and 3 adapters, evenly and by weights 3:1 and 1:2:5) within f32
+/// summation-order error (1e-6).
 #[test]
 fn shares_add_up_to_the_batch_gradient() {
     let tc = TrainConfig {
@@ -97,13 +104,16 @@ fn shares_add_up_to_the_batch_gradient() {
     let (c1, mut one) = trainer(1, &tc, 3);
     let (g1, l1) = one.step_gradient(&c1).unwrap();
     assert!(g1.iter().any(|&x| x != 0.0));
-    for k in [2, 3] {
-        let (ck, mut dp) = trainer(k, &tc, 3);
-        assert_eq!(dp.shares(&ck).len(), k);
+    for weights in [&[1, 1][..], &[1, 1, 1], &[3, 1], &[1, 2, 5]] {
+        let k = weights.len();
+        let (ck, mut dp) = weighted_trainer(weights, &tc, 3);
+        let shares = dp.shares(&ck);
+        assert_eq!(shares.len(), k);
+        assert_eq!(shares[k - 1].rows.end, 100);
         assert_eq!(dp.batch_rows(), 100);
         let (g, l) = dp.step_gradient(&ck).unwrap();
         let err = max_rel(&g, &g1);
-        eprintln!("{k} shares: gradient max rel {err:.2e}, loss {l} vs {l1}");
+        eprintln!("weights {weights:?}: gradient max rel {err:.2e}, loss {l} vs {l1}");
         assert!(err < 1e-6, "gradient differs by {err:.2e}");
         assert!(((l - l1) / l1).abs() < 1e-5, "loss {l} vs {l1}");
     }

@@ -365,3 +365,85 @@ fn adapter_all_splits_the_rows_over_every_adapter() {
         "{err}"
     );
 }
+
+/// `--adapter-weights 3,1` splits the rows 3 : 1 (75 and 26 of 101), and each adapter's
+/// rows are exactly what that adapter alone writes for them (rows are keyed globally);
+/// a weight count that does not match the adapters, a zero weight, and weights with one
+/// adapter are refused with one line.
+#[test]
+fn adapter_weights_split_the_rows_in_proportion() {
+    let dir = tmp("weights");
+    let run = tiny_model(&dir, 20);
+    let m = s(&run);
+    let read = |p: &Path| {
+        flowgpu::io::npy::read_npy_f32(&std::fs::read(p).unwrap())
+            .unwrap()
+            .0
+    };
+    let sample = ["sample", "--model", m, "-n", "101", "--steps", "8"];
+    let out = dir.join("w.npy");
+    let run_json = |extra: &[&str]| {
+        let o = Command::new(BIN).args(sample).args(extra).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        (
+            o.status.code(),
+            err,
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    let (code, err, stdout) = run_json(&[
+        "--adapter",
+        "all",
+        "--adapter-weights",
+        "3,1",
+        "--json",
+        "--out",
+        s(&out),
+    ]);
+    if code == Some(1) && err.contains("weights for 1 adapters") {
+        // One adapter on this host: the count check is what there is to see.
+        return;
+    }
+    assert_eq!(code, Some(0), "{err}");
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = read(&out);
+    let adapters = j["adapters"].as_array().unwrap();
+    assert_eq!(adapters.len(), 2);
+    let ranges: Vec<(usize, usize)> = adapters
+        .iter()
+        .map(|a| {
+            (
+                a["rows"][0].as_u64().unwrap() as usize,
+                a["rows"][1].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    assert_eq!(ranges, vec![(0, 75), (75, 101)]);
+    for (a, (lo, hi)) in adapters.iter().zip(&ranges) {
+        let backend = a["backend"].as_str().unwrap();
+        let alone = dir.join(format!("{backend}.npy"));
+        ok(&[&sample[..], &["--backend", backend, "--out", s(&alone)]].concat());
+        assert_eq!(
+            read(&alone)[2 * lo..2 * hi],
+            rows[2 * lo..2 * hi],
+            "{backend}"
+        );
+    }
+    for (weights, want) in [
+        ("3,1,1", "3 weights for 2 adapters"),
+        ("3,0", "whole number ≥ 1"),
+        ("x", "whole number ≥ 1"),
+    ] {
+        let (code, err, _) = run_json(&[
+            "--adapter",
+            "all",
+            "--adapter-weights",
+            weights,
+            "--out",
+            s(&out),
+        ]);
+        assert!(code == Some(1) && err.contains(want), "{weights}: {err}");
+    }
+    let (code, err, _) = run_json(&["--adapter-weights", "3", "--out", s(&out)]);
+    assert!(code == Some(1) && err.contains("several adapters"), "{err}");
+}

@@ -23,7 +23,7 @@
 use super::{StepMlp, TrainConfig, Trainer};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::shard::Shard;
+use crate::shard::weighted_rows;
 
 /// Another adapter's trainer (its own context) and its share of the batch.
 pub struct Replica {
@@ -70,12 +70,38 @@ impl Trainer {
         cfg: &TrainConfig,
         build: impl Fn(&GpuContext, &TrainConfig) -> Result<Trainer>,
     ) -> Result<Trainer> {
+        let even = vec![1; others.len() + 1];
+        Self::data_parallel_weighted(ctx, others, &even, cfg, build)
+    }
+
+    /// [`data_parallel`](Self::data_parallel) with each adapter's share of the batch in
+    /// proportion to its weight (`weights`: the lead's, then each of `others`'), as
+    /// [`crate::shard::weighted_rows`] splits rows: give a faster adapter more.
+    pub fn data_parallel_weighted(
+        ctx: &GpuContext,
+        others: Vec<GpuContext>,
+        weights: &[u32],
+        cfg: &TrainConfig,
+        build: impl Fn(&GpuContext, &TrainConfig) -> Result<Trainer>,
+    ) -> Result<Trainer> {
         if others.is_empty() {
             return build(ctx, cfg);
         }
         let count = others.len() + 1;
         check_splittable(cfg, count)?;
-        let share = |index: usize| Shard { index, count }.rows(cfg.batch);
+        if weights.len() != count {
+            return Err(Error::invalid(format!(
+                "{} adapter weights for {count} adapters",
+                weights.len()
+            )));
+        }
+        let share = |index: usize| weighted_rows(cfg.batch, weights, index);
+        if let Some(k) = (0..count).find(|&k| share(k).is_empty()) {
+            return Err(Error::invalid(format!(
+                "adapter {k}'s share of --batch {} is empty with weights {weights:?}; give it a larger weight or the batch more rows",
+                cfg.batch
+            )));
+        }
         let build_share = |c: &GpuContext, index: usize| -> Result<Trainer> {
             let rows = share(index);
             let mut t = build(

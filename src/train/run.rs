@@ -424,12 +424,17 @@ impl Run {
     /// The trainer of this run on `ctx`: restored to the checkpoint when resuming; for a
     /// new run, the folder is created and its first checkpoint (step 0) written.
     pub fn trainer(&mut self, ctx: &GpuContext) -> Result<Trainer> {
-        self.trainer_on(ctx, Vec::new())
+        self.trainer_on(ctx, Vec::new(), &[1])
     }
 
-    /// [`trainer`](Self::trainer) with each batch split over `ctx` and `others`
-    /// (data-parallel, [`crate::train::parallel`]).
-    pub fn trainer_on(&mut self, ctx: &GpuContext, others: Vec<GpuContext>) -> Result<Trainer> {
+    /// [`trainer`](Self::trainer) with each batch split over `ctx` and `others` in
+    /// proportion to `weights` (data-parallel, [`crate::train::parallel`]).
+    pub fn trainer_on(
+        &mut self,
+        ctx: &GpuContext,
+        others: Vec<GpuContext>,
+        weights: &[u32],
+    ) -> Result<Trainer> {
         let m = &self.config.model;
         let pool = Dataset::augment(&self.train_set.points, self.train_set.dim, m.augment, None);
         let pools = Pools {
@@ -442,7 +447,8 @@ impl Run {
             t.set_prediction(m.predict)?;
             Ok(t)
         };
-        let mut trainer = Trainer::data_parallel(ctx, others, &self.config.train, build)?;
+        let mut trainer =
+            Trainer::data_parallel_weighted(ctx, others, weights, &self.config.train, build)?;
         match &self.resume_state {
             Some(st) => {
                 trainer.restore(ctx, st)?;
