@@ -303,7 +303,8 @@ fn adapters_lists_at_least_one() {
 }
 
 /// `bench --adapter all` adds the split workloads: W-small trained data-parallel over
-/// every adapter at once, with its rate against the first adapter's alone.
+/// every adapter at once, evenly and weighted by the adapters' rates, each with its rate
+/// against the first adapter's alone.
 #[test]
 fn bench_reports_a_multi_adapter_figure() {
     let (code, out, err) = flowgpu_env(
@@ -332,13 +333,16 @@ fn bench_reports_a_multi_adapter_figure() {
         .collect();
     eprintln!("{singles} adapters; split: {split:?}");
     if singles > 1 {
-        assert_eq!(split.len(), 1);
-        let s = split[0];
-        assert_eq!(s["adapters"].as_array().unwrap().len(), singles);
-        assert!(s["steps_per_s"].as_f64().unwrap() > 0.0);
-        let ratio = s["vs_first"].as_f64().unwrap();
-        assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
-        assert!(s["peak_buffer_bytes"].as_u64().unwrap() > 0);
+        // Even, then (where the adapters' rates differ) weighted by them.
+        assert!((1..=2).contains(&split.len()), "{split:?}");
+        assert_eq!(split[0]["weights"], serde_json::json!(vec![1; singles]));
+        for s in &split {
+            assert_eq!(s["adapters"].as_array().unwrap().len(), singles);
+            assert!(s["steps_per_s"].as_f64().unwrap() > 0.0);
+            let ratio = s["vs_first"].as_f64().unwrap();
+            assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
+            assert!(s["peak_buffer_bytes"].as_u64().unwrap() > 0);
+        }
     }
 }
 

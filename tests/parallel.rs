@@ -181,7 +181,8 @@ fn data_parallel_runs_repeat_and_resume_bit_for_bit() {
 }
 
 /// What cannot be split is refused with one line: the MLE objective, a minibatch-OT
-/// coupling (it couples the whole batch) and a batch smaller than the adapter count.
+/// coupling (it couples the whole batch), a batch smaller than the adapter count, and
+/// weights that leave an adapter no rows.
 #[test]
 fn unsplittable_runs_are_refused() {
     let cases = [
@@ -204,6 +205,28 @@ fn unsplittable_runs_are_refused() {
         ),
         (train_cfg(1, 10), "smaller than the 2 adapters"),
     ];
+    // Weights that leave an adapter no rows.
+    let mut ctxs = contexts(2);
+    let lead = ctxs.remove(0);
+    let (points, _) = data(500);
+    let w = Weights::init(&cfg(0), &mut rand::rngs::StdRng::seed_from_u64(5));
+    let build = |c: &GpuContext, tc: &TrainConfig| {
+        Trainer::new(
+            c,
+            &cfg(0),
+            GaussianPath::Ot { sigma_min: 0.0 },
+            &w,
+            &points,
+            tc,
+        )
+    };
+    match Trainer::data_parallel_weighted(&lead, ctxs, &[1, 1000], &train_cfg(64, 10), build) {
+        Ok(_) => panic!("an empty share was accepted"),
+        Err(e) => assert!(
+            e.to_string().contains("share of --batch 64 is empty"),
+            "{e}"
+        ),
+    }
     let (points, _) = data(500);
     let w = Weights::init(&cfg(0), &mut rand::rngs::StdRng::seed_from_u64(5));
     for (tc, want) in cases {
