@@ -524,26 +524,58 @@ fn bench_solve(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
     let min_groups = if cfg.quick { 2 } else { 1 };
     let (calls, secs, ms) = time_calls(cfg.min_time, min_groups, 1, |_| one(&s))?;
     let peak = peak_of_full(ctx) / calls as u64 + (before - bytes0);
-    let solves = calls as f64 / secs;
-    let gflops = flops * solves / 1e9;
     let profile = profile_one(ctx, || one(&s))?;
     let sg = r.sgemm.at(ctx, n.min(65536), mlp.width)?;
+    let timing = SolveTiming {
+        calls,
+        secs,
+        ms,
+        flops,
+        nfe,
+        steps: cfg.steps,
+        n,
+    };
     Ok(vec![BenchRecord {
-        unit: "one solve".into(),
         profile,
-        nfe_per_s: Some(solves * nfe as f64),
-        sample_steps_per_s: Some(solves * cfg.steps as f64),
-        gflops,
-        ms_median: ms,
-        timed_calls: calls,
-        flops_per_call: flops,
-        sgemm_gflops: sg,
-        sgemm_pct: 100.0 * gflops / sg,
         peak_buffer_bytes: peak,
-        n: Some(n),
-        steps: Some(cfg.steps),
-        ..base
+        ..timing.record(base, sg)
     }])
+}
+
+/// Timings of solves.
+struct SolveTiming {
+    calls: usize,
+    secs: f64,
+    ms: f64,
+    /// FLOPs per solve.
+    flops: f64,
+    /// Evaluations per sample, and solver steps, of a solve.
+    nfe: usize,
+    steps: usize,
+    /// Points per solve.
+    n: usize,
+}
+
+impl SolveTiming {
+    /// `base` with the rates and FLOPs filled in.
+    fn record(&self, base: BenchRecord, sgemm_gflops: f64) -> BenchRecord {
+        let solves = self.calls as f64 / self.secs;
+        let gflops = self.flops * solves / 1e9;
+        BenchRecord {
+            unit: "one solve".into(),
+            nfe_per_s: Some(solves * self.nfe as f64),
+            sample_steps_per_s: Some(solves * self.steps as f64),
+            gflops,
+            ms_median: self.ms,
+            timed_calls: self.calls,
+            flops_per_call: self.flops,
+            sgemm_gflops,
+            sgemm_pct: 100.0 * gflops / sgemm_gflops,
+            n: Some(self.n),
+            steps: Some(self.steps),
+            ..base
+        }
+    }
 }
 
 /// M-adjoint, M-backprop: one maximum-likelihood training step.
@@ -761,26 +793,22 @@ fn split_sampling(
     let nfe = cfg.steps * stages;
     let flops = (mlp.flops_per_sample() * n as u64) as f64 * nfe as f64;
     let (calls, secs, ms) = time_calls(cfg.min_time, 2, 1, |_| solve_all(n))?;
-    let solves = calls as f64 / secs;
-    let gflops = flops * solves / 1e9;
     let sg = SgemmCache {
         min_time: cfg.min_time.min(1.0),
         at_shape: Default::default(),
     }
     .at(&ctxs[0], n.min(65536), mlp.width)?;
+    let timing = SolveTiming {
+        calls,
+        secs,
+        ms,
+        flops,
+        nfe,
+        steps: cfg.steps,
+        n,
+    };
     Ok(BenchRecord {
-        unit: "one solve".into(),
-        nfe_per_s: Some(solves * nfe as f64),
-        sample_steps_per_s: Some(solves * cfg.steps as f64),
-        gflops,
-        ms_median: ms,
-        timed_calls: calls,
-        flops_per_call: flops,
-        sgemm_gflops: sg,
-        sgemm_pct: 100.0 * gflops / sg,
-        n: Some(n),
-        steps: Some(cfg.steps),
         peak_buffer_bytes: ctxs.iter().map(|c| c.allocated_bytes()).sum(),
-        ..base
+        ..timing.record(base, sg)
     })
 }

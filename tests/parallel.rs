@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::one_error_line;
 use flowgpu::mle::MleConfig;
 use flowgpu::model::{Activation, MlpConfig, Weights};
 use flowgpu::train::{Coupling, TrainConfig, Trainer};
@@ -192,6 +193,7 @@ fn unsplittable_runs_are_refused() {
                 ..train_cfg(64, 10)
             },
             "--objective mle",
+            &[1, 1][..],
         ),
         (
             TrainConfig {
@@ -202,34 +204,18 @@ fn unsplittable_runs_are_refused() {
                 ..train_cfg(64, 10)
             },
             "minibatch-OT",
+            &[1, 1],
         ),
-        (train_cfg(1, 10), "smaller than the 2 adapters"),
+        (train_cfg(1, 10), "smaller than the 2 adapters", &[1, 1]),
+        (
+            train_cfg(64, 10),
+            "share of --batch 64 is empty",
+            &[1, 1000],
+        ),
     ];
-    // Weights that leave an adapter no rows.
-    let mut ctxs = contexts(2);
-    let lead = ctxs.remove(0);
     let (points, _) = data(500);
     let w = Weights::init(&cfg(0), &mut rand::rngs::StdRng::seed_from_u64(5));
-    let build = |c: &GpuContext, tc: &TrainConfig| {
-        Trainer::new(
-            c,
-            &cfg(0),
-            GaussianPath::Ot { sigma_min: 0.0 },
-            &w,
-            &points,
-            tc,
-        )
-    };
-    match Trainer::data_parallel_weighted(&lead, ctxs, &[1, 1000], &train_cfg(64, 10), build) {
-        Ok(_) => panic!("an empty share was accepted"),
-        Err(e) => assert!(
-            e.to_string().contains("share of --batch 64 is empty"),
-            "{e}"
-        ),
-    }
-    let (points, _) = data(500);
-    let w = Weights::init(&cfg(0), &mut rand::rngs::StdRng::seed_from_u64(5));
-    for (tc, want) in cases {
+    for (tc, want, weights) in cases {
         let mut ctxs = contexts(2);
         let lead = ctxs.remove(0);
         let build = |c: &GpuContext, tc: &TrainConfig| {
@@ -242,7 +228,7 @@ fn unsplittable_runs_are_refused() {
                 tc,
             )
         };
-        let err = match Trainer::data_parallel(&lead, ctxs, &tc, build) {
+        let err = match Trainer::data_parallel_weighted(&lead, ctxs, weights, &tc, build) {
             Ok(_) => panic!("{want}: accepted"),
             Err(e) => e.to_string(),
         };
@@ -299,12 +285,4 @@ fn train_command_splits_the_batch_over_every_adapter() {
         );
     }
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// The error is one line (Mesa's warning about a missing XDG_RUNTIME_DIR aside).
-fn one_error_line(err: &str) -> bool {
-    err.lines()
-        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
-        .count()
-        == 1
 }

@@ -2,6 +2,9 @@
 //! the memory set for it trains with bounded memory, measured; a streamed run resumes bit
 //! for bit; what streaming cannot do is refused with one line.
 
+mod common;
+
+use common::one_error_line;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -202,14 +205,6 @@ fn streaming_refuses_what_it_cannot_do() {
         assert!(!out.join("model.safetensors").exists());
     }
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// The error is one line (Mesa's warning about a missing XDG_RUNTIME_DIR aside).
-fn one_error_line(err: &str) -> bool {
-    err.lines()
-        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
-        .count()
-        == 1
 }
 
 /// A library caller that stops a streamed run exactly at a pool boundary and goes on with

@@ -236,3 +236,11 @@ pub fn eight_gaussians_gap(m: &flowgpu::Model) -> TruthGap {
         se: (diffs.iter().map(|d| (d - kl).powi(2)).sum::<f64>() / (n * (n - 1.0))).sqrt(),
     }
 }
+
+/// The error is one line (Mesa's warning about a missing XDG_RUNTIME_DIR aside).
+pub fn one_error_line(err: &str) -> bool {
+    err.lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+        .count()
+        == 1
+}
