@@ -260,3 +260,46 @@ fn continuing_at_a_pool_boundary_takes_the_next_pool() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A streamed run split over every adapter (`--stream-pool` with `--adapter all`): each
+/// pool reaches every adapter, and the run ends at the one-adapter run's loss (within 1e-5).
+#[test]
+fn a_streamed_run_splits_over_every_adapter() {
+    let dir = tmp("split");
+    let data = dir.join("d.npy");
+    write_npy(&data, 30_000, 4);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--stream-pool",
+            "0.25",
+            "--stream-refresh",
+            "40",
+            "--steps",
+            "160",
+            "--batch",
+            "128",
+            "--plot-samples",
+            "0",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (code, err, json) = flowgpu(&args);
+        assert_eq!(code, 0, "{err}");
+        json.unwrap()
+    };
+    let one = run("one", &[]);
+    let all = run("all", &["--adapter", "all"]);
+    let (l1, lk) = (
+        one["final_loss"].as_f64().unwrap(),
+        all["final_loss"].as_f64().unwrap(),
+    );
+    eprintln!("adapters {}: final loss {lk} against {l1}", all["adapters"]);
+    assert!(((l1 - lk) / l1).abs() < 1e-5, "final loss {lk} vs {l1}");
+    std::fs::remove_dir_all(&dir).ok();
+}
