@@ -836,11 +836,24 @@ fn refuse_flags_with_resume(m: &clap::ArgMatches) -> Result<()> {
         return Ok(());
     }
     // What may change between slices of a run: where it runs and how it reports.
-    const ALLOWED: [&str; 5] = ["resume", "stop_after", "adapter", "backend", "json"];
+    const ALLOWED: [&str; 6] = [
+        "resume",
+        "stop_after",
+        "adapter",
+        "adapter_weights",
+        "backend",
+        "json",
+    ];
+    // The flattened argument structs are groups (`GpuArgs`, `MleArgs`): their members count.
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let groups: Vec<String> = cmd
+        .find_subcommand("train")
+        .map(|t| t.get_groups().map(|g| g.get_id().to_string()).collect())
+        .unwrap_or_default();
     let given: Vec<String> = m
         .ids()
         .map(|id| id.as_str())
-        .filter(|id| !ALLOWED.contains(id))
+        .filter(|id| !ALLOWED.contains(id) && !groups.iter().any(|g| g == id))
         .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
         .map(|id| format!("--{}", id.replace('_', "-")))
         .collect();

@@ -644,3 +644,50 @@ fn diffusion_models_train_and_sample_by_ode_sde_and_ddim() {
         assert!(!other.exists(), "{flags:?} left a run folder");
     }
 }
+
+/// `train --resume` takes only where the run goes on and how it reports (`--stop-after`,
+/// `--adapter`, `--adapter-weights`, `--backend`, `--json`); any other flag is refused by
+/// its own name (not the name of the group of flags it belongs to).
+#[test]
+fn resume_takes_where_to_run_and_refuses_training_flags() {
+    let dir = tmp("resume-flags");
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    let (code, _, err) = flowgpu(&[
+        "train",
+        "--steps",
+        "20",
+        "--stop-after",
+        "10",
+        "--width",
+        "8",
+        "--plot-samples",
+        "0",
+        "--eval-n",
+        "0",
+        "--out",
+        r,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for (flags, drop) in [
+        (&["--mle-steps", "4"][..], "drop --mle-steps ("),
+        (&["--lr", "0.1", "--width", "9"][..], "--width"),
+    ] {
+        let mut args = vec!["train", "--resume", r];
+        args.extend_from_slice(flags);
+        let (code, _, err) = flowgpu(&args);
+        assert!(code == 1 && err.contains(drop), "{flags:?}: {err}");
+        assert!(!err.contains("Args"), "a group's name in: {err}");
+    }
+    let (code, _, err) = flowgpu(&[
+        "train",
+        "--resume",
+        r,
+        "--adapter",
+        "llvmpipe",
+        "--stop-after",
+        "15",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -276,6 +276,29 @@ fn train_command_splits_the_batch_over_every_adapter() {
         all["final_loss"].as_f64().unwrap(),
     );
     assert!(((l1 - lk) / l1).abs() < 1e-5, "final loss {lk} vs {l1}");
+    // A time slice on every adapter, resumed with the batch split 3 : 1.
+    let (code, err, _) = train("slices", &["--adapter", "all", "--stop-after", "30"]);
+    assert_eq!(code, Some(0), "{err}");
+    let out = std::process::Command::new(BIN)
+        .args(["train", "--resume", dir.join("slices").to_str().unwrap()])
+        .args(["--adapter", "all", "--adapter-weights", "3,1", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if adapters.len() == 2 {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(j["adapters"][0]["rows"], serde_json::json!([0, 72]));
+        let l = j["final_loss"].as_f64().unwrap();
+        assert!(
+            ((l1 - l) / l1).abs() < 1e-5,
+            "resumed final loss {l} vs {l1}"
+        );
+    }
     let (code, err, _) = train("ot", &["--adapter", "all", "--coupling", "sinkhorn"]);
     if adapters.len() > 1 {
         assert_eq!(code, Some(1), "{err}");
