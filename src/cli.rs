@@ -82,7 +82,7 @@ struct MergeArgs {
 struct GpuArgs {
     /// Use the adapter whose name contains this (case-insensitive); `all`, or several
     /// names separated by commas: every adapter named (sample, encode, decode and logprob
-    /// split their rows evenly over them; train splits each batch).
+    /// split their rows over them, train each batch; evenly unless --adapter-weights).
     #[arg(long, global = true)]
     adapter: Option<String>,
     /// Restrict the search to one backend.
@@ -98,18 +98,17 @@ struct GpuArgs {
 }
 
 impl GpuArgs {
-    /// One weight per adapter of `ctxs` (`--adapter-weights`, else all 1).
-    fn weights(&self, ctxs: &[GpuContext]) -> Result<Vec<u32>> {
+    /// `--adapter-weights` as given (None: even).
+    fn parsed_weights(&self) -> Result<Option<Vec<u32>>> {
         let Some(list) = &self.adapter_weights else {
-            return Ok(vec![1; ctxs.len()]);
+            return Ok(None);
         };
         let bad = || {
             Error::invalid(format!(
                 "--adapter-weights '{list}': give one whole number ≥ 1 per adapter, e.g. 3,1"
             ))
         };
-        let w = list
-            .split(',')
+        list.split(',')
             .map(|v| {
                 v.trim()
                     .parse::<u32>()
@@ -117,7 +116,15 @@ impl GpuArgs {
                     .filter(|&v| v >= 1)
                     .ok_or_else(bad)
             })
-            .collect::<Result<Vec<u32>>>()?;
+            .collect::<Result<Vec<u32>>>()
+            .map(Some)
+    }
+
+    /// One weight per adapter of `ctxs` (`--adapter-weights`, else all 1).
+    fn weights(&self, ctxs: &[GpuContext]) -> Result<Vec<u32>> {
+        let Some(w) = self.parsed_weights()? else {
+            return Ok(vec![1; ctxs.len()]);
+        };
         if w.len() != ctxs.len() {
             let names: Vec<String> = ctxs
                 .iter()
@@ -143,6 +150,8 @@ impl GpuArgs {
 
     /// One context, or with `--adapter all` (or a list) one per adapter.
     fn contexts(&self) -> Result<Vec<GpuContext>> {
+        // Bad weights fail before any device opens.
+        self.parsed_weights()?;
         match self.adapter.as_deref() {
             Some(all) if all.eq_ignore_ascii_case("all") => GpuContext::all(&AdapterChoice {
                 backend: self.backend,
@@ -169,7 +178,7 @@ impl GpuArgs {
     fn context(&self) -> Result<GpuContext> {
         if self.adapter_weights.is_some() && !self.wants_all() {
             return Err(Error::invalid(
-                "--adapter-weights splits work over several adapters: name them with --adapter all or --adapter A,B",
+                "--adapter-weights splits train, sample, encode, decode and logprob over several adapters: name them with --adapter all or --adapter A,B",
             ));
         }
         if self.wants_all() {
@@ -1915,11 +1924,31 @@ fn density(a: DensityArgs) -> Result<()> {
     Ok(())
 }
 
+/// The adapters `bench` runs on: every one (`--adapter all`, in `GpuContext::all`'s order,
+/// as `train` and `sample` take them), each of a list, or one.
+fn bench_contexts(a: &BenchArgs) -> Result<Vec<GpuContext>> {
+    let choice = |name: Option<String>| AdapterChoice {
+        name,
+        backend: a.backend,
+        profile: a.profile,
+        ..Default::default()
+    };
+    match a.adapter.as_deref() {
+        Some(all) if all.eq_ignore_ascii_case("all") => GpuContext::all(&choice(None)),
+        Some(list) => adapter_names(list)?
+            .into_iter()
+            .map(|n| GpuContext::new(&choice(Some(n))))
+            .collect(),
+        None => Ok(vec![GpuContext::new(&choice(None))?]),
+    }
+}
+
 /// `bench --adapter all` on a host with several adapters: the split workloads over all of
-/// them at once, each against the first adapter's rate in `alone` (this run's), evenly and,
-/// where the adapters' own rates differ, weighted by them (`--adapter-weights`).
+/// them at once, each against the first adapter's rate in `alone` (this run's, one record
+/// per adapter and workload in adapter order), evenly and, where the adapters' own rates
+/// differ, weighted by them (a weighted split that cannot run is reported and skipped).
 fn bench_split(
-    choices: &[AdapterChoice],
+    a: &BenchArgs,
     names: &[String],
     cfg: &flowgpu::bench::BenchConfig,
     alone: &[flowgpu::bench::BenchRecord],
@@ -1930,33 +1959,40 @@ fn bench_split(
         .iter()
         .filter(|n| bench::SPLIT_WORKLOADS.contains(&n.as_str()))
     {
-        // One record per adapter, in order.
         let rates: Vec<Option<f64>> = alone
             .iter()
             .filter(|r| &r.workload == name)
             .map(|r| r.rate())
             .collect();
         let base = rates.first().copied().flatten();
-        let even = vec![1; choices.len()];
+        let even = vec![1; rates.len()];
         let mut splits = vec![even.clone()];
         splits.extend(throughput_weights(&rates).filter(|w| *w != even));
         for weights in splits {
-            eprintln!(
-                "bench: {name} split over {} adapters, weights {weights:?}",
-                choices.len()
-            );
-            let ctxs = choices
+            let list = weights
                 .iter()
-                .map(GpuContext::new)
-                .collect::<Result<Vec<_>>>()?;
-            for mut r in bench::run_split(ctxs, name, cfg, &weights)? {
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            eprintln!(
+                "bench: {name} split over {} adapters, --adapter-weights {list}",
+                weights.len()
+            );
+            let records = match bench::run_split(bench_contexts(a)?, name, cfg, &weights) {
+                Ok(r) => r,
+                Err(e) if weights != even => {
+                    eprintln!("bench: {name} with --adapter-weights {list} skipped: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for mut r in records {
                 r.vs_first = base.zip(r.rate()).map(|(b, k)| k / b);
                 print_bench_record(&r);
                 if let Some(v) = r.vs_first {
                     println!(
-                        "  {name} on {} adapters at once (--adapter-weights {}): {v:.2}× the first adapter alone",
-                        choices.len(),
-                        weights.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                        "  {name} on {} adapters at once (--adapter-weights {list}): {v:.2}× the first adapter alone",
+                        weights.len()
                     );
                 }
                 out.push(r);
@@ -1966,16 +2002,26 @@ fn bench_split(
     Ok(out)
 }
 
-/// Integer weights in proportion to the adapters' rates (the slowest 4), if all are known.
+/// Integer weights in proportion to the adapters' rates (the slowest 4, then divided by
+/// their greatest common divisor: equal rates give all 1), if every rate is known.
 fn throughput_weights(rates: &[Option<f64>]) -> Option<Vec<u32>> {
     let rates: Vec<f64> = rates.iter().copied().collect::<Option<_>>()?;
     let slowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
-    (slowest > 0.0 && slowest.is_finite()).then(|| {
-        rates
-            .iter()
-            .map(|r| ((4.0 * r / slowest).round() as u32).max(1))
-            .collect()
-    })
+    if !(slowest > 0.0 && slowest.is_finite()) {
+        return None;
+    }
+    let w: Vec<u32> = rates
+        .iter()
+        .map(|r| ((4.0 * r / slowest).round().min(1e6) as u32).max(1))
+        .collect();
+    let gcd = |mut a: u32, mut b: u32| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let g = w.iter().copied().fold(0, gcd).max(1);
+    Some(w.iter().map(|v| v / g).collect())
 }
 
 /// One row of `flowgpu bench`'s table, and its dispatch profile when measured.
@@ -2038,6 +2084,11 @@ fn bench(a: BenchArgs) -> Result<()> {
             .collect(),
         None => bench::WORKLOADS.iter().map(|s| s.to_string()).collect(),
     };
+    let mut seen = std::collections::HashSet::new();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .collect();
     for n in &names {
         if !bench::WORKLOADS.contains(&n.as_str()) {
             return Err(Error::invalid(format!(
@@ -2046,48 +2097,13 @@ fn bench(a: BenchArgs) -> Result<()> {
             )));
         }
     }
-    let all = a
-        .adapter
-        .as_deref()
-        .is_some_and(|n| n.eq_ignore_ascii_case("all"));
-    let choices: Vec<AdapterChoice> = if all {
-        flowgpu::gpu::list_adapters(a.backend)?
-            .into_iter()
-            .map(|s| AdapterChoice {
-                name: Some(s.name),
-                backend: match s.backend.as_str() {
-                    "vulkan" => Some(BackendChoice::Vulkan),
-                    "gl" => Some(BackendChoice::Gl),
-                    "metal" => Some(BackendChoice::Metal),
-                    "dx12" => Some(BackendChoice::Dx12),
-                    _ => None,
-                },
-                profile: a.profile,
-                ..Default::default()
-            })
-            .collect()
-    } else {
-        // One name, or several separated by commas.
-        match a.adapter.as_deref() {
-            Some(list) => adapter_names(list)?.into_iter().map(Some).collect(),
-            None => vec![None],
-        }
-        .into_iter()
-        .map(|name| AdapterChoice {
-            name,
-            backend: a.backend,
-            profile: a.profile,
-            ..Default::default()
-        })
-        .collect()
-    };
     let (mut lines, mut records) = (Vec::new(), Vec::new());
     println!(
         "{:<10} {:<24} {:<17} {:>18} {:>9} {:>10} {:>8} {:>10}",
         "workload", "adapter", "backend, tiles", "rate", "GFLOP/s", "SGEMM", "% SGEMM", "peak MiB"
     );
-    for choice in &choices {
-        let ctx = GpuContext::new(choice)?;
+    let contexts = bench_contexts(&a)?;
+    for ctx in &contexts {
         for name in &names {
             eprintln!(
                 "bench: {name} on {} ({}, {} tiles)",
@@ -2095,15 +2111,16 @@ fn bench(a: BenchArgs) -> Result<()> {
                 ctx.backend_name(),
                 ctx.tiles.variant()
             );
-            for r in bench::run(&ctx, name, &cfg)? {
+            for r in bench::run(ctx, name, &cfg)? {
                 print_bench_record(&r);
                 lines.push(serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?);
                 records.push(r);
             }
         }
     }
-    if choices.len() > 1 {
-        for r in bench_split(&choices, &names, &cfg, &records)? {
+    if contexts.len() > 1 {
+        drop(contexts);
+        for r in bench_split(&a, &names, &cfg, &records)? {
             lines.push(serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?);
         }
     }
@@ -2196,9 +2213,9 @@ fn merge(a: MergeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Rows `range` split evenly over `ctxs` (adapter k takes part k of K, as `--shard k/K`
-/// would within the range), each part computed by `work` on its adapter in its own thread;
-/// the parts in row order.
+/// Rows `range` split over `ctxs` in proportion to `weights` (equal weights: adapter k takes
+/// part k of K, as `--shard k/K` would within the range), each part computed by `work` on
+/// its adapter in its own thread; the parts in row order.
 fn over_adapters<T: Send>(
     ctxs: &[GpuContext],
     weights: &[u32],

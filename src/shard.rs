@@ -46,8 +46,9 @@ impl Shard {
 
 /// Part `k` of `n` rows split in proportion to integer `weights` (one per part): rows
 /// [⌊n·S_k/S⌋, ⌊n·S_(k+1)/S⌋), S_k the sum of the weights before part k and S all of them.
-/// Equal weights give shard k of K's rows exactly.
+/// Equal weights give shard k of K's rows exactly; all-zero weights give every part none.
 pub fn weighted_rows(n: usize, weights: &[u32], k: usize) -> Range<usize> {
+    assert!(k < weights.len(), "part {k} of {} weights", weights.len());
     let total: u128 = weights.iter().map(|&w| w as u128).sum::<u128>().max(1);
     let edge = |part: usize| {
         let before: u128 = weights[..part].iter().map(|&w| w as u128).sum();
@@ -266,29 +267,6 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Manifest> {
 
 #[cfg(test)]
 mod tests {
-
-    /// Weighted parts cover the rows in order, follow the weights, and equal weights are
-    /// the shards.
-    #[test]
-    fn weighted_rows_split_in_proportion() {
-        for n in [0, 1, 7, 100, 1003] {
-            for k_all in 1..5 {
-                let ones = vec![1; k_all];
-                for k in 0..k_all {
-                    let shard = super::Shard {
-                        index: k,
-                        count: k_all,
-                    }
-                    .rows(n);
-                    assert_eq!(super::weighted_rows(n, &ones, k), shard);
-                }
-            }
-        }
-        let w = [3, 1, 0, 4];
-        let parts: Vec<_> = (0..4).map(|k| super::weighted_rows(800, &w, k)).collect();
-        assert_eq!(parts, vec![0..300, 300..400, 400..400, 400..800]);
-    }
-
     use super::*;
 
     #[test]
@@ -306,5 +284,27 @@ mod tests {
         for bad in ["5/5", "1", "a/2", "0/0", "-1/3"] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
+    }
+
+    /// Weighted parts cover the rows in order, follow the weights, and equal weights are
+    /// the shards.
+    #[test]
+    fn weighted_rows_split_in_proportion() {
+        for n in [0, 1, 7, 100, 1003] {
+            for k_all in 1..5 {
+                let ones = vec![1; k_all];
+                for k in 0..k_all {
+                    let shard = Shard {
+                        index: k,
+                        count: k_all,
+                    }
+                    .rows(n);
+                    assert_eq!(weighted_rows(n, &ones, k), shard);
+                }
+            }
+        }
+        let w = [3, 1, 0, 4];
+        let parts: Vec<_> = (0..4).map(|k| weighted_rows(800, &w, k)).collect();
+        assert_eq!(parts, vec![0..300, 300..400, 400..400, 400..800]);
     }
 }

@@ -260,11 +260,13 @@ fn train_command_splits_the_batch_over_every_adapter() {
     };
     let (code, err, one) = train("one", &[]);
     assert_eq!(code, Some(0), "{err}");
-    let (code, err, all) = train("all", &["--adapter", "all"]);
+    let two = common::two_adapters();
+    let (code, err, all) = train("all", &["--adapter", &two]);
     assert_eq!(code, Some(0), "{err}");
     let all = all.unwrap();
     let adapters = all["adapters"].as_array().unwrap();
     eprintln!("{adapters:?}");
+    assert!(adapters.len() >= 2);
     let mut next = 0;
     for a in adapters {
         assert_eq!(a["rows"][0].as_u64(), Some(next));
@@ -277,30 +279,35 @@ fn train_command_splits_the_batch_over_every_adapter() {
     );
     assert!(((l1 - lk) / l1).abs() < 1e-5, "final loss {lk} vs {l1}");
     // A time slice on every adapter, resumed with the batch split 3 : 1.
-    let (code, err, _) = train("slices", &["--adapter", "all", "--stop-after", "30"]);
+    let (code, err, _) = train("slices", &["--adapter", &two, "--stop-after", "30"]);
     assert_eq!(code, Some(0), "{err}");
+    // Weight 3 for the first adapter, 1 for each other.
+    let k = adapters.len();
+    let weights = std::iter::once("3".to_string())
+        .chain(std::iter::repeat_n("1".to_string(), k - 1))
+        .collect::<Vec<_>>()
+        .join(",");
     let out = std::process::Command::new(BIN)
         .args(["train", "--resume", dir.join("slices").to_str().unwrap()])
-        .args(["--adapter", "all", "--adapter-weights", "3,1", "--json"])
+        .args(["--adapter", &two, "--adapter-weights", &weights, "--json"])
         .output()
         .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    if adapters.len() == 2 {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-        assert_eq!(j["adapters"][0]["rows"], serde_json::json!([0, 72]));
-        let l = j["final_loss"].as_f64().unwrap();
-        assert!(
-            ((l1 - l) / l1).abs() < 1e-5,
-            "resumed final loss {l} vs {l1}"
-        );
-    }
-    let (code, err, _) = train("ot", &["--adapter", "all", "--coupling", "sinkhorn"]);
-    if adapters.len() > 1 {
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let first = (96 * 3 / (k + 2)) as u64;
+    assert_eq!(j["adapters"][0]["rows"], serde_json::json!([0, first]));
+    let l = j["final_loss"].as_f64().unwrap();
+    assert!(
+        ((l1 - l) / l1).abs() < 1e-5,
+        "resumed final loss {l} vs {l1}"
+    );
+    let (code, err, _) = train("ot", &["--adapter", &two, "--coupling", "sinkhorn"]);
+    {
         assert_eq!(code, Some(1), "{err}");
         assert!(
             err.contains("minibatch-OT") && one_error_line(&err),

@@ -3,6 +3,8 @@
 //! and shards run in other chunk sizes; `merge` refuses incomplete, duplicated and mixed
 //! sets; the one-host recipe of docs/scale.md (xargs) runs as written.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -366,10 +368,10 @@ fn adapter_all_splits_the_rows_over_every_adapter() {
     );
 }
 
-/// `--adapter-weights 3,1` splits the rows 3 : 1 (75 and 26 of 101), and each adapter's
-/// rows are exactly what that adapter alone writes for them (rows are keyed globally);
-/// a weight count that does not match the adapters, a zero weight, and weights with one
-/// adapter are refused with one line.
+/// `--adapter-weights 3,1,…` (3 for the first adapter, 1 for each other) splits the rows
+/// in proportion (75 and 26 of 101 over two adapters), and each adapter's rows are exactly
+/// what that adapter alone writes for them (rows are keyed globally); bad weights, a count
+/// that does not match the adapters, and weights with one adapter are refused with one line.
 #[test]
 fn adapter_weights_split_the_rows_in_proportion() {
     let dir = tmp("weights");
@@ -391,52 +393,15 @@ fn adapter_weights_split_the_rows_in_proportion() {
             String::from_utf8_lossy(&o.stdout).to_string(),
         )
     };
-    let (code, err, stdout) = run_json(&[
-        "--adapter",
-        "all",
-        "--adapter-weights",
-        "3,1",
-        "--json",
-        "--out",
-        s(&out),
-    ]);
-    if code == Some(1) && err.contains("weights for 1 adapters") {
-        // One adapter on this host: the count check is what there is to see.
-        return;
-    }
-    assert_eq!(code, Some(0), "{err}");
-    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    let rows = read(&out);
-    let adapters = j["adapters"].as_array().unwrap();
-    assert_eq!(adapters.len(), 2);
-    let ranges: Vec<(usize, usize)> = adapters
-        .iter()
-        .map(|a| {
-            (
-                a["rows"][0].as_u64().unwrap() as usize,
-                a["rows"][1].as_u64().unwrap() as usize,
-            )
-        })
-        .collect();
-    assert_eq!(ranges, vec![(0, 75), (75, 101)]);
-    for (a, (lo, hi)) in adapters.iter().zip(&ranges) {
-        let backend = a["backend"].as_str().unwrap();
-        let alone = dir.join(format!("{backend}.npy"));
-        ok(&[&sample[..], &["--backend", backend, "--out", s(&alone)]].concat());
-        assert_eq!(
-            read(&alone)[2 * lo..2 * hi],
-            rows[2 * lo..2 * hi],
-            "{backend}"
-        );
-    }
+    let two = common::two_adapters();
     for (weights, want) in [
-        ("3,1,1", "3 weights for 2 adapters"),
         ("3,0", "whole number ≥ 1"),
         ("x", "whole number ≥ 1"),
+        ("1,1,1,1,1,1,1,1,1", "9 weights for"),
     ] {
         let (code, err, _) = run_json(&[
             "--adapter",
-            "all",
+            &two,
             "--adapter-weights",
             weights,
             "--out",
@@ -446,4 +411,56 @@ fn adapter_weights_split_the_rows_in_proportion() {
     }
     let (code, err, _) = run_json(&["--adapter-weights", "3", "--out", s(&out)]);
     assert!(code == Some(1) && err.contains("several adapters"), "{err}");
+    // Over every adapter (or two devices on the one there is).
+    let (code, err, stdout) = run_json(&["--adapter", &two, "--json", "--out", s(&out)]);
+    assert_eq!(code, Some(0), "{err}");
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let k = j["adapters"].as_array().unwrap().len();
+    assert!(k >= 2);
+    let weights: Vec<String> = (0..k)
+        .map(|i| if i == 0 { "3" } else { "1" }.into())
+        .collect();
+    let (code, err, stdout) = run_json(&[
+        "--adapter",
+        &two,
+        "--adapter-weights",
+        &weights.join(","),
+        "--json",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = read(&out);
+    let adapters = j["adapters"].as_array().unwrap();
+    let ranges: Vec<(usize, usize)> = adapters
+        .iter()
+        .map(|a| {
+            (
+                a["rows"][0].as_u64().unwrap() as usize,
+                a["rows"][1].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    let edge = |i: usize| 101 * (3 * i.min(1) + i.saturating_sub(1)) / (k + 2);
+    let want: Vec<(usize, usize)> = (0..k).map(|i| (edge(i), edge(i + 1))).collect();
+    assert_eq!(ranges, want);
+    // Each adapter's rows against that adapter alone, where its backend names it alone.
+    let backends: Vec<&str> = adapters
+        .iter()
+        .map(|a| a["backend"].as_str().unwrap())
+        .collect();
+    for (b, (lo, hi)) in backends.iter().zip(&ranges) {
+        let alone = dir.join(format!("{b}.npy"));
+        if backends.iter().filter(|x| *x == b).count() == 1 {
+            ok(&[&sample[..], &["--backend", b, "--out", s(&alone)]].concat());
+        } else if two != "all" {
+            // Two devices on the one adapter: the default adapter is it.
+            ok(&[&sample[..], &["--out", s(&alone)]].concat());
+        } else {
+            // Several adapters of one backend: no flag names this one alone.
+            continue;
+        }
+        assert_eq!(read(&alone)[2 * lo..2 * hi], rows[2 * lo..2 * hi], "{b}");
+    }
 }

@@ -1,8 +1,9 @@
 //! Data-parallel flow-matching training over several adapters of one host.
 //!
 //! Every adapter holds the whole model and trains on a share of each batch: adapter k of K
-//! draws global batch rows ⌊k·B/K⌋ to ⌊(k+1)·B/K⌋, keyed by their global row (cfm.wgsl's
-//! `row0`), so the K shares draw exactly the rows of the one-adapter batch, and each
+//! draws global batch rows ⌊k·B/K⌋ to ⌊(k+1)·B/K⌋ (or in proportion to weights,
+//! [`crate::shard::weighted_rows`]), keyed by their global row (cfm.wgsl's `row0`), so the
+//! K shares draw exactly the rows of the one-adapter batch, and each
 //! averages its loss over the whole batch (`mean_rows`), so the shares' gradients add up to
 //! the batch gradient. A step:
 //!

@@ -244,3 +244,15 @@ pub fn one_error_line(err: &str) -> bool {
         .count()
         == 1
 }
+
+/// An `--adapter` value naming two adapters: `all` where wgpu sees several (lavapipe and
+/// llvmpipe-GL here), else the one adapter twice (two devices on it), so that what splits
+/// over adapters is exercised on any host.
+pub fn two_adapters() -> String {
+    let all = GpuContext::all(&Default::default()).expect("an adapter");
+    if all.len() >= 2 {
+        return "all".into();
+    }
+    let name = all[0].adapter_name().to_string();
+    format!("{name},{name}")
+}
