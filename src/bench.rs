@@ -522,19 +522,10 @@ fn bench_solve(r: &mut BenchRun, name: &str) -> Result<Vec<BenchRecord>> {
     let nfe = cfg.steps * stages;
     let flops = passes * (mlp.flops_per_sample() * n as u64) as f64 * nfe as f64;
     let min_groups = if cfg.quick { 2 } else { 1 };
-    let (calls, secs, ms) = time_calls(cfg.min_time, min_groups, 1, |_| one(&s))?;
-    let peak = peak_of_full(ctx) / calls as u64 + (before - bytes0);
+    let timing = SolveTiming::time(cfg, min_groups, flops, nfe, n, || one(&s))?;
+    let peak = peak_of_full(ctx) / timing.calls as u64 + (before - bytes0);
     let profile = profile_one(ctx, || one(&s))?;
     let sg = r.sgemm.at(ctx, n.min(65536), mlp.width)?;
-    let timing = SolveTiming {
-        calls,
-        secs,
-        ms,
-        flops,
-        nfe,
-        steps: cfg.steps,
-        n,
-    };
     Ok(vec![BenchRecord {
         profile,
         peak_buffer_bytes: peak,
@@ -557,6 +548,28 @@ struct SolveTiming {
 }
 
 impl SolveTiming {
+    /// Time `solve` (one solve of `n` points, `flops` FLOPs and `nfe` evaluations per
+    /// point, `cfg.steps` steps) for `cfg.min_time` s, at least `min_groups` calls.
+    fn time(
+        cfg: &BenchConfig,
+        min_groups: usize,
+        flops: f64,
+        nfe: usize,
+        n: usize,
+        mut solve: impl FnMut() -> Result<()>,
+    ) -> Result<Self> {
+        let (calls, secs, ms) = time_calls(cfg.min_time, min_groups, 1, |_| solve())?;
+        Ok(SolveTiming {
+            calls,
+            secs,
+            ms,
+            flops,
+            nfe,
+            steps: cfg.steps,
+            n,
+        })
+    }
+
     /// `base` with the rates and FLOPs filled in.
     fn record(&self, base: BenchRecord, sgemm_gflops: f64) -> BenchRecord {
         let solves = self.calls as f64 / self.secs;
@@ -792,21 +805,12 @@ fn split_sampling(
     solve_all(n.min(256 * ctxs.len()))?;
     let nfe = cfg.steps * stages;
     let flops = (mlp.flops_per_sample() * n as u64) as f64 * nfe as f64;
-    let (calls, secs, ms) = time_calls(cfg.min_time, 2, 1, |_| solve_all(n))?;
+    let timing = SolveTiming::time(cfg, 2, flops, nfe, n, || solve_all(n))?;
     let sg = SgemmCache {
         min_time: cfg.min_time.min(1.0),
         at_shape: Default::default(),
     }
     .at(&ctxs[0], n.min(65536), mlp.width)?;
-    let timing = SolveTiming {
-        calls,
-        secs,
-        ms,
-        flops,
-        nfe,
-        steps: cfg.steps,
-        n,
-    };
     Ok(BenchRecord {
         peak_buffer_bytes: ctxs.iter().map(|c| c.allocated_bytes()).sum(),
         ..timing.record(base, sg)

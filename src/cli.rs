@@ -152,24 +152,14 @@ impl GpuArgs {
     fn contexts(&self) -> Result<Vec<GpuContext>> {
         // Bad weights fail before any device opens.
         self.parsed_weights()?;
-        match self.adapter.as_deref() {
-            Some(all) if all.eq_ignore_ascii_case("all") => GpuContext::all(&AdapterChoice {
-                backend: self.backend,
-                ..Default::default()
-            }),
-            Some(list) if list.contains(',') => adapter_names(list)?
-                .into_iter()
-                .map(|name| {
-                    GpuContext::new(&AdapterChoice {
-                        name: Some(name),
-                        backend: self.backend,
-                        ..Default::default()
-                    })
-                })
-                .collect(),
-            _ => Ok(vec![self.context()?]),
+        if !self.wants_all() {
+            return Ok(vec![self.context()?]);
         }
-        .and_then(|ctxs| {
+        let base = AdapterChoice {
+            backend: self.backend,
+            ..Default::default()
+        };
+        open_adapters(self.adapter.as_deref(), &base).and_then(|ctxs| {
             self.weights(&ctxs)?;
             Ok(ctxs)
         })
@@ -1924,22 +1914,32 @@ fn density(a: DensityArgs) -> Result<()> {
     Ok(())
 }
 
-/// The adapters `bench` runs on: every one (`--adapter all`, in `GpuContext::all`'s order,
-/// as `train` and `sample` take them), each of a list, or one.
+/// The adapters `bench` runs on: every one (`--adapter all`), each of a list, or one.
 fn bench_contexts(a: &BenchArgs) -> Result<Vec<GpuContext>> {
-    let choice = |name: Option<String>| AdapterChoice {
-        name,
+    let base = AdapterChoice {
         backend: a.backend,
         profile: a.profile,
         ..Default::default()
     };
-    match a.adapter.as_deref() {
-        Some(all) if all.eq_ignore_ascii_case("all") => GpuContext::all(&choice(None)),
+    open_adapters(a.adapter.as_deref(), &base)
+}
+
+/// The adapters `--adapter` names (`base` sets the rest of the choice): every one for
+/// `all`, in `GpuContext::all`'s order (two identical GPUs are two adapters), each of a
+/// comma-separated list, or the one a name (or the default choice) picks.
+fn open_adapters(spec: Option<&str>, base: &AdapterChoice) -> Result<Vec<GpuContext>> {
+    match spec {
+        Some(all) if all.eq_ignore_ascii_case("all") => GpuContext::all(base),
         Some(list) => adapter_names(list)?
             .into_iter()
-            .map(|n| GpuContext::new(&choice(Some(n))))
+            .map(|name| {
+                GpuContext::new(&AdapterChoice {
+                    name: Some(name),
+                    ..base.clone()
+                })
+            })
             .collect(),
-        None => Ok(vec![GpuContext::new(&choice(None))?]),
+        None => Ok(vec![GpuContext::new(base)?]),
     }
 }
 

@@ -65,6 +65,17 @@ fn flowgpu(args: &[&str]) -> (i32, String, Option<serde_json::Value>) {
     (out.status.code().unwrap_or(-1), err, json)
 }
 
+/// `flowgpu train --data DATA --out OUT --json` with `flags`, asserting it succeeds: its
+/// summary (none when it stops early).
+fn train(data: &Path, out: &Path, flags: &[&str]) -> Option<serde_json::Value> {
+    let mut args = vec!["train", "--data", data.to_str().unwrap()];
+    args.extend_from_slice(&["--out", out.to_str().unwrap(), "--json"]);
+    args.extend_from_slice(flags);
+    let (code, err, json) = flowgpu(&args);
+    assert_eq!(code, 0, "{err}");
+    json
+}
+
 /// A 768 MiB file (12.6M rows of 16 f32) trains with an 8 MiB pool: the whole process
 /// peaks below half the file's size (lavapipe itself takes ~200 MiB here), having
 /// scanned every row for the statistics and replaced its pool every 128 steps.
@@ -75,11 +86,7 @@ fn a_file_larger_than_its_memory_trains_with_bounded_memory() {
     let (rows, dim) = (12_582_912, 16);
     write_npy(&data, rows, dim);
     let file_mib = std::fs::metadata(&data).unwrap().len() as f64 / (1u64 << 20) as f64;
-    let out = dir.join("run");
-    let (code, err, json) = flowgpu(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
+    let flags = [
         "--stream-pool",
         "8",
         "--stream-refresh",
@@ -90,13 +97,9 @@ fn a_file_larger_than_its_memory_trains_with_bounded_memory() {
         "256",
         "--plot-samples",
         "500",
-        "--json",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    ];
+    let j = train(&data, &dir.join("run"), &flags).expect("a summary");
     std::fs::remove_file(&data).ok();
-    assert_eq!(code, 0, "{err}");
-    let j = json.unwrap();
     let peak = j["peak_rss_mib"].as_f64();
     eprintln!(
         "file {file_mib:.0} MiB, pool 8 MiB: peak RSS {peak:?} MiB; stream {}",
@@ -125,28 +128,11 @@ fn a_streamed_run_resumes_bit_for_bit() {
     write_npy(&data, 50_000, 4);
     let run = |name: &str, extra: &[&str]| {
         let out = dir.join(name);
-        let mut args = vec![
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--stream-pool",
-            "0.25",
-            "--stream-refresh",
-            "37",
-            "--steps",
-            "200",
-            "--batch",
-            "128",
-            "--checkpoint-every",
-            "60",
-            "--plot-samples",
-            "0",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let (code, err, _) = flowgpu(&args);
-        assert_eq!(code, 0, "{err}");
+        let mut flags = vec!["--stream-pool", "0.25", "--stream-refresh", "37", "--steps"];
+        flags.extend_from_slice(&["200", "--batch", "128", "--checkpoint-every", "60"]);
+        flags.extend_from_slice(&["--plot-samples", "0"]);
+        flags.extend_from_slice(extra);
+        train(&data, &out, &flags);
         std::fs::read(out.join("model.safetensors")).unwrap()
     };
     let whole = run("whole", &[]);
@@ -269,29 +255,10 @@ fn a_streamed_run_splits_over_every_adapter() {
     let data = dir.join("d.npy");
     write_npy(&data, 30_000, 4);
     let run = |name: &str, extra: &[&str]| {
-        let out = dir.join(name);
-        let mut args = vec![
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--stream-pool",
-            "0.25",
-            "--stream-refresh",
-            "40",
-            "--steps",
-            "160",
-            "--batch",
-            "128",
-            "--plot-samples",
-            "0",
-            "--json",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let (code, err, json) = flowgpu(&args);
-        assert_eq!(code, 0, "{err}");
-        json.unwrap()
+        let mut flags = vec!["--stream-pool", "0.25", "--stream-refresh", "40", "--steps"];
+        flags.extend_from_slice(&["160", "--batch", "128", "--plot-samples", "0"]);
+        flags.extend_from_slice(extra);
+        train(&data, &dir.join(name), &flags).expect("a summary")
     };
     let one = run("one", &[]);
     let all = run("all", &["--adapter", &common::two_adapters()]);

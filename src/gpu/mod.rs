@@ -222,6 +222,18 @@ fn inst_backends(backend: Option<BackendChoice>) -> wgpu::Backends {
 /// Errors reported asynchronously by wgpu, kept until the next check.
 type ErrorSlot = Arc<Mutex<Option<String>>>;
 
+/// The sum, in slot order, of the first `len` floats of the `slot_len`-float slots of
+/// `all` (per-workgroup partial gradients, added as adam.wgsl adds them).
+pub fn sum_slots(all: &[f32], slot_len: usize, len: usize) -> Vec<f32> {
+    let mut sum = all[..len].to_vec();
+    for slot in all.chunks(slot_len).skip(1) {
+        for (a, b) in sum.iter_mut().zip(slot) {
+            *a += b;
+        }
+    }
+    sum
+}
+
 /// A device and queue on the chosen adapter, plus what kernels need to know about it.
 pub struct GpuContext {
     pub device: wgpu::Device,
@@ -436,14 +448,11 @@ impl GpuContext {
         slot_len: usize,
         len: usize,
     ) -> Result<Vec<f32>> {
-        let all = self.read(buf, 0, slots * slot_len)?;
-        let mut sum = all[..len].to_vec();
-        for slot in all.chunks(slot_len).skip(1) {
-            for (a, b) in sum.iter_mut().zip(slot) {
-                *a += b;
-            }
-        }
-        Ok(sum)
+        Ok(sum_slots(
+            &self.read(buf, 0, slots * slot_len)?,
+            slot_len,
+            len,
+        ))
     }
 
     /// Copy `len` f32 starting at element `offset` of `buf` to the host (waits for the GPU).
@@ -459,24 +468,47 @@ impl GpuContext {
         if total == 0 {
             return Ok(vec![Vec::new(); ranges.len()]);
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+        self.read_ranges_via(&self.readback_buffer(total), ranges)
+    }
+
+    /// A host-mappable buffer of `len` f32 for [`read_ranges_via`](Self::read_ranges_via):
+    /// kept by a caller that reads back every step, so no step allocates one.
+    pub fn readback_buffer(&self, len: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: (total * 4) as u64,
+            size: (len.max(1) * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
+        })
+    }
+
+    /// [`read_ranges`](Self::read_ranges) through `staging` (from
+    /// [`readback_buffer`](Self::readback_buffer), large enough for all the ranges).
+    pub fn read_ranges_via(
+        &self,
+        staging: &wgpu::Buffer,
+        ranges: &[(&wgpu::Buffer, usize, usize)],
+    ) -> Result<Vec<Vec<f32>>> {
+        let total = ranges.iter().map(|r| r.2).sum::<usize>() as u64 * 4;
+        if total == 0 || total > staging.size() {
+            return Err(Error::Gpu(format!(
+                "a readback of {total} bytes through a {}-byte buffer",
+                staging.size()
+            )));
+        }
         let mut enc = self.device.create_command_encoder(&Default::default());
         let mut at = 0u64;
         for &(buf, offset, len) in ranges {
             let bytes = (len * 4) as u64;
             if bytes > 0 {
-                enc.copy_buffer_to_buffer(buf, (offset * 4) as u64, &staging, at, bytes);
+                enc.copy_buffer_to_buffer(buf, (offset * 4) as u64, staging, at, bytes);
             }
             at += bytes;
         }
         self.queue.submit(Some(enc.finish()));
+        let slice = staging.slice(..total);
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.device
@@ -487,8 +519,7 @@ impl GpuContext {
             .map_err(|_| Error::Gpu("readback callback never ran".into()))?
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
         let flat = {
-            let view = staging
-                .slice(..)
+            let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("readback mapping failed: {e}")))?;
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()

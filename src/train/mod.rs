@@ -219,6 +219,8 @@ pub struct Trainer {
     /// Data parallelism: the other adapters' trainers, each with a share of the batch
     /// (this one holds the first share and the optimizer).
     replicas: Vec<parallel::Replica>,
+    /// Data parallelism: the host-mappable buffer every step's readbacks go through.
+    readback: Option<wgpu::Buffer>,
 }
 
 /// How a flow-matching step runs the MLP.
@@ -792,6 +794,7 @@ impl Trainer {
             ot: ot_state,
             mle,
             replicas: Vec::new(),
+            readback: None,
         })
     }
 

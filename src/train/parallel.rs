@@ -114,6 +114,7 @@ impl Trainer {
             )?;
             t.cfm_base.row0 = rows.start as u32;
             t.cfm_base.mean_rows = cfg.batch as u32;
+            t.readback = Some(c.readback_buffer(t.readback_len()));
             Ok(t)
         };
         let mut lead = build_share(ctx, 0)?;
@@ -169,8 +170,9 @@ impl Trainer {
         for _ in 0..n {
             let (grad, loss) = self.reduced_gradient(ctx)?;
             self.apply_gradient(ctx, &grad, loss)?;
-            let weights = ctx.read(&self.mlp.params, 0, self.mlp.layout.total)?;
-            self.broadcast_weights(&weights)?;
+            let n = self.mlp.layout.total;
+            let mut weights = self.read_back(ctx, &[(&self.mlp.params, 0, n)])?;
+            self.broadcast_weights(&weights.swap_remove(0))?;
         }
         Ok(())
     }
@@ -226,16 +228,40 @@ impl Trainer {
             StepMlp::Layers { .. } => {
                 let slot = cp.loss_slot as usize;
                 let mut parts =
-                    ctx.read_ranges(&[(&self.grads, 0, n), (&self.loss_history, slot, 1)])?;
+                    self.read_back(ctx, &[(&self.grads, 0, n), (&self.loss_history, slot, 1)])?;
                 let loss = parts[1][0];
                 Ok((std::mem::take(&mut parts[0]), loss))
             }
             StepMlp::Fused(f) => {
                 // Each slot: the parameters' gradient, then the slot's loss sum.
-                let mut sum = ctx.read_slot_sum(&self.grads, f.groups, f.slot_len, n + 1)?;
+                let all = self.read_back(ctx, &[(&self.grads, 0, f.groups * f.slot_len)])?;
+                let mut sum = crate::gpu::sum_slots(&all[0], f.slot_len, n + 1);
                 let loss = sum.pop().unwrap_or(0.0) / cp.mean_rows as f32;
                 Ok((sum, loss))
             }
+        }
+    }
+
+    /// Floats the largest readback of a data-parallel step takes: its gradient (a fused
+    /// step's every slot) and loss, or the weights.
+    fn readback_len(&self) -> usize {
+        let n = self.mlp.layout.total;
+        match &self.step_mlp {
+            StepMlp::Layers { .. } => n + 1,
+            StepMlp::Fused(f) => (f.groups * f.slot_len).max(n),
+        }
+    }
+
+    /// `ranges` to the host through this trainer's readback buffer (a one-adapter trainer,
+    /// which reads back rarely, allocates one for the call).
+    fn read_back(
+        &self,
+        ctx: &GpuContext,
+        ranges: &[(&wgpu::Buffer, usize, usize)],
+    ) -> Result<Vec<Vec<f32>>> {
+        match &self.readback {
+            Some(b) => ctx.read_ranges_via(b, ranges),
+            None => ctx.read_ranges(ranges),
         }
     }
 
